@@ -1,0 +1,19 @@
+//! The message path of the gateway, behind one trait.
+//!
+//! A [`Broker`] gives each channel a strictly increasing offset and an epoch, keeps recent
+//! history, deduplicates publishes by idempotency key, and hands every accepted
+//! [`Publication`] to the node's [`Dispatcher`] in offset order. [`LocalBroker`] does all of it
+//! in process (embedded mode); a Redis broker implements the same trait for clustered mode.
+
+mod broker;
+mod dedup;
+mod history;
+mod local;
+mod publication;
+
+pub use broker::{
+    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, PublishOutcome,
+    PublishRequest, RecoveryOutcome,
+};
+pub use local::{LocalBroker, LocalBrokerConfig};
+pub use publication::{FrameCache, Publication};

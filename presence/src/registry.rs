@@ -1,0 +1,100 @@
+//! The registry of live gateway nodes.
+
+use parking_lot::RwLock;
+use std::time::{Duration, Instant};
+
+/// A gateway node as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// WebSocket URL clients reach it at.
+    pub url: String,
+    /// Connections it holds.
+    pub connections: u64,
+}
+
+/// Live nodes, each kept by a TTL heartbeat.
+#[async_trait::async_trait]
+pub trait NodeRegistry: Send + Sync + 'static {
+    /// Registers or refreshes `node`; it stays listed for the registry's TTL.
+    async fn heartbeat(&self, node: NodeInfo) -> Result<(), crate::PresenceError>;
+    /// Removes `id` at once (a draining node).
+    async fn deregister(&self, id: &str) -> Result<(), crate::PresenceError>;
+    /// Nodes whose heartbeat is still within the TTL, sorted by id.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::PresenceError>;
+}
+
+/// In-process [`NodeRegistry`]: one node lists itself.
+pub struct LocalRegistry {
+    ttl: Duration,
+    nodes: RwLock<Vec<(NodeInfo, Instant)>>,
+}
+
+impl LocalRegistry {
+    /// A registry whose entries expire `ttl` after their last heartbeat.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            nodes: RwLock::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeRegistry for LocalRegistry {
+    async fn heartbeat(&self, node: NodeInfo) -> Result<(), crate::PresenceError> {
+        let mut nodes = self.nodes.write();
+        let now = Instant::now();
+        match nodes.iter_mut().find(|(n, _)| n.id == node.id) {
+            Some(entry) => *entry = (node, now),
+            None => nodes.push((node, now)),
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, id: &str) -> Result<(), crate::PresenceError> {
+        self.nodes.write().retain(|(n, _)| n.id != id);
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::PresenceError> {
+        let now = Instant::now();
+        let mut live: Vec<NodeInfo> = self
+            .nodes
+            .read()
+            .iter()
+            .filter(|(_, at)| now.duration_since(*at) <= self.ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(live)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, connections: u64) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            url: format!("ws://{id}/ws"),
+            connections,
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_refresh_and_expire() {
+        let r = LocalRegistry::new(Duration::from_millis(50));
+        r.heartbeat(node("b", 1)).await.unwrap();
+        r.heartbeat(node("a", 1)).await.unwrap();
+        r.heartbeat(node("a", 7)).await.unwrap();
+        let nodes = r.nodes().await.unwrap();
+        assert_eq!(nodes, vec![node("a", 7), node("b", 1)]);
+        r.deregister("a").await.unwrap();
+        assert_eq!(r.nodes().await.unwrap().len(), 1);
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(r.nodes().await.unwrap().is_empty());
+    }
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! The gateway node: configuration, protocol, authentication, the connection hub, sessions
+//! and HTTP. `main.rs` wires them together; see ARCHITECTURE.md for the map.
+
+pub mod acl;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod hub;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod routing;
+pub mod server;
+pub mod session;

@@ -1,1 +1,54 @@
-fn main() {}
+//! `gateway`: runs one node.
+
+use anyhow::Context;
+use gateway::config::{Config, Settings};
+use gateway::node::Node;
+use gateway::{http, metrics, server};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&config.log_filter)
+        .with_context(|| format!("bad log filter {:?}", config.log_filter))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let config = Config::from_settings(settings)?;
+    init_logging(&config)?;
+    let prometheus = metrics::install()?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{addr}/ws"));
+    if config.dev {
+        tracing::warn!(
+            "dev mode: POST /dev/token mints tokens for anyone; never use in production"
+        );
+    }
+    let node = Node::embedded(config, public_url, Some(prometheus))?;
+    node.registry.heartbeat(node.info()).await?;
+    tokio::spawn(node.clone().run_maintenance());
+    tracing::info!(
+        addr = %addr,
+        node = %node.config.node_id,
+        mode = "embedded",
+        "listening"
+    );
+    let router = http::router(node.clone());
+    server::serve(node, listener, router, server::shutdown_signal()).await;
+    Ok(())
+}

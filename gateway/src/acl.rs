@@ -1,0 +1,165 @@
+//! Who may subscribe and publish where: namespaces, personal channels and token patterns.
+
+use serde::Deserialize;
+
+/// A channel namespace: every channel whose name starts with `prefix`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    /// Channel-name prefix, for example `room:`.
+    pub prefix: String,
+    /// Every authenticated user may subscribe.
+    #[serde(default)]
+    pub open: bool,
+    /// Clients who may subscribe may also publish (otherwise only backends, or token patterns).
+    #[serde(default)]
+    pub client_publish: bool,
+    /// Presence (`join`/`leave` pushes and the `presence` op) is on.
+    #[serde(default)]
+    pub presence: bool,
+}
+
+impl Namespace {
+    /// The default namespaces: `room:`, open to every user, with presence.
+    pub fn defaults() -> Vec<Namespace> {
+        vec![Namespace {
+            prefix: "room:".into(),
+            open: true,
+            client_publish: true,
+            presence: true,
+        }]
+    }
+}
+
+/// What a client wants to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Subscribe, read history or presence.
+    Subscribe,
+    /// Publish.
+    Publish,
+}
+
+/// The prefix of personal channels.
+pub const PERSONAL_PREFIX: &str = "user:";
+
+/// The access rules of the node.
+#[derive(Debug, Clone)]
+pub struct Acl {
+    namespaces: Vec<Namespace>,
+    direct_messages: bool,
+}
+
+/// Checks a channel name: 1..=128 bytes of `[A-Za-z0-9_:.@-]`.
+pub fn valid_channel(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'@' | b'-'))
+}
+
+/// Checks a token's channel pattern: `*` only as the last character.
+pub fn valid_pattern(pattern: &str) -> bool {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    !pattern.is_empty() && !body.contains('*')
+}
+
+fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
+    }
+}
+
+impl Acl {
+    /// Rules from the configured namespaces.
+    pub fn new(namespaces: Vec<Namespace>, direct_messages: bool) -> Self {
+        Self {
+            namespaces,
+            direct_messages,
+        }
+    }
+
+    fn namespace(&self, channel: &str) -> Option<&Namespace> {
+        self.namespaces
+            .iter()
+            .filter(|ns| channel.starts_with(&ns.prefix))
+            .max_by_key(|ns| ns.prefix.len())
+    }
+
+    /// Whether `channel` has presence on.
+    pub fn presence_enabled(&self, channel: &str) -> bool {
+        !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.presence)
+    }
+
+    /// Whether `user`, holding token `patterns`, may do `action` on `channel`.
+    pub fn allows(&self, user: &str, patterns: &[String], channel: &str, action: Action) -> bool {
+        if let Some(owner) = channel.strip_prefix(PERSONAL_PREFIX) {
+            return owner == user || (action == Action::Publish && self.direct_messages);
+        }
+        if let Some(ns) = self.namespace(channel) {
+            let by_namespace = match action {
+                Action::Subscribe => ns.open,
+                Action::Publish => ns.open && ns.client_publish,
+            };
+            if by_namespace {
+                return true;
+            }
+        }
+        patterns.iter().any(|p| pattern_matches(p, channel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names() {
+        assert!(valid_channel("room:lobby"));
+        assert!(valid_channel("a.b@c-d_e:1"));
+        assert!(!valid_channel(""));
+        assert!(!valid_channel("room:a b"));
+        assert!(!valid_channel("room:é"));
+        assert!(!valid_channel(&"x".repeat(129)));
+        assert!(valid_channel(&"x".repeat(128)));
+    }
+
+    #[test]
+    fn rules() {
+        let mut namespaces = Namespace::defaults();
+        namespaces.push(Namespace {
+            prefix: "news:".into(),
+            open: true,
+            client_publish: false,
+            presence: false,
+        });
+        let acl = Acl::new(namespaces, true);
+        let none: Vec<String> = vec![];
+        assert!(acl.allows("a", &none, "room:x", Action::Subscribe));
+        assert!(acl.allows("a", &none, "room:x", Action::Publish));
+        assert!(acl.allows("a", &none, "news:x", Action::Subscribe));
+        assert!(!acl.allows("a", &none, "news:x", Action::Publish));
+        assert!(acl.allows("a", &none, "user:a", Action::Subscribe));
+        assert!(!acl.allows("a", &none, "user:b", Action::Subscribe));
+        assert!(acl.allows("a", &none, "user:b", Action::Publish));
+        assert!(!acl.allows("a", &none, "secret:x", Action::Subscribe));
+        let grants = vec!["secret:*".to_string(), "user:*".to_string()];
+        assert!(acl.allows("a", &grants, "secret:x", Action::Publish));
+        assert!(!acl.allows("a", &grants, "user:b", Action::Subscribe));
+        assert!(acl.presence_enabled("room:x") && !acl.presence_enabled("news:x"));
+        let no_dm = Acl::new(Namespace::defaults(), false);
+        assert!(!no_dm.allows("a", &none, "user:b", Action::Publish));
+        assert!(no_dm.allows("a", &none, "user:a", Action::Publish));
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(valid_pattern("room:*"));
+        assert!(valid_pattern("exact"));
+        assert!(!valid_pattern("a*b"));
+        assert!(!valid_pattern("**"));
+        assert!(!valid_pattern(""));
+    }
+}

@@ -1,0 +1,414 @@
+//! Configuration: command-line flags, `GATEWAY_*` environment variables and an optional TOML
+//! file, merged in that order of precedence and checked once at start-up.
+
+use crate::acl::Namespace;
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every setting, as given on the command line, in the environment or in the config file.
+/// Unset ones fall back to the file, then to the defaults named in each help text.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(
+    name = "gateway",
+    version,
+    about = "WebSocket real-time messaging gateway"
+)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of these settings (snake_case keys) and `[[namespaces]]`.
+    #[arg(long, env = "GATEWAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<String>,
+    /// This node's id [default: generated].
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// WebSocket URL clients reach this node at [default: ws://<listen>/ws].
+    #[arg(long, env = "GATEWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// HS256 secret, at least 32 bytes (required unless --dev or a public key is used).
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Token algorithm: HS256, RS256 or EdDSA [default: HS256].
+    #[arg(long, env = "GATEWAY_JWT_ALG")]
+    pub jwt_alg: Option<String>,
+    /// PEM public key file for RS256 or EdDSA.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway for `exp` and `nbf`, seconds [default: 5].
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// Key for the `/api/` endpoints (`Authorization: Bearer <key>`); unset disables the API.
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Redis URL for clustered mode (not available in this version: leave unset).
+    #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Message archive URL (not available in this version: leave unset).
+    #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Development mode: `POST /dev/token` mints tokens, a random JWT secret is used if none.
+    #[arg(long, env = "GATEWAY_DEV")]
+    #[serde(default)]
+    pub dev: bool,
+    /// Log format: human or json [default: human].
+    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, tracing syntax [default: info].
+    #[arg(long, env = "GATEWAY_LOG")]
+    pub log: Option<String>,
+    /// Most concurrent connections on this node; more get 503 [default: 100000].
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most concurrent connections of one user on this node; more get 429 [default: 10].
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+    /// Most subscriptions per connection, the personal channel not counted [default: 100].
+    #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Publishes per second per connection (token bucket refill) [default: 100].
+    #[arg(long, env = "GATEWAY_PUBLISH_RATE")]
+    pub publish_rate: Option<u32>,
+    /// Publish burst per connection (token bucket size) [default: 100].
+    #[arg(long, env = "GATEWAY_PUBLISH_BURST")]
+    pub publish_burst: Option<u32>,
+    /// Rejected publishes per minute before disconnecting with 4003 [default: 100].
+    #[arg(long, env = "GATEWAY_MAX_RATE_LIMITED_PER_MINUTE")]
+    pub max_rate_limited_per_minute: Option<u32>,
+    /// Malformed frames per minute before disconnecting with `policy` [default: 10].
+    #[arg(long, env = "GATEWAY_MAX_BAD_FRAMES_PER_MINUTE")]
+    pub max_bad_frames_per_minute: Option<u32>,
+    /// Largest frame or message accepted, bytes; larger closes with 1009 [default: 65536].
+    #[arg(long, env = "GATEWAY_MAX_FRAME_SIZE")]
+    pub max_frame_size: Option<usize>,
+    /// Outbound queue per connection, frames; overflow disconnects with 4002 [default: 1024].
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Seconds between server pings [default: 25].
+    #[arg(long, env = "GATEWAY_PING_INTERVAL_SECS")]
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds without any frame from the client before 4004 [default: 60].
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a new TCP connection has to send its HTTP request [default: 10].
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Seconds a drain may take before the process exits anyway [default: 10].
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Messages of history kept per channel [default: 1000].
+    #[arg(long, env = "GATEWAY_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a message stays in history [default: 300].
+    #[arg(long, env = "GATEWAY_HISTORY_TTL_SECS")]
+    pub history_ttl_secs: Option<u64>,
+    /// Seconds an idempotency key is remembered (at least 60) [default: 120].
+    #[arg(long, env = "GATEWAY_DEDUP_WINDOW_SECS")]
+    pub dedup_window_secs: Option<u64>,
+    /// Whether any user may publish to another's `user:<id>` channel [default: true].
+    #[arg(long, env = "GATEWAY_DIRECT_MESSAGES")]
+    pub direct_messages: Option<bool>,
+    /// WebSocket read buffer per connection, bytes [default: 512].
+    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE")]
+    pub read_buffer_size: Option<usize>,
+    /// Namespaces (config file only): prefix, open, client_publish, presence.
+    #[arg(skip)]
+    pub namespaces: Option<Vec<Namespace>>,
+}
+
+macro_rules! merge_fields {
+    ($dst:ident, $src:ident; $($field:ident),* $(,)?) => {
+        $( if $dst.$field.is_none() { $dst.$field = $src.$field.take(); } )*
+    };
+}
+
+impl Settings {
+    /// Parses flags and environment, then fills gaps from the `--config` file.
+    pub fn load() -> anyhow::Result<Self> {
+        let mut settings = Settings::parse();
+        if let Some(path) = settings.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            let file: Settings = toml::from_str(&text)
+                .with_context(|| format!("parsing config file {}", path.display()))?;
+            settings.merge_from(file);
+        }
+        Ok(settings)
+    }
+
+    fn merge_from(&mut self, mut file: Settings) {
+        self.dev |= file.dev;
+        merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
+            jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
+            database_url, log_format, log, max_connections, max_connections_per_user,
+            max_subscriptions, publish_rate, publish_burst, max_rate_limited_per_minute,
+            max_bad_frames_per_minute, max_frame_size, outbound_queue, ping_interval_secs,
+            idle_timeout_secs, handshake_timeout_secs, drain_timeout_secs, history_size,
+            history_ttl_secs, dedup_window_secs, direct_messages, read_buffer_size, namespaces);
+    }
+}
+
+/// Token verification settings.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Algorithm every token must use.
+    pub algorithm: jsonwebtoken::Algorithm,
+    /// Verification key material: the HS256 secret or the PEM public key.
+    pub key: JwtKey,
+    /// Required issuer.
+    pub issuer: Option<String>,
+    /// Required audience.
+    pub audience: Option<String>,
+    /// Leeway for `exp`/`nbf`.
+    pub leeway: Duration,
+}
+
+/// Key material for [`JwtConfig`].
+#[derive(Clone)]
+pub enum JwtKey {
+    /// Shared secret (HS256); also lets dev mode mint tokens.
+    Secret(Vec<u8>),
+    /// PEM-encoded public key (RS256, EdDSA).
+    PublicPem(Vec<u8>),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        match self {
+            JwtKey::Secret(_) => f.write_str("Secret(..)"),
+            JwtKey::PublicPem(_) => f.write_str("PublicPem(..)"),
+        }
+    }
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent connections on the node.
+    pub max_connections: usize,
+    /// Concurrent connections per user on the node.
+    pub max_connections_per_user: usize,
+    /// Subscriptions per connection (personal channel excluded).
+    pub max_subscriptions: usize,
+    /// Token bucket refill per second.
+    pub publish_rate: u32,
+    /// Token bucket size.
+    pub publish_burst: u32,
+    /// Rejected publishes per minute before 4003.
+    pub max_rate_limited_per_minute: u32,
+    /// Malformed frames per minute before `policy`.
+    pub max_bad_frames_per_minute: u32,
+    /// Largest frame/message in bytes.
+    pub max_frame_size: usize,
+    /// Outbound queue capacity in frames.
+    pub outbound_queue: usize,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Handshake timeout.
+    pub handshake_timeout: Duration,
+    /// WebSocket read buffer size.
+    pub read_buffer_size: usize,
+}
+
+/// The checked configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub listen: String,
+    /// Node id.
+    pub node_id: String,
+    /// Public WebSocket URL, if configured (else derived from the bound address).
+    pub public_url: Option<String>,
+    /// Token verification.
+    pub jwt: JwtConfig,
+    /// API key.
+    pub api_key: Option<String>,
+    /// Development mode.
+    pub dev: bool,
+    /// Log format is JSON.
+    pub log_json: bool,
+    /// Log filter.
+    pub log_filter: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Drain deadline.
+    pub drain_timeout: Duration,
+    /// History bound by count.
+    pub history_size: usize,
+    /// History bound by age.
+    pub history_ttl: Duration,
+    /// Dedup window.
+    pub dedup_window: Duration,
+    /// Direct messages allowed.
+    pub direct_messages: bool,
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+}
+
+/// Shortest HS256 secret accepted outside dev mode.
+pub const MIN_SECRET_LEN: usize = 32;
+
+impl Config {
+    /// Applies defaults and checks the settings.
+    pub fn from_settings(s: Settings) -> anyhow::Result<Self> {
+        if s.redis_url.is_some() {
+            bail!(
+                "GATEWAY_REDIS_URL / --redis-url: clustered mode is not available in this version; \
+                 unset it to run the embedded engine"
+            );
+        }
+        if s.database_url.is_some() {
+            bail!(
+                "GATEWAY_DATABASE_URL / --database-url: the message archive is not available in \
+                 this version; unset it"
+            );
+        }
+        let jwt = jwt_config(&s)?;
+        let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        listen.parse::<SocketAddr>().with_context(|| {
+            format!("--listen {listen:?} is not an address like 127.0.0.1:8080")
+        })?;
+        let log_json = match s.log_format.as_deref().unwrap_or("human") {
+            "human" => false,
+            "json" => true,
+            other => bail!("--log-format must be human or json, not {other:?}"),
+        };
+        let dedup_window = Duration::from_secs(s.dedup_window_secs.unwrap_or(120));
+        if dedup_window < Duration::from_secs(60) {
+            bail!("--dedup-window-secs must be at least 60");
+        }
+        let ping_interval = Duration::from_secs(s.ping_interval_secs.unwrap_or(25).max(1));
+        let limits = Limits {
+            max_connections: s.max_connections.unwrap_or(100_000),
+            max_connections_per_user: s.max_connections_per_user.unwrap_or(10),
+            max_subscriptions: s.max_subscriptions.unwrap_or(100),
+            publish_rate: s.publish_rate.unwrap_or(100),
+            publish_burst: s.publish_burst.unwrap_or(100).max(1),
+            max_rate_limited_per_minute: s.max_rate_limited_per_minute.unwrap_or(100),
+            max_bad_frames_per_minute: s.max_bad_frames_per_minute.unwrap_or(10),
+            max_frame_size: s.max_frame_size.unwrap_or(64 * 1024).max(128),
+            outbound_queue: s.outbound_queue.unwrap_or(1024).max(1),
+            ping_interval,
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or(60).max(1)),
+            handshake_timeout: Duration::from_secs(s.handshake_timeout_secs.unwrap_or(10).max(1)),
+            read_buffer_size: s.read_buffer_size.unwrap_or(512).max(64),
+        };
+        Ok(Config {
+            listen,
+            node_id: s
+                .node_id
+                .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
+            public_url: s.public_url,
+            jwt,
+            api_key: s.api_key.filter(|k| !k.is_empty()),
+            dev: s.dev,
+            log_json,
+            log_filter: s.log.unwrap_or_else(|| "info".into()),
+            limits,
+            drain_timeout: Duration::from_secs(s.drain_timeout_secs.unwrap_or(10)),
+            history_size: s.history_size.unwrap_or(1000).max(1),
+            history_ttl: Duration::from_secs(s.history_ttl_secs.unwrap_or(300)),
+            dedup_window,
+            direct_messages: s.direct_messages.unwrap_or(true),
+            namespaces: s.namespaces.unwrap_or_else(Namespace::defaults),
+        })
+    }
+}
+
+fn jwt_config(s: &Settings) -> anyhow::Result<JwtConfig> {
+    use jsonwebtoken::Algorithm;
+    let algorithm = match s.jwt_alg.as_deref().unwrap_or("HS256") {
+        "HS256" => Algorithm::HS256,
+        "RS256" => Algorithm::RS256,
+        "EdDSA" => Algorithm::EdDSA,
+        other => bail!("--jwt-alg must be HS256, RS256 or EdDSA, not {other:?}"),
+    };
+    let key = if algorithm == Algorithm::HS256 {
+        match &s.jwt_secret {
+            Some(secret) if secret.len() >= MIN_SECRET_LEN || s.dev => {
+                JwtKey::Secret(secret.as_bytes().to_vec())
+            }
+            Some(_) => bail!(
+                "the JWT secret (--jwt-secret / GATEWAY_JWT_SECRET) is weak: use at least \
+                 {MIN_SECRET_LEN} bytes, for example `openssl rand -hex 32`"
+            ),
+            None if s.dev => {
+                let random: [u8; 32] = rand::random();
+                JwtKey::Secret(random.to_vec())
+            }
+            None => bail!(
+                "no JWT secret: set --jwt-secret / GATEWAY_JWT_SECRET (at least {MIN_SECRET_LEN} \
+                 bytes), or use --jwt-alg RS256|EdDSA with --jwt-public-key-file, or --dev"
+            ),
+        }
+    } else {
+        let path = s
+            .jwt_public_key_file
+            .as_ref()
+            .context("--jwt-alg RS256/EdDSA needs --jwt-public-key-file")?;
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading JWT public key {}", path.display()))?;
+        JwtKey::PublicPem(pem)
+    };
+    Ok(JwtConfig {
+        algorithm,
+        key,
+        issuer: s.jwt_issuer.clone(),
+        audience: s.jwt_audience.clone(),
+        leeway: Duration::from_secs(s.jwt_leeway_secs.unwrap_or(5)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec!["gateway"];
+        argv.extend_from_slice(args);
+        Settings::parse_from(argv)
+    }
+
+    #[test]
+    fn missing_or_weak_secret_is_refused_outside_dev() {
+        let err = Config::from_settings(settings(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no JWT secret"), "{err}");
+        let err = Config::from_settings(settings(&["--jwt-secret", "short"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("weak"), "{err}");
+        assert!(Config::from_settings(settings(&["--dev"])).is_ok());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_unset() {
+        let mut s = settings(&["--max-subscriptions", "7"]);
+        let file: Settings = toml::from_str(
+            "max_subscriptions = 2\npublish_rate = 3\n[[namespaces]]\nprefix = \"news:\"\nopen = true\nclient_publish = false\npresence = false\n",
+        )
+        .unwrap();
+        s.merge_from(file);
+        s.dev = true;
+        let c = Config::from_settings(s).unwrap();
+        assert_eq!(c.limits.max_subscriptions, 7);
+        assert_eq!(c.limits.publish_rate, 3);
+        assert_eq!(c.namespaces.len(), 1);
+    }
+}

@@ -1,0 +1,200 @@
+//! The part of a connection that others touch: its bounded outbound queue, its recovery
+//! buffers and its close request. The session task owns the socket and drains the queue.
+//!
+//! The queue is a `VecDeque` behind a mutex that is never held across an `.await`; an idle
+//! connection's queue holds no allocation at all (a tokio `mpsc` would allocate a block of 32
+//! slots up front).
+
+use crate::metrics::metrics;
+use crate::protocol::{CloseReason, Encoding};
+use bytes::Bytes;
+use fanout::Publication;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// One item waiting to be written to a client.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An encoded frame (replies, presence events, disconnect).
+    Frame(Bytes),
+    /// A message push; its frame is encoded once per encoding and cached on the publication.
+    Message(Arc<Publication>),
+}
+
+struct Recovering {
+    channel: Arc<str>,
+    buffered: Vec<Arc<Publication>>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    recovering: Vec<Recovering>,
+    closing: Option<CloseReason>,
+}
+
+/// The shared handle of one live connection.
+pub struct Conn {
+    /// Node-unique connection id.
+    pub id: u64,
+    /// The user it belongs to.
+    pub user: Arc<str>,
+    /// Its wire encoding.
+    pub encoding: Encoding,
+    capacity: usize,
+    state: Mutex<QueueState>,
+    wake: Notify,
+}
+
+impl Conn {
+    /// A connection whose queue holds at most `capacity` items.
+    pub fn new(id: u64, user: Arc<str>, encoding: Encoding, capacity: usize) -> Self {
+        Self {
+            id,
+            user,
+            encoding,
+            capacity,
+            state: Mutex::new(QueueState::default()),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Queues a publication (or buffers it while its channel recovers). Overflow closes the
+    /// connection with `slow_consumer`.
+    pub fn deliver(&self, publication: &Arc<Publication>) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        let capacity = self.capacity;
+        if let Some(r) = state
+            .recovering
+            .iter_mut()
+            .find(|r| r.channel == publication.channel)
+        {
+            if r.buffered.len() < capacity {
+                r.buffered.push(publication.clone());
+                return;
+            }
+        } else if state.items.len() < capacity {
+            self.push_locked(&mut state, Outbound::Message(publication.clone()));
+            return;
+        }
+        self.overflow_locked(&mut state);
+    }
+
+    /// Queues an encoded frame. Overflow closes the connection with `slow_consumer`.
+    pub fn push_frame(&self, frame: Bytes) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        if state.items.len() < self.capacity {
+            self.push_locked(&mut state, Outbound::Frame(frame));
+        } else {
+            self.overflow_locked(&mut state);
+        }
+    }
+
+    fn push_locked(&self, state: &mut QueueState, item: Outbound) {
+        let was_empty = state.items.is_empty();
+        state.items.push_back(item);
+        if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    fn overflow_locked(&self, state: &mut QueueState) {
+        metrics().queue_overflows.increment(1);
+        state.items = VecDeque::new();
+        state.recovering.clear();
+        state.closing = Some(CloseReason::SlowConsumer);
+        self.wake.notify_one();
+    }
+
+    /// Asks the session to close with `reason` (the first request wins). Queued items are
+    /// dropped: the client recovers them by offset after reconnecting.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.state.lock();
+        if state.closing.is_none() {
+            state.closing = Some(reason);
+            state.items = VecDeque::new();
+            self.wake.notify_one();
+        }
+    }
+
+    /// The close requested, if any.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.state.lock().closing
+    }
+
+    /// Starts buffering live publications of `channel` until [`Conn::finish_recovery`].
+    pub fn begin_recovery(&self, channel: Arc<str>) {
+        let mut state = self.state.lock();
+        if !state.recovering.iter().any(|r| r.channel == channel) {
+            state.recovering.push(Recovering {
+                channel,
+                buffered: Vec::new(),
+            });
+        }
+    }
+
+    /// Ends buffering for `channel`: queues `reply`, then the replayed `history` (both past
+    /// the capacity check: they are bounded by the history size), then the buffered live
+    /// publications after offset `after` (the latest offset history was read at), in order.
+    pub fn finish_recovery(
+        &self,
+        channel: &str,
+        reply: Bytes,
+        history: Vec<Arc<Publication>>,
+        after: u64,
+    ) {
+        let mut state = self.state.lock();
+        let Some(index) = state.recovering.iter().position(|r| &*r.channel == channel) else {
+            return;
+        };
+        let recovering = state.recovering.swap_remove(index);
+        if state.closing.is_some() {
+            return;
+        }
+        self.push_locked(&mut state, Outbound::Frame(reply));
+        for publication in history {
+            self.push_locked(&mut state, Outbound::Message(publication));
+        }
+        for publication in recovering.buffered {
+            if publication.offset > after {
+                self.push_locked(&mut state, Outbound::Message(publication));
+            }
+        }
+    }
+
+    /// Drops the recovery buffer of `channel` (the subscribe failed).
+    pub fn abort_recovery(&self, channel: &str) {
+        self.state
+            .lock()
+            .recovering
+            .retain(|r| &*r.channel != channel);
+    }
+
+    /// Moves up to `max` queued items into `batch`. Returns the close request, if any.
+    pub fn take_batch(&self, batch: &mut Vec<Outbound>, max: usize) -> Option<CloseReason> {
+        let mut state = self.state.lock();
+        if let Some(reason) = state.closing {
+            return Some(reason);
+        }
+        let n = state.items.len().min(max);
+        batch.extend(state.items.drain(..n));
+        if state.items.is_empty() && state.items.capacity() > 64 {
+            // Give a burst's memory back once the queue drains.
+            state.items = VecDeque::new();
+        }
+        None
+    }
+
+    /// Waits until something is queued or a close is requested.
+    pub async fn wait(&self) {
+        self.wake.notified().await;
+    }
+}

@@ -1,0 +1,210 @@
+//! The backend API under `/api/`, authenticated with the configured API key.
+
+use super::ApiError;
+use crate::acl::valid_channel;
+use crate::metrics::metrics;
+use crate::node::Node;
+use crate::protocol::{CloseReason, Encoding, ErrorCode, history_reply_frame};
+use crate::session::presence_members_json;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use fanout::{HistoryQuery, PublishRequest};
+use http::{HeaderMap, header};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::sync::Arc;
+
+/// The API key check, in constant time.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = node.config.api_key.as_deref() else {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "the API is disabled: no API key is configured",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "wrong or missing API key",
+        ))
+    }
+}
+
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad JSON body: {e}")))
+}
+
+fn check_channel(channel: &str) -> Result<(), ApiError> {
+    if valid_channel(channel) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "channel must be 1..=128 bytes of [A-Za-z0-9_:.@-]",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    channel: String,
+    data: serde_json::Value,
+    idem: Option<String>,
+}
+
+/// `POST /api/publish`.
+pub async fn publish(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let body: PublishBody = json_body(body)?;
+    check_channel(&body.channel)?;
+    if let Some(idem) = &body.idem {
+        if idem.is_empty() || idem.len() > crate::protocol::MAX_IDEM_LEN {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                "idem must be 1..=128 bytes",
+            ));
+        }
+    }
+    let outcome = node
+        .broker
+        .publish(PublishRequest {
+            channel: body.channel.into(),
+            from: "server".into(),
+            data: body.data,
+            idem: body.idem,
+        })
+        .await?;
+    if !outcome.duplicate {
+        metrics().published.increment(1);
+    }
+    Ok(Json(json!({ "offset": outcome.offset })))
+}
+
+/// `GET /api/presence/{channel}`.
+pub async fn presence(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    check_channel(&channel)?;
+    let members = node.presence.members(&channel).await?;
+    Ok(Json(json!({ "members": presence_members_json(&members) })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct HistoryParams {
+    since: Option<u64>,
+    limit: Option<u64>,
+}
+
+/// `GET /api/history/{channel}?since=&limit=`.
+pub async fn history(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    check_channel(&channel)?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let limit = params
+        .limit
+        .unwrap_or(crate::protocol::DEFAULT_HISTORY_LIMIT);
+    if limit > crate::protocol::MAX_HISTORY_LIMIT {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "limit must be at most 1000",
+        ));
+    }
+    let page = node
+        .broker
+        .history(
+            &channel,
+            HistoryQuery {
+                since: params.since,
+                limit: limit as usize,
+            },
+        )
+        .await?;
+    // The cached JSON message frames are spliced into a reply with id 0; the API answers
+    // with its `ok` object.
+    let frame = history_reply_frame(
+        Encoding::Json,
+        0,
+        &page.publications,
+        page.offset,
+        &page.epoch,
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&frame)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    Ok(Json(reply["ok"].clone()).into_response())
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: String,
+    #[serde(default)]
+    reconnect: bool,
+}
+
+/// `POST /api/disconnect`.
+pub async fn disconnect(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let body: DisconnectBody = json_body(body)?;
+    let count = node.hub.close_user(
+        &body.user,
+        CloseReason::Disconnected {
+            reconnect: body.reconnect,
+        },
+    );
+    Ok(Json(json!({ "disconnected": count })))
+}
+
+/// `GET /api/nodes`.
+pub async fn nodes(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let mut nodes = node.registry.nodes().await?;
+    // This node always answers with its current count, even between heartbeats.
+    let me = node.info();
+    match nodes.iter_mut().find(|n| n.id == me.id) {
+        Some(entry) => *entry = me,
+        None if !node.is_draining() => nodes.push(me),
+        None => {}
+    }
+    let list: Vec<_> = nodes
+        .iter()
+        .map(|n| json!({"id": n.id, "url": n.url, "connections": n.connections}))
+        .collect();
+    Ok(Json(json!({ "nodes": list })))
+}

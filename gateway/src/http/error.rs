@@ -1,0 +1,81 @@
+//! Errors of the HTTP API, as `{"error": {"code", "message"}}` with a fitting status.
+
+use crate::protocol::ErrorCode;
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::json;
+
+/// An HTTP API error.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Error code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with the status that fits `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = match code {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotSubscribed => StatusCode::NOT_FOUND,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Overrides the status.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<fanout::BrokerError> for ApiError {
+    fn from(e: fanout::BrokerError) -> Self {
+        match e {
+            fanout::BrokerError::Unavailable(_) => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            }
+            fanout::BrokerError::Invalid(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
+        }
+    }
+}
+
+impl From<presence::PresenceError> for ApiError {
+    fn from(e: presence::PresenceError) -> Self {
+        ApiError::new(ErrorCode::Unavailable, e.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(e: axum::extract::rejection::BytesRejection) -> Self {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        ApiError::new(code, e.body_text()).with_status(status)
+    }
+}

@@ -1,0 +1,55 @@
+//! HTTP routes: the WebSocket endpoint, the backend API, client routing, dev tokens, health,
+//! metrics and the demo page.
+
+mod api;
+mod error;
+mod ops;
+mod ws;
+
+use crate::node::Node;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::sync::Arc;
+
+pub use error::ApiError;
+
+/// The node's router.
+pub fn router(node: Arc<Node>) -> Router {
+    let body_limit = node.config.limits.max_frame_size;
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/api/publish", post(api::publish))
+        .route("/api/presence/{channel}", get(api::presence))
+        .route("/api/history/{channel}", get(api::history))
+        .route("/api/disconnect", post(api::disconnect))
+        .route("/api/nodes", get(api::nodes))
+        .route("/v1/route", get(ops::route))
+        .route("/dev/token", post(ops::dev_token))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/", get(ops::index))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(node)
+}
+
+/// The `token` query parameter, for browsers that cannot set headers on a WebSocket.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The token a request carries: `Authorization: Bearer <token>`, else the `token` query
+/// parameter.
+pub(crate) fn request_token(headers: &http::HeaderMap, query: TokenQuery) -> Option<String> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value
+            .strip_prefix("Bearer ")
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+    }
+    query.token.filter(|t| !t.is_empty())
+}

@@ -1,0 +1,121 @@
+//! `GET /ws`: checks before the upgrade (draining, subprotocol, token, limits), then hands the
+//! socket to a session.
+
+use super::{TokenQuery, request_token};
+use crate::conn::Conn;
+use crate::metrics::handshake_refused;
+use crate::node::Node;
+use crate::protocol::Encoding;
+use crate::session::{self, Registration};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::sync::Arc;
+
+/// Bytes of frames gathered before a socket write; a batch of small pushes goes out in one
+/// syscall while an idle connection keeps little.
+const WRITE_BUFFER_SIZE: usize = 4096;
+
+/// Seconds a refused client is told to wait.
+const RETRY_AFTER_SECS: &str = "5";
+
+fn refuse(status: StatusCode, result: &'static str, message: &'static str) -> Response {
+    handshake_refused(result);
+    let mut response = (status, message).into_response();
+    if matches!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+    ) {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+/// Handles `GET /ws`.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let mut upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            handshake_refused("not_websocket");
+            return rejection.into_response();
+        }
+    };
+    if node.is_draining() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining",
+        );
+    }
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let Some(chosen) = Encoding::negotiate(offered) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_subprotocol",
+            "unsupported subprotocol: offer v1.json or v1.msgpack",
+        );
+    };
+    let encoding = chosen.unwrap_or(Encoding::Json);
+    let query = query.map(|q| q.0).unwrap_or_default();
+    let Some(token) = request_token(&headers, query) else {
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", "missing token");
+    };
+    let claims = match node.verifier.verify(&token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            tracing::debug!(reason = %e, "handshake refused");
+            handshake_refused("unauthorized");
+            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        }
+    };
+    let limits = &node.config.limits;
+    if node.hub.connection_count() >= limits.max_connections {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_full",
+            "node connection limit reached",
+        );
+    }
+    let conn = Arc::new(Conn::new(
+        node.next_conn_id(),
+        claims.sub.as_str().into(),
+        encoding,
+        limits.outbound_queue,
+    ));
+    if node
+        .hub
+        .add_connection(&conn, limits.max_connections_per_user)
+        .is_err()
+    {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "user_limit",
+            "too many connections for this user",
+        );
+    }
+    let registration = Registration::new(node.clone(), conn);
+    if chosen.is_some() {
+        upgrade.set_selected_protocol(HeaderValue::from_static(encoding.subprotocol()));
+    }
+    let max = limits.max_frame_size;
+    upgrade
+        .read_buffer_size(limits.read_buffer_size)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
+        .max_write_buffer_size(max.saturating_mul(4).max(1 << 20))
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session::run(socket, node, registration, claims))
+}

@@ -1,0 +1,160 @@
+//! The node's connection map: channel → local subscribers and user → connections.
+//!
+//! Both maps are sharded (`DashMap`); each channel's subscriber list has its own lock, so
+//! fan-out to one channel holds only that channel's read lock and does not stall connects,
+//! disconnects or fan-out elsewhere. Nothing here is held across an `.await`.
+
+use crate::conn::Conn;
+use crate::metrics::metrics;
+use crate::protocol::{CloseReason, control_frame};
+use bytes::Bytes;
+use dashmap::DashMap;
+use fanout::{ControlEvent, Dispatcher, Publication};
+use parking_lot::RwLock;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+type Subscribers = Arc<RwLock<Vec<Arc<Conn>>>>;
+
+/// Too many connections for one user.
+#[derive(Debug)]
+pub struct UserLimitReached;
+
+/// Local subscribers and connections of this node.
+#[derive(Default)]
+pub struct Hub {
+    channels: DashMap<Arc<str>, Subscribers>,
+    users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
+    connections: AtomicUsize,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `conn` to `channel`'s subscribers. Returns true when it is the node's first.
+    pub fn subscribe(&self, channel: &Arc<str>, conn: &Arc<Conn>) -> bool {
+        let entry = self.channels.entry(channel.clone()).or_default();
+        let mut subs = entry.write();
+        subs.push(conn.clone());
+        metrics().subscriptions.increment(1.0);
+        subs.len() == 1
+    }
+
+    /// Removes `conn` from `channel`. Returns true when the node has no subscriber left there.
+    pub fn unsubscribe(&self, channel: &str, conn: &Conn) -> bool {
+        let mut removed = false;
+        if let Some(entry) = self.channels.get(channel) {
+            let mut subs = entry.write();
+            if let Some(i) = subs.iter().position(|c| c.id == conn.id) {
+                subs.swap_remove(i);
+                removed = true;
+                metrics().subscriptions.decrement(1.0);
+            }
+        }
+        removed
+            && self
+                .channels
+                .remove_if(channel, |_, subs| subs.read().is_empty())
+                .is_some()
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |s| s.read().len())
+    }
+
+    /// Registers a new connection of its user, refusing past `max_per_user`.
+    pub fn add_connection(
+        &self,
+        conn: &Arc<Conn>,
+        max_per_user: usize,
+    ) -> Result<(), UserLimitReached> {
+        let mut conns = self.users.entry(conn.user.clone()).or_default();
+        if conns.len() >= max_per_user {
+            return Err(UserLimitReached);
+        }
+        conns.push(conn.clone());
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        metrics().connections.increment(1.0);
+        Ok(())
+    }
+
+    /// Forgets a connection registered by [`Hub::add_connection`].
+    pub fn remove_connection(&self, conn: &Conn) {
+        let mut found = false;
+        if let Some(mut conns) = self.users.get_mut(&conn.user) {
+            if let Some(i) = conns.iter().position(|c| c.id == conn.id) {
+                conns.swap_remove(i);
+                found = true;
+            }
+        }
+        self.users
+            .remove_if(&conn.user, |_, conns| conns.is_empty());
+        if found {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            metrics().connections.decrement(1.0);
+        }
+    }
+
+    /// Connections registered on this node.
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Asks every connection of `user` to close; returns how many.
+    pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
+        let conns: Vec<Arc<Conn>> = self
+            .users
+            .get(user)
+            .map(|c| c.value().clone())
+            .unwrap_or_default();
+        for conn in &conns {
+            conn.close(reason);
+        }
+        conns.len()
+    }
+
+    /// Asks every connection on the node to close.
+    pub fn close_all(&self, reason: CloseReason) {
+        let conns: Vec<Arc<Conn>> = self.users.iter().flat_map(|e| e.value().clone()).collect();
+        for conn in conns {
+            conn.close(reason);
+        }
+    }
+
+    fn subscribers(&self, channel: &str) -> Option<Subscribers> {
+        self.channels.get(channel).map(|s| s.value().clone())
+    }
+}
+
+impl Dispatcher for Hub {
+    fn dispatch(&self, publication: &Arc<Publication>) {
+        let Some(subs) = self.subscribers(&publication.channel) else {
+            return;
+        };
+        let subs = subs.read();
+        for conn in subs.iter() {
+            conn.deliver(publication);
+        }
+        metrics().delivered.increment(subs.len() as u64);
+    }
+
+    fn dispatch_control(&self, event: &ControlEvent) {
+        let channel = match event {
+            ControlEvent::Join { channel, .. } | ControlEvent::Leave { channel, .. } => channel,
+        };
+        let Some(subs) = self.subscribers(channel) else {
+            return;
+        };
+        let mut encoded: [Option<Bytes>; 2] = [None, None];
+        for conn in subs.read().iter() {
+            let frame = encoded[conn.encoding.slot()]
+                .get_or_insert_with(|| control_frame(conn.encoding, event))
+                .clone();
+            conn.push_frame(frame);
+        }
+    }
+}

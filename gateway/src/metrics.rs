@@ -1,0 +1,72 @@
+//! Prometheus metrics: the recorder, and handles to every series the gateway updates.
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Handles to the gateway's series, resolved once.
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Channel subscriptions held by connections.
+    pub subscriptions: Gauge,
+    /// 1 while draining.
+    pub draining: Gauge,
+    /// Handshakes accepted.
+    pub handshakes_ok: Counter,
+    /// Messages accepted by publish.
+    pub published: Counter,
+    /// Message pushes queued to subscribers.
+    pub delivered: Counter,
+    /// Payload bytes received from clients.
+    pub bytes_in: Counter,
+    /// Payload bytes written to clients.
+    pub bytes_out: Counter,
+    /// Outbound queues that overflowed (slow consumers).
+    pub queue_overflows: Counter,
+    /// From acceptance to the write of the frame carrying it.
+    pub publish_to_write: Histogram,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The series handles (no-ops until [`install`] ran).
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics {
+        connections: gauge!("gateway_connections"),
+        subscriptions: gauge!("gateway_subscriptions"),
+        draining: gauge!("gateway_draining"),
+        handshakes_ok: counter!("gateway_handshakes_total", "result" => "ok"),
+        published: counter!("gateway_messages_published_total"),
+        delivered: counter!("gateway_messages_delivered_total"),
+        bytes_in: counter!("gateway_bytes_in_total"),
+        bytes_out: counter!("gateway_bytes_out_total"),
+        queue_overflows: counter!("gateway_outbound_queue_overflows_total"),
+        publish_to_write: histogram!("gateway_publish_to_write_seconds"),
+    })
+}
+
+/// Counts a refused handshake by result (`unauthorized`, `bad_subprotocol`, ...).
+pub fn handshake_refused(result: &'static str) {
+    counter!("gateway_handshakes_total", "result" => result).increment(1);
+}
+
+/// Counts a server-initiated disconnect by code.
+pub fn disconnect(code: &'static str) {
+    counter!("gateway_disconnects_total", "code" => code).increment(1);
+}
+
+/// Installs the Prometheus recorder; call once, before [`metrics`].
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("gateway_publish_to_write_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        )?
+        .install_recorder()?;
+    metrics().draining.set(0.0);
+    metrics().connections.set(0.0);
+    Ok(handle)
+}

@@ -1,0 +1,312 @@
+//! Decoding client commands from either encoding.
+
+use super::{Encoding, ErrorCode};
+use crate::acl::valid_channel;
+use serde_json::{Map, Value};
+
+/// Longest idempotency key, bytes.
+pub const MAX_IDEM_LEN: usize = 128;
+/// Largest `history` limit.
+pub const MAX_HISTORY_LIMIT: u64 = 1000;
+/// `history` limit when none is given.
+pub const DEFAULT_HISTORY_LIMIT: u64 = 100;
+
+/// A decoded client command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// Client-chosen id, echoed in the reply.
+    pub id: i64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The operations a client can ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Subscribe, optionally recovering from `since` within `epoch`.
+    Subscribe {
+        /// Channel.
+        channel: String,
+        /// Last offset the client saw.
+        since: Option<u64>,
+        /// Epoch of `since`.
+        epoch: Option<String>,
+    },
+    /// Unsubscribe.
+    Unsubscribe {
+        /// Channel.
+        channel: String,
+    },
+    /// Publish `data`.
+    Publish {
+        /// Channel.
+        channel: String,
+        /// Payload.
+        data: Value,
+        /// Idempotency key.
+        idem: Option<String>,
+    },
+    /// List members.
+    Presence {
+        /// Channel.
+        channel: String,
+    },
+    /// Read history.
+    History {
+        /// Channel.
+        channel: String,
+        /// Exclusive lower bound.
+        since: Option<u64>,
+        /// Most messages.
+        limit: u64,
+    },
+    /// Replace the connection's token.
+    Refresh {
+        /// The new JWT.
+        token: String,
+    },
+    /// Round trip.
+    Ping,
+}
+
+/// A command that cannot be served as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandError {
+    /// The command's id, or 0 when the frame is malformed.
+    pub id: i64,
+    /// Error code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: String,
+    /// The frame itself is malformed (counts toward the bad-frame limit).
+    pub malformed: bool,
+}
+
+impl CommandError {
+    fn malformed(message: impl Into<String>) -> Self {
+        Self {
+            id: 0,
+            code: ErrorCode::BadRequest,
+            message: message.into(),
+            malformed: true,
+        }
+    }
+
+    fn bad(id: i64, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code: ErrorCode::BadRequest,
+            message: message.into(),
+            malformed: false,
+        }
+    }
+}
+
+/// Decodes one frame's payload sent in `encoding`.
+pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandError> {
+    let map: Map<String, Value> = match encoding {
+        Encoding::Json => serde_json::from_slice(payload)
+            .map_err(|_| CommandError::malformed("frame is not a JSON object"))?,
+        Encoding::MsgPack => rmp_serde::from_slice(payload).map_err(|_| {
+            CommandError::malformed(
+                "frame is not a MessagePack map of JSON-compatible values (bin and ext types are not accepted)",
+            )
+        })?,
+    };
+    let id = match map.get("id") {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| CommandError::malformed("id must be an integer"))?,
+        Some(_) => return Err(CommandError::malformed("id must be an integer")),
+        None => return Err(CommandError::malformed("missing id")),
+    };
+    let fields = Fields { id, map };
+    let op = match fields.map.get("op") {
+        Some(Value::String(op)) => op.as_str(),
+        Some(_) => return Err(CommandError::bad(id, "op must be a string")),
+        None => return Err(CommandError::bad(id, "missing op")),
+    };
+    let op = match op {
+        "subscribe" => Op::Subscribe {
+            channel: fields.channel()?,
+            since: fields.opt_u64("since")?,
+            epoch: fields.opt_string("epoch")?,
+        },
+        "unsubscribe" => Op::Unsubscribe {
+            channel: fields.channel()?,
+        },
+        "publish" => {
+            let idem = fields.opt_string("idem")?;
+            if let Some(key) = &idem {
+                if key.is_empty() || key.len() > MAX_IDEM_LEN {
+                    return Err(CommandError {
+                        id,
+                        code: ErrorCode::TooLarge,
+                        message: format!("idem must be 1..={MAX_IDEM_LEN} bytes"),
+                        malformed: false,
+                    });
+                }
+            }
+            Op::Publish {
+                channel: fields.channel()?,
+                data: fields
+                    .map
+                    .get("data")
+                    .cloned()
+                    .ok_or_else(|| CommandError::bad(id, "missing data"))?,
+                idem,
+            }
+        }
+        "presence" => Op::Presence {
+            channel: fields.channel()?,
+        },
+        "history" => {
+            let limit = fields.opt_u64("limit")?.unwrap_or(DEFAULT_HISTORY_LIMIT);
+            if limit > MAX_HISTORY_LIMIT {
+                return Err(CommandError::bad(
+                    id,
+                    format!("limit must be at most {MAX_HISTORY_LIMIT}"),
+                ));
+            }
+            Op::History {
+                channel: fields.channel()?,
+                since: fields.opt_u64("since")?,
+                limit,
+            }
+        }
+        "refresh" => Op::Refresh {
+            token: fields
+                .opt_string("token")?
+                .ok_or_else(|| CommandError::bad(id, "missing token"))?,
+        },
+        "ping" => Op::Ping,
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(CommandError::bad(id, format!("unknown op {shown:?}")));
+        }
+    };
+    Ok(Command { id, op })
+}
+
+struct Fields {
+    id: i64,
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    fn opt_string(&self, key: &str) -> Result<Option<String>, CommandError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(CommandError::bad(
+                self.id,
+                format!("{key} must be a string"),
+            )),
+        }
+    }
+
+    fn opt_u64(&self, key: &str) -> Result<Option<u64>, CommandError> {
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+                CommandError::bad(self.id, format!("{key} must be a non-negative integer"))
+            }),
+            Some(_) => Err(CommandError::bad(
+                self.id,
+                format!("{key} must be a non-negative integer"),
+            )),
+        }
+    }
+
+    fn channel(&self) -> Result<String, CommandError> {
+        let channel = self
+            .opt_string("channel")?
+            .ok_or_else(|| CommandError::bad(self.id, "missing channel"))?;
+        if !valid_channel(&channel) {
+            return Err(CommandError::bad(
+                self.id,
+                "channel must be 1..=128 bytes of [A-Za-z0-9_:.@-]",
+            ));
+        }
+        Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn json(v: Value) -> Result<Command, CommandError> {
+        decode(Encoding::Json, v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn decodes_every_op_in_both_encodings() {
+        let frame = json!({"id": 7, "op": "publish", "channel": "room:a", "data": {"x": [1, 2]}, "idem": "k"});
+        let expected = Command {
+            id: 7,
+            op: Op::Publish {
+                channel: "room:a".into(),
+                data: json!({"x": [1, 2]}),
+                idem: Some("k".into()),
+            },
+        };
+        assert_eq!(json(frame.clone()).unwrap(), expected);
+        let packed = rmp_serde::to_vec_named(&frame).unwrap();
+        assert_eq!(decode(Encoding::MsgPack, &packed).unwrap(), expected);
+        assert_eq!(json(json!({"id": 1, "op": "ping"})).unwrap().op, Op::Ping);
+        assert_eq!(
+            json(json!({"id": 1, "op": "history", "channel": "c"}))
+                .unwrap()
+                .op,
+            Op::History {
+                channel: "c".into(),
+                since: None,
+                limit: 100
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_frames_get_id_zero() {
+        for bad in [
+            "nope",
+            "[1]",
+            "{\"op\":\"ping\"}",
+            "{\"id\":\"1\",\"op\":\"ping\"}",
+            "{\"id\":1.5}",
+        ] {
+            let err = decode(Encoding::Json, bad.as_bytes()).unwrap_err();
+            assert_eq!((err.id, err.malformed), (0, true), "{bad}");
+        }
+        // A MessagePack `bin` value has no JSON form, so the frame is refused.
+        let mut bin = Vec::new();
+        rmp::encode::write_map_len(&mut bin, 2).unwrap();
+        rmp::encode::write_str(&mut bin, "id").unwrap();
+        rmp::encode::write_uint(&mut bin, 1).unwrap();
+        rmp::encode::write_str(&mut bin, "data").unwrap();
+        rmp::encode::write_bin(&mut bin, &[1, 2, 3]).unwrap();
+        assert!(decode(Encoding::MsgPack, &bin).unwrap_err().malformed);
+    }
+
+    #[test]
+    fn bad_fields_keep_the_id() {
+        let cases = [
+            json!({"id": 3, "op": "fly"}),
+            json!({"id": 3, "op": "subscribe", "channel": "a b"}),
+            json!({"id": 3, "op": "subscribe"}),
+            json!({"id": 3, "op": "subscribe", "channel": "a", "since": -1}),
+            json!({"id": 3, "op": "history", "channel": "a", "limit": 1001}),
+            json!({"id": 3, "op": "publish", "channel": "a"}),
+        ];
+        for case in cases {
+            let err = json(case.clone()).unwrap_err();
+            assert_eq!(
+                (err.id, err.code, err.malformed),
+                (3, ErrorCode::BadRequest, false),
+                "{case}"
+            );
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The wire protocol: encodings, commands, replies, pushes, error and close codes.
+
+mod command;
+mod frames;
+
+pub use command::{
+    Command, CommandError, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_IDEM_LEN, Op, decode,
+};
+pub use frames::{
+    control_frame, disconnect_frame, error_frame, history_reply_frame, message_frame, reply_frame,
+    welcome_frame,
+};
+
+/// A connection's wire encoding, chosen by subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `v1.json`: text frames holding JSON objects.
+    Json,
+    /// `v1.msgpack`: binary frames holding MessagePack maps.
+    MsgPack,
+}
+
+impl Encoding {
+    /// The subprotocol name.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Encoding::Json => "v1.json",
+            Encoding::MsgPack => "v1.msgpack",
+        }
+    }
+
+    /// Picks the encoding from the offered subprotocols: the first known one; `v1.json` when
+    /// none is offered; `None` when only unknown ones are.
+    pub fn negotiate<'a>(offered: impl Iterator<Item = &'a str>) -> Option<Option<Encoding>> {
+        let mut any = false;
+        for p in offered.flat_map(|h| h.split(',')).map(str::trim) {
+            if p.is_empty() {
+                continue;
+            }
+            any = true;
+            match p {
+                "v1.json" => return Some(Some(Encoding::Json)),
+                "v1.msgpack" => return Some(Some(Encoding::MsgPack)),
+                _ => {}
+            }
+        }
+        if any { None } else { Some(None) }
+    }
+
+    /// Slot of this encoding in a publication's frame cache.
+    pub fn slot(self) -> usize {
+        match self {
+            Encoding::Json => 0,
+            Encoding::MsgPack => 1,
+        }
+    }
+}
+
+/// Error codes of replies and of the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed frame, unknown op, bad field.
+    BadRequest,
+    /// Invalid credentials.
+    Unauthorized,
+    /// Not allowed (ACL or a limit).
+    Forbidden,
+    /// Not subscribed to the channel.
+    NotSubscribed,
+    /// Too many requests.
+    RateLimited,
+    /// Too large.
+    TooLarge,
+    /// A backend is down; retry later.
+    Unavailable,
+    /// Server error.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// Why the server closes a connection: the `disconnect` push code and the close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Protocol abuse (too many malformed frames).
+    Policy,
+    /// A frame over the maximum size.
+    TooLarge,
+    /// Server error.
+    Internal,
+    /// Node draining.
+    Shutdown,
+    /// Token expired without refresh.
+    TokenExpired,
+    /// Outbound queue overflowed.
+    SlowConsumer,
+    /// Sustained rate-limit violations.
+    RateLimited,
+    /// No frame within the idle timeout.
+    HeartbeatTimeout,
+    /// A backend asked (`POST /api/disconnect`); the flag says whether to reconnect.
+    Disconnected {
+        /// Whether the client should reconnect.
+        reconnect: bool,
+    },
+}
+
+impl CloseReason {
+    /// The `disconnect.code` string.
+    pub fn code(self) -> &'static str {
+        match self {
+            CloseReason::Policy => "policy",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::Internal => "internal",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::Disconnected { .. } => "disconnected",
+        }
+    }
+
+    /// The WebSocket close code.
+    pub fn close_code(self) -> u16 {
+        match self {
+            CloseReason::Policy => 1008,
+            CloseReason::TooLarge => 1009,
+            CloseReason::Internal => 1011,
+            CloseReason::Shutdown => 1012,
+            CloseReason::TokenExpired => 4001,
+            CloseReason::SlowConsumer => 4002,
+            CloseReason::RateLimited => 4003,
+            CloseReason::HeartbeatTimeout => 4004,
+            CloseReason::Disconnected { .. } => 4005,
+        }
+    }
+
+    /// Whether reconnecting makes sense.
+    pub fn reconnect(self) -> bool {
+        match self {
+            CloseReason::Policy | CloseReason::TooLarge => false,
+            CloseReason::Disconnected { reconnect } => reconnect,
+            _ => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subprotocol_negotiation() {
+        assert_eq!(Encoding::negotiate([].into_iter()), Some(None));
+        assert_eq!(
+            Encoding::negotiate(["x, v1.msgpack"].into_iter()),
+            Some(Some(Encoding::MsgPack))
+        );
+        assert_eq!(
+            Encoding::negotiate(["v1.json", "v1.msgpack"].into_iter()),
+            Some(Some(Encoding::Json))
+        );
+        assert_eq!(Encoding::negotiate(["chat"].into_iter()), None);
+    }
+}

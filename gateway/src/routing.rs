@@ -1,0 +1,62 @@
+//! Sticky routing: the home node of a user by rendezvous (highest random weight) hashing.
+//!
+//! Every node computes the same answer from the same list of live nodes, and when a node
+//! leaves only its own users move.
+
+use presence::NodeInfo;
+
+/// FNV-1a over `parts`, then a splitmix64 finalizer: stable across builds and platforms.
+fn weight(node_id: &str, user: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node_id.bytes().chain([0xff]).chain(user.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The node that `user` should connect to, among `nodes`.
+pub fn home_node<'a>(user: &str, nodes: &'a [NodeInfo]) -> Option<&'a NodeInfo> {
+    nodes
+        .iter()
+        .max_by_key(|n| (weight(&n.id, user), n.id.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: usize) -> Vec<NodeInfo> {
+        (0..n)
+            .map(|i| NodeInfo {
+                id: format!("node-{i}"),
+                url: format!("ws://10.0.0.{i}/ws"),
+                connections: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spreads_users_and_moves_only_the_lost_nodes_users() {
+        let three = nodes(3);
+        let mut counts = [0usize; 3];
+        let users: Vec<String> = (0..3000).map(|i| format!("user{i}")).collect();
+        for u in &users {
+            let home = home_node(u, &three).unwrap();
+            counts[three.iter().position(|n| n.id == home.id).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+        let two = &three[..2];
+        for u in &users {
+            let before = home_node(u, &three).unwrap();
+            if before.id != "node-2" {
+                assert_eq!(home_node(u, two).unwrap().id, before.id);
+            }
+        }
+        assert!(home_node("x", &[]).is_none());
+    }
+}

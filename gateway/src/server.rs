@@ -1,0 +1,96 @@
+//! The accept loop: one hyper HTTP/1 connection per TCP stream, with a header-read timeout
+//! (the handshake timeout) and upgrades; drain on SIGTERM or SIGINT.
+
+use crate::node::Node;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// Serves `router` on `listener` until `stop` resolves, then drains the node: every session
+/// gets `disconnect` `shutdown` and close 1012, and this returns when they are gone or when
+/// the drain deadline passes. The listener keeps answering during the drain so that
+/// `/readyz` can say 503; `/ws` refuses new sessions.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()>,
+) {
+    let accept = accept_loop(node.clone(), listener, router);
+    tokio::pin!(accept);
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = stop => {}
+    }
+    tracing::info!(connections = node.hub.connection_count(), "draining");
+    node.start_drain();
+    if let Err(e) = node.registry.deregister(&node.config.node_id).await {
+        tracing::warn!(error = %e, "node registry deregister failed");
+    }
+    let deadline = Instant::now() + node.config.drain_timeout;
+    let drained = async {
+        while node.hub.connection_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // Keep accepting (readiness answers 503, /ws refuses) while sessions close.
+    tokio::select! {
+        _ = &mut accept => {}
+        _ = drained => {}
+    }
+    tracing::info!(left = node.hub.connection_count(), "drained");
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
+    let header_timeout = node.config.limits.handshake_timeout;
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    let mut int = match signal(SignalKind::interrupt()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -53,7 +53,12 @@ impl History {
                     return Vec::new();
                 };
                 let start = (since + 1).saturating_sub(front.offset) as usize;
-                self.entries.iter().skip(start).take(limit).cloned().collect()
+                self.entries
+                    .iter()
+                    .skip(start)
+                    .take(limit)
+                    .cloned()
+                    .collect()
             }
         }
     }

@@ -20,6 +20,19 @@ pub struct Namespace {
 }
 
 impl Namespace {
+    /// The default namespaces with `configured` added; a configured prefix that equals a
+    /// default one replaces it.
+    pub fn with_defaults(configured: Vec<Namespace>) -> Vec<Namespace> {
+        let mut all = Self::defaults();
+        for ns in configured {
+            match all.iter_mut().find(|d| d.prefix == ns.prefix) {
+                Some(existing) => *existing = ns,
+                None => all.push(ns),
+            }
+        }
+        all
+    }
+
     /// The default namespaces: `room:`, open to every user, with presence.
     pub fn defaults() -> Vec<Namespace> {
         vec![Namespace {

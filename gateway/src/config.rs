@@ -325,7 +325,7 @@ impl Config {
             history_ttl: Duration::from_secs(s.history_ttl_secs.unwrap_or(300)),
             dedup_window,
             direct_messages: s.direct_messages.unwrap_or(true),
-            namespaces: s.namespaces.unwrap_or_else(Namespace::defaults),
+            namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
         })
     }
 }
@@ -409,6 +409,7 @@ mod tests {
         let c = Config::from_settings(s).unwrap();
         assert_eq!(c.limits.max_subscriptions, 7);
         assert_eq!(c.limits.publish_rate, 3);
-        assert_eq!(c.namespaces.len(), 1);
+        // `news:` is added to the default `room:`.
+        assert_eq!(c.namespaces.len(), 2);
     }
 }

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
             "dev mode: POST /dev/token mints tokens for anyone; never use in production"
         );
     }
+    let stop = server::shutdown_signal().context("installing signal handlers")?;
     let node = Node::embedded(config, public_url, Some(prometheus))?;
     node.registry.heartbeat(node.info()).await?;
     tokio::spawn(node.clone().run_maintenance());
@@ -49,6 +50,6 @@ async fn main() -> anyhow::Result<()> {
         "listening"
     );
     let router = http::router(node.clone());
-    server::serve(node, listener, router, server::shutdown_signal()).await;
+    server::serve(node, listener, router, stop).await;
     Ok(())
 }

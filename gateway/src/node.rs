@@ -10,7 +10,7 @@ use fanout::{Broker, LocalBroker, LocalBrokerConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use presence::{LocalPresence, LocalRegistry, NodeInfo, NodeRegistry, Presence};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long a node stays in the registry without a heartbeat.
@@ -39,6 +39,7 @@ pub struct Node {
     local_broker: Option<Arc<LocalBroker>>,
     draining: AtomicBool,
     next_conn_id: AtomicU64,
+    sessions: AtomicUsize,
 }
 
 impl Node {
@@ -70,6 +71,7 @@ impl Node {
             local_broker: Some(broker),
             draining: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
+            sessions: AtomicUsize::new(0),
             config,
         }))
     }
@@ -77,6 +79,20 @@ impl Node {
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sessions (accepted handshakes) not finished yet, closing ones included.
+    pub fn session_count(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session in (`true`) or out (`false`); used by the session's registration.
+    pub(crate) fn track_session(&self, started: bool) {
+        if started {
+            self.sessions.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// True once a drain started.

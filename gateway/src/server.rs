@@ -26,14 +26,14 @@ pub async fn serve(
         _ = &mut accept => {}
         _ = stop => {}
     }
-    tracing::info!(connections = node.hub.connection_count(), "draining");
+    tracing::info!(sessions = node.session_count(), "draining");
     node.start_drain();
     if let Err(e) = node.registry.deregister(&node.config.node_id).await {
         tracing::warn!(error = %e, "node registry deregister failed");
     }
     let deadline = Instant::now() + node.config.drain_timeout;
     let drained = async {
-        while node.hub.connection_count() > 0 && Instant::now() < deadline {
+        while node.session_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
@@ -42,7 +42,7 @@ pub async fn serve(
         _ = &mut accept => {}
         _ = drained => {}
     }
-    tracing::info!(left = node.hub.connection_count(), "drained");
+    tracing::info!(left = node.session_count(), "drained");
 }
 
 async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
@@ -72,25 +72,16 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now and returns a future that resolves on
+/// either. Install them before announcing the node, so that an early signal drains it.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    let mut int = match signal(SignalKind::interrupt()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    })
 }

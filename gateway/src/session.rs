@@ -40,6 +40,7 @@ pub struct Registration {
 impl Registration {
     /// Wraps a connection already added with `Hub::add_connection`.
     pub fn new(node: Arc<Node>, conn: Arc<Conn>) -> Self {
+        node.track_session(true);
         Self { node, conn }
     }
 }
@@ -47,6 +48,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.node.hub.remove_connection(&self.conn);
+        self.node.track_session(false);
     }
 }
 
@@ -103,6 +105,9 @@ pub async fn run(mut ws: WebSocket, node: Arc<Node>, registration: Registration,
     metrics().handshakes_ok.increment(1);
     let end = session.serve(&mut ws).await;
     session.leave_all().await;
+    // Closing: no longer one of the user's connections (limits, /api/disconnect), though the
+    // drain still waits for the close handshake below.
+    node.hub.remove_connection(&conn);
     if let End::Close(reason) = end {
         close(&mut ws, conn.encoding, reason).await;
     }

@@ -13,7 +13,10 @@ use clap::{Parser, Subcommand};
 
 /// Command line.
 #[derive(Parser)]
-#[command(name = "loadgen", about = "Load generator for the gateway (protocol v1)")]
+#[command(
+    name = "loadgen",
+    about = "Load generator for the gateway (protocol v1)"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -90,8 +93,15 @@ fn main() -> anyhow::Result<()> {
                 duration,
                 channel,
             } => {
-                report::latency(&target.url, &target.secret, subscribers, rate, duration, &channel)
-                    .await
+                report::latency(
+                    &target.url,
+                    &target.secret,
+                    subscribers,
+                    rate,
+                    duration,
+                    &channel,
+                )
+                .await
             }
         }
     })

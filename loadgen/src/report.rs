@@ -47,7 +47,10 @@ pub async fn idle(
             let t0 = Instant::now();
             match client::connect(&url, &secret, &format!("idle{i}")).await {
                 Ok(mut ws) => {
-                    let _ = handshakes.lock().await.record(t0.elapsed().as_nanos() as u64);
+                    let _ = handshakes
+                        .lock()
+                        .await
+                        .record(t0.elapsed().as_nanos() as u64);
                     // Hold: keep reading so pings are answered.
                     loop {
                         tokio::select! {
@@ -77,7 +80,10 @@ pub async fn idle(
     let rss_after = pid.and_then(rss_kib);
     let h = handshakes.lock().await.clone();
     let ok = h.len();
-    println!("connections opened: {ok} of {n}, failures: {}", failures.load(Ordering::Relaxed));
+    println!(
+        "connections opened: {ok} of {n}, failures: {}",
+        failures.load(Ordering::Relaxed)
+    );
     println!(
         "connect rate: {:.0}/s over {:.2} s",
         ok as f64 / open_time.as_secs_f64(),
@@ -148,7 +154,11 @@ pub async fn latency(
     let mut subs: Vec<Socket> = Vec::with_capacity(subscribers);
     for i in 0..subscribers {
         let mut ws = client::connect(url, secret, &format!("sub{i}")).await?;
-        client::request(&mut ws, json!({"id": 1, "op": "subscribe", "channel": channel})).await?;
+        client::request(
+            &mut ws,
+            json!({"id": 1, "op": "subscribe", "channel": channel}),
+        )
+        .await?;
         subs.push(ws);
     }
     let total = u64::from(rate) * duration;
@@ -183,7 +193,8 @@ pub async fn latency(
     let mut errors = 0u64;
     for i in 0..total {
         tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let cmd = json!({"id": i + 1, "op": "publish", "channel": channel, "data": {"t": now_nanos()}});
+        let cmd =
+            json!({"id": i + 1, "op": "publish", "channel": channel, "data": {"t": now_nanos()}});
         if client::send(&mut publisher, &cmd).await.is_err() {
             errors += 1;
         }

@@ -35,8 +35,12 @@ pub enum PresenceError {
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
     /// Records one more connection of `user` on `channel`; true when it is the user's first.
-    async fn add(&self, channel: &str, user: &str, name: Option<&str>)
-    -> Result<bool, PresenceError>;
+    async fn add(
+        &self,
+        channel: &str,
+        user: &str,
+        name: Option<&str>,
+    ) -> Result<bool, PresenceError>;
     /// Records one connection fewer; true when it was the user's last.
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError>;
     /// The users present on `channel`, sorted by user id.

@@ -108,9 +108,18 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
         Encoding::Json => serde_json::from_slice(payload)
             .map_err(|_| CommandError::malformed("frame is not a JSON object"))?,
         Encoding::MsgPack => rmp_serde::from_slice(payload).map_err(|_| {
-            CommandError::malformed(
-                "frame is not a MessagePack map of JSON-compatible values (bin and ext types are not accepted)",
-            )
+            const WHY: &str =
+                "values must be JSON-compatible (MessagePack bin and ext types are not accepted)";
+            // A map with an integer id whose other values have no JSON form is a bad field,
+            // not a malformed frame.
+            #[derive(serde::Deserialize)]
+            struct IdOnly {
+                id: i64,
+            }
+            match rmp_serde::from_slice::<IdOnly>(payload) {
+                Ok(IdOnly { id }) => CommandError::bad(id, WHY),
+                Err(_) => CommandError::malformed(format!("frame is not a MessagePack map: {WHY}")),
+            }
         })?,
     };
     let id = match map.get("id") {
@@ -280,14 +289,15 @@ mod tests {
             let err = decode(Encoding::Json, bad.as_bytes()).unwrap_err();
             assert_eq!((err.id, err.malformed), (0, true), "{bad}");
         }
-        // A MessagePack `bin` value has no JSON form, so the frame is refused.
+        // A MessagePack `bin` value has no JSON form: refused, but the id is kept.
         let mut bin = Vec::new();
         rmp::encode::write_map_len(&mut bin, 2).unwrap();
         rmp::encode::write_str(&mut bin, "id").unwrap();
         rmp::encode::write_uint(&mut bin, 1).unwrap();
         rmp::encode::write_str(&mut bin, "data").unwrap();
         rmp::encode::write_bin(&mut bin, &[1, 2, 3]).unwrap();
-        assert!(decode(Encoding::MsgPack, &bin).unwrap_err().malformed);
+        let err = decode(Encoding::MsgPack, &bin).unwrap_err();
+        assert_eq!((err.id, err.malformed), (1, false));
     }
 
     #[test]

@@ -1,0 +1,420 @@
+//! Running the real `gateway` binary as a child process.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::jwt::{API_KEY, TEST_SECRET};
+
+/// How long a gateway may take to print its `listening` line.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The path of the `gateway` binary under test.
+///
+/// `GATEWAY_BIN` when set; otherwise `gateway` next to the test binary's profile directory
+/// (`target/<profile>/deps/e2e-xxxx` → `target/<profile>/gateway`). Panics when it is missing.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "GATEWAY_BIN={} does not exist; build it first: cargo build -p gateway",
+            p.display()
+        );
+        return p;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe
+        .parent()
+        .expect("test binary has a parent dir")
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let bin = dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "gateway binary not found at {}; build it first: cargo build -p gateway \
+         (or point GATEWAY_BIN at it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a new, empty, uniquely named directory.
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "e2e-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `path()` joined with `name`.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Builds the command line of a gateway process.
+///
+/// Defaults: `--listen 127.0.0.1:0 --log-format json --jwt-secret <TEST_SECRET>
+/// --api-key <API_KEY>`. A default is left out when the same flag is given with
+/// [`arg`](Self::arg) / [`flag`](Self::flag) (clap refuses repeated single-value flags), or when
+/// it is removed with [`without`](Self::without).
+///
+/// The child runs in its own temporary working directory (so anything it writes relative to
+/// it is never shared between parallel tests), with every inherited `GATEWAY_*` variable and
+/// `RUST_LOG` removed.
+#[derive(Debug, Clone)]
+pub struct GatewayBuilder {
+    args: Vec<(String, Option<String>)>,
+    removed: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayBuilder {
+    /// A builder with only the defaults.
+    pub fn new() -> GatewayBuilder {
+        GatewayBuilder {
+            args: Vec::new(),
+            removed: Vec::new(),
+            envs: Vec::new(),
+        }
+    }
+
+    /// Adds `name value` (replacing the default for `name`, if any).
+    pub fn arg(mut self, name: &str, value: impl ToString) -> Self {
+        self.args.push((name.to_string(), Some(value.to_string())));
+        self
+    }
+
+    /// Adds a flag without a value, such as `--dev`.
+    pub fn flag(mut self, name: &str) -> Self {
+        self.args.push((name.to_string(), None));
+        self
+    }
+
+    /// Leaves out the default for `name` (for instance `--jwt-secret`).
+    pub fn without(mut self, name: &str) -> Self {
+        self.removed.push(name.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the child.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn command_line(&self) -> Vec<String> {
+        let defaults: [(&str, &str); 4] = [
+            ("--listen", "127.0.0.1:0"),
+            ("--log-format", "json"),
+            ("--jwt-secret", TEST_SECRET),
+            ("--api-key", API_KEY),
+        ];
+        let mut out = Vec::new();
+        for (name, value) in defaults {
+            let overridden = self.args.iter().any(|(n, _)| n == name);
+            let removed = self.removed.iter().any(|n| n == name);
+            if !overridden && !removed {
+                out.push(name.to_string());
+                out.push(value.to_string());
+            }
+        }
+        for (name, value) in &self.args {
+            out.push(name.clone());
+            if let Some(v) = value {
+                out.push(v.clone());
+            }
+        }
+        out
+    }
+
+    fn command(&self, dir: &TempDir) -> Command {
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args(self.command_line());
+        for (k, _) in std::env::vars_os() {
+            if let Some(k) = k.to_str() {
+                if k.starts_with("GATEWAY_") || k == "RUST_LOG" {
+                    cmd.env_remove(k);
+                }
+            }
+        }
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd.current_dir(dir.path());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Starts the gateway and waits (up to [`STARTUP_TIMEOUT`]) for its `listening` log line.
+    ///
+    /// Panics, showing everything the process printed, when it exits or stays silent.
+    pub async fn start(self) -> Gateway {
+        let dir = TempDir::new("gw");
+        let mut child = self
+            .command(&dir)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", gateway_bin().display()));
+        let logs: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stderr = child.stderr.take().expect("stderr piped");
+        let stdout = child.stdout.take().expect("stdout piped");
+        spawn_drain(stderr, logs.clone(), tx.clone());
+        spawn_drain(stdout, logs.clone(), tx);
+        let mut gw = Gateway {
+            child,
+            addr: String::new(),
+            logs,
+            args: self.command_line(),
+            _dir: dir,
+        };
+        let addr = tokio::time::timeout(STARTUP_TIMEOUT, wait_listening(rx)).await;
+        match addr {
+            Ok(Some(addr)) => gw.addr = addr,
+            Ok(None) => {
+                let status = gw.wait_exit(Duration::from_secs(2)).await;
+                panic!(
+                    "gateway {:?} ended its output without a `listening` line (exit: {status:?}); \
+                     output:\n{}",
+                    gw.args,
+                    gw.logs().join("\n")
+                );
+            }
+            Err(_) => panic!(
+                "gateway {:?} printed no `listening` line within {STARTUP_TIMEOUT:?}; output:\n{}",
+                gw.args,
+                gw.logs().join("\n")
+            ),
+        }
+        gw
+    }
+
+    /// Runs the gateway expecting it to exit by itself (for instance on bad configuration);
+    /// returns its exit status and everything it printed (stdout and stderr).
+    ///
+    /// Panics when it is still running after `timeout` (it is then killed).
+    pub async fn run_to_exit(self, timeout: Duration) -> (ExitStatus, String) {
+        let dir = TempDir::new("gw");
+        let mut cmd = self.command(&dir);
+        let args = self.command_line();
+        let child = tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("spawn gateway");
+            let deadline = Instant::now() + timeout;
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    let mut out = String::new();
+                    if let Some(mut s) = child.stdout.take() {
+                        let _ = s.read_to_string(&mut out);
+                    }
+                    if let Some(mut s) = child.stderr.take() {
+                        let _ = s.read_to_string(&mut out);
+                    }
+                    return Some((status, out));
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("join");
+        drop(dir);
+        child.unwrap_or_else(|| panic!("gateway {args:?} still running after {timeout:?}"))
+    }
+}
+
+fn spawn_drain(
+    stream: impl Read + Send + 'static,
+    logs: Arc<Mutex<Vec<String>>>,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            }
+        }
+    });
+}
+
+async fn wait_listening(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    while let Some(line) = rx.recv().await {
+        if let Some(addr) = listening_addr(&line) {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// Extracts `fields.addr` from a JSON log line whose `fields.message` is `listening`
+/// (a flattened event, with `message`/`addr` at the top level, is accepted too).
+fn listening_addr(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    for obj in [&v["fields"], &v] {
+        if obj["message"].as_str() == Some("listening") {
+            if let Some(addr) = obj["addr"].as_str() {
+                return Some(addr.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A running gateway process, killed on drop.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+    args: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway with the defaults plus `args`, given as `["--flag", "value", ...]`
+    /// pairs (use [`GatewayBuilder`] for value-less flags and environment variables).
+    pub async fn start(args: &[&str]) -> Gateway {
+        assert!(args.len() % 2 == 0, "Gateway::start takes flag/value pairs");
+        let mut b = GatewayBuilder::new();
+        for pair in args.chunks(2) {
+            b = b.arg(pair[0], pair[1]);
+        }
+        b.start().await
+    }
+
+    /// A builder, for flags, removals of defaults and environment variables.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::new()
+    }
+
+    /// The address it listens on, such as `127.0.0.1:40123`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The command-line arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Every line it printed so far (stderr and stdout, in arrival order).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends a signal by name (`"TERM"`, `"INT"`, ...) with the `kill` command.
+    pub fn send_signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_line() {
+        let line = r#"{"timestamp":"x","level":"INFO","fields":{"message":"listening","addr":"127.0.0.1:4000"},"target":"gateway"}"#;
+        assert_eq!(listening_addr(line).as_deref(), Some("127.0.0.1:4000"));
+        assert_eq!(listening_addr(r#"{"fields":{"message":"other"}}"#), None);
+        assert_eq!(listening_addr("not json"), None);
+    }
+
+    #[test]
+    fn overridden_defaults_are_left_out() {
+        let args = GatewayBuilder::new()
+            .arg("--listen", "127.0.0.1:9")
+            .without("--api-key")
+            .flag("--dev")
+            .command_line();
+        assert_eq!(args.iter().filter(|a| *a == "--listen").count(), 1);
+        assert!(args.contains(&"127.0.0.1:9".to_string()));
+        assert!(!args.contains(&"--api-key".to_string()));
+        assert!(args.contains(&"--dev".to_string()));
+        assert!(args.contains(&"--jwt-secret".to_string()));
+    }
+}

@@ -1,0 +1,40 @@
+//! End-to-end test harness for the gateway.
+//!
+//! Every test starts its own `gateway` process (see [`GatewayBuilder`]), talks to it over real
+//! sockets with real WebSocket clients ([`Client`], [`Connect`]) and a tiny HTTP/1.1 client
+//! ([`http`]), and mints its own JWTs ([`Token`]). Nothing here knows the gateway's internals:
+//! the contract is `shared/protocol-v1.md` plus the gateway's choices in `docs/protocol.md`.
+
+pub mod client;
+pub mod gateway;
+pub mod http;
+pub mod jwt;
+
+pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
+pub use gateway::{Gateway, GatewayBuilder, TempDir};
+pub use http::{HttpResponse, http};
+pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
+
+use std::time::Duration;
+
+/// Shorthand for a number of seconds.
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Shorthand for a number of milliseconds.
+pub fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Reads `v` as an unsigned integer, panicking with the value when it is not one.
+pub fn as_u64(v: &serde_json::Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
+}
+
+/// Reads `v` as a string, panicking with the value when it is not one.
+pub fn as_str(v: &serde_json::Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}

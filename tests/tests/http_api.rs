@@ -1,0 +1,350 @@
+//! The HTTP side: `/api/*` for backends, `/v1/route`, health, metrics, the demo page and
+//! `/dev/token`.
+
+use e2e::{Client, Gateway, HttpResponse, Token, as_str, as_u64, http, millis, secs, token};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const AUTH: (&str, &str) = ("Authorization", "Bearer test-api-key");
+
+async fn api_get(addr: &str, path: &str) -> HttpResponse {
+    http(addr, "GET", path, &[AUTH], None).await
+}
+
+async fn api_post(addr: &str, path: &str, body: Value) -> HttpResponse {
+    http(addr, "POST", path, &[AUTH], Some(&body.to_string())).await
+}
+
+fn assert_api_error(r: &HttpResponse, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+}
+
+#[tokio::test]
+async fn api_publish_reaches_subscribers_as_server() {
+    let gw = Gateway::start(&[]).await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    c.subscribe("room:api").await;
+    let r = api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:api", "data": {"x": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"offset": 1}));
+    let m = c.expect_message("room:api", secs(10)).await;
+    assert_eq!(m["from"], "server", "{m}");
+    assert_eq!(m["data"], json!({"x": 1}), "{m}");
+    assert_eq!(as_u64(&m["offset"]), 1);
+
+    // Idempotent through the API too.
+    let body = json!({"channel": "room:api", "data": 2, "idem": "api-key-1"});
+    let a = api_post(gw.addr(), "/api/publish", body.clone())
+        .await
+        .json();
+    let b = api_post(gw.addr(), "/api/publish", body).await.json();
+    assert_eq!(a, json!({"offset": 2}));
+    assert_eq!(b, json!({"offset": 2}));
+    // Direct messages from the server.
+    let r = api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "user:alice", "data": "hi"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let m = c.expect_message("user:alice", secs(10)).await;
+    assert_eq!(m["from"], "server");
+    let m = c.next_push_of("message", millis(300)).await;
+    assert!(
+        m.is_none(),
+        "the repeated idem must not be delivered: {m:?}"
+    );
+
+    // Bad requests.
+    let r = api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:a b", "data": 1}),
+    )
+    .await;
+    assert_api_error(&r, 400, "bad_request");
+    let r = api_post(gw.addr(), "/api/publish", json!({"data": 1})).await;
+    assert_eq!(r.status, 400, "missing channel: {r:?}");
+}
+
+#[tokio::test]
+async fn api_key_is_required() {
+    let gw = Gateway::start(&[]).await;
+    let body = json!({"channel": "room:x", "data": 1}).to_string();
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("missing", vec![]),
+        ("wrong", vec![("Authorization", "Bearer wrong-key")]),
+    ];
+    for (label, headers) in &cases {
+        let r = http(gw.addr(), "POST", "/api/publish", headers, Some(&body)).await;
+        assert_api_error(&r, 401, "unauthorized");
+        let r = http(gw.addr(), "GET", "/api/nodes", headers, None).await;
+        assert_eq!(r.status, 401, "{label} key on /api/nodes: {r:?}");
+        let r = http(gw.addr(), "GET", "/api/presence/room:x", headers, None).await;
+        assert_eq!(r.status, 401, "{label} key on /api/presence: {r:?}");
+        let r = http(gw.addr(), "GET", "/api/history/room:x", headers, None).await;
+        assert_eq!(r.status, 401, "{label} key on /api/history: {r:?}");
+        let r = http(
+            gw.addr(),
+            "POST",
+            "/api/disconnect",
+            headers,
+            Some(r#"{"user":"x"}"#),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{label} key on /api/disconnect: {r:?}");
+    }
+    // A user JWT is not an API key.
+    let jwt = format!("Bearer {}", token("alice"));
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/api/publish",
+        &[("Authorization", &jwt)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[tokio::test]
+async fn api_is_closed_without_a_configured_key() {
+    let gw = Gateway::builder().without("--api-key").start().await;
+    let r = api_get(gw.addr(), "/api/nodes").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = http(
+        gw.addr(),
+        "GET",
+        "/api/nodes",
+        &[("Authorization", "Bearer ")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[tokio::test]
+async fn api_presence_and_history() {
+    let gw = Gateway::start(&[]).await;
+    let mut a = Client::connect(gw.addr(), &Token::new("alice").name("Alice").hs256()).await;
+    a.subscribe("room:p").await;
+    let r = api_get(gw.addr(), "/api/presence/room:p").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let members = v["members"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(members.len(), 1, "{v}");
+    assert_eq!(members[0]["user"], "alice");
+    assert_eq!(members[0]["name"], "Alice");
+    assert_eq!(as_u64(&members[0]["conns"]), 1);
+
+    for i in 1..=5 {
+        a.publish("room:p", json!(i)).await;
+    }
+    let offsets = |v: &Value| -> Vec<u64> {
+        v["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|m| as_u64(&m["offset"]))
+            .collect()
+    };
+    let r = api_get(gw.addr(), "/api/history/room:p").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let all = r.json();
+    assert_eq!(offsets(&all), vec![1, 2, 3, 4, 5], "{all}");
+    assert_eq!(as_u64(&all["offset"]), 5);
+    assert!(!as_str(&all["epoch"]).is_empty());
+    assert_eq!(all["messages"][0]["from"], "alice");
+    assert_eq!(all["messages"][0]["data"], 1);
+    let part = api_get(gw.addr(), "/api/history/room:p?since=2&limit=2")
+        .await
+        .json();
+    assert_eq!(offsets(&part), vec![3, 4], "{part}");
+    let r = api_get(gw.addr(), "/api/history/room:p?limit=5000").await;
+    assert_eq!(r.status, 400, "limit over 1000: {r:?}");
+    let r = api_get(gw.addr(), "/api/history/room:a%20b").await;
+    assert_eq!(r.status, 400, "bad channel name: {r:?}");
+}
+
+#[tokio::test]
+async fn api_disconnect() {
+    let gw = Gateway::start(&[]).await;
+    let mut bob1 = Client::connect(gw.addr(), &token("bob")).await;
+    let mut bob2 = Client::connect(gw.addr(), &token("bob")).await;
+    let mut alice = Client::connect(gw.addr(), &token("alice")).await;
+
+    let r = api_post(gw.addr(), "/api/disconnect", json!({"user": "bob"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"disconnected": 2}));
+    for c in [&mut bob1, &mut bob2] {
+        let (d, code) = c.expect_close(secs(10)).await;
+        let d = d.expect("a disconnect push precedes the close");
+        assert_eq!(d["code"], "disconnected", "{d}");
+        assert_eq!(d["reconnect"], false, "{d}");
+        assert_eq!(code, 4005);
+    }
+    alice.request_ok("ping", json!({})).await;
+
+    let mut bob3 = Client::connect(gw.addr(), &token("bob")).await;
+    let r = api_post(
+        gw.addr(),
+        "/api/disconnect",
+        json!({"user": "bob", "reconnect": true}),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"disconnected": 1}));
+    let (d, code) = bob3.expect_close(secs(10)).await;
+    let d = d.expect("a disconnect push precedes the close");
+    assert_eq!(d["code"], "disconnected", "{d}");
+    assert_eq!(d["reconnect"], true, "{d}");
+    assert_eq!(code, 4005);
+
+    let r = api_post(gw.addr(), "/api/disconnect", json!({"user": "nobody"})).await;
+    assert_eq!(r.json(), json!({"disconnected": 0}));
+    alice.request_ok("ping", json!({})).await;
+}
+
+#[tokio::test]
+async fn nodes_and_route() {
+    let url = "ws://public.example:9000/ws";
+    let gw = Gateway::start(&["--node-id", "node-e2e", "--public-url", url]).await;
+    let _a = Client::connect(gw.addr(), &token("alice")).await;
+    let _b = Client::connect(gw.addr(), &token("bob")).await;
+    let r = api_get(gw.addr(), "/api/nodes").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    let nodes = v["nodes"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(nodes.len(), 1, "{v}");
+    assert_eq!(nodes[0]["id"], "node-e2e", "{v}");
+    assert_eq!(nodes[0]["url"], url, "{v}");
+    assert_eq!(as_u64(&nodes[0]["connections"]), 2, "{v}");
+
+    let user = format!("Bearer {}", token("carol"));
+    let r = http(
+        gw.addr(),
+        "GET",
+        "/v1/route",
+        &[("Authorization", &user)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), json!({"node": "node-e2e", "url": url}));
+    let r = http(
+        gw.addr(),
+        "GET",
+        &format!("/v1/route?token={}", token("carol")),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["node"], "node-e2e");
+    let r = http(gw.addr(), "GET", "/v1/route", &[], None).await;
+    assert_eq!(r.status, 401, "no token: {r:?}");
+    let bad = format!("Bearer {}", Token::new("carol").bad_signature());
+    let r = http(
+        gw.addr(),
+        "GET",
+        "/v1/route",
+        &[("Authorization", &bad)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401, "bad token: {r:?}");
+    let r = http(gw.addr(), "GET", "/v1/route", &[AUTH], None).await;
+    assert_eq!(r.status, 401, "the API key is not a user token: {r:?}");
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn health_metrics_and_demo_page() {
+    let gw = Gateway::start(&[]).await;
+    let r = http(gw.addr(), "GET", "/healthz", &[], None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = http(gw.addr(), "GET", "/readyz", &[], None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    c.publish("room:m", json!(1)).await;
+    // Gauges may be updated a moment after the event.
+    let deadline = Instant::now() + secs(10);
+    let text = loop {
+        let r = http(gw.addr(), "GET", "/metrics", &[], None).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let ok = metric_value(&r.body, "gateway_connections") == Some(1.0)
+            && metric_value(&r.body, "gateway_messages_published_total").is_some_and(|v| v >= 1.0);
+        if ok || Instant::now() > deadline {
+            break r.body;
+        }
+        tokio::time::sleep(millis(200)).await;
+    };
+    assert_eq!(
+        metric_value(&text, "gateway_connections"),
+        Some(1.0),
+        "one client connected:\n{text}"
+    );
+    assert!(
+        metric_value(&text, "gateway_messages_published_total").is_some_and(|v| v >= 1.0),
+        "one publish:\n{text}"
+    );
+
+    let r = http(gw.addr(), "GET", "/", &[], None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/html")),
+        "{:?}",
+        r.headers
+    );
+    assert!(!r.body.is_empty());
+}
+
+#[tokio::test]
+async fn dev_token_only_in_dev_mode() {
+    let gw = Gateway::start(&[]).await;
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/dev/token",
+        &[],
+        Some(r#"{"user":"zed"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 404, "no /dev/token without --dev: {r:?}");
+
+    let gw = Gateway::builder().flag("--dev").start().await;
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/dev/token",
+        &[],
+        Some(r#"{"user":"zed","name":"Zed"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["user"], "zed", "{v}");
+    assert!(v["exp"].is_i64() || v["exp"].is_u64(), "{v}");
+    let c = Client::connect(gw.addr(), as_str(&v["token"])).await;
+    assert_eq!(c.welcome["user"], "zed");
+}

@@ -1,0 +1,187 @@
+//! Connection and process lifecycle: heartbeats, token expiry and refresh, draining on
+//! SIGTERM/SIGINT, refusing to start without a usable JWT secret.
+
+use e2e::{Client, Gateway, Token, as_u64, http, secs, token};
+use serde_json::json;
+
+#[tokio::test]
+async fn client_that_stops_reading_gets_heartbeat_timeout() {
+    let gw = Gateway::start(&["--ping-interval-secs", "1", "--idle-timeout-secs", "2"]).await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    assert_eq!(as_u64(&c.welcome["ping_interval"]), 1);
+    // Not polled: pings go unanswered, nothing is sent.
+    tokio::time::sleep(secs(4)).await;
+    let (disconnect, code) = c.expect_close(secs(10)).await;
+    let d = disconnect.expect("a disconnect push precedes the close");
+    assert_eq!(d["code"], "heartbeat_timeout", "{d}");
+    assert_eq!(d["reconnect"], true, "{d}");
+    assert_eq!(code, 4004);
+}
+
+#[tokio::test]
+async fn client_that_keeps_reading_stays_connected() {
+    let gw = Gateway::start(&["--ping-interval-secs", "1", "--idle-timeout-secs", "2"]).await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    // Reading answers the server's pings (tungstenite replies with pongs); no command is sent.
+    // `next_push` panics if the connection closes meanwhile.
+    let push = c.next_push(secs(5)).await;
+    assert!(push.is_none(), "unexpected push: {push:?}");
+    assert_eq!(c.request_ok("ping", json!({})).await, json!({}));
+}
+
+#[tokio::test]
+async fn expired_token_disconnects() {
+    let gw = Gateway::start(&["--jwt-leeway-secs", "0"]).await;
+    let mut c = Client::connect(gw.addr(), &Token::new("alice").exp_in(3).hs256()).await;
+    c.request_ok("ping", json!({})).await;
+    let (disconnect, code) = c.expect_close(secs(10)).await;
+    let d = disconnect.expect("a disconnect push precedes the close");
+    assert_eq!(d["code"], "token_expired", "{d}");
+    assert_eq!(d["reconnect"], true, "{d}");
+    assert_eq!(code, 4001);
+}
+
+#[tokio::test]
+async fn refresh_extends_the_connection() {
+    let gw = Gateway::start(&["--jwt-leeway-secs", "0"]).await;
+    let mut c = Client::connect(gw.addr(), &Token::new("alice").exp_in(3).hs256()).await;
+    let fresh = Token::new("alice").exp_in(60);
+    let ok = c
+        .request_ok("refresh", json!({ "token": fresh.hs256() }))
+        .await;
+    assert_eq!(ok["exp"].as_i64(), fresh.exp(), "{ok}");
+    // Well past the first token's expiry.
+    let push = c.next_push(secs(5)).await;
+    assert!(push.is_none(), "unexpected push: {push:?}");
+    assert_eq!(c.request_ok("ping", json!({})).await, json!({}));
+}
+
+#[tokio::test]
+async fn refresh_with_a_bad_token_is_refused_and_keeps_the_old_expiry() {
+    let gw = Gateway::start(&["--jwt-leeway-secs", "0"]).await;
+    let mut c = Client::connect(gw.addr(), &Token::new("alice").exp_in(4).hs256()).await;
+    let other = Token::new("mallory").exp_in(60).hs256();
+    assert_eq!(
+        c.request_err("refresh", json!({ "token": other })).await,
+        "forbidden",
+        "a token for another sub"
+    );
+    assert_eq!(
+        c.request_err("refresh", json!({ "token": "garbage" }))
+            .await,
+        "unauthorized"
+    );
+    assert_eq!(
+        c.request_err(
+            "refresh",
+            json!({ "token": Token::new("alice").exp_in(-60).hs256() })
+        )
+        .await,
+        "unauthorized",
+        "an expired token"
+    );
+    assert_eq!(
+        c.request_err(
+            "refresh",
+            json!({ "token": Token::new("alice").exp_in(60).alg_none() })
+        )
+        .await,
+        "unauthorized",
+        "alg none"
+    );
+    // Still open...
+    c.request_ok("ping", json!({})).await;
+    // ...until the original token expires.
+    let (disconnect, code) = c.expect_close(secs(12)).await;
+    assert_eq!(
+        disconnect.map(|d| d["code"].clone()),
+        Some(json!("token_expired"))
+    );
+    assert_eq!(code, 4001);
+}
+
+async fn drain(signal: &str) {
+    let mut gw = Gateway::start(&["--drain-timeout-secs", "5"]).await;
+    let mut clients = Vec::new();
+    for u in ["a", "b", "c"] {
+        let mut c = Client::connect(gw.addr(), &token(u)).await;
+        c.subscribe("room:drain").await;
+        clients.push(c);
+    }
+    let r = http(gw.addr(), "GET", "/readyz", &[], None).await;
+    assert_eq!(r.status, 200);
+    gw.send_signal(signal);
+    for c in &mut clients {
+        let (disconnect, code) = c.expect_close(secs(15)).await;
+        let d = disconnect.expect("a disconnect push precedes the close");
+        assert_eq!(d["code"], "shutdown", "{d}");
+        assert_eq!(d["reconnect"], true, "{d}");
+        assert_eq!(code, 1012);
+    }
+    let status = gw
+        .wait_exit(secs(15))
+        .await
+        .unwrap_or_else(|| panic!("gateway still running 15 s after SIG{signal}"));
+    assert!(
+        status.success(),
+        "exit status after SIG{signal}: {status:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0() {
+    drain("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_drains_and_exits_0() {
+    drain("INT").await;
+}
+
+#[tokio::test]
+async fn idle_gateway_exits_0_on_sigterm() {
+    let mut gw = Gateway::start(&[]).await;
+    gw.send_signal("TERM");
+    let status = gw.wait_exit(secs(15)).await.expect("exited");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_a_jwt_secret() {
+    let (status, out) = Gateway::builder()
+        .without("--jwt-secret")
+        .run_to_exit(secs(15))
+        .await;
+    assert!(!status.success(), "started without a JWT secret: {out}");
+    let lower = out.to_lowercase();
+    assert!(
+        lower.contains("jwt") && lower.contains("secret"),
+        "the error must mention the JWT secret: {out}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_short_jwt_secret() {
+    let short = "x".repeat(31);
+    let (status, out) = Gateway::builder()
+        .arg("--jwt-secret", &short)
+        .run_to_exit(secs(15))
+        .await;
+    assert!(!status.success(), "started with a 31-byte secret: {out}");
+    let lower = out.to_lowercase();
+    assert!(
+        lower.contains("jwt") && lower.contains("secret"),
+        "the error must mention the JWT secret: {out}"
+    );
+}
+
+#[tokio::test]
+async fn secret_from_environment_works() {
+    let gw = Gateway::builder()
+        .without("--jwt-secret")
+        .env("GATEWAY_JWT_SECRET", e2e::TEST_SECRET)
+        .start()
+        .await;
+    let c = Client::connect(gw.addr(), &token("alice")).await;
+    assert_eq!(c.welcome["user"], "alice");
+}

@@ -117,6 +117,10 @@ pub struct Settings {
     /// Seconds an idempotency key is remembered (at least 60) [default: 120].
     #[arg(long, env = "GATEWAY_DEDUP_WINDOW_SECS")]
     pub dedup_window_secs: Option<u64>,
+    /// Most idempotency keys remembered per channel; new keys past it get `unavailable`
+    /// until old ones expire [default: 100000].
+    #[arg(long, env = "GATEWAY_DEDUP_MAX_KEYS")]
+    pub dedup_max_keys: Option<usize>,
     /// Whether any user may publish to another's `user:<id>` channel [default: true].
     #[arg(long, env = "GATEWAY_DIRECT_MESSAGES")]
     pub direct_messages: Option<bool>,
@@ -156,7 +160,7 @@ impl Settings {
             max_subscriptions, publish_rate, publish_burst, max_rate_limited_per_minute,
             max_bad_frames_per_minute, max_frame_size, outbound_queue, ping_interval_secs,
             idle_timeout_secs, handshake_timeout_secs, drain_timeout_secs, history_size,
-            history_ttl_secs, dedup_window_secs, direct_messages, read_buffer_size, namespaces);
+            history_ttl_secs, dedup_window_secs, dedup_max_keys, direct_messages, read_buffer_size, namespaces);
     }
 }
 
@@ -254,6 +258,8 @@ pub struct Config {
     pub history_ttl: Duration,
     /// Dedup window.
     pub dedup_window: Duration,
+    /// Idempotency keys per channel.
+    pub dedup_max_keys: usize,
     /// Direct messages allowed.
     pub direct_messages: bool,
     /// Namespaces.
@@ -324,6 +330,7 @@ impl Config {
             history_size: s.history_size.unwrap_or(1000).max(1),
             history_ttl: Duration::from_secs(s.history_ttl_secs.unwrap_or(300)),
             dedup_window,
+            dedup_max_keys: s.dedup_max_keys.unwrap_or(100_000).max(1),
             direct_messages: s.direct_messages.unwrap_or(true),
             namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
         })

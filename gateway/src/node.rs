@@ -55,7 +55,7 @@ impl Node {
                 history_size: config.history_size,
                 history_ttl: config.history_ttl,
                 dedup_window: config.dedup_window,
-                ..LocalBrokerConfig::default()
+                dedup_max_keys: config.dedup_max_keys,
             },
             hub.clone(),
         ));

@@ -136,3 +136,35 @@ async fn idempotent_publish() {
         .await;
     assert_eq!(code, "too_large");
 }
+
+#[tokio::test]
+async fn full_dedup_table_is_unavailable_and_loses_nothing() {
+    let gw = Gateway::start(&["--dedup-max-keys", "2"]).await;
+    let mut p = Client::connect(gw.addr(), &token("alice")).await;
+    for key in ["a", "b"] {
+        p.request_ok(
+            "publish",
+            json!({"channel": "room:full", "data": key, "idem": key}),
+        )
+        .await;
+    }
+    let code = p
+        .request_err(
+            "publish",
+            json!({"channel": "room:full", "data": "c", "idem": "c"}),
+        )
+        .await;
+    assert_eq!(code, "unavailable", "a third key cannot be remembered");
+    // Remembered keys still deduplicate, and publishes without a key still go through.
+    let again = p
+        .request_ok(
+            "publish",
+            json!({"channel": "room:full", "data": "a", "idem": "a"}),
+        )
+        .await;
+    assert_eq!(as_u64(&again["offset"]), 1);
+    let plain = p
+        .request_ok("publish", json!({"channel": "room:full", "data": "d"}))
+        .await;
+    assert_eq!(as_u64(&plain["offset"]), 3);
+}

@@ -1,244 +1,199 @@
-//! The scenarios and what they print.
+//! The final report: a table on stdout and the JSON document `--json` writes.
 
-use crate::client::{self, Socket};
-use futures_util::StreamExt;
+use crate::cli::Scenario;
+use crate::stats::Stats;
 use hdrhistogram::Histogram;
-use serde_json::json;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Mutex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
-/// Resident set size of `pid` in KiB, from /proc.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// Server memory and CPU at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSample {
+    /// RSS summed over the given pids, KiB.
+    pub rss_kib: Option<f64>,
+    /// CPU seconds summed over the given pids.
+    pub cpu_secs: Option<f64>,
 }
 
-fn micros(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
+/// Percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
 }
 
-/// Opens `n` connections at `rate`/s, holds them `hold` seconds, reports.
-pub async fn idle(
-    url: &str,
-    secret: &str,
-    n: usize,
-    rate: u32,
-    hold: u64,
-    pid: Option<u32>,
-) -> anyhow::Result<()> {
-    let rss_before = pid.and_then(rss_kib);
-    let handshakes = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let failures = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut tasks = Vec::with_capacity(n);
-    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    for i in 0..n {
-        tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let (url, secret) = (url.to_owned(), secret.to_owned());
-        let (handshakes, failures) = (handshakes.clone(), failures.clone());
-        let mut stop = stop_tx.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let t0 = Instant::now();
-            match client::connect(&url, &secret, &format!("idle{i}")).await {
-                Ok(mut ws) => {
-                    let _ = handshakes
-                        .lock()
-                        .await
-                        .record(t0.elapsed().as_nanos() as u64);
-                    // Hold: keep reading so pings are answered.
-                    loop {
-                        tokio::select! {
-                            _ = stop.recv() => break,
-                            frame = ws.next() => if !matches!(frame, Some(Ok(_))) {
-                                failures.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            },
-                        }
-                    }
-                    let _ = ws.close(None).await;
-                }
-                Err(e) => {
-                    if failures.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("connect failed: {e:#}");
-                    }
-                }
-            }
-        }));
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Option<Self> {
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1e6;
+        Some(Self {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1e6,
+        })
     }
-    // Wait until every handshake finished or failed.
-    while handshakes.lock().await.len() + failures.load(Ordering::Relaxed) < n as u64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// The report of one run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    scenario: &'static str,
+    workers: usize,
+    connections: u64,
+    connect_rate: Option<f64>,
+    handshake_ms: Option<Percentiles>,
+    server_rss_kib_before: Option<f64>,
+    server_rss_kib_after: Option<f64>,
+    rss_per_connection_kib: Option<f64>,
+    latency_ms: Option<Percentiles>,
+    sent: u64,
+    expected: u64,
+    received: u64,
+    lost: u64,
+    deliveries_per_sec: Option<f64>,
+    gaps: u64,
+    duplicates: u64,
+    reorders: u64,
+    errors: BTreeMap<String, u64>,
+    server_cpu_secs: Option<f64>,
+    server_cpu_us_per_delivery: Option<f64>,
+    server_cpu_us_per_connect: Option<f64>,
+    duration_secs: f64,
+}
+
+fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(b? - a?)
+}
+
+impl Report {
+    /// Builds the report from the merged counts and the server samples: `before` the run,
+    /// the peak RSS while running, and the samples when the measured phase started and ended.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        scenario: &Scenario,
+        stats: &Stats,
+        workers: usize,
+        before: &ServerSample,
+        run_peak_rss: Option<f64>,
+        started: Instant,
+        run_start: &(Instant, ServerSample),
+        run_end: &(Instant, ServerSample),
+    ) -> Report {
+        let connect_secs = run_start.0.duration_since(started).as_secs_f64();
+        let run_secs = run_end.0.duration_since(run_start.0).as_secs_f64();
+        let rss_after = run_peak_rss.or(run_start.1.rss_kib);
+        let run_cpu = diff(run_start.1.cpu_secs, run_end.1.cpu_secs);
+        let connect_cpu = diff(before.cpu_secs, run_start.1.cpu_secs);
+        let per = |total: Option<f64>, n: u64| total.filter(|_| n > 0).map(|t| t * 1e6 / n as f64);
+        Report {
+            scenario: scenario.name(),
+            workers,
+            connections: stats.connected,
+            connect_rate: (connect_secs > 0.0).then(|| stats.connected as f64 / connect_secs),
+            handshake_ms: Percentiles::of(&stats.handshake),
+            server_rss_kib_before: before.rss_kib,
+            server_rss_kib_after: rss_after,
+            rss_per_connection_kib: diff(before.rss_kib, rss_after)
+                .filter(|_| stats.connected > 0)
+                .map(|d| d / stats.connected as f64),
+            latency_ms: Percentiles::of(&stats.latency),
+            sent: stats.sent,
+            expected: stats.expected,
+            received: stats.received,
+            lost: stats.expected.saturating_sub(stats.received),
+            deliveries_per_sec: (run_secs > 0.0 && stats.received > 0)
+                .then(|| stats.received as f64 / run_secs),
+            gaps: stats.gaps,
+            duplicates: stats.duplicates,
+            reorders: stats.reorders,
+            errors: stats.errors.clone(),
+            server_cpu_secs: run_cpu,
+            server_cpu_us_per_delivery: per(run_cpu, stats.received),
+            server_cpu_us_per_connect: per(connect_cpu, stats.connected),
+            duration_secs: started.elapsed().as_secs_f64(),
+        }
     }
-    let open_time = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(hold)).await;
-    let rss_after = pid.and_then(rss_kib);
-    let h = handshakes.lock().await.clone();
-    let ok = h.len();
-    println!(
-        "connections opened: {ok} of {n}, failures: {}",
-        failures.load(Ordering::Relaxed)
-    );
-    println!(
-        "connect rate: {:.0}/s over {:.2} s",
-        ok as f64 / open_time.as_secs_f64(),
-        open_time.as_secs_f64()
-    );
-    println!(
-        "handshake latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        micros(&h, 0.5) / 1000.0,
-        micros(&h, 0.99) / 1000.0,
-        h.max() as f64 / 1e6
-    );
-    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+
+    /// Prints the table.
+    pub fn print(&self) {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.2}{unit}"));
         println!(
-            "server RSS: {before} KiB before, {after} KiB holding; {:.2} KiB per connection",
-            (after.saturating_sub(before)) as f64 / ok.max(1) as f64
+            "scenario            {} ({} worker(s), {:.1} s)",
+            self.scenario, self.workers, self.duration_secs
         );
-    }
-    let _ = stop_tx.send(());
-    for t in tasks {
-        let _ = t.await;
-    }
-    Ok(())
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Offsets seen by one subscriber: gaps, duplicates and reorders.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Audit {
-    last: u64,
-    /// Messages received.
-    pub received: u64,
-    /// Offsets skipped.
-    pub gaps: u64,
-    /// Offsets seen twice or going backwards.
-    pub duplicates_or_reorders: u64,
-}
-
-impl Audit {
-    /// Records one offset.
-    pub fn see(&mut self, offset: u64) {
-        self.received += 1;
-        if offset <= self.last {
-            self.duplicates_or_reorders += 1;
-            return;
+        println!(
+            "connections         {} at {}",
+            self.connections,
+            opt(self.connect_rate, "/s")
+        );
+        if let Some(h) = &self.handshake_ms {
+            println!(
+                "handshake           p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                h.p50, h.p99, h.max
+            );
         }
-        if self.last != 0 && offset > self.last + 1 {
-            self.gaps += offset - self.last - 1;
+        println!(
+            "server RSS          {} before, {} during; {} per connection",
+            opt(self.server_rss_kib_before, " KiB"),
+            opt(self.server_rss_kib_after, " KiB"),
+            opt(self.rss_per_connection_kib, " KiB")
+        );
+        if let Some(l) = &self.latency_ms {
+            println!(
+                "latency             p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            );
         }
-        self.last = offset;
-    }
-}
-
-/// Subscribers on `channel`, one publisher at `rate`/s for `duration` s.
-pub async fn latency(
-    url: &str,
-    secret: &str,
-    subscribers: usize,
-    rate: u32,
-    duration: u64,
-    channel: &str,
-) -> anyhow::Result<()> {
-    let mut subs: Vec<Socket> = Vec::with_capacity(subscribers);
-    for i in 0..subscribers {
-        let mut ws = client::connect(url, secret, &format!("sub{i}")).await?;
-        client::request(
-            &mut ws,
-            json!({"id": 1, "op": "subscribe", "channel": channel}),
-        )
-        .await?;
-        subs.push(ws);
-    }
-    let total = u64::from(rate) * duration;
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let audits = Arc::new(Mutex::new(Vec::new()));
-    let mut readers = Vec::new();
-    for mut ws in subs {
-        let (histogram, audits) = (histogram.clone(), audits.clone());
-        readers.push(tokio::spawn(async move {
-            let mut local = Histogram::<u64>::new(3).expect("histogram");
-            let mut audit = Audit::default();
-            while audit.received < total {
-                let Ok(Ok(frame)) =
-                    tokio::time::timeout(Duration::from_secs(10), client::next_json(&mut ws)).await
-                else {
-                    break;
-                };
-                if frame["op"] != "message" {
-                    continue;
-                }
-                let sent = frame["data"]["t"].as_u64().unwrap_or(0);
-                let _ = local.record(now_nanos().saturating_sub(sent));
-                audit.see(frame["offset"].as_u64().unwrap_or(0));
+        println!(
+            "messages            sent {}, expected {}, received {} ({}), lost {}",
+            self.sent,
+            self.expected,
+            self.received,
+            opt(self.deliveries_per_sec, " deliveries/s"),
+            self.lost
+        );
+        println!(
+            "audit               gaps {}, duplicates {}, reorders {}",
+            self.gaps, self.duplicates, self.reorders
+        );
+        println!(
+            "server CPU          {} during the run; {} per delivery; {} per connect",
+            opt(self.server_cpu_secs, " s"),
+            opt(self.server_cpu_us_per_delivery, " µs"),
+            opt(self.server_cpu_us_per_connect, " µs")
+        );
+        if self.errors.is_empty() {
+            println!("errors              none");
+        } else {
+            for (cause, n) in &self.errors {
+                println!("errors              {cause}: {n}");
             }
-            let _ = histogram.lock().await.add(&local);
-            audits.lock().await.push(audit);
-        }));
-    }
-    let mut publisher = client::connect(url, secret, "publisher").await?;
-    let started = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-    let mut errors = 0u64;
-    for i in 0..total {
-        tokio::time::sleep_until((started + interval * i as u32).into()).await;
-        let cmd =
-            json!({"id": i + 1, "op": "publish", "channel": channel, "data": {"t": now_nanos()}});
-        if client::send(&mut publisher, &cmd).await.is_err() {
-            errors += 1;
         }
-        // Drain acks without waiting for them.
-        while let Some(Some(Ok(_))) = futures_util::FutureExt::now_or_never(publisher.next()) {}
     }
-    for r in readers {
-        let _ = r.await;
-    }
-    let h = histogram.lock().await.clone();
-    let audits = audits.lock().await.clone();
-    let received: u64 = audits.iter().map(|a| a.received).sum();
-    let gaps: u64 = audits.iter().map(|a| a.gaps).sum();
-    let dups: u64 = audits.iter().map(|a| a.duplicates_or_reorders).sum();
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("published {total} at {rate}/s to {subscribers} subscribers; send errors {errors}");
-    println!(
-        "delivered {received} of {} ({:.0} deliveries/s); gaps {gaps}, duplicates/reorders {dups}",
-        total * subscribers as u64,
-        received as f64 / elapsed
-    );
-    println!(
-        "publish-to-deliver latency: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms",
-        micros(&h, 0.5) / 1000.0,
-        micros(&h, 0.9) / 1000.0,
-        micros(&h, 0.99) / 1000.0,
-        micros(&h, 0.999) / 1000.0,
-        h.max() as f64 / 1e6
-    );
-    Ok(())
-}
 
-#[cfg(test)]
-mod tests {
-    use super::Audit;
-
-    #[test]
-    fn audit_counts_gaps_and_duplicates() {
-        let mut a = Audit::default();
-        for o in [1, 2, 4, 4, 3, 5] {
-            a.see(o);
+    /// Whether the run stayed within the thresholds.
+    pub fn within(&self, max_p99_ms: Option<f64>, max_errors: Option<u64>) -> bool {
+        let errors =
+            self.errors.values().sum::<u64>() + self.gaps + self.duplicates + self.reorders;
+        let p99_ok = match (max_p99_ms, &self.latency_ms) {
+            (Some(max), Some(l)) => l.p99 <= max,
+            _ => true,
+        };
+        let errors_ok = max_errors.is_none_or(|max| errors <= max);
+        if !p99_ok {
+            eprintln!("p99 latency above --max-p99-ms");
         }
-        assert_eq!(a.received, 6);
-        assert_eq!(a.gaps, 1);
-        assert_eq!(a.duplicates_or_reorders, 2);
+        if !errors_ok {
+            eprintln!("errors ({errors}) above --max-errors");
+        }
+        p99_ok && errors_ok
     }
 }

@@ -1,0 +1,207 @@
+//! One client connection: connect (from a chosen source address), send commands, read frames,
+//! in protocol v1 (JSON or MessagePack) or as socket.io events.
+
+use crate::cli::{Encoding, Protocol};
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// How long a handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Signs an HS256 token for `user`, valid for a day.
+pub fn mint(secret: &str, user: &str) -> anyhow::Result<String> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 86_400;
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    /// Node URLs, used round-robin by connection index.
+    pub urls: Vec<String>,
+    /// Framing.
+    pub protocol: Protocol,
+    /// Encoding (v1).
+    pub encoding: Encoding,
+    /// Local address to connect from.
+    pub source: Option<IpAddr>,
+}
+
+/// A frame from the server.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A reply or push, decoded.
+    Frame(Value),
+    /// The server closed, with this close code (0 when none).
+    Closed(u16),
+}
+
+/// An open connection.
+pub struct Connection {
+    ws: WebSocketStream<TcpStream>,
+    protocol: Protocol,
+    encoding: Encoding,
+    next_id: i64,
+}
+
+/// Why a connect failed, as a short cause for the error table.
+pub fn connect_cause(e: &anyhow::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    if let Some(WsError::Http(response)) = e.downcast_ref::<WsError>() {
+        return format!("connect_http_{}", response.status().as_u16());
+    }
+    if e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
+        return "connect_timeout".into();
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        return format!("connect_io_{:?}", io.kind()).to_lowercase();
+    }
+    "connect_other".into()
+}
+
+impl Dialer {
+    /// Connects connection number `index` with `token` and waits for `welcome`.
+    pub async fn connect(&self, index: usize, token: &str) -> anyhow::Result<Connection> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(index, token)).await?
+    }
+
+    async fn connect_inner(&self, index: usize, token: &str) -> anyhow::Result<Connection> {
+        let base = &self.urls[index % self.urls.len()];
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}token={token}");
+        let mut request = url.as_str().into_client_request()?;
+        if self.protocol == Protocol::V1 && self.encoding == Encoding::Msgpack {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                http::HeaderValue::from_static("v1.msgpack"),
+            );
+        }
+        let uri = request.uri().clone();
+        let host = uri.host().context("URL without host")?;
+        let port = uri.port_u16().unwrap_or(80);
+        let addr: SocketAddr = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .context("host did not resolve")?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(source) = self.source {
+            socket.bind(SocketAddr::new(source, 0))?;
+        }
+        // Client sockets as lean as the server's: small buffers.
+        let _ = socket.set_recv_buffer_size(64 * 1024);
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(16 << 20));
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+        let mut conn = Connection {
+            ws,
+            protocol: self.protocol,
+            encoding: self.encoding,
+            next_id: 0,
+        };
+        loop {
+            match conn.next().await? {
+                Incoming::Frame(f) if f["op"] == "welcome" => return Ok(conn),
+                Incoming::Frame(_) => continue,
+                Incoming::Closed(code) => bail!("closed with {code} before welcome"),
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// A fresh command id.
+    pub fn id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Sends one command object.
+    pub async fn send(&mut self, command: &Value) -> anyhow::Result<()> {
+        let message = match (self.protocol, self.encoding) {
+            (Protocol::Socketio, _) => Message::text(format!("42{}", json!(["cmd", command]))),
+            (Protocol::V1, Encoding::Json) => Message::text(command.to_string()),
+            (Protocol::V1, Encoding::Msgpack) => Message::binary(rmp_serde::to_vec_named(command)?),
+        };
+        self.ws.send(message).await?;
+        Ok(())
+    }
+
+    /// Sends a command and waits for its reply; returns the `ok` body. Pushes read meanwhile
+    /// are dropped, so use it only before the measured phase.
+    pub async fn request(&mut self, mut command: Value) -> anyhow::Result<Value> {
+        let id = self.id();
+        command["id"] = json!(id);
+        self.send(&command).await?;
+        loop {
+            match self.next().await? {
+                Incoming::Frame(f) if f["id"] == id => {
+                    if let Some(error) = f.get("error") {
+                        bail!("{} failed: {error}", command["op"]);
+                    }
+                    return Ok(f["ok"].clone());
+                }
+                Incoming::Frame(_) => {}
+                Incoming::Closed(code) => bail!("closed with {code}"),
+            }
+        }
+    }
+
+    /// The next reply or push (pings are answered on the way).
+    pub async fn next(&mut self) -> anyhow::Result<Incoming> {
+        loop {
+            let message = match self.ws.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(Incoming::Closed(0)),
+            };
+            match message {
+                Message::Text(text) => match self.protocol {
+                    Protocol::V1 => return Ok(Incoming::Frame(serde_json::from_str(&text)?)),
+                    Protocol::Socketio => {
+                        if let Some(event) = text.strip_prefix("42") {
+                            let mut array: Value = serde_json::from_str(event)?;
+                            return Ok(Incoming::Frame(array[1].take()));
+                        } else if text.as_str() == "2" {
+                            self.ws.send(Message::text("3")).await?;
+                        } else if text.starts_with('0') {
+                            self.ws.send(Message::text("40")).await?;
+                        }
+                    }
+                },
+                Message::Binary(bytes) => {
+                    return Ok(Incoming::Frame(rmp_serde::from_slice(&bytes)?));
+                }
+                Message::Close(frame) => {
+                    return Ok(Incoming::Closed(frame.map_or(0, |f| u16::from(f.code))));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

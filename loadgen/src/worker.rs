@@ -226,7 +226,8 @@ impl Worker {
                 for p in self.mine(publishers) {
                     let role = Role {
                         channel: channel.clone(),
-                        publish: Some((rate, subscribers as u64)),
+                        // Publishers are subscribed too, and get their own messages.
+                        publish: Some((rate, (subscribers + publishers) as u64)),
                         payload,
                     };
                     members.push((format!("lg-pub{p}"), subscribers + p, role));

@@ -12,16 +12,25 @@ use crate::jwt::{API_KEY, TEST_SECRET};
 /// How long a gateway may take to print its `listening` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The path of the `gateway` binary under test.
-///
-/// `GATEWAY_BIN` when set; otherwise `gateway` next to the test binary's profile directory
-/// (`target/<profile>/deps/e2e-xxxx` → `target/<profile>/gateway`). Panics when it is missing.
+/// The path of the `gateway` binary under test: `GATEWAY_BIN`, or the workspace build.
 pub fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+    workspace_bin("gateway", "GATEWAY_BIN")
+}
+
+/// The path of the `loadgen` binary: `LOADGEN_BIN`, or the workspace build.
+pub fn loadgen_bin() -> PathBuf {
+    workspace_bin("loadgen", "LOADGEN_BIN")
+}
+
+/// A binary of this workspace: `$env` when set; otherwise `name` next to the test binary's
+/// profile directory (`target/<profile>/deps/e2e-xxxx` → `target/<profile>/<name>`). Panics
+/// when it is missing.
+fn workspace_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         assert!(
             p.is_file(),
-            "GATEWAY_BIN={} does not exist; build it first: cargo build -p gateway",
+            "{env}={} does not exist; build it first: cargo build -p {name}",
             p.display()
         );
         return p;
@@ -34,11 +43,11 @@ pub fn gateway_bin() -> PathBuf {
     if dir.file_name().is_some_and(|n| n == "deps") {
         dir.pop();
     }
-    let bin = dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
-        "gateway binary not found at {}; build it first: cargo build -p gateway \
-         (or point GATEWAY_BIN at it)",
+        "{name} binary not found at {}; build it first: cargo build -p {name} \
+         (or point {env} at it)",
         bin.display()
     );
     bin

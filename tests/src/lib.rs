@@ -11,7 +11,7 @@ pub mod http;
 pub mod jwt;
 
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
-pub use gateway::{Gateway, GatewayBuilder, TempDir};
+pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
 pub use http::{HttpResponse, http};
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 

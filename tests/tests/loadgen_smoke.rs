@@ -1,0 +1,180 @@
+//! The load generator against a real node, small enough for CI: every scenario must end with
+//! zero gaps, duplicates, reorders and errors, and report what it measured.
+
+use e2e::{Gateway, TEST_SECRET, TempDir, loadgen_bin};
+use serde_json::Value;
+use std::process::Command;
+
+/// Runs loadgen with `args` against `gw`; returns its exit success and its JSON report.
+fn loadgen(gw: &Gateway, args: &[&str]) -> (bool, Value) {
+    let dir = TempDir::new("loadgen");
+    let report = dir.join("report.json");
+    let url = format!("ws://{}/ws", gw.addr());
+    let output = Command::new(loadgen_bin())
+        .args(args)
+        .args([
+            "--url",
+            &url,
+            "--secret",
+            TEST_SECRET,
+            "--no-progress",
+            "--max-errors",
+            "0",
+        ])
+        .arg("--pid")
+        .arg(gw.pid().to_string())
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .expect("loadgen runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let text = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
+    let json: Value = serde_json::from_str(&text).expect("report is JSON");
+    (output.status.success(), json)
+}
+
+fn assert_clean(json: &Value) {
+    assert_eq!(json["gaps"], 0, "{json:#}");
+    assert_eq!(json["duplicates"], 0, "{json:#}");
+    assert_eq!(json["reorders"], 0, "{json:#}");
+    assert_eq!(json["lost"], 0, "{json:#}");
+    assert!(json["errors"].as_object().unwrap().is_empty(), "{json:#}");
+}
+
+fn bench_gateway() -> Gateway {
+    futures_free_block_on(Gateway::start(&[
+        "--publish-rate",
+        "100000",
+        "--publish-burst",
+        "100000",
+        "--max-connections-per-user",
+        "1000",
+    ]))
+}
+
+fn futures_free_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn chat_smoke_has_no_gap_duplicate_or_error() {
+    let gw = bench_gateway();
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "chat",
+            "--users",
+            "300",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--duration",
+            "3",
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["connections"], 300);
+    assert!(json["sent"].as_u64().unwrap() >= 300 * 5, "{json:#}");
+    assert_eq!(json["received"], json["expected"]);
+    assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(json["rss_per_connection_kib"].as_f64().is_some());
+}
+
+#[test]
+fn broadcast_smoke_over_two_workers_and_source_addresses() {
+    let gw = bench_gateway();
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "broadcast",
+            "--subscribers",
+            "200",
+            "--publishers",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "3",
+            "--workers",
+            "2",
+            "--source-addrs",
+            "2",
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["workers"], 2);
+    assert_eq!(json["connections"], 202);
+    assert_eq!(json["received"], json["expected"]);
+}
+
+#[test]
+fn flood_and_churn_smoke() {
+    let gw = bench_gateway();
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "flood",
+            "--connections",
+            "300",
+            "--rate",
+            "1000",
+            "--hold",
+            "1",
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["connections"], 300);
+    assert!(json["connect_rate"].as_f64().unwrap() > 0.0);
+
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "churn",
+            "--measured",
+            "100",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--churn-rate",
+            "50",
+            "--duration",
+            "3",
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+}
+
+/// A threshold that cannot be met makes loadgen exit non-zero.
+#[test]
+fn thresholds_fail_the_run() {
+    let gw = bench_gateway();
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "chat",
+            "--users",
+            "20",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--duration",
+            "1",
+            "--max-p99-ms",
+            "0.000001",
+        ],
+    );
+    assert!(!ok, "p99 cannot be under a nanosecond: {json:#}");
+}

@@ -26,9 +26,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_settings(settings)?;
     init_logging(&config)?;
     let prometheus = metrics::install()?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        server::bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let public_url = config
         .public_url

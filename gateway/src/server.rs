@@ -45,6 +45,25 @@ pub async fn serve(
     tracing::info!(left = node.session_count(), "drained");
 }
 
+/// Pending connections the kernel may queue before `accept` (capped by `somaxconn`). The
+/// usual 128 drops SYNs under a connect burst, and each drop costs the client a 1 s retry.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep accept queue.
+pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
     let header_timeout = node.config.limits.handshake_timeout;
     loop {

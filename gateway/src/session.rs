@@ -103,13 +103,15 @@ pub async fn run(mut ws: WebSocket, node: Arc<Node>, registration: Registration,
         conn: conn.clone(),
     };
     metrics().handshakes_ok.increment(1);
+    // The heavy futures (command handling, writing, closing) are boxed so that they take
+    // memory only while they run: an idle connection's task holds just the wait loop.
     let end = session.serve(&mut ws).await;
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     // Closing: no longer one of the user's connections (limits, /api/disconnect), though the
     // drain still waits for the close handshake below.
     node.hub.remove_connection(&conn);
     if let End::Close(reason) = end {
-        close(&mut ws, conn.encoding, reason).await;
+        Box::pin(close(&mut ws, conn.encoding, reason)).await;
     }
     drop(registration);
 }
@@ -167,7 +169,7 @@ impl Session {
             node.config.limits.ping_interval.as_secs(),
         ));
         let personal: Arc<str> = format!("{PERSONAL_PREFIX}{}", self.conn.user).into();
-        if let Err(e) = self.join(&personal).await {
+        if let Err(e) = Box::pin(self.join(&personal)).await {
             tracing::warn!(error = %e, "personal channel subscribe failed");
             return End::Close(CloseReason::Internal);
         }
@@ -175,19 +177,19 @@ impl Session {
         tokio::pin!(sleep);
         let mut batch: Vec<Outbound> = Vec::new();
         loop {
-            if let Err(end) = self.write_pending(ws, &mut batch).await {
+            if let Err(end) = Box::pin(self.write_pending(ws, &mut batch)).await {
                 return end;
             }
             sleep.as_mut().reset(self.deadline().into());
             tokio::select! {
                 _ = self.conn.wait() => {}
                 frame = ws.recv() => {
-                    if let Some(end) = self.on_frame(frame).await {
+                    if let Some(end) = Box::pin(self.on_frame(frame)).await {
                         return end;
                     }
                 }
                 _ = &mut sleep => {
-                    if let Some(end) = self.on_timer(ws).await {
+                    if let Some(end) = Box::pin(self.on_timer(ws)).await {
                         return end;
                     }
                 }

@@ -14,8 +14,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 /// Most sockets one worker process opens (the file limit here is about 20,000).
 pub const CONNECTIONS_PER_WORKER: usize = 19_000;
@@ -71,7 +72,12 @@ pub fn source_addr(index: usize, n: u8) -> Option<IpAddr> {
     (n > 1).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (index % n as usize) as u8)))
 }
 
-fn worker_for(cli: &Cli, index: usize, count: usize) -> anyhow::Result<Worker> {
+fn worker_for(
+    cli: &Cli,
+    index: usize,
+    count: usize,
+    start: watch::Receiver<Option<u64>>,
+) -> anyhow::Result<Worker> {
     let c = &cli.common;
     let dialer = Dialer {
         urls: c.urls.clone(),
@@ -80,7 +86,7 @@ fn worker_for(cli: &Cli, index: usize, count: usize) -> anyhow::Result<Worker> {
         source: source_addr(index, c.source_addrs),
     };
     let tokens = Tokens::new(c.secret.as_deref(), c.tokens.as_deref())?;
-    Ok(Worker::new(index, count, dialer, tokens))
+    Ok(Worker::new(index, count, dialer, tokens, start))
 }
 
 /// Entry point: worker mode when started by a coordinator, coordinator otherwise.
@@ -94,9 +100,22 @@ pub async fn main(cli: Cli) -> anyhow::Result<bool> {
     coordinate(cli).await
 }
 
-/// Child mode: run and print `P <tick>` lines and one `F <stats>` line.
+/// Child mode: run and print `P <tick>` lines and one `F <stats>` line; the coordinator's
+/// `START <unix ms>` line on stdin starts the measured phase.
 async fn run_child(cli: &Cli, index: usize, count: usize) -> anyhow::Result<()> {
-    let worker = worker_for(cli, index, count)?;
+    let (start_tx, start_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(ms) = line
+                .strip_prefix("START ")
+                .and_then(|m| m.trim().parse().ok())
+            {
+                let _ = start_tx.send(Some(ms));
+            }
+        }
+    });
+    let worker = worker_for(cli, index, count, start_rx)?;
     let runner = {
         let (worker, scenario) = (worker.clone(), cli.scenario.clone());
         tokio::spawn(async move { worker.run(&scenario).await })
@@ -113,7 +132,11 @@ async fn run_child(cli: &Cli, index: usize, count: usize) -> anyhow::Result<()> 
 
 /// Where the coordinator gets progress and final counts from.
 enum Source {
-    InProcess(Worker, tokio::task::JoinHandle<Stats>),
+    InProcess(
+        Worker,
+        tokio::task::JoinHandle<Stats>,
+        watch::Sender<Option<u64>>,
+    ),
     Children {
         ticks: Arc<Mutex<Vec<Option<Tick>>>>,
         finals: Arc<Mutex<Vec<Option<Stats>>>>,
@@ -123,12 +146,13 @@ enum Source {
 
 async fn start(cli: &Cli, count: usize) -> anyhow::Result<Source> {
     if count == 1 {
-        let worker = worker_for(cli, 0, 1)?;
+        let (start_tx, start_rx) = watch::channel(None);
+        let worker = worker_for(cli, 0, 1, start_rx)?;
         let handle = {
             let (worker, scenario) = (worker.clone(), cli.scenario.clone());
             tokio::spawn(async move { worker.run(&scenario).await })
         };
-        return Ok(Source::InProcess(worker, handle));
+        return Ok(Source::InProcess(worker, handle, start_tx));
     }
     let exe = std::env::current_exe()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -140,6 +164,7 @@ async fn start(cli: &Cli, count: usize) -> anyhow::Result<Source> {
             .args(&args)
             .env(WORKER_INDEX_ENV, i.to_string())
             .env(WORKER_COUNT_ENV, count.to_string())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -174,7 +199,7 @@ impl Source {
     /// Summed tick over workers; `None` until every worker reported once.
     async fn tick(&self) -> Option<Tick> {
         match self {
-            Source::InProcess(worker, _) => Some(tick_of(worker).await),
+            Source::InProcess(worker, ..) => Some(tick_of(worker).await),
             Source::Children { ticks, .. } => {
                 let ticks = ticks.lock().await;
                 let all: Option<Vec<&Tick>> = ticks.iter().map(Option::as_ref).collect();
@@ -192,9 +217,27 @@ impl Source {
         }
     }
 
+    /// Tells every worker to start the measured phase at `at_ms` (Unix ms).
+    async fn start_all(&mut self, at_ms: u64) {
+        match self {
+            Source::InProcess(_, _, start) => {
+                let _ = start.send(Some(at_ms));
+            }
+            Source::Children { children, .. } => {
+                for child in children {
+                    // Write the start and close stdin, which also ends the child's reader.
+                    if let Some(mut stdin) = child.stdin.take() {
+                        let _ = stdin.write_all(format!("START {at_ms}\n").as_bytes()).await;
+                        let _ = stdin.flush().await;
+                    }
+                }
+            }
+        }
+    }
+
     fn finished(&mut self) -> bool {
         match self {
-            Source::InProcess(_, handle) => handle.is_finished(),
+            Source::InProcess(_, handle, _) => handle.is_finished(),
             Source::Children { children, .. } => children
                 .iter_mut()
                 .all(|c| matches!(c.try_wait(), Ok(Some(_)))),
@@ -203,7 +246,7 @@ impl Source {
 
     async fn finish(self) -> anyhow::Result<Stats> {
         match self {
-            Source::InProcess(_, handle) => Ok(handle.await?),
+            Source::InProcess(_, handle, _) => Ok(handle.await?),
             Source::Children {
                 finals,
                 mut children,
@@ -248,11 +291,20 @@ async fn coordinate(cli: Cli) -> anyhow::Result<bool> {
     let mut run_peak_rss: Option<f64> = None;
     let mut run_end: Option<(Instant, ServerSample)> = None;
     let mut last_tick: Option<Tick> = None;
+    let mut started_all = false;
     while !source.finished() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(tick) = source.tick().await else {
             continue;
         };
+        if tick.phase == Phase::Ready && !started_all {
+            // Every worker is connected and subscribed: start together, shortly.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            source.start_all(now_ms + 200).await;
+            started_all = true;
+        }
         if tick.phase >= Phase::Run && run_start.is_none() {
             run_start = Some((Instant::now(), sample(&pids)));
         }

@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let ok = runtime.block_on(coordinator::main(cli))?;
+    let ok = runtime.block_on(coordinator::main(cli));
+    // A blocking stdin read may still be parked on a thread: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    let ok = ok?;
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

@@ -23,6 +23,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub enum Phase {
     /// Opening connections.
     Connect,
+    /// Connected and subscribed, waiting for the common start.
+    Ready,
     /// Publishing (or holding, for flood).
     Run,
     /// Reading what is still in flight.
@@ -35,8 +37,9 @@ impl Phase {
     fn from_u8(v: u8) -> Phase {
         match v {
             0 => Phase::Connect,
-            1 => Phase::Run,
-            2 => Phase::Drain,
+            1 => Phase::Ready,
+            2 => Phase::Run,
+            3 => Phase::Drain,
             _ => Phase::Done,
         }
     }
@@ -122,6 +125,9 @@ pub struct Worker {
     pub tokens: Tokens,
     /// Live counts.
     pub shared: Arc<Shared>,
+    /// The common start time (Unix ms) of the measured phase, set by the coordinator once
+    /// every worker is ready.
+    pub start: watch::Receiver<Option<u64>>,
 }
 
 fn now_nanos() -> u64 {
@@ -143,14 +149,36 @@ struct Role {
 
 impl Worker {
     /// A worker with its own live state.
-    pub fn new(index: usize, count: usize, dialer: Dialer, tokens: Tokens) -> Worker {
+    pub fn new(
+        index: usize,
+        count: usize,
+        dialer: Dialer,
+        tokens: Tokens,
+        start: watch::Receiver<Option<u64>>,
+    ) -> Worker {
         Worker {
             index,
             count,
             dialer,
             tokens,
             shared: Shared::new(),
+            start,
         }
+    }
+
+    /// Waits for the coordinator's start time and returns it on this clock.
+    async fn common_start(&self) -> Instant {
+        let mut start = self.start.clone();
+        let at_ms = loop {
+            if let Some(ms) = *start.borrow() {
+                break ms;
+            }
+            if start.changed().await.is_err() {
+                break 0;
+            }
+        };
+        let now_ms = now_nanos() / 1_000_000;
+        Instant::now() + Duration::from_millis(at_ms.saturating_sub(now_ms))
     }
 
     /// The global numbers in `0..n` this worker handles.
@@ -358,7 +386,9 @@ impl Worker {
         while ready.load(Ordering::Relaxed) < total {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let run_start = Instant::now();
+        self.shared.set_phase(Phase::Ready);
+        let run_start = self.common_start().await;
+        tokio::time::sleep_until(run_start.into()).await;
         self.shared.set_phase(Phase::Run);
         let _ = start_tx.send(Some(run_start));
         let churner = churn.map(|(rate, rooms)| {

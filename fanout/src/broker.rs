@@ -125,6 +125,8 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn dispatch(&self, publication: &Arc<Publication>);
     /// Hands a control event to local subscribers. Must not block.
     fn dispatch_control(&self, event: &ControlEvent);
+    /// Whether this node has subscribers on `channel` (a broker keeps such channels' state).
+    fn has_subscribers(&self, channel: &str) -> bool;
 }
 
 /// The message path: offsets, history, dedup and delivery.

@@ -46,8 +46,6 @@ struct ChannelState {
     offset: u64,
     history: History,
     dedup: DedupTable,
-    /// This node has subscribers on the channel: keep offsets and epoch even when idle.
-    node_subscribed: bool,
 }
 
 impl ChannelState {
@@ -57,12 +55,11 @@ impl ChannelState {
             offset: 0,
             history: History::default(),
             dedup: DedupTable::default(),
-            node_subscribed: false,
         }
     }
 
-    fn is_idle(&self) -> bool {
-        !self.node_subscribed && self.history.is_empty() && self.dedup.is_empty()
+    fn is_empty(&self) -> bool {
+        self.history.is_empty() && self.dedup.is_empty()
     }
 }
 
@@ -115,16 +112,18 @@ impl LocalBroker {
             .clone()
     }
 
-    /// Expires history and dedup keys and forgets idle channels. Call it periodically.
+    /// Expires history and dedup keys and forgets idle channels: no history, no dedup key
+    /// and no subscriber on this node (a subscribed channel keeps its offset and epoch, so
+    /// its subscribers never see offsets restart). Call it periodically.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut forgotten = 0;
         for shard in self.shards.iter() {
-            shard.write().retain(|_, state| {
+            shard.write().retain(|channel, state| {
                 let mut state = state.lock();
                 state.history.expire(now, self.config.history_ttl);
                 state.dedup.expire(now, self.config.dedup_window);
-                let keep = !state.is_idle();
+                let keep = !state.is_empty() || self.dispatcher.has_subscribers(channel);
                 forgotten += usize::from(!keep);
                 keep
             });
@@ -205,15 +204,13 @@ impl Broker for LocalBroker {
         })
     }
 
-    async fn subscribe_node(&self, channel: &str) -> Result<(), BrokerError> {
-        self.channel(channel).lock().node_subscribed = true;
+    /// In process, delivery needs no setup: the dispatcher already knows its subscribers,
+    /// and channel state is created by the first publish or history read.
+    async fn subscribe_node(&self, _channel: &str) -> Result<(), BrokerError> {
         Ok(())
     }
 
-    async fn unsubscribe_node(&self, channel: &str) -> Result<(), BrokerError> {
-        if let Some(state) = self.shard(channel).read().get(channel) {
-            state.lock().node_subscribed = false;
-        }
+    async fn unsubscribe_node(&self, _channel: &str) -> Result<(), BrokerError> {
         Ok(())
     }
 
@@ -235,6 +232,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         seen: Mutex<Vec<(String, u64)>>,
+        subscribed: Mutex<Vec<String>>,
     }
 
     impl Dispatcher for Recorder {
@@ -242,6 +240,9 @@ mod tests {
             self.seen.lock().push((p.channel.to_string(), p.offset));
         }
         fn dispatch_control(&self, _: &ControlEvent) {}
+        fn has_subscribers(&self, channel: &str) -> bool {
+            self.subscribed.lock().iter().any(|c| c == channel)
+        }
     }
 
     fn request(channel: &str, idem: Option<&str>) -> PublishRequest {
@@ -348,13 +349,13 @@ mod tests {
 
     #[tokio::test]
     async fn idle_channels_are_forgotten_but_subscribed_ones_kept() {
-        let (b, _) = broker(LocalBrokerConfig {
+        let (b, rec) = broker(LocalBrokerConfig {
             history_ttl: Duration::ZERO,
             dedup_window: Duration::ZERO,
             ..Default::default()
         });
         b.publish(request("a", None)).await.unwrap();
-        b.subscribe_node("b").await.unwrap();
+        rec.subscribed.lock().push("b".into());
         b.publish(request("b", None)).await.unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(b.sweep(), 1);

@@ -12,6 +12,7 @@ use fanout::Publication;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 /// One item waiting to be written to a client.
@@ -44,6 +45,8 @@ pub struct Conn {
     /// Its wire encoding.
     pub encoding: Encoding,
     capacity: usize,
+    /// Subscribed to its own `user:<id>` channel (see the hub).
+    personal: AtomicBool,
     state: Mutex<QueueState>,
     wake: Notify,
 }
@@ -56,9 +59,20 @@ impl Conn {
             user,
             encoding,
             capacity,
+            personal: AtomicBool::new(false),
             state: Mutex::new(QueueState::default()),
             wake: Notify::new(),
         }
+    }
+
+    /// Whether the connection is subscribed to its own personal channel.
+    pub fn personal(&self) -> bool {
+        self.personal.load(Ordering::Relaxed)
+    }
+
+    /// Sets the personal-channel flag; returns its previous value.
+    pub fn set_personal(&self, on: bool) -> bool {
+        self.personal.swap(on, Ordering::Relaxed)
     }
 
     /// Queues a publication (or buffers it while its channel recovers). Overflow closes the

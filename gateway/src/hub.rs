@@ -3,7 +3,13 @@
 //! Both maps are sharded (`DashMap`); each channel's subscriber list has its own lock, so
 //! fan-out to one channel holds only that channel's read lock and does not stall connects,
 //! disconnects or fan-out elsewhere. Nothing here is held across an `.await`.
+//!
+//! Personal channels (`user:<id>`) are not in the channel map: their subscribers are the
+//! user's own connections, which the user map already lists, and a flag on each connection
+//! says whether it is subscribed. Every connection has one, so this saves a channel entry
+//! per connection.
 
+use crate::acl::PERSONAL_PREFIX;
 use crate::conn::Conn;
 use crate::metrics::metrics;
 use crate::protocol::{CloseReason, control_frame};
@@ -34,8 +40,22 @@ impl Hub {
         Self::default()
     }
 
+    /// Whether `channel` is `conn`'s own personal channel.
+    fn own_personal(channel: &str, conn: &Conn) -> bool {
+        channel
+            .strip_prefix(PERSONAL_PREFIX)
+            .is_some_and(|owner| owner == &*conn.user)
+    }
+
     /// Adds `conn` to `channel`'s subscribers. Returns true when it is the node's first.
     pub fn subscribe(&self, channel: &Arc<str>, conn: &Arc<Conn>) -> bool {
+        if Self::own_personal(channel, conn) {
+            if conn.set_personal(true) {
+                return false;
+            }
+            metrics().subscriptions.increment(1.0);
+            return self.subscriber_count(channel) == 1;
+        }
         let entry = self.channels.entry(channel.clone()).or_default();
         let mut subs = entry.write();
         subs.push(conn.clone());
@@ -45,6 +65,13 @@ impl Hub {
 
     /// Removes `conn` from `channel`. Returns true when the node has no subscriber left there.
     pub fn unsubscribe(&self, channel: &str, conn: &Conn) -> bool {
+        if Self::own_personal(channel, conn) {
+            if !conn.set_personal(false) {
+                return false;
+            }
+            metrics().subscriptions.decrement(1.0);
+            return self.subscriber_count(channel) == 0;
+        }
         let mut removed = false;
         if let Some(entry) = self.channels.get(channel) {
             let mut subs = entry.write();
@@ -63,7 +90,28 @@ impl Hub {
 
     /// Local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.channels.get(channel).map_or(0, |s| s.read().len())
+        self.for_each_subscriber(channel, |_| {})
+    }
+
+    /// Calls `f` for every local subscriber of `channel`; returns how many there were.
+    fn for_each_subscriber(&self, channel: &str, mut f: impl FnMut(&Arc<Conn>)) -> usize {
+        if let Some(owner) = channel.strip_prefix(PERSONAL_PREFIX) {
+            let Some(conns) = self.users.get(owner) else {
+                return 0;
+            };
+            let mut n = 0;
+            for conn in conns.iter().filter(|c| c.personal()) {
+                f(conn);
+                n += 1;
+            }
+            return n;
+        }
+        let Some(subs) = self.channels.get(channel).map(|s| s.value().clone()) else {
+            return 0;
+        };
+        let subs = subs.read();
+        subs.iter().for_each(f);
+        subs.len()
     }
 
     /// Registers a new connection of its user, refusing past `max_per_user`.
@@ -124,37 +172,28 @@ impl Hub {
             conn.close(reason);
         }
     }
-
-    fn subscribers(&self, channel: &str) -> Option<Subscribers> {
-        self.channels.get(channel).map(|s| s.value().clone())
-    }
 }
 
 impl Dispatcher for Hub {
     fn dispatch(&self, publication: &Arc<Publication>) {
-        let Some(subs) = self.subscribers(&publication.channel) else {
-            return;
-        };
-        let subs = subs.read();
-        for conn in subs.iter() {
-            conn.deliver(publication);
-        }
-        metrics().delivered.increment(subs.len() as u64);
+        let n = self.for_each_subscriber(&publication.channel, |conn| conn.deliver(publication));
+        metrics().delivered.increment(n as u64);
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.subscriber_count(channel) > 0
     }
 
     fn dispatch_control(&self, event: &ControlEvent) {
         let channel = match event {
             ControlEvent::Join { channel, .. } | ControlEvent::Leave { channel, .. } => channel,
         };
-        let Some(subs) = self.subscribers(channel) else {
-            return;
-        };
         let mut encoded: [Option<Bytes>; 2] = [None, None];
-        for conn in subs.read().iter() {
+        self.for_each_subscriber(channel, |conn| {
             let frame = encoded[conn.encoding.slot()]
                 .get_or_insert_with(|| control_frame(conn.encoding, event))
                 .clone();
             conn.push_frame(frame);
-        }
+        });
     }
 }

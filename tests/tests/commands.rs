@@ -371,6 +371,44 @@ async fn direct_messages_to_personal_channels() {
 }
 
 #[tokio::test]
+async fn personal_channel_reaches_every_connection_of_the_user_until_unsubscribed() {
+    let gw = Gateway::start(&[]).await;
+    let mut alice = Client::connect(gw.addr(), &token("alice")).await;
+    let mut bob_phone = Client::connect(gw.addr(), &token("bob")).await;
+    let mut bob_laptop = Client::connect(gw.addr(), &token("bob")).await;
+    let first = alice.publish("user:bob", json!("one")).await;
+    for bob in [&mut bob_phone, &mut bob_laptop] {
+        let m = bob.expect_message("user:bob", secs(10)).await;
+        assert_eq!(as_u64(&m["offset"]), first, "{m}");
+    }
+    // The laptop leaves its personal channel: only the phone gets the next one.
+    bob_laptop
+        .request_ok("unsubscribe", json!({"channel": "user:bob"}))
+        .await;
+    let second = alice.publish("user:bob", json!("two")).await;
+    let m = bob_phone.expect_message("user:bob", secs(10)).await;
+    assert_eq!(as_u64(&m["offset"]), second, "{m}");
+    // A marker on another channel proves the laptop got nothing in between.
+    bob_laptop.subscribe("room:marker").await;
+    alice.publish("room:marker", json!("m")).await;
+    let next = bob_laptop
+        .next_push_of("message", secs(10))
+        .await
+        .expect("marker");
+    assert_eq!(next["channel"], "room:marker", "{next}");
+    // Subscribing again (with recovery) brings back what it missed.
+    let reply = bob_laptop
+        .request_ok(
+            "subscribe",
+            json!({"channel": "user:bob", "since": first, "epoch": m["epoch"]}),
+        )
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let m = bob_laptop.expect_message("user:bob", secs(10)).await;
+    assert_eq!(as_u64(&m["offset"]), second, "{m}");
+}
+
+#[tokio::test]
 async fn direct_messages_can_be_disabled() {
     let gw = Gateway::start(&["--direct-messages", "false"]).await;
     let mut alice = Client::connect(gw.addr(), &token("alice")).await;

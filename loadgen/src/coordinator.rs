@@ -84,6 +84,7 @@ fn worker_for(
         protocol: c.protocol,
         encoding: c.encoding,
         source: source_addr(index, c.source_addrs),
+        route: c.route.clone(),
     };
     let tokens = Tokens::new(c.secret.as_deref(), c.tokens.as_deref())?;
     Ok(Worker::new(index, count, dialer, tokens, start))

@@ -39,6 +39,36 @@ pub struct Dialer {
     pub encoding: Encoding,
     /// Local address to connect from.
     pub source: Option<IpAddr>,
+    /// Base URL (`http://host:port`) of a node whose `/v1/route` names each user's node.
+    pub route: Option<String>,
+}
+
+/// Asks `base`'s `/v1/route` for the home node of the token's user; returns its WebSocket URL.
+pub async fn route(base: &str, token: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base
+        .strip_prefix("http://")
+        .context("--route takes an http:// URL")?
+        .trim_end_matches('/');
+    let mut stream = TcpStream::connect(authority).await?;
+    let request = format!(
+        "GET /v1/route HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("route lookup failed: {}", head.lines().next().unwrap_or(""));
+    }
+    let json: Value = serde_json::from_str(body.trim())?;
+    json["url"]
+        .as_str()
+        .map(str::to_owned)
+        .context("route reply without url")
 }
 
 /// A frame from the server.
@@ -80,7 +110,14 @@ impl Dialer {
     }
 
     async fn connect_inner(&self, index: usize, token: &str) -> anyhow::Result<Connection> {
-        let base = &self.urls[index % self.urls.len()];
+        let routed;
+        let base = match &self.route {
+            Some(route_base) => {
+                routed = route(route_base, token).await?;
+                &routed
+            }
+            None => &self.urls[index % self.urls.len()],
+        };
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}token={token}");
         let mut request = url.as_str().into_client_request()?;

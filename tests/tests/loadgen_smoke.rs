@@ -156,6 +156,32 @@ fn flood_and_churn_smoke() {
     assert_clean(&json);
 }
 
+/// With `--route`, every user asks `/v1/route` for its node (the one node, here).
+#[test]
+fn chat_through_route_lookup() {
+    let gw = bench_gateway();
+    let route = format!("http://{}", gw.addr());
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "chat",
+            "--users",
+            "40",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--duration",
+            "1",
+            "--route",
+            &route,
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["connections"], 40);
+}
+
 /// A threshold that cannot be met makes loadgen exit non-zero.
 #[test]
 fn thresholds_fail_the_run() {

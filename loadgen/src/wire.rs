@@ -244,3 +244,31 @@ impl Connection {
         let _ = self.ws.close(None).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_verify_with_the_secret_and_grant_bench_channels() {
+        let token = mint("s3cret-s3cret-s3cret-s3cret-s3cret", "lg-user7").unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret"),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "lg-user7");
+        assert_eq!(data.claims["channels"], json!(["bench:*"]));
+        assert!(
+            jsonwebtoken::decode::<Value>(
+                &token,
+                &jsonwebtoken::DecodingKey::from_secret(b"another"),
+                &validation
+            )
+            .is_err()
+        );
+    }
+}

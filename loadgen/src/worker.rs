@@ -571,3 +571,50 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Encoding, Protocol};
+
+    fn worker(index: usize, count: usize) -> Worker {
+        let dialer = Dialer {
+            urls: vec!["ws://127.0.0.1:1/ws".into()],
+            protocol: Protocol::V1,
+            encoding: Encoding::Json,
+            source: None,
+            route: None,
+        };
+        let (_tx, rx) = watch::channel(None);
+        Worker::new(index, count, dialer, Tokens::Secret("s".into()), rx)
+    }
+
+    #[test]
+    fn workers_split_users_without_overlap() {
+        let mut all: Vec<usize> = (0..3)
+            .flat_map(|i| worker(i, 3).mine(10).collect::<Vec<_>>())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chat_rooms_count_their_recipients() {
+        let members = worker(0, 1).chat_members(25, 10, 1.0, 0);
+        let last = members.last().unwrap();
+        assert_eq!(last.2.channel, "room:lg2");
+        assert_eq!(last.2.publish.unwrap().1, 5, "the last room holds 5 users");
+        assert_eq!(members[0].2.publish.unwrap().1, 10);
+    }
+
+    #[test]
+    fn tokens_come_from_a_file_round_robin() {
+        let path = std::env::temp_dir().join(format!("lg-tokens-{}", std::process::id()));
+        std::fs::write(&path, "a\n\nb\n").unwrap();
+        let tokens = Tokens::new(None, Some(&path)).unwrap();
+        assert_eq!(tokens.token("x", 0).unwrap(), "a");
+        assert_eq!(tokens.token("x", 3).unwrap(), "b");
+        std::fs::remove_file(&path).unwrap();
+        assert!(Tokens::new(None, None).is_err());
+    }
+}

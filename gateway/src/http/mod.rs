@@ -30,6 +30,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/", get(ops::index))
+        .route("/assets/{file}", get(ops::asset))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)

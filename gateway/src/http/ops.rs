@@ -17,8 +17,25 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The demo page, embedded into the binary.
+/// The demo page and its assets, embedded into the binary (no build step, nothing fetched).
 const INDEX_HTML: &str = include_str!("../../../web-demo/index.html");
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "client.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web-demo/client.js"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web-demo/app.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web-demo/style.css"),
+    ),
+];
 
 /// `GET /v1/route`: the user's home node.
 pub async fn route(
@@ -121,6 +138,16 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
 /// `GET /`: the demo chat page.
 pub async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+/// `GET /assets/{file}`: the demo page's scripts and styles.
+pub async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => {
+            ([(header::CONTENT_TYPE, *content_type)], *body).into_response()
+        }
+        None => not_found().await.into_response(),
+    }
 }
 
 /// Anything else: 404 in the API's error shape.

@@ -173,14 +173,23 @@ impl Session {
             tracing::warn!(error = %e, "personal channel subscribe failed");
             return End::Close(CloseReason::Internal);
         }
-        let sleep = sleep_until(self.deadline().into());
+        // One timer, re-armed lazily: only when the deadline comes earlier than the armed one.
+        // A later deadline (the client sent a frame) needs nothing: the timer fires early, and
+        // `on_timer` finds nothing due and re-arms. Re-arming touches tokio's timer wheel, which
+        // is not free on every delivery.
+        let mut armed = self.deadline();
+        let sleep = sleep_until(armed.into());
         tokio::pin!(sleep);
         let mut batch: Vec<Outbound> = Vec::new();
         loop {
             if let Err(end) = Box::pin(self.write_pending(ws, &mut batch)).await {
                 return end;
             }
-            sleep.as_mut().reset(self.deadline().into());
+            let due = self.deadline();
+            if due < armed || sleep.is_elapsed() {
+                armed = due;
+                sleep.as_mut().reset(due.into());
+            }
             tokio::select! {
                 _ = self.conn.wait() => {}
                 frame = ws.recv() => {

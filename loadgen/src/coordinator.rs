@@ -293,6 +293,8 @@ async fn coordinate(cli: Cli) -> anyhow::Result<bool> {
     let mut run_end: Option<(Instant, ServerSample)> = None;
     let mut last_tick: Option<Tick> = None;
     let mut started_all = false;
+    let mut rate_base = (Instant::now(), 0u64);
+    let mut received_per_sec = 0.0;
     while !source.finished() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(tick) = source.tick().await else {
@@ -320,13 +322,20 @@ async fn coordinate(cli: Cli) -> anyhow::Result<bool> {
             run_end = Some((Instant::now(), sample(&pids)));
         }
         if let Some(bar) = &bar {
+            let (then, received_then) = rate_base;
+            let secs = then.elapsed().as_secs_f64();
+            if secs >= 1.0 {
+                received_per_sec = tick.received.saturating_sub(received_then) as f64 / secs;
+                rate_base = (Instant::now(), tick.received);
+            }
             bar.set_message(format!(
-                "{:?} | open {} | connected {} | sent {} | received {} | p99 {:.2} ms | errors {}",
+                "{:?} | open {} | connected {} | sent {} | received {} ({:.0}/s) | p99 {:.2} ms | errors {}",
                 tick.phase,
                 tick.open,
                 tick.connected,
                 tick.sent,
                 tick.received,
+                received_per_sec,
                 tick.p99_ms,
                 tick.errors
             ));

@@ -583,25 +583,35 @@ impl Session {
         }
         self.subs.push(channel.clone());
         if node.acl.presence_enabled(channel) {
-            match node
+            let first = node
                 .presence
                 .add(channel, &self.conn.user, self.name.as_deref())
-                .await
-            {
-                Ok(true) => {
-                    let event = ControlEvent::Join {
-                        channel: channel.clone(),
-                        user: self.conn.user.clone(),
-                    };
-                    if let Err(e) = node.broker.publish_control(event).await {
-                        tracing::warn!(error = %e, "join event not published");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "presence add failed"),
-            }
+                .await;
+            self.announce(first, || ControlEvent::Join {
+                channel: channel.clone(),
+                user: self.conn.user.clone(),
+            })
+            .await;
         }
         Ok(())
+    }
+
+    /// Publishes the presence event when `changed` says the user's first connection arrived
+    /// (or the last one left); presence failures are logged, never fatal to the session.
+    async fn announce(
+        &self,
+        changed: Result<bool, presence::PresenceError>,
+        event: impl FnOnce() -> ControlEvent,
+    ) {
+        match changed {
+            Ok(true) => {
+                if let Err(e) = self.node.broker.publish_control(event()).await {
+                    tracing::warn!(error = %e, "presence event not published");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence update failed"),
+        }
     }
 
     /// Removes this connection from `channel` (already taken out of `subs`).
@@ -613,19 +623,12 @@ impl Session {
             }
         }
         if node.acl.presence_enabled(channel) {
-            match node.presence.remove(channel, &self.conn.user).await {
-                Ok(true) => {
-                    let event = ControlEvent::Leave {
-                        channel: channel.clone(),
-                        user: self.conn.user.clone(),
-                    };
-                    if let Err(e) = node.broker.publish_control(event).await {
-                        tracing::warn!(error = %e, "leave event not published");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "presence remove failed"),
-            }
+            let last = node.presence.remove(channel, &self.conn.user).await;
+            self.announce(last, || ControlEvent::Leave {
+                channel: channel.clone(),
+                user: self.conn.user.clone(),
+            })
+            .await;
         }
     }
 

@@ -74,10 +74,82 @@ pub async fn route(base: &str, token: &str) -> anyhow::Result<String> {
 /// A frame from the server.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A reply or push, decoded.
+    /// A `message` push, with only what the measurements need.
+    Message(MessageInfo),
+    /// Any other reply or push, decoded.
     Frame(Value),
     /// The server closed, with this close code (0 when none).
     Closed(u16),
+}
+
+/// What the load generator reads from a `message` push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// Channel.
+    pub channel: String,
+    /// Offset.
+    pub offset: u64,
+    /// The publisher's send time (`data.t`, Unix ns), when present.
+    pub sent_ns: Option<u64>,
+}
+
+/// The fields of a push read without building a JSON tree: the load generator must not be
+/// the bottleneck of what it measures.
+#[derive(serde::Deserialize)]
+struct LightPush<'a> {
+    #[serde(borrow, default)]
+    op: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    data: Option<LightData>,
+}
+
+#[derive(serde::Deserialize)]
+struct LightData {
+    #[serde(default)]
+    t: Option<u64>,
+}
+
+impl LightPush<'_> {
+    fn message(self) -> Option<MessageInfo> {
+        if self.op.as_deref() != Some("message") {
+            return None;
+        }
+        Some(MessageInfo {
+            channel: self.channel?.into_owned(),
+            offset: self.offset?,
+            sent_ns: self.data.and_then(|d| d.t),
+        })
+    }
+}
+
+/// Decodes a JSON push: the light way for `message`, a full tree otherwise.
+fn decode_json(text: &str) -> anyhow::Result<Incoming> {
+    if let Ok(light) = serde_json::from_str::<LightPush>(text) {
+        if let Some(message) = light.message() {
+            return Ok(Incoming::Message(message));
+        }
+    }
+    Ok(from_value(serde_json::from_str(text)?))
+}
+
+/// A decoded frame; a `message` push whose payload the light reader could not take (data
+/// that is not an object) still counts as a message.
+fn from_value(frame: Value) -> Incoming {
+    if frame["op"] == "message" {
+        if let (Some(channel), Some(offset)) = (frame["channel"].as_str(), frame["offset"].as_u64())
+        {
+            return Incoming::Message(MessageInfo {
+                channel: channel.to_owned(),
+                offset,
+                sent_ns: frame["data"]["t"].as_u64(),
+            });
+        }
+    }
+    Incoming::Frame(frame)
 }
 
 /// An open connection.
@@ -161,7 +233,7 @@ impl Dialer {
         loop {
             match conn.next().await? {
                 Incoming::Frame(f) if f["op"] == "welcome" => return Ok(conn),
-                Incoming::Frame(_) => continue,
+                Incoming::Frame(_) | Incoming::Message(_) => continue,
                 Incoming::Closed(code) => bail!("closed with {code} before welcome"),
             }
         }
@@ -200,7 +272,7 @@ impl Connection {
                     }
                     return Ok(f["ok"].clone());
                 }
-                Incoming::Frame(_) => {}
+                Incoming::Frame(_) | Incoming::Message(_) => {}
                 Incoming::Closed(code) => bail!("closed with {code}"),
             }
         }
@@ -216,11 +288,12 @@ impl Connection {
             };
             match message {
                 Message::Text(text) => match self.protocol {
-                    Protocol::V1 => return Ok(Incoming::Frame(serde_json::from_str(&text)?)),
+                    Protocol::V1 => return decode_json(&text),
                     Protocol::Socketio => {
                         if let Some(event) = text.strip_prefix("42") {
-                            let mut array: Value = serde_json::from_str(event)?;
-                            return Ok(Incoming::Frame(array[1].take()));
+                            let (_, body): (&str, &serde_json::value::RawValue) =
+                                serde_json::from_str(event)?;
+                            return decode_json(body.get());
                         } else if text.as_str() == "2" {
                             self.ws.send(Message::text("3")).await?;
                         } else if text.starts_with('0') {
@@ -229,7 +302,12 @@ impl Connection {
                     }
                 },
                 Message::Binary(bytes) => {
-                    return Ok(Incoming::Frame(rmp_serde::from_slice(&bytes)?));
+                    if let Ok(light) = rmp_serde::from_slice::<LightPush>(&bytes) {
+                        if let Some(message) = light.message() {
+                            return Ok(Incoming::Message(message));
+                        }
+                    }
+                    return Ok(from_value(rmp_serde::from_slice(&bytes)?));
                 }
                 Message::Close(frame) => {
                     return Ok(Incoming::Closed(frame.map_or(0, |f| u16::from(f.code))));
@@ -248,6 +326,34 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_pushes_are_read_lightly_and_others_fully() {
+        let push = r#"{"op":"message","channel":"room:a","offset":7,"epoch":"e","from":"x","data":{"t":42,"p":"xx"},"ts":1}"#;
+        match decode_json(push).unwrap() {
+            Incoming::Message(m) => assert_eq!(
+                m,
+                MessageInfo {
+                    channel: "room:a".into(),
+                    offset: 7,
+                    sent_ns: Some(42)
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        let escaped = r#"{"op":"message","channel":"room:a","offset":1,"data":"plain"}"#;
+        assert!(
+            matches!(decode_json(escaped).unwrap(), Incoming::Message(m) if m.channel == "room:a" && m.sent_ns.is_none())
+        );
+        let reply = r#"{"id":3,"error":{"code":"rate_limited","message":"m"}}"#;
+        assert!(
+            matches!(decode_json(reply).unwrap(), Incoming::Frame(f) if f["error"]["code"] == "rate_limited")
+        );
+        let packed =
+            rmp_serde::to_vec_named(&serde_json::from_str::<Value>(push).unwrap()).unwrap();
+        let light: LightPush = rmp_serde::from_slice(&packed).unwrap();
+        assert_eq!(light.message().unwrap().offset, 7);
+    }
 
     #[test]
     fn minted_tokens_verify_with_the_secret_and_grant_bench_channels() {

@@ -322,7 +322,7 @@ impl Worker {
                     tokio::select! {
                         _ = stop.changed() => break,
                         frame = conn.next() => match frame {
-                            Ok(Incoming::Frame(_)) => {}
+                            Ok(Incoming::Frame(_) | Incoming::Message(_)) => {}
                             Ok(Incoming::Closed(code)) => { local.error(format!("close_{code}")); break; }
                             Err(_) => { local.error("read_error"); break; }
                         }
@@ -506,14 +506,18 @@ impl Worker {
         local: &mut Stats,
     ) -> bool {
         match frame {
-            Ok(Incoming::Frame(f)) => {
-                if f["op"] == "message" && f["channel"] == role.channel.as_str() {
+            Ok(Incoming::Message(m)) => {
+                if m.channel == role.channel {
                     local.received += 1;
-                    if let Some(t) = f["data"]["t"].as_u64() {
+                    if let Some(t) = m.sent_ns {
                         let _ = local.latency.record(now_nanos().saturating_sub(t).max(1));
                     }
-                    audit.see(f["offset"].as_u64().unwrap_or(0), local);
-                } else if let Some(code) = f.get("error").and_then(|e| e["code"].as_str()) {
+                    audit.see(m.offset, local);
+                }
+                false
+            }
+            Ok(Incoming::Frame(f)) => {
+                if let Some(code) = f.get("error").and_then(|e| e["code"].as_str()) {
                     local.error(format!("error_{code}"));
                 }
                 false

@@ -13,7 +13,8 @@ use crate::metrics::{self, metrics};
 use crate::node::Node;
 use crate::protocol::{
     CloseReason, Command, CommandError, Encoding, ErrorCode, Op, decode, disconnect_frame,
-    error_frame, history_reply_frame, message_frame, reply_frame, welcome_frame,
+    error_frame, frame_bytes, history_reply_frame, message_frame, reply_frame, to_message,
+    welcome_frame,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -146,17 +147,6 @@ async fn close(ws: &mut WebSocket, encoding: Encoding, reason: CloseReason) {
     }
 }
 
-fn to_message(encoding: Encoding, frame: Bytes) -> Message {
-    match encoding {
-        // Text frames are produced by serde_json, so they are valid UTF-8.
-        Encoding::Json => match Utf8Bytes::try_from(frame) {
-            Ok(text) => Message::Text(text),
-            Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
-        },
-        Encoding::MsgPack => Message::Binary(frame),
-    }
-}
-
 impl Session {
     async fn serve(&mut self, ws: &mut WebSocket) -> End {
         let encoding = self.conn.encoding;
@@ -246,15 +236,15 @@ impl Session {
             let mut bytes = 0u64;
             let write = async {
                 for item in batch.drain(..) {
-                    let frame = match item {
-                        Outbound::Frame(frame) => frame,
+                    let message = match item {
+                        Outbound::Frame(frame) => to_message(encoding, frame),
                         Outbound::Message(p) => {
                             oldest.get_or_insert(p.accepted_at);
                             message_frame(encoding, &p)
                         }
                     };
-                    bytes += frame.len() as u64;
-                    ws.feed(to_message(encoding, frame)).await?;
+                    bytes += frame_bytes(&message).len() as u64;
+                    ws.feed(message).await?;
                 }
                 ws.flush().await
             };

@@ -2,6 +2,7 @@
 //! publication; history replies splice those cached frames instead of re-encoding them.
 
 use super::{CloseReason, Encoding, ErrorCode};
+use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use fanout::{ControlEvent, Publication};
 use serde::Serialize;
@@ -94,10 +95,12 @@ struct MessagePush<'a> {
     ts: u64,
 }
 
-/// The `message` push for `publication`, encoded at most once per encoding.
-pub fn message_frame(encoding: Encoding, publication: &Publication) -> Bytes {
+/// The `message` push for `publication` as a ready WebSocket message (text for JSON, its
+/// UTF-8 checked once; binary for MessagePack), encoded at most once per encoding and shared
+/// by every subscriber.
+pub fn message_frame(encoding: Encoding, publication: &Publication) -> Message {
     publication.frames.get_or_encode(encoding.slot(), || {
-        encode(
+        let bytes = encode(
             encoding,
             &MessagePush {
                 op: "message",
@@ -108,8 +111,30 @@ pub fn message_frame(encoding: Encoding, publication: &Publication) -> Bytes {
                 data: &publication.data,
                 ts: publication.ts,
             },
-        )
+        );
+        to_message(encoding, bytes)
     })
+}
+
+/// Wraps an encoded frame for the socket: text for JSON (serde_json output is UTF-8; the
+/// check runs once here), binary for MessagePack.
+pub fn to_message(encoding: Encoding, frame: Bytes) -> Message {
+    match encoding {
+        Encoding::Json => match Utf8Bytes::try_from(frame) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
+        },
+        Encoding::MsgPack => Message::Binary(frame),
+    }
+}
+
+/// The payload bytes of a data frame.
+pub fn frame_bytes(message: &Message) -> &[u8] {
+    match message {
+        Message::Text(text) => text.as_bytes(),
+        Message::Binary(bytes) => bytes,
+        _ => &[],
+    }
 }
 
 #[derive(Serialize)]
@@ -156,11 +181,12 @@ pub fn history_reply_frame(
     offset: u64,
     epoch: &str,
 ) -> Bytes {
-    let frames: Vec<Bytes> = publications
+    let frames: Vec<Message> = publications
         .iter()
         .map(|p| message_frame(encoding, p))
         .collect();
-    let mut out = Vec::with_capacity(frames.iter().map(Bytes::len).sum::<usize>() + 96);
+    let mut out =
+        Vec::with_capacity(frames.iter().map(|f| frame_bytes(f).len()).sum::<usize>() + 96);
     match encoding {
         Encoding::Json => {
             out.extend_from_slice(format!("{{\"id\":{id},\"ok\":{{\"messages\":[").as_bytes());
@@ -168,7 +194,7 @@ pub fn history_reply_frame(
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(frame);
+                out.extend_from_slice(frame_bytes(frame));
             }
             out.extend_from_slice(b"],\"offset\":");
             out.extend_from_slice(offset.to_string().as_bytes());
@@ -187,7 +213,7 @@ pub fn history_reply_frame(
             let _ = mp::write_str(&mut out, "messages");
             let _ = mp::write_array_len(&mut out, frames.len() as u32);
             for frame in &frames {
-                out.extend_from_slice(frame);
+                out.extend_from_slice(frame_bytes(frame));
             }
             let _ = mp::write_str(&mut out, "offset");
             let _ = mp::write_uint(&mut out, offset);
@@ -221,15 +247,18 @@ mod tests {
     #[test]
     fn message_push_has_the_same_structure_in_both_encodings() {
         let p = publication(18);
-        let from_json: Value = serde_json::from_slice(&message_frame(Encoding::Json, &p)).unwrap();
-        let from_mp: Value = rmp_serde::from_slice(&message_frame(Encoding::MsgPack, &p)).unwrap();
+        let json = message_frame(Encoding::Json, &p);
+        let packed = message_frame(Encoding::MsgPack, &p);
+        assert!(matches!(json, Message::Text(_)) && matches!(packed, Message::Binary(_)));
+        let from_json: Value = serde_json::from_slice(frame_bytes(&json)).unwrap();
+        let from_mp: Value = rmp_serde::from_slice(frame_bytes(&packed)).unwrap();
         assert_eq!(from_json, from_mp);
         assert_eq!(from_json["offset"], 18);
         assert_eq!(from_json["data"]["n"][1], 2.5);
         // Cached: the same bytes come back.
         assert_eq!(
-            message_frame(Encoding::Json, &p).as_ptr(),
-            message_frame(Encoding::Json, &p).as_ptr()
+            frame_bytes(&message_frame(Encoding::Json, &p)).as_ptr(),
+            frame_bytes(&message_frame(Encoding::Json, &p)).as_ptr()
         );
     }
 

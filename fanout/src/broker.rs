@@ -9,9 +9,6 @@ pub enum BrokerError {
     /// The backend cannot take the call now; retrying later makes sense.
     #[error("message backend unavailable: {0}")]
     Unavailable(String),
-    /// The request itself is unacceptable (for example an over-long idempotency key).
-    #[error("{0}")]
-    Invalid(String),
 }
 
 /// A publish to one channel.

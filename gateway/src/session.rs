@@ -13,8 +13,8 @@ use crate::metrics::{self, metrics};
 use crate::node::Node;
 use crate::protocol::{
     CloseReason, Command, CommandError, Encoding, ErrorCode, Op, decode, disconnect_frame,
-    error_frame, frame_bytes, history_reply_frame, message_frame, reply_frame, to_message,
-    welcome_frame,
+    error_frame, frame_bytes, history_reply_frame, members_json, message_frame, reply_frame,
+    to_message, welcome_frame,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -381,7 +381,7 @@ impl Session {
                 } else {
                     match self.node.presence.members(&channel).await {
                         Ok(members) => {
-                            self.reply(id, &json!({ "members": presence_members_json(&members) }))
+                            self.reply(id, &json!({ "members": members_json(&members) }))
                         }
                         Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
                     }
@@ -433,11 +433,7 @@ impl Session {
     }
 
     fn broker_error(&self, id: i64, error: BrokerError) {
-        let code = match error {
-            BrokerError::Unavailable(_) => ErrorCode::Unavailable,
-            BrokerError::Invalid(_) => ErrorCode::BadRequest,
-        };
-        self.error(id, code, &error.to_string());
+        self.error(id, ErrorCode::from(&error), &error.to_string());
     }
 
     async fn publish(
@@ -498,6 +494,7 @@ impl Session {
             return None;
         }
         let existing = self.subs.iter().find(|c| ***c == *channel).cloned();
+        let resubscribe = existing.is_some();
         let channel: Arc<str> = match existing {
             Some(channel) => channel,
             None => {
@@ -511,6 +508,7 @@ impl Session {
                     return None;
                 }
                 let channel: Arc<str> = channel.into();
+                // Buffer live publications before the hub can deliver any (join registers).
                 self.conn.begin_recovery(channel.clone());
                 if let Err(e) = self.join(&channel).await {
                     self.conn.abort_recovery(&channel);
@@ -520,7 +518,9 @@ impl Session {
                 channel
             }
         };
-        self.conn.begin_recovery(channel.clone());
+        if resubscribe {
+            self.conn.begin_recovery(channel.clone());
+        }
         let broker = &self.node.broker;
         let query = HistoryQuery {
             since: since.map(|s| s.min(u64::MAX - 1)),
@@ -627,13 +627,6 @@ impl Session {
             self.leave(&channel).await;
         }
     }
-}
-
-pub(crate) fn presence_members_json(members: &[presence::Member]) -> Vec<serde_json::Value> {
-    members
-        .iter()
-        .map(|m| json!({ "user": m.user, "name": m.name, "conns": m.conns }))
-        .collect()
 }
 
 /// Maps a read error to how the session ends.

@@ -291,7 +291,6 @@ async fn coordinate(cli: Cli) -> anyhow::Result<bool> {
     let mut run_start: Option<(Instant, ServerSample)> = None;
     let mut run_peak_rss: Option<f64> = None;
     let mut run_end: Option<(Instant, ServerSample)> = None;
-    let mut last_tick: Option<Tick> = None;
     let mut started_all = false;
     let mut rate_base = (Instant::now(), 0u64);
     let mut received_per_sec = 0.0;
@@ -340,7 +339,6 @@ async fn coordinate(cli: Cli) -> anyhow::Result<bool> {
                 tick.errors
             ));
         }
-        last_tick = Some(tick);
     }
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -349,7 +347,6 @@ async fn coordinate(cli: Cli) -> anyhow::Result<bool> {
     let end = (Instant::now(), sample(&pids));
     let run_start = run_start.unwrap_or((started, before.clone()));
     let run_end = run_end.unwrap_or(end);
-    let _ = last_tick;
     let report = Report::build(
         &cli.scenario,
         &stats,

@@ -44,7 +44,7 @@ fn assert_clean(json: &Value) {
 }
 
 fn bench_gateway() -> Gateway {
-    futures_free_block_on(Gateway::start(&[
+    block_on(Gateway::start(&[
         "--publish-rate",
         "100000",
         "--publish-burst",
@@ -54,7 +54,7 @@ fn bench_gateway() -> Gateway {
     ]))
 }
 
-fn futures_free_block_on<F: std::future::Future>(f: F) -> F::Output {
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

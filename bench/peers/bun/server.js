@@ -15,18 +15,7 @@ const EPOCH = "bun";
 const offsets = new Map();
 let sessions = 0;
 
-// The JWT's `sub`, read from the payload without verifying the signature.
-function subFromToken(token) {
-  if (!token) return null;
-  const parts = token.split(".");
-  if (parts.length !== 3) return null;
-  try {
-    const claims = JSON.parse(Buffer.from(parts[1], "base64url").toString("utf8"));
-    return typeof claims.sub === "string" && claims.sub.length > 0 ? claims.sub : null;
-  } catch {
-    return null;
-  }
-}
+const { subFromToken } = require("../token.js");
 
 function tokenOf(req, url) {
   const q = url.searchParams.get("token");

@@ -18,17 +18,7 @@ const HOST = process.env.HOST || "127.0.0.1";
 const REDIS_URL = process.env.REDIS_URL || "";
 const EPOCH = "sio";
 
-function subFromToken(token) {
-  if (typeof token !== "string" || !token) return null;
-  const parts = token.split(".");
-  if (parts.length !== 3) return null;
-  try {
-    const claims = JSON.parse(Buffer.from(parts[1], "base64url").toString("utf8"));
-    return typeof claims.sub === "string" && claims.sub.length > 0 ? claims.sub : null;
-  } catch {
-    return null;
-  }
-}
+const { subFromToken } = require("../token.js");
 
 function tokenOf(req) {
   const q = new URL(req.url, "http://x").searchParams.get("token");

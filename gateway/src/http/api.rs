@@ -4,8 +4,7 @@ use super::ApiError;
 use crate::acl::valid_channel;
 use crate::metrics::metrics;
 use crate::node::Node;
-use crate::protocol::{CloseReason, Encoding, ErrorCode, history_reply_frame};
-use crate::session::presence_members_json;
+use crate::protocol::{CloseReason, Encoding, ErrorCode, history_body, members_json};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -112,11 +111,11 @@ pub async fn presence(
     authorize(&node, &headers)?;
     check_channel(&channel)?;
     let members = node.presence.members(&channel).await?;
-    Ok(Json(json!({ "members": presence_members_json(&members) })))
+    Ok(Json(json!({ "members": members_json(&members) })))
 }
 
 #[derive(Deserialize)]
-pub(crate) struct HistoryParams {
+pub struct HistoryParams {
     since: Option<u64>,
     limit: Option<u64>,
 }
@@ -150,18 +149,8 @@ pub async fn history(
             },
         )
         .await?;
-    // The cached JSON message frames are spliced into a reply with id 0; the API answers
-    // with its `ok` object.
-    let frame = history_reply_frame(
-        Encoding::Json,
-        0,
-        &page.publications,
-        page.offset,
-        &page.epoch,
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&frame)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(Json(reply["ok"].clone()).into_response())
+    let body = history_body(Encoding::Json, &page.publications, page.offset, &page.epoch);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Deserialize)]

@@ -53,12 +53,7 @@ impl IntoResponse for ApiError {
 
 impl From<fanout::BrokerError> for ApiError {
     fn from(e: fanout::BrokerError) -> Self {
-        match e {
-            fanout::BrokerError::Unavailable(_) => {
-                ApiError::new(ErrorCode::Unavailable, e.to_string())
-            }
-            fanout::BrokerError::Invalid(_) => ApiError::new(ErrorCode::BadRequest, e.to_string()),
-        }
+        ApiError::new(ErrorCode::from(&e), e.to_string())
     }
 }
 

@@ -172,8 +172,15 @@ pub fn disconnect_frame(encoding: Encoding, reason: CloseReason) -> Bytes {
     )
 }
 
-/// The reply to `history`: `{"id", "ok": {"messages": [...], "offset", "epoch"}}`, built from
-/// the publications' cached frames.
+/// The `members` list of a presence answer (the `presence` reply and the HTTP API).
+pub fn members_json(members: &[presence::Member]) -> Vec<serde_json::Value> {
+    members
+        .iter()
+        .map(|m| serde_json::json!({ "user": m.user, "name": m.name, "conns": m.conns }))
+        .collect()
+}
+
+/// The reply to `history`: `{"id", "ok": <history body>}`.
 pub fn history_reply_frame(
     encoding: Encoding,
     id: i64,
@@ -181,15 +188,59 @@ pub fn history_reply_frame(
     offset: u64,
     epoch: &str,
 ) -> Bytes {
+    let mut out = Vec::new();
+    match encoding {
+        Encoding::Json => out.extend_from_slice(format!("{{\"id\":{id},\"ok\":").as_bytes()),
+        Encoding::MsgPack => {
+            // Writing to a Vec cannot fail.
+            let _ = rmp::encode::write_map_len(&mut out, 2);
+            let _ = rmp::encode::write_str(&mut out, "id");
+            let _ = rmp::encode::write_sint(&mut out, id);
+            let _ = rmp::encode::write_str(&mut out, "ok");
+        }
+    }
+    write_history_body(&mut out, encoding, publications, offset, epoch);
+    if encoding == Encoding::Json {
+        out.push(b'}');
+    }
+    Bytes::from(out)
+}
+
+/// The body of a history answer, `{"messages": [...], "offset", "epoch"}`, as the `ok` of
+/// the `history` reply and as the HTTP API's reply. The messages are the publications'
+/// cached frames, spliced in rather than encoded again.
+pub fn history_body(
+    encoding: Encoding,
+    publications: &[Arc<Publication>],
+    offset: u64,
+    epoch: &str,
+) -> Bytes {
+    let mut out = Vec::new();
+    write_history_body(&mut out, encoding, publications, offset, epoch);
+    Bytes::from(out)
+}
+
+fn write_history_body(
+    out: &mut Vec<u8>,
+    encoding: Encoding,
+    publications: &[Arc<Publication>],
+    offset: u64,
+    epoch: &str,
+) {
     let frames: Vec<Message> = publications
         .iter()
         .map(|p| message_frame(encoding, p))
         .collect();
-    let mut out =
-        Vec::with_capacity(frames.iter().map(|f| frame_bytes(f).len()).sum::<usize>() + 96);
+    out.reserve(
+        frames
+            .iter()
+            .map(|f| frame_bytes(f).len() + 1)
+            .sum::<usize>()
+            + 64,
+    );
     match encoding {
         Encoding::Json => {
-            out.extend_from_slice(format!("{{\"id\":{id},\"ok\":{{\"messages\":[").as_bytes());
+            out.extend_from_slice(b"{\"messages\":[");
             for (i, frame) in frames.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
@@ -200,28 +251,23 @@ pub fn history_reply_frame(
             out.extend_from_slice(offset.to_string().as_bytes());
             out.extend_from_slice(b",\"epoch\":");
             out.extend_from_slice(&serde_json::to_vec(epoch).expect("a string serializes"));
-            out.extend_from_slice(b"}}");
+            out.push(b'}');
         }
         Encoding::MsgPack => {
             use rmp::encode as mp;
             // Writing to a Vec cannot fail.
-            let _ = mp::write_map_len(&mut out, 2);
-            let _ = mp::write_str(&mut out, "id");
-            let _ = mp::write_sint(&mut out, id);
-            let _ = mp::write_str(&mut out, "ok");
-            let _ = mp::write_map_len(&mut out, 3);
-            let _ = mp::write_str(&mut out, "messages");
-            let _ = mp::write_array_len(&mut out, frames.len() as u32);
+            let _ = mp::write_map_len(out, 3);
+            let _ = mp::write_str(out, "messages");
+            let _ = mp::write_array_len(out, frames.len() as u32);
             for frame in &frames {
                 out.extend_from_slice(frame_bytes(frame));
             }
-            let _ = mp::write_str(&mut out, "offset");
-            let _ = mp::write_uint(&mut out, offset);
-            let _ = mp::write_str(&mut out, "epoch");
-            let _ = mp::write_str(&mut out, epoch);
+            let _ = mp::write_str(out, "offset");
+            let _ = mp::write_uint(out, offset);
+            let _ = mp::write_str(out, "epoch");
+            let _ = mp::write_str(out, epoch);
         }
     }
-    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ pub use command::{
     Command, CommandError, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_IDEM_LEN, Op, decode,
 };
 pub use frames::{
-    control_frame, disconnect_frame, error_frame, frame_bytes, history_reply_frame, message_frame,
-    reply_frame, to_message, welcome_frame,
+    control_frame, disconnect_frame, error_frame, frame_bytes, history_body, history_reply_frame,
+    members_json, message_frame, reply_frame, to_message, welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.
@@ -89,6 +89,14 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl From<&fanout::BrokerError> for ErrorCode {
+    fn from(error: &fanout::BrokerError) -> Self {
+        match error {
+            fanout::BrokerError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 }

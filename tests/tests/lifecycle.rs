@@ -138,6 +138,43 @@ async fn sigint_drains_and_exits_0() {
     drain("INT").await;
 }
 
+/// While a drain waits for its sessions to close, `/readyz` says 503 and new WebSocket
+/// handshakes are refused with 503: a client that does not answer the close handshake keeps
+/// the node draining for a moment, long enough to look.
+#[tokio::test]
+async fn draining_node_is_not_ready_and_refuses_new_connections() {
+    let mut gw = Gateway::start(&["--drain-timeout-secs", "10"]).await;
+    let addr = gw.addr().to_string();
+    // Never polled: it reads neither the disconnect nor the close frame, so the server waits
+    // for its close reply.
+    let _silent = Client::connect(&addr, &token("silent")).await;
+    gw.send_signal("TERM");
+    let deadline = tokio::time::Instant::now() + secs(10);
+    loop {
+        let r = http(&addr, "GET", "/readyz", &[], None).await;
+        if r.status == 503 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never said 503"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refused = e2e::Connect::new(&addr)
+        .token(&token("late"))
+        .expect_refusal()
+        .await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.headers.contains_key("retry-after"), "{refused:?}");
+    let status = gw
+        .wait_exit(secs(15))
+        .await
+        .expect("exited after the drain");
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test]
 async fn idle_gateway_exits_0_on_sigterm() {
     let mut gw = Gateway::start(&[]).await;

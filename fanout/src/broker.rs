@@ -1,14 +1,23 @@
-//! The broker trait: what sessions and the HTTP API need from the message path.
+//! The broker trait: what the node needs from the message path, and the contract every
+//! implementation keeps.
 
-use crate::Publication;
+use crate::{Payload, Publication};
 use std::sync::Arc;
 
 /// Why a broker call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend cannot take the call now; retrying later makes sense.
+    /// The backend cannot be reached or did not answer in time; retrying later makes sense.
     #[error("message backend unavailable: {0}")]
     Unavailable(String),
+    /// The channel's idempotency table holds as many keys as it may (nothing was published;
+    /// retrying after the dedup window frees keys makes sense).
+    #[error("too many idempotency keys on this channel; retry later")]
+    DedupFull,
+    /// The backend answered something this code does not understand (a bug or a version
+    /// mismatch between nodes).
+    #[error("message backend error: {0}")]
+    Backend(String),
 }
 
 /// A publish to one channel.
@@ -18,8 +27,8 @@ pub struct PublishRequest {
     pub channel: Arc<str>,
     /// Publisher's user id.
     pub from: Arc<str>,
-    /// Payload.
-    pub data: serde_json::Value,
+    /// Payload, already checked.
+    pub data: Payload,
     /// Optional idempotency key: a repeat within the dedup window returns the first offset.
     pub idem: Option<String>,
 }
@@ -29,7 +38,7 @@ pub struct PublishRequest {
 pub struct PublishOutcome {
     /// Offset given to the message (the first publish's offset for a duplicate).
     pub offset: u64,
-    /// Epoch of the channel.
+    /// Epoch of the channel: with `offset`, the name of the message.
     pub epoch: Arc<str>,
     /// True when `idem` matched an earlier publish and nothing new was delivered.
     pub duplicate: bool,
@@ -40,7 +49,7 @@ pub struct PublishOutcome {
 pub struct HistoryQuery {
     /// Exclusive lower bound; `None` reads the newest messages.
     pub since: Option<u64>,
-    /// At most this many messages.
+    /// At most this many messages. `0` reads only the channel's position (offset and epoch).
     pub limit: usize,
 }
 
@@ -49,7 +58,7 @@ pub struct HistoryQuery {
 pub struct HistoryPage {
     /// Messages, oldest first.
     pub publications: Vec<Arc<Publication>>,
-    /// The channel's latest offset (0 when nothing was ever published in this epoch).
+    /// The channel's latest offset (0 when nothing was published in this epoch).
     pub offset: u64,
     /// The channel's epoch.
     pub epoch: Arc<str>,
@@ -97,17 +106,18 @@ impl RecoveryOutcome {
     }
 }
 
-/// Ephemeral channel events that travel beside publications, with no offset or history.
+/// Ephemeral channel events that travel beside publications, in order with them, with no
+/// offset and no history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlEvent {
-    /// A user's first connection subscribed to a presence channel.
+    /// A user's first connection anywhere subscribed to a presence channel.
     Join {
         /// Channel.
         channel: Arc<str>,
         /// User id.
         user: Arc<str>,
     },
-    /// A user's last connection left a presence channel.
+    /// A user's last connection anywhere left a presence channel.
     Leave {
         /// Channel.
         channel: Arc<str>,
@@ -116,30 +126,98 @@ pub enum ControlEvent {
     },
 }
 
-/// Receives what the broker delivers to this node, in offset order per channel.
-pub trait Dispatcher: Send + Sync + 'static {
-    /// Hands an accepted publication to local subscribers. Must not block.
-    fn dispatch(&self, publication: &Arc<Publication>);
-    /// Hands a control event to local subscribers. Must not block.
-    fn dispatch_control(&self, event: &ControlEvent);
-    /// Whether this node has subscribers on `channel` (a broker keeps such channels' state).
-    fn has_subscribers(&self, channel: &str) -> bool;
+impl ControlEvent {
+    /// The channel the event belongs to.
+    pub fn channel(&self) -> &Arc<str> {
+        match self {
+            ControlEvent::Join { channel, .. } | ControlEvent::Leave { channel, .. } => channel,
+        }
+    }
 }
 
-/// The message path: offsets, history, dedup and delivery.
+/// A command for every node: each acts on its own connections and counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// Close every connection of `user` with `disconnected`.
+    Disconnect {
+        /// User id.
+        user: String,
+        /// Whether the client should reconnect.
+        reconnect: bool,
+    },
+    /// Unsubscribe every connection of `user` from `channel` (with an `unsubscribe` push).
+    Unsubscribe {
+        /// User id.
+        user: String,
+        /// Channel.
+        channel: String,
+    },
+}
+
+/// Receives what the broker delivers to this node.
+///
+/// Contract: for each channel, publications arrive in offset order, each at most once per
+/// epoch. Every method is called from a broker task or from inside a broker call and must
+/// not block (it may take short locks; it never awaits).
+pub trait Dispatcher: Send + Sync + 'static {
+    /// Hands an accepted publication to local subscribers.
+    fn dispatch(&self, publication: &Arc<Publication>);
+    /// Hands a control event to local subscribers of its channel.
+    fn dispatch_control(&self, event: &ControlEvent);
+    /// Runs a node command on local connections; returns how many it touched.
+    fn dispatch_command(&self, command: &NodeCommand) -> u64;
+    /// The broker lost publications of `channel` that it can no longer deliver (history no
+    /// longer holds them, or the channel's epoch changed): local subscribers must recover
+    /// on their own (they are unsubscribed and told to resubscribe with `since`).
+    fn lost(&self, channel: &str);
+}
+
+/// The message path: offsets, history, dedup and delivery to every node.
+///
+/// # Contract
+/// - **Offsets.** Each accepted publish gets the channel's next offset (1, 2, 3, ...) within
+///   the channel's epoch, across all nodes. A new epoch (its offsets restart at 1) begins
+///   only when the channel's state was lost (expiry of an idle channel, a backend restart).
+/// - **Atomicity.** Dedup check, offset, history append and hand-off to fan-out happen as one
+///   step: a message is either in history and on its way to every subscribed node, or the
+///   publish failed and nothing of it exists.
+/// - **Idempotency.** A publish repeating an `idem` key within the dedup window returns the
+///   first publish's offset with `duplicate: true` and delivers nothing. When the channel's
+///   key table is full the publish fails with [`BrokerError::DedupFull`]; keys are never
+///   forgotten early.
+/// - **Interest.** After [`Broker::subscribe`] returns `Ok`, every publication accepted on the
+///   channel afterwards, on any node, reaches this node's [`Dispatcher`] (live delivery is
+///   at-most-once per node; a gap the broker notices is healed from history, and what history
+///   no longer holds is reported with [`Dispatcher::lost`]). Calls for one channel come
+///   serialised by the caller: subscribe once, unsubscribe once, in turn.
+/// - **History as a barrier.** On a channel this node subscribes to, [`Broker::history`]
+///   returns only once every publication up to the returned `offset` has been handed to the
+///   dispatcher. A subscriber registered before the read therefore sees, after it, exactly
+///   the publications with a greater offset: recovery joins history and the live stream
+///   with no gap and no duplicate.
+/// - **Reads create the position.** A history read of an unknown channel gives it an epoch
+///   (offset 0) that later publishes keep, so a subscriber's epoch stays valid.
+/// - **Failures.** A call that cannot reach the backend fails with
+///   [`BrokerError::Unavailable`] within about a second; it never hangs.
 #[async_trait::async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Accepts a message: assigns its offset, records it in history and hands it to fan-out.
     async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError>;
-    /// Reads recent history.
+    /// Reads recent history (see the contract: a barrier on subscribed channels).
     async fn history(&self, channel: &str, query: HistoryQuery)
     -> Result<HistoryPage, BrokerError>;
-    /// Tells the broker this node has local subscribers on `channel` (first one).
-    async fn subscribe_node(&self, channel: &str) -> Result<(), BrokerError>;
-    /// Tells the broker this node has no local subscribers left on `channel`.
-    async fn unsubscribe_node(&self, channel: &str) -> Result<(), BrokerError>;
+    /// This node wants `channel`'s publications (its first local subscriber arrived).
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError>;
+    /// This node no longer wants `channel`'s publications.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Sends a control event to every node's subscribers of its channel.
     async fn publish_control(&self, event: ControlEvent) -> Result<(), BrokerError>;
+    /// Runs `command` on every live node; returns the sum of their counts.
+    async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError>;
+    /// Whether the backend is reachable now (readiness).
+    fn is_healthy(&self) -> bool {
+        true
+    }
     /// The most messages one channel's history holds.
     fn history_capacity(&self) -> usize;
 }

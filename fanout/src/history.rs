@@ -5,16 +5,16 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A channel's newest publications, oldest first.
+/// A channel's newest publications, oldest first, each with its acceptance instant.
 #[derive(Debug, Default)]
 pub(crate) struct History {
-    entries: VecDeque<Arc<Publication>>,
+    entries: VecDeque<(Instant, Arc<Publication>)>,
 }
 
 impl History {
     /// Appends `publication` and drops what exceeds `max_len`.
-    pub(crate) fn push(&mut self, publication: Arc<Publication>, max_len: usize) {
-        self.entries.push_back(publication);
+    pub(crate) fn push(&mut self, at: Instant, publication: Arc<Publication>, max_len: usize) {
+        self.entries.push_back((at, publication));
         while self.entries.len() > max_len {
             self.entries.pop_front();
         }
@@ -22,8 +22,8 @@ impl History {
 
     /// Drops entries accepted more than `ttl` before `now`.
     pub(crate) fn expire(&mut self, now: Instant, ttl: Duration) {
-        while let Some(front) = self.entries.front() {
-            if now.duration_since(front.accepted_at) > ttl {
+        while let Some((at, _)) = self.entries.front() {
+            if now.duration_since(*at) > ttl {
                 self.entries.pop_front();
             } else {
                 break;
@@ -45,11 +45,15 @@ impl History {
         match since {
             None => {
                 let skip = self.entries.len().saturating_sub(limit);
-                self.entries.iter().skip(skip).cloned().collect()
+                self.entries
+                    .iter()
+                    .skip(skip)
+                    .map(|e| e.1.clone())
+                    .collect()
             }
             Some(since) => {
                 // Offsets in the deque are contiguous, so the start index is arithmetic.
-                let Some(front) = self.entries.front() else {
+                let Some((_, front)) = self.entries.front() else {
                     return Vec::new();
                 };
                 let start = (since + 1).saturating_sub(front.offset) as usize;
@@ -57,7 +61,7 @@ impl History {
                     .iter()
                     .skip(start)
                     .take(limit)
-                    .cloned()
+                    .map(|e| e.1.clone())
                     .collect()
             }
         }

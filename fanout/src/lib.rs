@@ -3,7 +3,7 @@
 //! A [`Broker`] gives each channel a strictly increasing offset and an epoch, keeps recent
 //! history, deduplicates publishes by idempotency key, and hands every accepted
 //! [`Publication`] to the node's [`Dispatcher`] in offset order. [`LocalBroker`] does all of it
-//! in process (embedded mode); a Redis broker implements the same trait for clustered mode.
+//! in process (embedded mode); [`RedisBroker`] does it on Redis for many nodes (clustered mode).
 
 mod broker;
 mod dedup;
@@ -12,8 +12,8 @@ mod local;
 mod publication;
 
 pub use broker::{
-    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, PublishOutcome,
-    PublishRequest, RecoveryOutcome,
+    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
+    PublishOutcome, PublishRequest, RecoveryOutcome,
 };
 pub use local::{LocalBroker, LocalBrokerConfig};
-pub use publication::{FrameCache, Publication};
+pub use publication::{Payload, PayloadError, Publication};

@@ -1,12 +1,12 @@
 //! The embedded broker: offsets, history and dedup in process memory.
 
+use crate::Publication;
 use crate::broker::{
-    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, PublishOutcome,
-    PublishRequest,
+    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
+    PublishOutcome, PublishRequest,
 };
 use crate::dedup::DedupTable;
 use crate::history::History;
-use crate::{FrameCache, Publication};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -63,6 +63,14 @@ impl ChannelState {
     }
 }
 
+/// A channel's entry: this node's interest (subscribe calls not yet undone) and its state,
+/// created by the first publish or history read.
+#[derive(Default)]
+struct Slot {
+    interest: u32,
+    state: Option<Arc<Mutex<ChannelState>>>,
+}
+
 fn new_epoch() -> Arc<str> {
     let n: u64 = rand::random();
     format!("{n:016x}").into()
@@ -75,7 +83,10 @@ fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Arc<Mutex<ChannelState>>>>;
+type Shard = RwLock<HashMap<Arc<str>, Slot>>;
+
+/// How often the embedded broker expires history and dedup keys.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// In-process [`Broker`] for one node.
 pub struct LocalBroker {
@@ -96,36 +107,59 @@ impl LocalBroker {
         }
     }
 
+    /// A broker that runs its own upkeep: a task sweeps it every few seconds for as long as
+    /// the broker lives. Call inside a tokio runtime.
+    pub fn start(config: LocalBrokerConfig, dispatcher: Arc<dyn Dispatcher>) -> Arc<Self> {
+        let broker = Arc::new(Self::new(config, dispatcher));
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(broker) = weak.upgrade() else { break };
+                broker.sweep();
+            }
+        });
+        broker
+    }
+
     fn shard(&self, channel: &str) -> &Shard {
         &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
     }
 
     fn channel(&self, channel: &str) -> Arc<Mutex<ChannelState>> {
         let shard = self.shard(channel);
-        if let Some(state) = shard.read().get(channel) {
-            return state.clone();
+        if let Some(state) = shard.read().get(channel).and_then(|s| s.state.clone()) {
+            return state;
         }
         shard
             .write()
             .entry(Arc::from(channel))
-            .or_insert_with(|| Arc::new(Mutex::new(ChannelState::new())))
+            .or_default()
+            .state
+            .get_or_insert_with(|| Arc::new(Mutex::new(ChannelState::new())))
             .clone()
     }
 
     /// Expires history and dedup keys and forgets idle channels: no history, no dedup key
-    /// and no subscriber on this node (a subscribed channel keeps its offset and epoch, so
-    /// its subscribers never see offsets restart). Call it periodically.
+    /// and no interest from this node (a subscribed channel keeps its offset and epoch, so
+    /// its subscribers never see offsets restart). Returns how many channels it forgot.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let mut forgotten = 0;
         for shard in self.shards.iter() {
-            shard.write().retain(|channel, state| {
-                let mut state = state.lock();
-                state.history.expire(now, self.config.history_ttl);
-                state.dedup.expire(now, self.config.dedup_window);
-                let keep = !state.is_empty() || self.dispatcher.has_subscribers(channel);
-                forgotten += usize::from(!keep);
-                keep
+            shard.write().retain(|_, slot| {
+                if let Some(state) = &slot.state {
+                    let mut state = state.lock();
+                    state.history.expire(now, self.config.history_ttl);
+                    state.dedup.expire(now, self.config.dedup_window);
+                    if state.is_empty() && slot.interest == 0 {
+                        forgotten += 1;
+                        return false;
+                    }
+                }
+                slot.interest > 0 || slot.state.is_some()
             });
         }
         forgotten
@@ -133,7 +167,10 @@ impl LocalBroker {
 
     /// Number of channels with state.
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| s.read().len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.read().values().filter(|s| s.state.is_some()).count())
+            .sum()
     }
 }
 
@@ -155,9 +192,7 @@ impl Broker for LocalBroker {
             state
                 .dedup
                 .ensure_room(self.config.dedup_max_keys)
-                .map_err(|_| {
-                    BrokerError::Unavailable("too many idempotency keys on this channel".into())
-                })?;
+                .map_err(|_| BrokerError::DedupFull)?;
         }
         state.offset += 1;
         let publication = Arc::new(Publication {
@@ -167,18 +202,16 @@ impl Broker for LocalBroker {
             from: request.from,
             data: request.data,
             ts: unix_millis(),
-            accepted_at: now,
-            frames: FrameCache::default(),
         });
         state.history.expire(now, self.config.history_ttl);
         state
             .history
-            .push(publication.clone(), self.config.history_size);
+            .push(now, publication.clone(), self.config.history_size);
         if let Some(key) = request.idem {
             state.dedup.insert(key, publication.offset, now);
         }
         // Dispatch under the channel lock: that is what keeps delivery in offset order and
-        // lets a recovering subscriber join history and the live stream without a gap.
+        // makes every history read a barrier (the contract's recovery guarantee).
         self.dispatcher.dispatch(&publication);
         Ok(PublishOutcome {
             offset: publication.offset,
@@ -204,19 +237,35 @@ impl Broker for LocalBroker {
         })
     }
 
-    /// In process, delivery needs no setup: the dispatcher already knows its subscribers,
-    /// and channel state is created by the first publish or history read.
-    async fn subscribe_node(&self, _channel: &str) -> Result<(), BrokerError> {
+    /// In process, delivery needs no setup (publish dispatches to the node directly); the
+    /// interest only keeps the channel's offset and epoch from being swept.
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.shard(channel)
+            .write()
+            .entry(Arc::from(channel))
+            .or_default()
+            .interest += 1;
         Ok(())
     }
 
-    async fn unsubscribe_node(&self, _channel: &str) -> Result<(), BrokerError> {
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let mut shard = self.shard(channel).write();
+        if let Some(slot) = shard.get_mut(channel) {
+            slot.interest = slot.interest.saturating_sub(1);
+            if slot.interest == 0 && slot.state.is_none() {
+                shard.remove(channel);
+            }
+        }
         Ok(())
     }
 
     async fn publish_control(&self, event: ControlEvent) -> Result<(), BrokerError> {
         self.dispatcher.dispatch_control(&event);
         Ok(())
+    }
+
+    async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError> {
+        Ok(self.dispatcher.dispatch_command(&command))
     }
 
     fn history_capacity(&self) -> usize {
@@ -232,7 +281,6 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         seen: Mutex<Vec<(String, u64)>>,
-        subscribed: Mutex<Vec<String>>,
     }
 
     impl Dispatcher for Recorder {
@@ -240,16 +288,17 @@ mod tests {
             self.seen.lock().push((p.channel.to_string(), p.offset));
         }
         fn dispatch_control(&self, _: &ControlEvent) {}
-        fn has_subscribers(&self, channel: &str) -> bool {
-            self.subscribed.lock().iter().any(|c| c == channel)
+        fn dispatch_command(&self, _: &NodeCommand) -> u64 {
+            0
         }
+        fn lost(&self, _: &str) {}
     }
 
     fn request(channel: &str, idem: Option<&str>) -> PublishRequest {
         PublishRequest {
             channel: channel.into(),
             from: "alice".into(),
-            data: serde_json::json!({"t": 1}),
+            data: crate::Payload::from_value(&serde_json::json!({"t": 1})),
             idem: idem.map(str::to_owned),
         }
     }
@@ -298,7 +347,7 @@ mod tests {
         b.publish(request("a", Some("2"))).await.unwrap();
         assert!(matches!(
             b.publish(request("a", Some("3"))).await,
-            Err(BrokerError::Unavailable(_))
+            Err(BrokerError::DedupFull)
         ));
         // A repeat of a remembered key still answers.
         assert_eq!(b.publish(request("a", Some("1"))).await.unwrap().offset, 1);
@@ -349,17 +398,22 @@ mod tests {
 
     #[tokio::test]
     async fn idle_channels_are_forgotten_but_subscribed_ones_kept() {
-        let (b, rec) = broker(LocalBrokerConfig {
+        let (b, _) = broker(LocalBrokerConfig {
             history_ttl: Duration::ZERO,
             dedup_window: Duration::ZERO,
             ..Default::default()
         });
         b.publish(request("a", None)).await.unwrap();
-        rec.subscribed.lock().push("b".into());
+        b.subscribe("b").await.unwrap();
         b.publish(request("b", None)).await.unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(b.sweep(), 1);
         assert_eq!(b.channel_count(), 1);
         assert_eq!(b.publish(request("b", None)).await.unwrap().offset, 2);
+        // Interest gone: the channel is forgotten at the next sweep.
+        b.unsubscribe("b").await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(b.sweep(), 1);
+        assert_eq!(b.channel_count(), 0);
     }
 }

@@ -1,68 +1,129 @@
-//! One accepted message, shared by every subscriber and the history.
+//! One accepted message, as it travels between nodes: no node-local state rides on it.
 
-use std::any::Any;
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use bytes::Bytes;
+use serde_json::Value;
+use std::sync::Arc;
 
-/// Encoded forms of a publication, one slot per wire encoding, filled on first use so that a
-/// message is encoded at most once per encoding however many subscribers receive it.
-///
-/// The slots hold whatever frame type the transport sends (for example a WebSocket message
-/// whose text is already checked as UTF-8), so that nothing is redone per subscriber; the
-/// type should be cheap to clone (reference-counted bytes).
-#[derive(Default)]
-pub struct FrameCache {
-    slots: [OnceLock<Box<dyn Any + Send + Sync>>; 2],
+/// Why a payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    /// Not one well-formed value of the stated encoding.
+    #[error("payload is not valid {0}")]
+    Invalid(&'static str),
 }
 
-impl std::fmt::Debug for FrameCache {
+/// A message payload kept as the bytes it arrived as: JSON text or one MessagePack value.
+/// It is checked once on the way in and never parsed on the fan-out path; a subscriber of the
+/// other encoding gets it converted once per node (and then cached with the node's frames).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// UTF-8 JSON text of one value.
+    Json(Bytes),
+    /// One MessagePack value with a JSON form (no `bin` or extension types).
+    MsgPack(Bytes),
+}
+
+impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let filled = self.slots.iter().filter(|s| s.get().is_some()).count();
-        write!(f, "FrameCache({filled} of 2 encoded)")
-    }
-}
-
-impl FrameCache {
-    /// The encoded frame in `slot` (0 or 1), computed by `encode` the first time. A slot
-    /// filled with another type (a caller bug) is not overwritten: `encode` runs again.
-    pub fn get_or_encode<T: Clone + Send + Sync + 'static>(
-        &self,
-        slot: usize,
-        encode: impl Fn() -> T,
-    ) -> T {
-        let cached = self.slots[slot].get_or_init(|| Box::new(encode()));
-        match cached.downcast_ref::<T>() {
-            Some(frame) => frame.clone(),
-            None => encode(),
+        match self {
+            Payload::Json(b) => write!(f, "Json({})", String::from_utf8_lossy(b)),
+            Payload::MsgPack(b) => write!(f, "MsgPack({} bytes)", b.len()),
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::FrameCache;
-    use std::cell::Cell;
+impl Payload {
+    /// The payload of `value` as JSON text.
+    pub fn from_value(value: &Value) -> Self {
+        Payload::Json(Bytes::from(
+            serde_json::to_vec(value).expect("a JSON value serializes"),
+        ))
+    }
 
-    #[test]
-    fn encodes_once_per_slot() {
-        let cache = FrameCache::default();
-        let calls = Cell::new(0);
-        let encode = || {
-            calls.set(calls.get() + 1);
-            String::from("frame")
-        };
-        assert_eq!(cache.get_or_encode(0, encode), "frame");
-        assert_eq!(cache.get_or_encode(0, encode), "frame");
-        assert_eq!(calls.get(), 1);
-        // Another type in a filled slot is encoded, not cached over.
-        assert_eq!(cache.get_or_encode(0, || 7u8), 7);
-        assert_eq!(cache.get_or_encode(1, || 9u8), 9);
+    /// The payload of `value` as MessagePack.
+    pub fn msgpack_from_value(value: &Value) -> Self {
+        Payload::MsgPack(Bytes::from(
+            rmp_serde::to_vec(value).expect("a JSON value serializes as MessagePack"),
+        ))
+    }
+
+    /// Size in bytes as held.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// True for an empty byte string (never for a checked payload).
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// The bytes as held, whatever the encoding.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Payload::Json(b) | Payload::MsgPack(b) => b,
+        }
+    }
+
+    /// One-byte tag of the encoding, for envelopes: `j` or `m`.
+    pub fn tag(&self) -> u8 {
+        match self {
+            Payload::Json(_) => b'j',
+            Payload::MsgPack(_) => b'm',
+        }
+    }
+
+    /// Rebuilds a payload from an envelope's tag and bytes.
+    pub fn from_tagged(tag: u8, bytes: Bytes) -> Result<Self, PayloadError> {
+        match tag {
+            b'j' => Ok(Payload::Json(bytes)),
+            b'm' => Ok(Payload::MsgPack(bytes)),
+            _ => Err(PayloadError::Invalid("payload tag")),
+        }
+    }
+
+    /// The payload as JSON text (converted when held as MessagePack).
+    pub fn to_json(&self) -> Result<Bytes, PayloadError> {
+        match self {
+            Payload::Json(b) => Ok(b.clone()),
+            Payload::MsgPack(b) => {
+                let value: Value =
+                    rmp_serde::from_slice(b).map_err(|_| PayloadError::Invalid("MessagePack"))?;
+                Ok(Bytes::from(
+                    serde_json::to_vec(&value).expect("a JSON value serializes"),
+                ))
+            }
+        }
+    }
+
+    /// The payload as MessagePack (converted when held as JSON).
+    pub fn to_msgpack(&self) -> Result<Bytes, PayloadError> {
+        match self {
+            Payload::MsgPack(b) => Ok(b.clone()),
+            Payload::Json(b) => {
+                let value: Value =
+                    serde_json::from_slice(b).map_err(|_| PayloadError::Invalid("JSON"))?;
+                Ok(Payload::msgpack_from_value(&value).bytes().clone())
+            }
+        }
+    }
+
+    /// The payload as a JSON value (for tests and tools; never on the fan-out path).
+    pub fn to_value(&self) -> Result<Value, PayloadError> {
+        match self {
+            Payload::Json(b) => {
+                serde_json::from_slice(b).map_err(|_| PayloadError::Invalid("JSON"))
+            }
+            Payload::MsgPack(b) => {
+                rmp_serde::from_slice(b).map_err(|_| PayloadError::Invalid("MessagePack"))
+            }
+        }
     }
 }
 
 /// A message accepted on a channel: its place in the channel (offset within epoch), its
-/// author, payload and acceptance time.
-#[derive(Debug)]
+/// author, payload and acceptance time. This is what brokers move between nodes; a node wraps
+/// it with what only it needs (receive instant, encoded frames).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication {
     /// The channel it was published to.
     pub channel: Arc<str>,
@@ -72,12 +133,29 @@ pub struct Publication {
     pub epoch: Arc<str>,
     /// User id of the publisher (`"server"` for the HTTP API).
     pub from: Arc<str>,
-    /// The payload, any JSON-compatible value.
-    pub data: serde_json::Value,
-    /// Acceptance time, Unix milliseconds.
+    /// The payload.
+    pub data: Payload,
+    /// Acceptance time, Unix milliseconds (the accepting node's clock).
     pub ts: u64,
-    /// Acceptance time on this node's monotonic clock, for publish-to-deliver latency.
-    pub accepted_at: Instant,
-    /// Encoded frames, shared by every subscriber.
-    pub frames: FrameCache,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn payloads_convert_between_encodings() {
+        let v = json!({"text": "hi", "n": [1, 2.5, null, -3], "nested": {"a": true}});
+        let j = Payload::from_value(&v);
+        let m = Payload::msgpack_from_value(&v);
+        assert_eq!(j.to_value().unwrap(), v);
+        assert_eq!(m.to_value().unwrap(), v);
+        let j2: Value = serde_json::from_slice(&m.to_json().unwrap()).unwrap();
+        assert_eq!(j2, v);
+        let m2: Value = rmp_serde::from_slice(&j.to_msgpack().unwrap()).unwrap();
+        assert_eq!(m2, v);
+        assert_eq!(Payload::from_tagged(j.tag(), j.bytes().clone()).unwrap(), j);
+        assert!(Payload::from_tagged(b'x', Bytes::new()).is_err());
+    }
 }

@@ -6,33 +6,67 @@
 //! slots up front).
 
 use crate::metrics::metrics;
-use crate::protocol::{CloseReason, Encoding};
+use crate::protocol::{CloseReason, Encoding, UnsubscribeReason, message_frame};
+use axum::extract::ws::Message;
 use bytes::Bytes;
 use fanout::Publication;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use tokio::sync::Notify;
+
+/// A publication as this node delivers it: the broker's [`Publication`] plus what only this
+/// node needs, the instant it arrived here and its frames, encoded at most once per encoding
+/// and shared by every local subscriber.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message.
+    pub publication: Arc<Publication>,
+    /// When the node received it (publish-to-write latency starts here).
+    pub received_at: Instant,
+    frames: [OnceLock<Message>; 2],
+}
+
+impl Delivery {
+    /// Wraps `publication`, received now.
+    pub fn new(publication: Arc<Publication>) -> Arc<Self> {
+        Arc::new(Self {
+            publication,
+            received_at: Instant::now(),
+            frames: Default::default(),
+        })
+    }
+
+    /// The `message` push in `encoding`, encoded on first use.
+    pub fn frame(&self, encoding: Encoding) -> Message {
+        self.frames[encoding.slot()]
+            .get_or_init(|| message_frame(encoding, &self.publication))
+            .clone()
+    }
+}
 
 /// One item waiting to be written to a client.
 #[derive(Debug)]
 pub enum Outbound {
     /// An encoded frame (replies, presence events, disconnect).
     Frame(Bytes),
-    /// A message push; its frame is encoded once per encoding and cached on the publication.
-    Message(Arc<Publication>),
+    /// A message push, its frame shared by every subscriber.
+    Message(Arc<Delivery>),
 }
 
 struct Recovering {
     channel: Arc<str>,
-    buffered: Vec<Arc<Publication>>,
+    buffered: Vec<Arc<Delivery>>,
 }
 
 #[derive(Default)]
 struct QueueState {
     items: VecDeque<Outbound>,
     recovering: Vec<Recovering>,
+    /// Channels the node asks the session to drop (the session owns its subscriptions).
+    unsubscribe: Vec<(Arc<str>, UnsubscribeReason)>,
     closing: Option<CloseReason>,
 }
 
@@ -77,7 +111,7 @@ impl Conn {
 
     /// Queues a publication (or buffers it while its channel recovers). Overflow closes the
     /// connection with `slow_consumer`.
-    pub fn deliver(&self, publication: &Arc<Publication>) {
+    pub fn deliver(&self, delivery: &Arc<Delivery>) {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return;
@@ -86,17 +120,42 @@ impl Conn {
         if let Some(r) = state
             .recovering
             .iter_mut()
-            .find(|r| r.channel == publication.channel)
+            .find(|r| r.channel == delivery.publication.channel)
         {
             if r.buffered.len() < capacity {
-                r.buffered.push(publication.clone());
+                r.buffered.push(delivery.clone());
                 return;
             }
         } else if state.items.len() < capacity {
-            self.push_locked(&mut state, Outbound::Message(publication.clone()));
+            self.push_locked(&mut state, Outbound::Message(delivery.clone()));
             return;
         }
         self.overflow_locked(&mut state);
+    }
+
+    /// Asks the session to unsubscribe from `channel` and say why (it owns its channel list,
+    /// so the node only asks).
+    pub fn request_unsubscribe(&self, channel: Arc<str>, reason: UnsubscribeReason) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() || state.unsubscribe.iter().any(|(c, _)| *c == channel) {
+            return;
+        }
+        state.unsubscribe.push((channel, reason));
+        self.wake.notify_one();
+    }
+
+    /// Whether the node asked for unsubscribes not carried out yet.
+    pub fn has_unsubscribe_requests(&self) -> bool {
+        !self.state.lock().unsubscribe.is_empty()
+    }
+
+    /// Takes the unsubscribe requests made since the last call.
+    pub fn take_unsubscribe_requests(&self) -> Vec<(Arc<str>, UnsubscribeReason)> {
+        let mut state = self.state.lock();
+        if state.unsubscribe.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut state.unsubscribe)
     }
 
     /// Queues an encoded frame. Overflow closes the connection with `slow_consumer`.
@@ -162,7 +221,7 @@ impl Conn {
         &self,
         channel: &str,
         reply: Bytes,
-        history: Vec<Arc<Publication>>,
+        history: Vec<Arc<Delivery>>,
         after: u64,
     ) {
         let mut state = self.state.lock();
@@ -174,12 +233,12 @@ impl Conn {
             return;
         }
         self.push_locked(&mut state, Outbound::Frame(reply));
-        for publication in history {
-            self.push_locked(&mut state, Outbound::Message(publication));
+        for delivery in history {
+            self.push_locked(&mut state, Outbound::Message(delivery));
         }
-        for publication in recovering.buffered {
-            if publication.offset > after {
-                self.push_locked(&mut state, Outbound::Message(publication));
+        for delivery in recovering.buffered {
+            if delivery.publication.offset > after {
+                self.push_locked(&mut state, Outbound::Message(delivery));
             }
         }
     }

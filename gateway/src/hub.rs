@@ -10,12 +10,12 @@
 //! per connection.
 
 use crate::acl::PERSONAL_PREFIX;
-use crate::conn::Conn;
+use crate::conn::{Conn, Delivery};
 use crate::metrics::metrics;
-use crate::protocol::{CloseReason, control_frame};
+use crate::protocol::{CloseReason, UnsubscribeReason, control_frame};
 use bytes::Bytes;
 use dashmap::DashMap;
-use fanout::{ControlEvent, Dispatcher, Publication};
+use fanout::{ControlEvent, Dispatcher, NodeCommand, Publication};
 use parking_lot::RwLock;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -176,24 +176,53 @@ impl Hub {
 
 impl Dispatcher for Hub {
     fn dispatch(&self, publication: &Arc<Publication>) {
-        let n = self.for_each_subscriber(&publication.channel, |conn| conn.deliver(publication));
+        // Wrapped once for the node (frames cached there), and only when someone is here.
+        let mut delivery: Option<Arc<Delivery>> = None;
+        let n = self.for_each_subscriber(&publication.channel, |conn| {
+            conn.deliver(delivery.get_or_insert_with(|| Delivery::new(publication.clone())))
+        });
         metrics().delivered.increment(n as u64);
     }
 
-    fn has_subscribers(&self, channel: &str) -> bool {
-        self.subscriber_count(channel) > 0
-    }
-
     fn dispatch_control(&self, event: &ControlEvent) {
-        let channel = match event {
-            ControlEvent::Join { channel, .. } | ControlEvent::Leave { channel, .. } => channel,
-        };
         let mut encoded: [Option<Bytes>; 2] = [None, None];
-        self.for_each_subscriber(channel, |conn| {
+        self.for_each_subscriber(event.channel(), |conn| {
             let frame = encoded[conn.encoding.slot()]
                 .get_or_insert_with(|| control_frame(conn.encoding, event))
                 .clone();
             conn.push_frame(frame);
         });
+    }
+
+    fn dispatch_command(&self, command: &NodeCommand) -> u64 {
+        match command {
+            NodeCommand::Disconnect { user, reconnect } => self.close_user(
+                user,
+                CloseReason::Disconnected {
+                    reconnect: *reconnect,
+                },
+            ) as u64,
+            NodeCommand::Unsubscribe { user, channel } => {
+                let channel: Arc<str> = channel.as_str().into();
+                let mut n = 0;
+                self.for_each_subscriber(&channel, |conn| {
+                    if *conn.user == **user {
+                        conn.request_unsubscribe(channel.clone(), UnsubscribeReason::Server);
+                        n += 1;
+                    }
+                });
+                n
+            }
+        }
+    }
+
+    fn lost(&self, channel: &str) {
+        let channel: Arc<str> = channel.into();
+        let n = self.for_each_subscriber(&channel, |conn| {
+            conn.request_unsubscribe(channel.clone(), UnsubscribeReason::InsufficientState)
+        });
+        if n > 0 {
+            tracing::warn!(%channel, subscribers = n, "messages lost: subscribers told to resubscribe");
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod acl;
 pub mod auth;
+pub mod backends;
+mod cmd;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -2,8 +2,10 @@
 
 use anyhow::Context;
 use gateway::config::{Config, Settings};
+use gateway::hub::Hub;
 use gateway::node::Node;
-use gateway::{http, metrics, server};
+use gateway::{backends, http, metrics, server};
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
@@ -39,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let stop = server::shutdown_signal().context("installing signal handlers")?;
-    let node = Node::embedded(config, public_url, Some(prometheus))?;
+    let hub = Arc::new(Hub::new());
+    let backends = backends::embedded(&config, hub.clone());
+    let node = Node::new(config, public_url, Some(prometheus), hub, backends)?;
     node.registry.heartbeat(node.info()).await?;
     tokio::spawn(node.clone().run_maintenance());
     tracing::info!(

@@ -1,20 +1,67 @@
-//! Everything one gateway node shares between its sessions and HTTP handlers.
+//! Everything one gateway node shares between its sessions and HTTP handlers, and the
+//! node-level operations on it: joining and leaving channels (serialised per channel),
+//! recovery, and periodic upkeep.
 
 use crate::acl::Acl;
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::conn::{Conn, Delivery};
 use crate::hub::Hub;
 use crate::metrics::metrics;
-use crate::protocol::CloseReason;
-use fanout::{Broker, LocalBroker, LocalBrokerConfig};
+use crate::protocol::{CloseReason, reply_frame};
+use fanout::{Broker, BrokerError, ControlEvent, HistoryQuery, RecoveryOutcome};
 use metrics_exporter_prometheus::PrometheusHandle;
-use presence::{LocalPresence, LocalRegistry, NodeInfo, NodeRegistry, Presence};
+use presence::{NodeInfo, NodeRegistry, Presence};
+use serde_json::json;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How long a node stays in the registry without a heartbeat.
 pub const REGISTRY_TTL: Duration = Duration::from_secs(15);
+
+/// How long after a channel's last local subscriber left the node tells the broker: a quick
+/// re-subscribe (a reconnect, a page reload) then costs no broker round trip.
+pub const UNSUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// Shards of the per-channel async lock.
+const LOCK_SHARDS: usize = 256;
+
+/// The backends a node runs on, chosen at start (see `backends.rs`).
+pub struct Backends {
+    /// Message path.
+    pub broker: Arc<dyn Broker>,
+    /// Per-channel presence.
+    pub presence: Arc<dyn Presence>,
+    /// Live nodes.
+    pub registry: Arc<dyn NodeRegistry>,
+}
+
+/// A sharded async lock per channel, guarding the set of channels the broker delivers to
+/// this node. It is the one lock held across an `.await`: joins and leaves of one channel
+/// (hub, broker interest, presence) take turns, so nobody reads history before the node's
+/// broker subscription is live, and an unsubscribe re-checks under it before it goes out.
+struct ChannelLocks {
+    shards: Box<[tokio::sync::Mutex<HashSet<Arc<str>>>]>,
+    hasher: RandomState,
+}
+
+impl ChannelLocks {
+    fn new() -> Self {
+        Self {
+            shards: (0..LOCK_SHARDS).map(|_| Default::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    async fn lock(&self, channel: &str) -> tokio::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        self.shards[self.hasher.hash_one(channel) as usize % LOCK_SHARDS]
+            .lock()
+            .await
+    }
+}
 
 /// The shared state of a node.
 pub struct Node {
@@ -36,39 +83,31 @@ pub struct Node {
     pub public_url: String,
     /// Prometheus renderer, when the recorder is installed.
     pub prometheus: Option<PrometheusHandle>,
-    local_broker: Option<Arc<LocalBroker>>,
+    locks: ChannelLocks,
     draining: AtomicBool,
     next_conn_id: AtomicU64,
     sessions: AtomicUsize,
 }
 
 impl Node {
-    /// Builds an embedded-mode node (in-process broker, presence and registry).
-    pub fn embedded(
+    /// A node on `backends`, whose broker delivers to `hub`.
+    pub fn new(
         config: Config,
         public_url: String,
         prometheus: Option<PrometheusHandle>,
+        hub: Arc<Hub>,
+        backends: Backends,
     ) -> anyhow::Result<Arc<Node>> {
-        let hub = Arc::new(Hub::new());
-        let broker = Arc::new(LocalBroker::new(
-            LocalBrokerConfig {
-                history_size: config.history_size,
-                history_ttl: config.history_ttl,
-                dedup_window: config.dedup_window,
-                dedup_max_keys: config.dedup_max_keys,
-            },
-            hub.clone(),
-        ));
         Ok(Arc::new(Node {
             verifier: Verifier::new(&config.jwt)?,
             acl: Acl::new(config.namespaces.clone(), config.direct_messages),
             hub,
-            broker: broker.clone(),
-            presence: Arc::new(LocalPresence::new()),
-            registry: Arc::new(LocalRegistry::new(REGISTRY_TTL)),
+            broker: backends.broker,
+            presence: backends.presence,
+            registry: backends.registry,
             public_url,
             prometheus,
-            local_broker: Some(broker),
+            locks: ChannelLocks::new(),
             draining: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             sessions: AtomicUsize::new(0),
@@ -100,6 +139,11 @@ impl Node {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Ready for new connections: not draining, and the backends reachable.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.broker.is_healthy()
+    }
+
     /// Starts draining: readiness turns 503, new sessions are refused, and every session is
     /// asked to close with `shutdown`.
     pub fn start_drain(&self) {
@@ -117,9 +161,147 @@ impl Node {
         }
     }
 
-    /// Periodic upkeep: registry heartbeat, history and dedup expiry, metrics upkeep.
+    /// Adds `conn` to `channel`: the hub, then the broker's interest (the node's first local
+    /// subscriber; awaited, so the subscription is live when this returns), then presence.
+    /// Callers that recover history put the connection in recovery first, so that nothing
+    /// delivered from here on is lost or doubled.
+    pub async fn join(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &Arc<str>,
+        name: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let mut live = self.locks.lock(channel).await;
+        self.hub.subscribe(channel, conn);
+        if !live.contains(channel) {
+            if let Err(e) = self.broker.subscribe(channel).await {
+                self.hub.unsubscribe(channel, conn);
+                return Err(e);
+            }
+            live.insert(channel.clone());
+        }
+        if self.acl.presence_enabled(channel) {
+            let first = self.presence.add(channel, &conn.user, name).await;
+            self.announce(first, || ControlEvent::Join {
+                channel: channel.clone(),
+                user: conn.user.clone(),
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Removes `conn` from `channel`: the hub and presence at once; the broker's interest a
+    /// little later, after checking again that no local subscriber came back meanwhile.
+    pub async fn leave(self: &Arc<Self>, conn: &Arc<Conn>, channel: &Arc<str>) {
+        let live = self.locks.lock(channel).await;
+        let empty = self.hub.unsubscribe(channel, conn);
+        if self.acl.presence_enabled(channel) {
+            let last = self.presence.remove(channel, &conn.user).await;
+            self.announce(last, || ControlEvent::Leave {
+                channel: channel.clone(),
+                user: conn.user.clone(),
+            })
+            .await;
+        }
+        drop(live);
+        if empty {
+            let node = self.clone();
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(UNSUBSCRIBE_DELAY).await;
+                node.release(&channel).await;
+            });
+        }
+    }
+
+    /// Drops the broker's interest in `channel` if no local subscriber is left.
+    async fn release(&self, channel: &Arc<str>) {
+        let mut live = self.locks.lock(channel).await;
+        if self.hub.subscriber_count(channel) == 0 && live.remove(channel) {
+            if let Err(e) = self.broker.unsubscribe(channel).await {
+                tracing::warn!(error = %e, %channel, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Answers subscribe `id` of `conn` (already joined and in recovery for `channel`): reads
+    /// the channel's position and, with `since`, what the client missed (a barrier: see the
+    /// broker contract), then queues the reply, the replayed messages and the live ones
+    /// buffered meanwhile, in that order.
+    pub async fn recover(
+        &self,
+        conn: &Conn,
+        id: i64,
+        channel: &Arc<str>,
+        since: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let query = HistoryQuery {
+            since: since.map(|s| s.min(u64::MAX - 1)),
+            limit: if since.is_some() {
+                self.broker.history_capacity()
+            } else {
+                0
+            },
+        };
+        let page = match self.broker.history(channel, query).await {
+            Ok(page) => page,
+            Err(e) => {
+                conn.abort_recovery(channel);
+                return Err(e);
+            }
+        };
+        let latest = page.offset;
+        let outcome = match since {
+            Some(since) => RecoveryOutcome::from_page(page, since, epoch),
+            None => RecoveryOutcome {
+                publications: Vec::new(),
+                offset: page.offset,
+                epoch: page.epoch,
+                recovered: false,
+            },
+        };
+        let reply = reply_frame(
+            conn.encoding,
+            id,
+            &json!({
+                "offset": outcome.offset,
+                "epoch": &*outcome.epoch,
+                "recovered": outcome.recovered,
+            }),
+        );
+        let replay = outcome
+            .publications
+            .into_iter()
+            .map(Delivery::new)
+            .collect();
+        conn.finish_recovery(channel, reply, replay, latest);
+        Ok(())
+    }
+
+    /// Publishes the presence event when `changed` says the user's first connection arrived
+    /// (or the last one left); presence failures are logged, never fatal to the session.
+    async fn announce(
+        &self,
+        changed: Result<bool, presence::PresenceError>,
+        event: impl FnOnce() -> ControlEvent,
+    ) {
+        match changed {
+            Ok(true) => {
+                if let Err(e) = self.broker.publish_control(event()).await {
+                    tracing::warn!(error = %e, "presence event not published");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence update failed"),
+        }
+    }
+
+    /// Periodic upkeep: registry and presence heartbeats (announcing the departures of dead
+    /// nodes' users), metrics upkeep.
     pub async fn run_maintenance(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(REGISTRY_TTL / 3);
         loop {
             tick.tick().await;
             if !self.is_draining() {
@@ -127,12 +309,153 @@ impl Node {
                     tracing::warn!(error = %e, "node registry heartbeat failed");
                 }
             }
-            if let Some(broker) = &self.local_broker {
-                broker.sweep();
+            match self.presence.heartbeat().await {
+                Ok(departures) => {
+                    for d in departures {
+                        let event = ControlEvent::Leave {
+                            channel: d.channel.into(),
+                            user: d.user.into(),
+                        };
+                        if let Err(e) = self.broker.publish_control(event).await {
+                            tracing::warn!(error = %e, "presence event not published");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
             }
             if let Some(handle) = &self.prometheus {
                 handle.run_upkeep();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::protocol::Encoding;
+    use clap::Parser;
+    use fanout::{
+        HistoryPage, LocalBroker, LocalBrokerConfig, NodeCommand, PublishOutcome, PublishRequest,
+    };
+    use parking_lot::Mutex;
+    use presence::{LocalPresence, LocalRegistry};
+
+    /// The embedded broker behind a slow `subscribe`, recording what happened in which order.
+    struct SlowBroker {
+        inner: LocalBroker,
+        live: Mutex<HashSet<String>>,
+        log: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for SlowBroker {
+        async fn publish(&self, r: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+            self.inner.publish(r).await
+        }
+        async fn history(&self, c: &str, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+            let live = self.live.lock().contains(c);
+            self.log.lock().push(format!("history live={live}"));
+            self.inner.history(c, q).await
+        }
+        async fn subscribe(&self, c: &str) -> Result<(), BrokerError> {
+            self.log.lock().push("subscribe start".into());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.live.lock().insert(c.to_owned());
+            self.log.lock().push("subscribe done".into());
+            self.inner.subscribe(c).await
+        }
+        async fn unsubscribe(&self, c: &str) -> Result<(), BrokerError> {
+            self.live.lock().remove(c);
+            self.log.lock().push("unsubscribe".into());
+            self.inner.unsubscribe(c).await
+        }
+        async fn publish_control(&self, e: ControlEvent) -> Result<(), BrokerError> {
+            self.inner.publish_control(e).await
+        }
+        async fn command(&self, c: NodeCommand) -> Result<u64, BrokerError> {
+            self.inner.command(c).await
+        }
+        fn history_capacity(&self) -> usize {
+            self.inner.history_capacity()
+        }
+    }
+
+    fn node() -> (Arc<Node>, Arc<SlowBroker>) {
+        let config = Config::from_settings(Settings::parse_from(["gateway", "--dev"])).unwrap();
+        let hub = Arc::new(Hub::new());
+        let broker = Arc::new(SlowBroker {
+            inner: LocalBroker::new(LocalBrokerConfig::default(), hub.clone()),
+            live: Mutex::default(),
+            log: Mutex::default(),
+        });
+        let backends = Backends {
+            broker: broker.clone(),
+            presence: Arc::new(LocalPresence::new()),
+            registry: Arc::new(LocalRegistry::new(REGISTRY_TTL)),
+        };
+        let node = Node::new(config, "ws://test/ws".into(), None, hub, backends).unwrap();
+        (node, broker)
+    }
+
+    fn conn(id: u64, user: &str) -> Arc<Conn> {
+        Arc::new(Conn::new(id, user.into(), Encoding::Json, 64))
+    }
+
+    /// What a subscribe command does: recovery buffer, join, recover.
+    async fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, channel: &Arc<str>) {
+        conn.begin_recovery(channel.clone());
+        node.join(conn, channel, None).await.unwrap();
+        node.recover(conn, 1, channel, Some(0), None).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nobody_reads_history_before_the_nodes_subscription_is_live() {
+        let (node, broker) = node();
+        let channel: Arc<str> = "room:a".into();
+        let (a, b) = (conn(1, "alice"), conn(2, "bob"));
+        let first = {
+            let (node, a, channel) = (node.clone(), a.clone(), channel.clone());
+            tokio::spawn(async move { subscribe(&node, &a, &channel).await })
+        };
+        // The second subscriber arrives while the first one's broker subscribe is in flight.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        subscribe(&node, &b, &channel).await;
+        first.await.unwrap();
+        let log = broker.log.lock().clone();
+        assert_eq!(
+            log,
+            [
+                "subscribe start",
+                "subscribe done",
+                "history live=true",
+                "history live=true"
+            ]
+        );
+        assert_eq!(node.hub.subscriber_count(&channel), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_unsubscribe_checks_again_before_it_goes_out() {
+        let (node, broker) = node();
+        let channel: Arc<str> = "room:a".into();
+        let (a, b) = (conn(1, "alice"), conn(2, "bob"));
+        subscribe(&node, &a, &channel).await;
+        node.leave(&a, &channel).await;
+        // A new subscriber inside the delay keeps the node's subscription: no unsubscribe,
+        // no second subscribe.
+        tokio::time::sleep(UNSUBSCRIBE_DELAY / 2).await;
+        subscribe(&node, &b, &channel).await;
+        tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+        let count = |what: &str| broker.log.lock().iter().filter(|l| *l == what).count();
+        assert_eq!((count("subscribe done"), count("unsubscribe")), (1, 0));
+        assert!(broker.live.lock().contains("room:a"));
+        // The last one out: the unsubscribe goes out after the delay.
+        node.leave(&b, &channel).await;
+        assert_eq!(count("unsubscribe"), 0);
+        tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+        assert_eq!(count("unsubscribe"), 1);
+        assert!(!broker.live.lock().contains("room:a"));
     }
 }

@@ -12,15 +12,13 @@ use crate::limits::{MinuteCounter, TokenBucket};
 use crate::metrics::{self, metrics};
 use crate::node::Node;
 use crate::protocol::{
-    CloseReason, Command, CommandError, Encoding, ErrorCode, Op, decode, disconnect_frame,
-    error_frame, frame_bytes, history_reply_frame, members_json, message_frame, reply_frame,
-    to_message, welcome_frame,
+    CloseReason, CommandError, Encoding, ErrorCode, decode, disconnect_frame, error_frame,
+    frame_bytes, reply_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use fanout::{BrokerError, ControlEvent, HistoryQuery, PublishRequest, RecoveryOutcome};
+use fanout::BrokerError;
 use futures_util::SinkExt;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::time::sleep_until;
@@ -54,7 +52,7 @@ impl Drop for Registration {
 }
 
 /// How a session ended.
-enum End {
+pub(crate) enum End {
     /// The server closes, with this reason.
     Close(CloseReason),
     /// The client closed or the socket failed.
@@ -69,17 +67,17 @@ fn unix_secs() -> u64 {
 }
 
 /// Per-connection state that only the session task touches.
-struct Session {
-    node: Arc<Node>,
-    conn: Arc<Conn>,
-    name: Option<String>,
-    patterns: Vec<String>,
+pub(crate) struct Session {
+    pub(crate) node: Arc<Node>,
+    pub(crate) conn: Arc<Conn>,
+    pub(crate) name: Option<String>,
+    pub(crate) patterns: Vec<String>,
     /// When the token expires (leeway included), on the monotonic clock.
-    expires_at: Instant,
+    pub(crate) expires_at: Instant,
     /// Subscribed channels; the personal channel first.
-    subs: Vec<Arc<str>>,
-    bucket: TokenBucket,
-    rate_limited: MinuteCounter,
+    pub(crate) subs: Vec<Arc<str>>,
+    pub(crate) bucket: TokenBucket,
+    pub(crate) rate_limited: MinuteCounter,
     bad_frames: MinuteCounter,
     last_seen: Instant,
     next_ping: Instant,
@@ -117,7 +115,7 @@ pub async fn run(mut ws: WebSocket, node: Arc<Node>, registration: Registration,
     drop(registration);
 }
 
-fn expiry_instant(node: &Node, exp: u64) -> Instant {
+pub(crate) fn expiry_instant(node: &Node, exp: u64) -> Instant {
     let leeway = node.config.jwt.leeway.as_secs();
     let left = (exp + leeway).saturating_sub(unix_secs());
     Instant::now() + Duration::from_secs(left)
@@ -159,7 +157,7 @@ impl Session {
             node.config.limits.ping_interval.as_secs(),
         ));
         let personal: Arc<str> = format!("{PERSONAL_PREFIX}{}", self.conn.user).into();
-        if let Err(e) = Box::pin(self.join(&personal)).await {
+        if let Err(e) = Box::pin(self.join(personal)).await {
             tracing::warn!(error = %e, "personal channel subscribe failed");
             return End::Close(CloseReason::Internal);
         }
@@ -172,6 +170,9 @@ impl Session {
         tokio::pin!(sleep);
         let mut batch: Vec<Outbound> = Vec::new();
         loop {
+            if self.conn.has_unsubscribe_requests() {
+                Box::pin(self.on_unsubscribe_requests()).await;
+            }
             if let Err(end) = Box::pin(self.write_pending(ws, &mut batch)).await {
                 return end;
             }
@@ -238,9 +239,9 @@ impl Session {
                 for item in batch.drain(..) {
                     let message = match item {
                         Outbound::Frame(frame) => to_message(encoding, frame),
-                        Outbound::Message(p) => {
-                            oldest.get_or_insert(p.accepted_at);
-                            message_frame(encoding, &p)
+                        Outbound::Message(d) => {
+                            oldest.get_or_insert(d.received_at);
+                            d.frame(encoding)
                         }
                     };
                     bytes += frame_bytes(&message).len() as u64;
@@ -328,303 +329,58 @@ impl Session {
         None
     }
 
-    fn reply<T: serde::Serialize>(&self, id: i64, ok: &T) {
+    pub(crate) fn reply<T: serde::Serialize>(&self, id: i64, ok: &T) {
         self.conn
             .push_frame(reply_frame(self.conn.encoding, id, ok));
     }
 
-    fn error(&self, id: i64, code: ErrorCode, message: &str) {
+    pub(crate) fn error(&self, id: i64, code: ErrorCode, message: &str) {
         self.conn
             .push_frame(error_frame(self.conn.encoding, id, code, message));
     }
 
-    fn allowed(&self, channel: &str, action: Action) -> bool {
+    pub(crate) fn broker_error(&self, id: i64, error: BrokerError) {
+        self.error(id, ErrorCode::from(&error), &error.to_string());
+    }
+
+    pub(crate) fn allowed(&self, channel: &str, action: Action) -> bool {
         self.node
             .acl
             .allows(&self.conn.user, &self.patterns, channel, action)
     }
 
-    async fn handle(&mut self, Command { id, op }: Command) -> Option<End> {
-        match op {
-            Op::Subscribe {
-                channel,
-                since,
-                epoch,
-            } => return self.subscribe(id, channel, since, epoch).await,
-            Op::Unsubscribe { channel } => {
-                let Some(i) = self.subs.iter().position(|c| **c == *channel) else {
-                    self.error(
-                        id,
-                        ErrorCode::NotSubscribed,
-                        "not subscribed to this channel",
-                    );
-                    return None;
-                };
-                let channel = self.subs.swap_remove(i);
-                self.leave(&channel).await;
-                self.reply(id, &json!({}));
-            }
-            Op::Publish {
-                channel,
-                data,
-                idem,
-            } => return self.publish(id, channel, data, idem).await,
-            Op::Presence { channel } => {
-                if !self.allowed(&channel, Action::Subscribe) {
-                    self.error(id, ErrorCode::Forbidden, "not allowed on this channel");
-                } else if !self.node.acl.presence_enabled(&channel) {
-                    self.error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "presence is not enabled for this channel's namespace",
-                    );
-                } else {
-                    match self.node.presence.members(&channel).await {
-                        Ok(members) => {
-                            self.reply(id, &json!({ "members": members_json(&members) }))
-                        }
-                        Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string()),
-                    }
-                }
-            }
-            Op::History {
-                channel,
-                since,
-                limit,
-            } => {
-                if !self.allowed(&channel, Action::Subscribe) {
-                    self.error(id, ErrorCode::Forbidden, "not allowed on this channel");
-                    return None;
-                }
-                let query = HistoryQuery {
-                    since,
-                    limit: limit as usize,
-                };
-                match self.node.broker.history(&channel, query).await {
-                    Ok(page) => self.conn.push_frame(history_reply_frame(
-                        self.conn.encoding,
-                        id,
-                        &page.publications,
-                        page.offset,
-                        &page.epoch,
-                    )),
-                    Err(e) => self.broker_error(id, e),
-                }
-            }
-            Op::Refresh { token } => match self.node.verifier.verify(&token) {
-                Err(e) => self.error(id, ErrorCode::Unauthorized, &e.to_string()),
-                Ok(claims) if *claims.sub != *self.conn.user => self.error(
-                    id,
-                    ErrorCode::Forbidden,
-                    "the new token is for another user",
-                ),
-                Ok(claims) => {
-                    self.expires_at = expiry_instant(&self.node, claims.exp);
-                    self.patterns = claims.channels;
-                    if claims.name.is_some() {
-                        self.name = claims.name;
-                    }
-                    self.reply(id, &json!({ "exp": claims.exp }));
-                }
-            },
-            Op::Ping => self.reply(id, &json!({})),
-        }
-        None
-    }
-
-    fn broker_error(&self, id: i64, error: BrokerError) {
-        self.error(id, ErrorCode::from(&error), &error.to_string());
-    }
-
-    async fn publish(
-        &mut self,
-        id: i64,
-        channel: String,
-        data: serde_json::Value,
-        idem: Option<String>,
-    ) -> Option<End> {
-        if !self.allowed(&channel, Action::Publish) {
-            self.error(
-                id,
-                ErrorCode::Forbidden,
-                "not allowed to publish on this channel",
-            );
-            return None;
-        }
-        let now = Instant::now();
-        if !self.bucket.try_take(now) {
-            self.error(id, ErrorCode::RateLimited, "publish rate limit exceeded");
-            let count = self.rate_limited.record(now);
-            if count > self.node.config.limits.max_rate_limited_per_minute {
-                return Some(End::Close(CloseReason::RateLimited));
-            }
-            return None;
-        }
-        let request = PublishRequest {
-            channel: channel.into(),
-            from: self.conn.user.clone(),
-            data,
-            idem,
-        };
-        match self.node.broker.publish(request).await {
-            Ok(outcome) => {
-                if !outcome.duplicate {
-                    metrics().published.increment(1);
-                }
-                self.reply(id, &json!({ "offset": outcome.offset }));
-            }
-            Err(e) => self.broker_error(id, e),
-        }
-        None
-    }
-
-    async fn subscribe(
-        &mut self,
-        id: i64,
-        channel: String,
-        since: Option<u64>,
-        epoch: Option<String>,
-    ) -> Option<End> {
-        if !self.allowed(&channel, Action::Subscribe) {
-            self.error(
-                id,
-                ErrorCode::Forbidden,
-                "not allowed to subscribe to this channel",
-            );
-            return None;
-        }
-        let existing = self.subs.iter().find(|c| ***c == *channel).cloned();
-        let resubscribe = existing.is_some();
-        let channel: Arc<str> = match existing {
-            Some(channel) => channel,
-            None => {
-                let max = self.node.config.limits.max_subscriptions;
-                if self.subs.len().saturating_sub(1) >= max {
-                    self.error(
-                        id,
-                        ErrorCode::Forbidden,
-                        &format!("subscription limit reached ({max} per connection)"),
-                    );
-                    return None;
-                }
-                let channel: Arc<str> = channel.into();
-                // Buffer live publications before the hub can deliver any (join registers).
-                self.conn.begin_recovery(channel.clone());
-                if let Err(e) = self.join(&channel).await {
-                    self.conn.abort_recovery(&channel);
-                    self.broker_error(id, e);
-                    return None;
-                }
-                channel
-            }
-        };
-        if resubscribe {
-            self.conn.begin_recovery(channel.clone());
-        }
-        let broker = &self.node.broker;
-        let query = HistoryQuery {
-            since: since.map(|s| s.min(u64::MAX - 1)),
-            limit: if since.is_some() {
-                broker.history_capacity()
-            } else {
-                0
-            },
-        };
-        let page = match broker.history(&channel, query).await {
-            Ok(page) => page,
-            Err(e) => {
-                self.conn.abort_recovery(&channel);
-                self.broker_error(id, e);
-                return None;
-            }
-        };
-        let latest = page.offset;
-        let outcome = match since {
-            Some(since) => RecoveryOutcome::from_page(page, since, epoch.as_deref()),
-            None => RecoveryOutcome {
-                publications: Vec::new(),
-                offset: page.offset,
-                epoch: page.epoch,
-                recovered: false,
-            },
-        };
-        let reply = reply_frame(
-            self.conn.encoding,
-            id,
-            &json!({
-                "offset": outcome.offset,
-                "epoch": &*outcome.epoch,
-                "recovered": outcome.recovered,
-            }),
-        );
-        self.conn
-            .finish_recovery(&channel, reply, outcome.publications, latest);
-        None
-    }
-
-    /// Adds this connection to `channel`: hub, broker interest, presence.
-    async fn join(&mut self, channel: &Arc<str>) -> Result<(), BrokerError> {
-        let node = self.node.clone();
-        if node.hub.subscribe(channel, &self.conn) {
-            if let Err(e) = node.broker.subscribe_node(channel).await {
-                node.hub.unsubscribe(channel, &self.conn);
-                return Err(e);
-            }
-        }
-        self.subs.push(channel.clone());
-        if node.acl.presence_enabled(channel) {
-            let first = node
-                .presence
-                .add(channel, &self.conn.user, self.name.as_deref())
-                .await;
-            self.announce(first, || ControlEvent::Join {
-                channel: channel.clone(),
-                user: self.conn.user.clone(),
-            })
-            .await;
-        }
+    /// Joins `channel` (no recovery: live publications are queued as they come) and lists it.
+    async fn join(&mut self, channel: Arc<str>) -> Result<(), BrokerError> {
+        self.node
+            .join(&self.conn, &channel, self.name.as_deref())
+            .await?;
+        self.subs.push(channel);
         Ok(())
     }
 
-    /// Publishes the presence event when `changed` says the user's first connection arrived
-    /// (or the last one left); presence failures are logged, never fatal to the session.
-    async fn announce(
-        &self,
-        changed: Result<bool, presence::PresenceError>,
-        event: impl FnOnce() -> ControlEvent,
-    ) {
-        match changed {
-            Ok(true) => {
-                if let Err(e) = self.node.broker.publish_control(event()).await {
-                    tracing::warn!(error = %e, "presence event not published");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "presence update failed"),
-        }
-    }
-
-    /// Removes this connection from `channel` (already taken out of `subs`).
-    async fn leave(&mut self, channel: &Arc<str>) {
-        let node = self.node.clone();
-        if node.hub.unsubscribe(channel, &self.conn) {
-            if let Err(e) = node.broker.unsubscribe_node(channel).await {
-                tracing::warn!(error = %e, "broker unsubscribe failed");
-            }
-        }
-        if node.acl.presence_enabled(channel) {
-            let last = node.presence.remove(channel, &self.conn.user).await;
-            self.announce(last, || ControlEvent::Leave {
-                channel: channel.clone(),
-                user: self.conn.user.clone(),
-            })
-            .await;
-        }
+    /// Leaves `channel` if subscribed; returns whether it was.
+    pub(crate) async fn leave(&mut self, channel: &str) -> bool {
+        let Some(i) = self.subs.iter().position(|c| **c == *channel) else {
+            return false;
+        };
+        let channel = self.subs.swap_remove(i);
+        self.node.leave(&self.conn, &channel).await;
+        true
     }
 
     async fn leave_all(&mut self) {
         while let Some(channel) = self.subs.pop() {
-            self.leave(&channel).await;
+            self.node.leave(&self.conn, &channel).await;
+        }
+    }
+
+    /// Carries out the node's requests to drop subscriptions, each with its push.
+    async fn on_unsubscribe_requests(&mut self) {
+        for (channel, reason) in self.conn.take_unsubscribe_requests() {
+            if self.leave(&channel).await {
+                self.conn
+                    .push_frame(unsubscribe_frame(self.conn.encoding, &channel, reason));
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ mod local;
 mod registry;
 
 pub use local::LocalPresence;
-pub use registry::{LocalRegistry, NodeInfo, NodeRegistry};
+pub use registry::{LocalRegistry, NodeInfo, NodeRegistry, RegistryError};
 
 /// A user present on a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,23 +26,51 @@ pub struct Member {
 /// Why a presence call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
-    /// The backend cannot take the call now.
+    /// The backend cannot be reached or did not answer in time.
     #[error("presence backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered something this code does not understand.
+    #[error("presence backend error: {0}")]
+    Backend(String),
 }
 
-/// Per-channel presence.
+/// A user who left a channel because the node holding their entries stopped heartbeating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    /// Channel.
+    pub channel: String,
+    /// User id.
+    pub user: String,
+}
+
+/// Per-channel presence, counted per (node, user).
+///
+/// # Contract
+/// - Entries belong to the node that added them: each node counts its own connections of a
+///   user on a channel.
+/// - [`add`](Presence::add) and [`remove`](Presence::remove) are atomic across the cluster and
+///   report the user's transitions exactly once each: `add` is true only for the user's first
+///   connection on the channel on any node, `remove` only for the last one anywhere.
+/// - A node calls [`heartbeat`](Presence::heartbeat) every few seconds. It keeps the node's
+///   entries alive; entries of a node whose heartbeats stopped (a crash) expire after about
+///   three heartbeat intervals, and the live node whose heartbeat removes them gets back the
+///   removals that were user transitions, so that `leave` is pushed once for each.
+/// - `members` merges every live node's entries.
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Records one more connection of `user` on `channel`; true when it is the user's first.
+    /// Records one more connection of `user` on `channel` on this node; true when it is the
+    /// user's first anywhere.
     async fn add(
         &self,
         channel: &str,
         user: &str,
         name: Option<&str>,
     ) -> Result<bool, PresenceError>;
-    /// Records one connection fewer; true when it was the user's last.
+    /// Records one connection fewer on this node; true when it was the user's last anywhere.
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError>;
     /// The users present on `channel`, sorted by user id.
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
+    /// Keeps this node's entries alive and expires those of dead nodes; returns the users
+    /// whose presence ended with them.
+    async fn heartbeat(&self) -> Result<Vec<Departure>, PresenceError>;
 }

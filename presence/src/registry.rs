@@ -14,15 +14,30 @@ pub struct NodeInfo {
     pub connections: u64,
 }
 
+/// Why a registry call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The backend cannot be reached or did not answer in time.
+    #[error("node registry unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered something this code does not understand.
+    #[error("node registry error: {0}")]
+    Backend(String),
+}
+
 /// Live nodes, each kept by a TTL heartbeat.
+///
+/// Contract: a node heartbeats well inside the TTL (a third of it); a node whose heartbeats
+/// stop disappears from [`nodes`](NodeRegistry::nodes) once the TTL passes; a draining node
+/// deregisters at once. `nodes` is sorted by id, so every node hashing users over it agrees.
 #[async_trait::async_trait]
 pub trait NodeRegistry: Send + Sync + 'static {
     /// Registers or refreshes `node`; it stays listed for the registry's TTL.
-    async fn heartbeat(&self, node: NodeInfo) -> Result<(), crate::PresenceError>;
+    async fn heartbeat(&self, node: NodeInfo) -> Result<(), RegistryError>;
     /// Removes `id` at once (a draining node).
-    async fn deregister(&self, id: &str) -> Result<(), crate::PresenceError>;
+    async fn deregister(&self, id: &str) -> Result<(), RegistryError>;
     /// Nodes whose heartbeat is still within the TTL, sorted by id.
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::PresenceError>;
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError>;
 }
 
 /// In-process [`NodeRegistry`]: one node lists itself.
@@ -43,7 +58,7 @@ impl LocalRegistry {
 
 #[async_trait::async_trait]
 impl NodeRegistry for LocalRegistry {
-    async fn heartbeat(&self, node: NodeInfo) -> Result<(), crate::PresenceError> {
+    async fn heartbeat(&self, node: NodeInfo) -> Result<(), RegistryError> {
         let mut nodes = self.nodes.write();
         let now = Instant::now();
         match nodes.iter_mut().find(|(n, _)| n.id == node.id) {
@@ -53,12 +68,12 @@ impl NodeRegistry for LocalRegistry {
         Ok(())
     }
 
-    async fn deregister(&self, id: &str) -> Result<(), crate::PresenceError> {
+    async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
         self.nodes.write().retain(|(n, _)| n.id != id);
         Ok(())
     }
 
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::PresenceError> {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
         let now = Instant::now();
         let mut live: Vec<NodeInfo> = self
             .nodes

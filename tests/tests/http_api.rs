@@ -34,8 +34,11 @@ async fn api_publish_reaches_subscribers_as_server() {
     )
     .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json(), json!({"offset": 1}));
+    let ack = r.json();
+    assert_eq!(ack["offset"], 1, "{ack}");
     let m = c.expect_message("room:api", secs(10)).await;
+    // The ack names the message: offset and epoch.
+    assert_eq!(ack["epoch"], m["epoch"], "{ack} {m}");
     assert_eq!(m["from"], "server", "{m}");
     assert_eq!(m["data"], json!({"x": 1}), "{m}");
     assert_eq!(as_u64(&m["offset"]), 1);
@@ -46,8 +49,8 @@ async fn api_publish_reaches_subscribers_as_server() {
         .await
         .json();
     let b = api_post(gw.addr(), "/api/publish", body).await.json();
-    assert_eq!(a, json!({"offset": 2}));
-    assert_eq!(b, json!({"offset": 2}));
+    assert_eq!(a, json!({"offset": 2, "epoch": m["epoch"]}));
+    assert_eq!(b, a);
     // Direct messages from the server.
     let r = api_post(
         gw.addr(),

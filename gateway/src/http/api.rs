@@ -4,13 +4,13 @@ use super::ApiError;
 use crate::acl::valid_channel;
 use crate::metrics::metrics;
 use crate::node::Node;
-use crate::protocol::{CloseReason, Encoding, ErrorCode, history_body, members_json};
+use crate::protocol::{Encoding, ErrorCode, history_body, members_json};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use fanout::{HistoryQuery, PublishRequest};
+use fanout::{HistoryQuery, NodeCommand, Payload, PublishRequest};
 use http::{HeaderMap, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -66,7 +66,8 @@ fn check_channel(channel: &str) -> Result<(), ApiError> {
 #[derive(Deserialize)]
 struct PublishBody {
     channel: String,
-    data: serde_json::Value,
+    /// Kept as the JSON text sent: checked by the parse, never turned into a tree.
+    data: Box<serde_json::value::RawValue>,
     idem: Option<String>,
 }
 
@@ -92,14 +93,16 @@ pub async fn publish(
         .publish(PublishRequest {
             channel: body.channel.into(),
             from: "server".into(),
-            data: body.data,
+            data: Payload::Json(Bytes::from(String::from(Box::<str>::from(body.data)))),
             idem: body.idem,
         })
         .await?;
     if !outcome.duplicate {
         metrics().published.increment(1);
     }
-    Ok(Json(json!({ "offset": outcome.offset })))
+    Ok(Json(
+        json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
+    ))
 }
 
 /// `GET /api/presence/{channel}`.
@@ -168,13 +171,40 @@ pub async fn disconnect(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
     let body: DisconnectBody = json_body(body)?;
-    let count = node.hub.close_user(
-        &body.user,
-        CloseReason::Disconnected {
+    let count = node
+        .broker
+        .command(NodeCommand::Disconnect {
+            user: body.user,
             reconnect: body.reconnect,
-        },
-    );
+        })
+        .await?;
     Ok(Json(json!({ "disconnected": count })))
+}
+
+#[derive(Deserialize)]
+struct UnsubscribeBody {
+    user: String,
+    channel: String,
+}
+
+/// `POST /api/unsubscribe`: ends `user`'s subscriptions to `channel` on every node; each
+/// connection gets an `unsubscribe` push.
+pub async fn unsubscribe(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let body: UnsubscribeBody = json_body(body)?;
+    check_channel(&body.channel)?;
+    let count = node
+        .broker
+        .command(NodeCommand::Unsubscribe {
+            user: body.user,
+            channel: body.channel,
+        })
+        .await?;
+    Ok(Json(json!({ "unsubscribed": count })))
 }
 
 /// `GET /api/nodes`.

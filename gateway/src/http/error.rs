@@ -59,7 +59,21 @@ impl From<fanout::BrokerError> for ApiError {
 
 impl From<presence::PresenceError> for ApiError {
     fn from(e: presence::PresenceError) -> Self {
-        ApiError::new(ErrorCode::Unavailable, e.to_string())
+        let code = match e {
+            presence::PresenceError::Unavailable(_) => ErrorCode::Unavailable,
+            presence::PresenceError::Backend(_) => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+impl From<presence::RegistryError> for ApiError {
+    fn from(e: presence::RegistryError) -> Self {
+        let code = match e {
+            presence::RegistryError::Unavailable(_) => ErrorCode::Unavailable,
+            presence::RegistryError::Backend(_) => ErrorCode::Internal,
+        };
+        ApiError::new(code, e.to_string())
     }
 }
 

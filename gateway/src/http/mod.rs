@@ -23,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/presence/{channel}", get(api::presence))
         .route("/api/history/{channel}", get(api::history))
         .route("/api/disconnect", post(api::disconnect))
+        .route("/api/unsubscribe", post(api::unsubscribe))
         .route("/api/nodes", get(api::nodes))
         .route("/v1/route", get(ops::route))
         .route("/dev/token", post(ops::dev_token))

@@ -116,10 +116,17 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the node takes connections, 503 while draining.
+/// `GET /readyz`: 200 when the node takes connections; 503 while draining or while its
+/// message backend is unreachable.
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if !node.is_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "message backend unavailable",
+        )
+            .into_response()
     } else {
         "ready".into_response()
     }

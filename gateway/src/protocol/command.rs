@@ -2,6 +2,7 @@
 
 use super::{Encoding, ErrorCode};
 use crate::acl::valid_channel;
+use fanout::Payload;
 use serde_json::{Map, Value};
 
 /// Longest idempotency key, bytes.
@@ -41,8 +42,8 @@ pub enum Op {
     Publish {
         /// Channel.
         channel: String,
-        /// Payload.
-        data: Value,
+        /// Payload, kept in the encoding it came in.
+        data: Payload,
         /// Idempotency key.
         idem: Option<String>,
     },
@@ -156,13 +157,16 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
                     });
                 }
             }
+            let data = fields
+                .map
+                .get("data")
+                .ok_or_else(|| CommandError::bad(id, "missing data"))?;
             Op::Publish {
                 channel: fields.channel()?,
-                data: fields
-                    .map
-                    .get("data")
-                    .cloned()
-                    .ok_or_else(|| CommandError::bad(id, "missing data"))?,
+                data: match encoding {
+                    Encoding::Json => Payload::from_value(data),
+                    Encoding::MsgPack => Payload::msgpack_from_value(data),
+                },
                 idem,
             }
         }
@@ -253,17 +257,25 @@ mod tests {
     #[test]
     fn decodes_every_op_in_both_encodings() {
         let frame = json!({"id": 7, "op": "publish", "channel": "room:a", "data": {"x": [1, 2]}, "idem": "k"});
+        let data = json!({"x": [1, 2]});
         let expected = Command {
             id: 7,
             op: Op::Publish {
                 channel: "room:a".into(),
-                data: json!({"x": [1, 2]}),
+                data: Payload::from_value(&data),
                 idem: Some("k".into()),
             },
         };
         assert_eq!(json(frame.clone()).unwrap(), expected);
         let packed = rmp_serde::to_vec_named(&frame).unwrap();
-        assert_eq!(decode(Encoding::MsgPack, &packed).unwrap(), expected);
+        let Op::Publish {
+            data: packed_data, ..
+        } = decode(Encoding::MsgPack, &packed).unwrap().op
+        else {
+            panic!("not a publish");
+        };
+        assert!(matches!(packed_data, Payload::MsgPack(_)));
+        assert_eq!(packed_data.to_value().unwrap(), data);
         assert_eq!(json(json!({"id": 1, "op": "ping"})).unwrap().op, Op::Ping);
         assert_eq!(
             json(json!({"id": 1, "op": "history", "channel": "c"}))

@@ -1,7 +1,7 @@
 //! Encoding server frames. Message pushes are encoded once per encoding and cached on the
 //! publication; history replies splice those cached frames instead of re-encoding them.
 
-use super::{CloseReason, Encoding, ErrorCode};
+use super::{CloseReason, Encoding, ErrorCode, UnsubscribeReason};
 use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use fanout::{ControlEvent, Publication};
@@ -84,36 +84,64 @@ pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) 
     )
 }
 
-#[derive(Serialize)]
-struct MessagePush<'a> {
-    op: &'static str,
-    channel: &'a str,
-    offset: u64,
-    epoch: &'a str,
-    from: &'a str,
-    data: &'a serde_json::Value,
-    ts: u64,
+/// The `message` push for `publication` as a ready WebSocket message (text for JSON, binary
+/// for MessagePack). The payload bytes are spliced in as they are (converted once when the
+/// publisher used the other encoding); nodes cache the result per encoding (`Delivery`).
+pub fn message_frame(encoding: Encoding, publication: &Publication) -> Message {
+    let p = publication;
+    match encoding {
+        Encoding::Json => {
+            let data = p.data.to_json().unwrap_or_else(|e| {
+                tracing::error!(error = %e, channel = %p.channel, "unreadable payload");
+                Bytes::from_static(b"null")
+            });
+            let mut out = Vec::with_capacity(data.len() + p.channel.len() + p.from.len() + 96);
+            out.extend_from_slice(b"{\"op\":\"message\",\"channel\":");
+            write_json_str(&mut out, &p.channel);
+            out.extend_from_slice(b",\"offset\":");
+            out.extend_from_slice(p.offset.to_string().as_bytes());
+            out.extend_from_slice(b",\"epoch\":");
+            write_json_str(&mut out, &p.epoch);
+            out.extend_from_slice(b",\"from\":");
+            write_json_str(&mut out, &p.from);
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b",\"ts\":");
+            out.extend_from_slice(p.ts.to_string().as_bytes());
+            out.push(b'}');
+            to_message(encoding, Bytes::from(out))
+        }
+        Encoding::MsgPack => {
+            use rmp::encode as mp;
+            let data = p.data.to_msgpack().unwrap_or_else(|e| {
+                tracing::error!(error = %e, channel = %p.channel, "unreadable payload");
+                Bytes::from_static(&[0xc0])
+            });
+            let mut out = Vec::with_capacity(data.len() + p.channel.len() + p.from.len() + 64);
+            // Writing to a Vec cannot fail.
+            let _ = mp::write_map_len(&mut out, 7);
+            let _ = mp::write_str(&mut out, "op");
+            let _ = mp::write_str(&mut out, "message");
+            let _ = mp::write_str(&mut out, "channel");
+            let _ = mp::write_str(&mut out, &p.channel);
+            let _ = mp::write_str(&mut out, "offset");
+            let _ = mp::write_uint(&mut out, p.offset);
+            let _ = mp::write_str(&mut out, "epoch");
+            let _ = mp::write_str(&mut out, &p.epoch);
+            let _ = mp::write_str(&mut out, "from");
+            let _ = mp::write_str(&mut out, &p.from);
+            let _ = mp::write_str(&mut out, "data");
+            out.extend_from_slice(&data);
+            let _ = mp::write_str(&mut out, "ts");
+            let _ = mp::write_uint(&mut out, p.ts);
+            to_message(encoding, Bytes::from(out))
+        }
+    }
 }
 
-/// The `message` push for `publication` as a ready WebSocket message (text for JSON, its
-/// UTF-8 checked once; binary for MessagePack), encoded at most once per encoding and shared
-/// by every subscriber.
-pub fn message_frame(encoding: Encoding, publication: &Publication) -> Message {
-    publication.frames.get_or_encode(encoding.slot(), || {
-        let bytes = encode(
-            encoding,
-            &MessagePush {
-                op: "message",
-                channel: &publication.channel,
-                offset: publication.offset,
-                epoch: &publication.epoch,
-                from: &publication.from,
-                data: &publication.data,
-                ts: publication.ts,
-            },
-        );
-        to_message(encoding, bytes)
-    })
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's string escaping, into the buffer.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Wraps an encoded frame for the socket: text for JSON (serde_json output is UTF-8; the
@@ -151,6 +179,28 @@ pub fn control_frame(encoding: Encoding, event: &ControlEvent) -> Bytes {
         ControlEvent::Leave { channel, user } => ("leave", channel, user),
     };
     encode(encoding, &ControlPush { op, channel, user })
+}
+
+#[derive(Serialize)]
+struct UnsubscribePush<'a> {
+    op: &'static str,
+    channel: &'a str,
+    code: &'static str,
+    resubscribe: bool,
+}
+
+/// The `unsubscribe` push: the server ended a subscription, and says why and whether to
+/// subscribe again (with `since`, to recover what the connection may have missed).
+pub fn unsubscribe_frame(encoding: Encoding, channel: &str, reason: UnsubscribeReason) -> Bytes {
+    encode(
+        encoding,
+        &UnsubscribePush {
+            op: "unsubscribe",
+            channel,
+            code: reason.code(),
+            resubscribe: reason.resubscribe(),
+        },
+    )
 }
 
 #[derive(Serialize)]
@@ -273,20 +323,17 @@ fn write_history_body(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fanout::FrameCache;
+    use fanout::Payload;
     use serde_json::{Value, json};
-    use std::time::Instant;
 
     fn publication(offset: u64) -> Arc<Publication> {
         Arc::new(Publication {
-            channel: "room:a".into(),
+            channel: "room:\"a".into(),
             offset,
             epoch: "e1".into(),
             from: "alice".into(),
-            data: json!({"text": "hi", "n": [1, 2.5, null]}),
+            data: Payload::from_value(&json!({"text": "hi", "n": [1, 2.5, null]})),
             ts: 1_732_281_600_000,
-            accepted_at: Instant::now(),
-            frames: FrameCache::default(),
         })
     }
 
@@ -300,12 +347,17 @@ mod tests {
         let from_mp: Value = rmp_serde::from_slice(frame_bytes(&packed)).unwrap();
         assert_eq!(from_json, from_mp);
         assert_eq!(from_json["offset"], 18);
+        assert_eq!(from_json["channel"], "room:\"a");
         assert_eq!(from_json["data"]["n"][1], 2.5);
-        // Cached: the same bytes come back.
-        assert_eq!(
-            frame_bytes(&message_frame(Encoding::Json, &p)).as_ptr(),
-            frame_bytes(&message_frame(Encoding::Json, &p)).as_ptr()
-        );
+        // A MessagePack payload reaches JSON subscribers converted, and the reverse.
+        let packed_payload = Publication {
+            data: Payload::msgpack_from_value(&json!({"text": "hi", "n": [1, 2.5, null]})),
+            ..(*p).clone()
+        };
+        let from_packed: Value =
+            serde_json::from_slice(frame_bytes(&message_frame(Encoding::Json, &packed_payload)))
+                .unwrap();
+        assert_eq!(from_packed, from_json);
     }
 
     #[test]

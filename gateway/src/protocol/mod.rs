@@ -8,7 +8,7 @@ pub use command::{
 };
 pub use frames::{
     control_frame, disconnect_frame, error_frame, frame_bytes, history_body, history_reply_frame,
-    members_json, message_frame, reply_frame, to_message, welcome_frame,
+    members_json, message_frame, reply_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.
@@ -96,8 +96,37 @@ impl ErrorCode {
 impl From<&fanout::BrokerError> for ErrorCode {
     fn from(error: &fanout::BrokerError) -> Self {
         match error {
-            fanout::BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+            fanout::BrokerError::Unavailable(_) | fanout::BrokerError::DedupFull => {
+                ErrorCode::Unavailable
+            }
+            fanout::BrokerError::Backend(_) => ErrorCode::Internal,
         }
+    }
+}
+
+/// Why the server ended a subscription (the `unsubscribe` push).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubscribeReason {
+    /// The node lost messages of the channel it could not heal (history no longer held
+    /// them, or the channel's epoch changed): subscribe again with `since` to learn whether
+    /// anything is missing (`recovered: false` says reload).
+    InsufficientState,
+    /// A backend asked (`POST /api/unsubscribe`).
+    Server,
+}
+
+impl UnsubscribeReason {
+    /// The push's `code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            UnsubscribeReason::InsufficientState => "insufficient_state",
+            UnsubscribeReason::Server => "unsubscribed",
+        }
+    }
+
+    /// Whether the client should subscribe again.
+    pub fn resubscribe(self) -> bool {
+        matches!(self, UnsubscribeReason::InsufficientState)
     }
 }
 

@@ -1,0 +1,44 @@
+//! One module per client command: each checks what the command needs (ACL, limits) and
+//! applies it. Decoding lives in `protocol::command`; node-wide work (joining channels,
+//! recovery) in `node.rs`; the socket and the queue in `session.rs`.
+
+mod history;
+mod presence;
+mod publish;
+mod refresh;
+mod subscribe;
+mod unsubscribe;
+
+use crate::protocol::{Command, Op};
+use crate::session::{End, Session};
+use serde_json::json;
+
+impl Session {
+    /// Runs one decoded command; `Some` ends the session.
+    pub(crate) async fn handle(&mut self, Command { id, op }: Command) -> Option<End> {
+        match op {
+            Op::Subscribe {
+                channel,
+                since,
+                epoch,
+            } => subscribe::apply(self, id, channel, since, epoch).await,
+            Op::Unsubscribe { channel } => unsubscribe::apply(self, id, &channel).await,
+            Op::Publish {
+                channel,
+                data,
+                idem,
+            } => publish::apply(self, id, channel, data, idem).await,
+            Op::Presence { channel } => presence::apply(self, id, &channel).await,
+            Op::History {
+                channel,
+                since,
+                limit,
+            } => history::apply(self, id, &channel, since, limit).await,
+            Op::Refresh { token } => refresh::apply(self, id, &token),
+            Op::Ping => {
+                self.reply(id, &json!({}));
+                None
+            }
+        }
+    }
+}

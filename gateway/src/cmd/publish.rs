@@ -1,0 +1,54 @@
+//! `publish`: ACL, the connection's token bucket, then the broker.
+
+use crate::acl::Action;
+use crate::metrics::metrics;
+use crate::protocol::{CloseReason, ErrorCode};
+use crate::session::{End, Session};
+use fanout::{Payload, PublishRequest};
+use serde_json::json;
+use std::time::Instant;
+
+pub(super) async fn apply(
+    session: &mut Session,
+    id: i64,
+    channel: String,
+    data: Payload,
+    idem: Option<String>,
+) -> Option<End> {
+    if !session.allowed(&channel, Action::Publish) {
+        session.error(
+            id,
+            ErrorCode::Forbidden,
+            "not allowed to publish on this channel",
+        );
+        return None;
+    }
+    let now = Instant::now();
+    if !session.bucket.try_take(now) {
+        session.error(id, ErrorCode::RateLimited, "publish rate limit exceeded");
+        let count = session.rate_limited.record(now);
+        if count > session.node.config.limits.max_rate_limited_per_minute {
+            return Some(End::Close(CloseReason::RateLimited));
+        }
+        return None;
+    }
+    let request = PublishRequest {
+        channel: channel.into(),
+        from: session.conn.user.clone(),
+        data,
+        idem,
+    };
+    match session.node.broker.publish(request).await {
+        Ok(outcome) => {
+            if !outcome.duplicate {
+                metrics().published.increment(1);
+            }
+            session.reply(
+                id,
+                &json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
+            );
+        }
+        Err(e) => session.broker_error(id, e),
+    }
+    None
+}

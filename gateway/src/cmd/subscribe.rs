@@ -1,0 +1,64 @@
+//! `subscribe`: join a channel (or re-sync one already joined) and recover from `since`.
+
+use crate::acl::Action;
+use crate::protocol::ErrorCode;
+use crate::session::{End, Session};
+use std::sync::Arc;
+
+pub(super) async fn apply(
+    session: &mut Session,
+    id: i64,
+    channel: String,
+    since: Option<u64>,
+    epoch: Option<String>,
+) -> Option<End> {
+    if !session.allowed(&channel, Action::Subscribe) {
+        session.error(
+            id,
+            ErrorCode::Forbidden,
+            "not allowed to subscribe to this channel",
+        );
+        return None;
+    }
+    let existing = session.subs.iter().find(|c| ***c == *channel).cloned();
+    let channel: Arc<str> = match existing {
+        // Already subscribed: a re-sync (reply and replay again, no second join).
+        Some(channel) => {
+            session.conn.begin_recovery(channel.clone());
+            channel
+        }
+        None => {
+            let max = session.node.config.limits.max_subscriptions;
+            if session.subs.len().saturating_sub(1) >= max {
+                session.error(
+                    id,
+                    ErrorCode::Forbidden,
+                    &format!("subscription limit reached ({max} per connection)"),
+                );
+                return None;
+            }
+            let channel: Arc<str> = channel.into();
+            // Buffer live publications before the hub can deliver any (join registers).
+            session.conn.begin_recovery(channel.clone());
+            let node = session.node.clone();
+            if let Err(e) = node
+                .join(&session.conn, &channel, session.name.as_deref())
+                .await
+            {
+                session.conn.abort_recovery(&channel);
+                session.broker_error(id, e);
+                return None;
+            }
+            session.subs.push(channel.clone());
+            channel
+        }
+    };
+    let node = session.node.clone();
+    if let Err(e) = node
+        .recover(&session.conn, id, &channel, since, epoch.as_deref())
+        .await
+    {
+        session.broker_error(id, e);
+    }
+    None
+}

@@ -10,6 +10,7 @@ mod dedup;
 mod history;
 mod local;
 mod publication;
+pub mod redis;
 
 pub use broker::{
     Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
@@ -17,3 +18,4 @@ pub use broker::{
 };
 pub use local::{LocalBroker, LocalBrokerConfig};
 pub use publication::{Payload, PayloadError, Publication};
+pub use redis::{RedisBroker, RedisBrokerConfig, RedisConnectOptions};

@@ -1,11 +1,71 @@
 //! Chooses the node's backends at start: the embedded engine, or Redis when configured.
 
-use crate::config::Config;
+use crate::config::{Config, RedisSettings};
 use crate::hub::Hub;
 use crate::node::{Backends, REGISTRY_TTL};
-use fanout::{LocalBroker, LocalBrokerConfig};
-use presence::{LocalPresence, LocalRegistry};
+use anyhow::Context;
+use fanout::{LocalBroker, LocalBrokerConfig, RedisBroker, RedisBrokerConfig, RedisConnectOptions};
+use presence::{Departure, LocalPresence, LocalRegistry, RedisPresence, RedisRegistry};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a channel's offset and epoch outlive its last publish in Redis (at least the
+/// history TTL): a subscriber's epoch stays valid across quiet spells this long.
+const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The configured backends, and the presence departures found at start (entries an earlier
+/// process with this node id left behind), for the node to announce.
+pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<(Backends, Vec<Departure>)> {
+    match &config.redis {
+        None => Ok((embedded(config, hub), Vec::new())),
+        Some(redis) => clustered(config, redis, hub).await,
+    }
+}
+
+/// Clustered mode: broker, presence and registry in Redis.
+pub async fn clustered(
+    config: &Config,
+    redis: &RedisSettings,
+    hub: Arc<Hub>,
+) -> anyhow::Result<(Backends, Vec<Departure>)> {
+    let options = RedisConnectOptions {
+        pubsub_capacity: redis.pubsub_capacity,
+        ..Default::default()
+    };
+    let (client, subscriber) = fanout::redis::connect(&redis.url, &options)
+        .await
+        .context("connecting to Redis (--redis-url)")?;
+    let broker = RedisBroker::start(
+        client.clone(),
+        subscriber,
+        RedisBrokerConfig {
+            prefix: redis.prefix.clone(),
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            meta_ttl: META_TTL.max(config.history_ttl),
+            dedup_window: config.dedup_window,
+            dedup_max_keys: config.dedup_max_keys,
+            position_check_interval: redis.position_check,
+        },
+        hub,
+    )
+    .await
+    .context("starting the Redis broker")?;
+    let (presence, departures) = RedisPresence::start(
+        client.clone(),
+        &redis.prefix,
+        &config.node_id,
+        config.presence_heartbeat,
+    )
+    .await
+    .context("starting Redis presence")?;
+    let backends = Backends {
+        broker,
+        presence: Arc::new(presence),
+        registry: Arc::new(RedisRegistry::new(client, &redis.prefix, REGISTRY_TTL)),
+    };
+    Ok((backends, departures))
+}
 
 /// The embedded engine: in-process broker (running its own upkeep), presence and registry.
 pub fn embedded(config: &Config, hub: Arc<Hub>) -> Backends {

@@ -53,9 +53,24 @@ pub struct Settings {
     /// Key for the `/api/` endpoints (`Authorization: Bearer <key>`); unset disables the API.
     #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Redis URL for clustered mode (not available in this version: leave unset).
+    /// Redis URL for clustered mode (`redis://host:port/db`); unset runs the embedded engine.
     #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel (one cluster per prefix) [default: gw].
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+    /// Capacity of the node's Redis pub/sub receiver, messages; a node that falls further
+    /// behind heals from history [default: 4096].
+    #[arg(long, env = "GATEWAY_REDIS_PUBSUB_CAPACITY")]
+    pub redis_pubsub_capacity: Option<usize>,
+    /// Seconds between checks of subscribed channels' positions against Redis (finds a lost
+    /// last message in a quiet channel) [default: 5].
+    #[arg(long, env = "GATEWAY_POSITION_CHECK_SECS")]
+    pub position_check_secs: Option<u64>,
+    /// Seconds between presence heartbeats; a dead node's users leave after about three
+    /// [default: 10].
+    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS")]
+    pub presence_heartbeat_secs: Option<u64>,
     /// Message archive URL (not available in this version: leave unset).
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -156,6 +171,7 @@ impl Settings {
         self.dev |= file.dev;
         merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
             jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
+            redis_prefix, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
             database_url, log_format, log, max_connections, max_connections_per_user,
             max_subscriptions, publish_rate, publish_burst, max_rate_limited_per_minute,
             max_bad_frames_per_minute, max_frame_size, outbound_queue, ping_interval_secs,
@@ -264,6 +280,23 @@ pub struct Config {
     pub direct_messages: bool,
     /// Namespaces.
     pub namespaces: Vec<Namespace>,
+    /// Clustered mode, when set.
+    pub redis: Option<RedisSettings>,
+    /// Presence heartbeat interval.
+    pub presence_heartbeat: Duration,
+}
+
+/// Clustered-mode settings.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// Redis URL.
+    pub url: String,
+    /// Key and channel prefix.
+    pub prefix: String,
+    /// Pub/sub receiver capacity.
+    pub pubsub_capacity: usize,
+    /// Position check interval.
+    pub position_check: Duration,
 }
 
 /// Shortest HS256 secret accepted outside dev mode.
@@ -272,12 +305,20 @@ pub const MIN_SECRET_LEN: usize = 32;
 impl Config {
     /// Applies defaults and checks the settings.
     pub fn from_settings(s: Settings) -> anyhow::Result<Self> {
-        if s.redis_url.is_some() {
-            bail!(
-                "GATEWAY_REDIS_URL / --redis-url: clustered mode is not available in this version; \
-                 unset it to run the embedded engine"
-            );
-        }
+        let redis = match s.redis_url.clone().filter(|u| !u.is_empty()) {
+            None => None,
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    bail!("--redis-url {url:?}: expected redis://host:port");
+                }
+                Some(RedisSettings {
+                    url,
+                    prefix: s.redis_prefix.clone().unwrap_or_else(|| "gw".into()),
+                    pubsub_capacity: s.redis_pubsub_capacity.unwrap_or(4096).max(1),
+                    position_check: Duration::from_secs(s.position_check_secs.unwrap_or(5).max(1)),
+                })
+            }
+        };
         if s.database_url.is_some() {
             bail!(
                 "GATEWAY_DATABASE_URL / --database-url: the message archive is not available in \
@@ -333,6 +374,8 @@ impl Config {
             dedup_max_keys: s.dedup_max_keys.unwrap_or(100_000).max(1),
             direct_messages: s.direct_messages.unwrap_or(true),
             namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
+            redis,
+            presence_heartbeat: Duration::from_secs(s.presence_heartbeat_secs.unwrap_or(10).max(1)),
         })
     }
 }

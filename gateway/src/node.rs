@@ -298,8 +298,7 @@ impl Node {
         }
     }
 
-    /// Periodic upkeep: registry and presence heartbeats (announcing the departures of dead
-    /// nodes' users), metrics upkeep.
+    /// Periodic upkeep: registry heartbeat, metrics upkeep.
     pub async fn run_maintenance(self: Arc<Self>) {
         let mut tick = tokio::time::interval(REGISTRY_TTL / 3);
         loop {
@@ -309,22 +308,35 @@ impl Node {
                     tracing::warn!(error = %e, "node registry heartbeat failed");
                 }
             }
-            match self.presence.heartbeat().await {
-                Ok(departures) => {
-                    for d in departures {
-                        let event = ControlEvent::Leave {
-                            channel: d.channel.into(),
-                            user: d.user.into(),
-                        };
-                        if let Err(e) = self.broker.publish_control(event).await {
-                            tracing::warn!(error = %e, "presence event not published");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
-            }
             if let Some(handle) = &self.prometheus {
                 handle.run_upkeep();
+            }
+        }
+    }
+
+    /// Presence heartbeats, every `--presence-heartbeat-secs`: keeps this node's entries
+    /// alive and announces the departures of dead nodes' users.
+    pub async fn run_presence_heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.presence_heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.presence.heartbeat().await {
+                Ok(departures) => self.announce_departures(departures).await,
+                Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+            }
+        }
+    }
+
+    /// Pushes `leave` for users whose presence ended with a dead node.
+    pub async fn announce_departures(&self, departures: Vec<presence::Departure>) {
+        for d in departures {
+            let event = ControlEvent::Leave {
+                channel: d.channel.into(),
+                user: d.user.into(),
+            };
+            if let Err(e) = self.broker.publish_control(event).await {
+                tracing::warn!(error = %e, "presence event not published");
             }
         }
     }

@@ -7,9 +7,11 @@
 //! implement the same traits for clustered mode.
 
 mod local;
+mod redis;
 mod registry;
 
 pub use local::LocalPresence;
+pub use redis::{RedisPresence, RedisRegistry};
 pub use registry::{LocalRegistry, NodeInfo, NodeRegistry, RegistryError};
 
 /// A user present on a channel.

@@ -398,6 +398,13 @@ impl Drop for Gateway {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+        // Every test fails when a gateway panicked, whatever it asserted.
+        if !std::thread::panicking() {
+            let logs = self.logs();
+            if let Some(line) = logs.iter().find(|l| l.contains("panicked")) {
+                panic!("the gateway at {} panicked: {line}", self.addr);
+            }
+        }
     }
 }
 

@@ -3,17 +3,19 @@
 //! Every test starts its own `gateway` process (see [`GatewayBuilder`]), talks to it over real
 //! sockets with real WebSocket clients ([`Client`], [`Connect`]) and a tiny HTTP/1.1 client
 //! ([`http`]), and mints its own JWTs ([`Token`]). Nothing here knows the gateway's internals:
-//! the contract is `shared/protocol-v1.md` plus the gateway's choices in `docs/protocol.md`.
+//! the contract is `docs/protocol.md`.
 
 pub mod client;
 pub mod gateway;
 pub mod http;
 pub mod jwt;
+pub mod redis;
 
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
 pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
 pub use http::{HttpResponse, http};
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
+pub use redis::RedisServer;
 
 use std::time::Duration;
 

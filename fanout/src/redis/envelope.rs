@@ -1,0 +1,206 @@
+//! What travels on Redis pub/sub: MessagePack arrays whose first element says what they are.
+//!
+//! - `["m", channel, offset, epoch, from, ts, tag, data]`: a publication (built by the publish
+//!   script, so that offset and epoch come from the same atomic step; also the stream entry);
+//! - `["j" | "l", channel, user]`: a presence join or leave;
+//! - `["c", request, kind, user, arg]` on the control channel: a node command (`kind` `d`
+//!   disconnect with `arg` "1" to reconnect, `u` unsubscribe from channel `arg`).
+
+use crate::{ControlEvent, NodeCommand, Payload, Publication};
+use bytes::Bytes;
+use rmp::decode::{self as mpd, RmpRead};
+use rmp::encode as mpe;
+use std::sync::Arc;
+
+/// A decoded envelope.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Envelope {
+    Publication(Publication),
+    Control(ControlEvent),
+    Command {
+        request: String,
+        command: NodeCommand,
+    },
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("bad envelope: {0}")]
+pub(crate) struct BadEnvelope(pub &'static str);
+
+fn read_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], BadEnvelope> {
+    let marker = mpd::read_marker(input).map_err(|_| BadEnvelope("truncated"))?;
+    let len = match marker {
+        rmp::Marker::FixStr(n) => n as usize,
+        rmp::Marker::Str8 | rmp::Marker::Bin8 => {
+            input.read_data_u8().map_err(|_| BadEnvelope("len"))? as usize
+        }
+        rmp::Marker::Str16 | rmp::Marker::Bin16 => {
+            input.read_data_u16().map_err(|_| BadEnvelope("len"))? as usize
+        }
+        rmp::Marker::Str32 | rmp::Marker::Bin32 => {
+            input.read_data_u32().map_err(|_| BadEnvelope("len"))? as usize
+        }
+        _ => return Err(BadEnvelope("expected a string")),
+    };
+    if input.len() < len {
+        return Err(BadEnvelope("truncated string"));
+    }
+    let (bytes, rest) = input.split_at(len);
+    *input = rest;
+    Ok(bytes)
+}
+
+fn read_str<'a>(input: &mut &'a [u8]) -> Result<&'a str, BadEnvelope> {
+    std::str::from_utf8(read_bytes(input)?).map_err(|_| BadEnvelope("not UTF-8"))
+}
+
+fn read_u64(input: &mut &[u8]) -> Result<u64, BadEnvelope> {
+    mpd::read_int(input).map_err(|_| BadEnvelope("expected an integer"))
+}
+
+/// Decodes an envelope; `raw` is the whole message (payload bytes are sliced from it).
+pub(crate) fn decode(raw: &Bytes) -> Result<Envelope, BadEnvelope> {
+    let mut input: &[u8] = raw;
+    let len = mpd::read_array_len(&mut input).map_err(|_| BadEnvelope("not an array"))?;
+    let kind = read_str(&mut input)?;
+    match (kind, len) {
+        ("m", 8) => {
+            let channel = read_str(&mut input)?;
+            let offset = read_u64(&mut input)?;
+            let epoch = read_str(&mut input)?;
+            let from = read_str(&mut input)?;
+            let ts = read_u64(&mut input)?;
+            let tag = read_bytes(&mut input)?;
+            let data = read_bytes(&mut input)?;
+            let data = raw.slice_ref(data);
+            let tag = *tag.first().ok_or(BadEnvelope("empty tag"))?;
+            Ok(Envelope::Publication(Publication {
+                channel: channel.into(),
+                offset,
+                epoch: epoch.into(),
+                from: from.into(),
+                data: Payload::from_tagged(tag, data).map_err(|_| BadEnvelope("tag"))?,
+                ts,
+            }))
+        }
+        ("j" | "l", 3) => {
+            let channel: Arc<str> = read_str(&mut input)?.into();
+            let user: Arc<str> = read_str(&mut input)?.into();
+            Ok(Envelope::Control(if kind == "j" {
+                ControlEvent::Join { channel, user }
+            } else {
+                ControlEvent::Leave { channel, user }
+            }))
+        }
+        ("c", 5) => {
+            let request = read_str(&mut input)?.to_owned();
+            let what = read_str(&mut input)?;
+            let user = read_str(&mut input)?.to_owned();
+            let arg = read_str(&mut input)?;
+            let command = match what {
+                "d" => NodeCommand::Disconnect {
+                    user,
+                    reconnect: arg == "1",
+                },
+                "u" => NodeCommand::Unsubscribe {
+                    user,
+                    channel: arg.to_owned(),
+                },
+                _ => return Err(BadEnvelope("unknown command")),
+            };
+            Ok(Envelope::Command { request, command })
+        }
+        _ => Err(BadEnvelope("unknown kind")),
+    }
+}
+
+fn array(parts: &[&[u8]]) -> Bytes {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 5).sum::<usize>() + 5);
+    // Writing to a Vec cannot fail.
+    let _ = mpe::write_array_len(&mut out, parts.len() as u32);
+    for part in parts {
+        let _ = mpe::write_str_len(&mut out, part.len() as u32);
+        out.extend_from_slice(part);
+    }
+    Bytes::from(out)
+}
+
+/// Encodes a join or leave.
+pub(crate) fn control(event: &ControlEvent) -> Bytes {
+    let (kind, channel, user) = match event {
+        ControlEvent::Join { channel, user } => ("j", channel, user),
+        ControlEvent::Leave { channel, user } => ("l", channel, user),
+    };
+    array(&[kind.as_bytes(), channel.as_bytes(), user.as_bytes()])
+}
+
+/// Encodes a node command with its request id.
+pub(crate) fn command(request: &str, command: &NodeCommand) -> Bytes {
+    let (what, user, arg) = match command {
+        NodeCommand::Disconnect { user, reconnect } => {
+            ("d", user, if *reconnect { "1" } else { "0" })
+        }
+        NodeCommand::Unsubscribe { user, channel } => ("u", user, channel.as_str()),
+    };
+    array(&[
+        b"c",
+        request.as_bytes(),
+        what.as_bytes(),
+        user.as_bytes(),
+        arg.as_bytes(),
+    ])
+}
+
+/// Encodes a publication the way the publish script does (for tests and tools).
+#[cfg(test)]
+pub(crate) fn publication(p: &Publication) -> Bytes {
+    let mut out = Vec::new();
+    let _ = mpe::write_array_len(&mut out, 8);
+    let _ = mpe::write_str(&mut out, "m");
+    let _ = mpe::write_str(&mut out, &p.channel);
+    let _ = mpe::write_uint(&mut out, p.offset);
+    let _ = mpe::write_str(&mut out, &p.epoch);
+    let _ = mpe::write_str(&mut out, &p.from);
+    let _ = mpe::write_uint(&mut out, p.ts);
+    let _ = mpe::write_str(&mut out, std::str::from_utf8(&[p.data.tag()]).unwrap());
+    let _ = mpe::write_str_len(&mut out, p.data.len() as u32);
+    out.extend_from_slice(p.data.bytes());
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip() {
+        let p = Publication {
+            channel: "room:a".into(),
+            offset: 70_000,
+            epoch: "e1".into(),
+            from: "bob".into(),
+            data: Payload::msgpack_from_value(&serde_json::json!({"k": [1, "x"]})),
+            ts: 1_795_545_445_378,
+        };
+        assert_eq!(decode(&publication(&p)).unwrap(), Envelope::Publication(p));
+        let join = ControlEvent::Join {
+            channel: "room:a".into(),
+            user: "ann".into(),
+        };
+        assert_eq!(decode(&control(&join)).unwrap(), Envelope::Control(join));
+        let cmd = NodeCommand::Unsubscribe {
+            user: "ann".into(),
+            channel: "room:b".into(),
+        };
+        assert_eq!(
+            decode(&command("r1", &cmd)).unwrap(),
+            Envelope::Command {
+                request: "r1".into(),
+                command: cmd
+            }
+        );
+        assert!(decode(&Bytes::from_static(b"\x91\xa1z")).is_err());
+        assert!(decode(&Bytes::from_static(b"")).is_err());
+    }
+}

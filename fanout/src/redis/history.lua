@@ -1,0 +1,40 @@
+-- Reads a channel's position and a slice of its recent history, atomically; gives an unknown
+-- channel its epoch (offset 0), so that the epoch a subscriber learns is the one publishes use.
+-- KEYS: 1 meta hash, 2 history stream
+-- ARGV: 1 since (exclusive; '' for the newest), 2 limit, 3 epoch to use if none,
+--       4 meta ttl s, 5 oldest acceptable timestamp ms (history TTL)
+-- Returns {offset, epoch, envelope...} with envelopes oldest first.
+local epoch = redis.call('HGET', KEYS[1], 'e')
+local offset = 0
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+else
+  offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
+end
+local out = {offset, epoch}
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local oldest = tonumber(ARGV[5])
+  local entries
+  if ARGV[1] == '' then
+    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+    for i = #entries, 1, -1 do
+      local fields = entries[i][2]
+      if tonumber(fields[2]) >= oldest then
+        out[#out + 1] = fields[4]
+      end
+    end
+  else
+    entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', limit)
+    for i = 1, #entries do
+      local fields = entries[i][2]
+      if tonumber(fields[2]) >= oldest then
+        out[#out + 1] = fields[4]
+      end
+    end
+  end
+end
+return out

@@ -1,0 +1,673 @@
+//! The clustered broker: offsets, history and dedup in Redis, fan-out over Redis pub/sub.
+//!
+//! - **Publish** is one round trip: a Lua script on the channel's hash-tagged keys does the
+//!   dedup check, the offset increment, the append to the channel's history stream (bounded
+//!   by count, expiring with the history TTL) and the PUBLISH of one MessagePack envelope.
+//! - **Subscribe per node**: the node SUBSCRIBEs on a channel's first local subscriber and
+//!   UNSUBSCRIBEs after its last, on one dedicated subscriber connection; each envelope is
+//!   decoded once per node.
+//! - **Gap healing in the node**: a [`Track`] per subscribed channel remembers the last offset
+//!   handed to the dispatcher. An envelope after a gap, a reconnect, a lagging receiver or a
+//!   periodic position check (the channel's top offset against the node's) makes the node read
+//!   the missing range from the stream and deliver it in order; what the stream no longer holds
+//!   is reported with [`Dispatcher::lost`].
+
+mod envelope;
+mod track;
+
+use crate::broker::{
+    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
+    PublishOutcome, PublishRequest,
+};
+use bytes::Bytes;
+use envelope::Envelope;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, ListInterface, PubsubInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy};
+use fred::types::Value;
+use fred::types::scripts::Script;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use track::Track;
+
+const PUBLISH_LUA: &str = include_str!("publish.lua");
+const HISTORY_LUA: &str = include_str!("history.lua");
+
+/// Most messages one gap-healing read asks for.
+const HEAL_BATCH: usize = 1000;
+/// How long a node command waits for every node's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Channels per pipelined position check.
+const POSITION_BATCH: usize = 500;
+
+/// Settings of the Redis broker.
+#[derive(Debug, Clone)]
+pub struct RedisBrokerConfig {
+    /// Prefix of every key and pub/sub channel.
+    pub prefix: String,
+    /// Most messages kept per channel.
+    pub history_size: usize,
+    /// Longest time a message stays in history.
+    pub history_ttl: Duration,
+    /// How long a channel's offset and epoch outlive its last publish.
+    pub meta_ttl: Duration,
+    /// How long an idempotency key is remembered.
+    pub dedup_window: Duration,
+    /// Most idempotency keys remembered per channel.
+    pub dedup_max_keys: usize,
+    /// How often the node compares its subscribed channels' positions with Redis.
+    pub position_check_interval: Duration,
+}
+
+/// Connection settings for [`connect`].
+#[derive(Debug, Clone)]
+pub struct RedisConnectOptions {
+    /// Longest a command may take before it fails as unavailable.
+    pub command_timeout: Duration,
+    /// Capacity of the pub/sub receiver (fred's default is 32): a node that falls this far
+    /// behind lags, counts it and heals.
+    pub pubsub_capacity: usize,
+}
+
+impl Default for RedisConnectOptions {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(1),
+            pubsub_capacity: 4096,
+        }
+    }
+}
+
+/// Opens the two connections a node needs: commands, and a dedicated pub/sub subscriber.
+/// Both reconnect by themselves (exponential backoff with jitter) after a failure.
+pub async fn connect(
+    url: &str,
+    options: &RedisConnectOptions,
+) -> Result<(Client, SubscriberClient), BrokerError> {
+    let config = Config::from_url(url).map_err(|e| BrokerError::Backend(e.to_string()))?;
+    let mut builder = Builder::from_config(config);
+    let timeout = options.command_timeout;
+    let capacity = options.pubsub_capacity;
+    builder
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+            p.broadcast_channel_capacity = capacity;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 1;
+            c.unresponsive.max_timeout = Some(Duration::from_secs(3));
+            c.unresponsive.interval = Duration::from_millis(500);
+        })
+        .set_policy({
+            let mut policy = ReconnectPolicy::new_exponential(0, 100, 5_000, 2);
+            policy.set_jitter(200);
+            policy
+        });
+    let client = builder.build().map_err(unavailable)?;
+    let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
+    client.init().await.map_err(unavailable)?;
+    subscriber.init().await.map_err(unavailable)?;
+    Ok((client, subscriber))
+}
+
+fn unavailable(e: fred::error::Error) -> BrokerError {
+    use fred::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
+            BrokerError::Unavailable(e.to_string())
+        }
+        _ => BrokerError::Backend(e.to_string()),
+    }
+}
+
+fn new_epoch() -> String {
+    let n: u64 = rand::random();
+    format!("{n:016x}")
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Counters a node exports about its Redis message path.
+#[derive(Debug, Default)]
+pub struct RedisBrokerStats {
+    /// Gaps found (an envelope after a missing offset, a position check behind the top).
+    pub gaps: AtomicU64,
+    /// Publications delivered from the stream by healing.
+    pub healed: AtomicU64,
+    /// Times the subscriber fell behind (fred's receiver lagged).
+    pub lagged: AtomicU64,
+    /// Channels whose subscribers were told to resubscribe (history no longer held a gap).
+    pub lost: AtomicU64,
+    /// Envelopes that could not be decoded.
+    pub bad_envelopes: AtomicU64,
+}
+
+/// [`Broker`] on Redis for many nodes.
+pub struct RedisBroker {
+    me: Weak<RedisBroker>,
+    client: Client,
+    subscriber: SubscriberClient,
+    config: RedisBrokerConfig,
+    dispatcher: Arc<dyn Dispatcher>,
+    publish_script: Script,
+    history_script: Script,
+    tracks: RwLock<HashMap<Arc<str>, Arc<Mutex<Track>>>>,
+    healthy: AtomicBool,
+    control_channel: String,
+    /// Counters (gaps, healing, lag).
+    pub stats: RedisBrokerStats,
+}
+
+impl RedisBroker {
+    /// Starts the broker on connections from [`connect`]: subscribes to the control channel
+    /// and spawns the reader, the reconnect watcher and the position check.
+    pub async fn start(
+        client: Client,
+        subscriber: SubscriberClient,
+        config: RedisBrokerConfig,
+        dispatcher: Arc<dyn Dispatcher>,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let control_channel = format!("{}:ctl", config.prefix);
+        let broker = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            client,
+            subscriber,
+            dispatcher,
+            publish_script: Script::from_lua(PUBLISH_LUA),
+            history_script: Script::from_lua(HISTORY_LUA),
+            tracks: RwLock::default(),
+            healthy: AtomicBool::new(true),
+            control_channel,
+            stats: RedisBrokerStats::default(),
+            config,
+        });
+        broker
+            .publish_script
+            .load(&broker.client)
+            .await
+            .map_err(unavailable)?;
+        broker
+            .history_script
+            .load(&broker.client)
+            .await
+            .map_err(unavailable)?;
+        let messages = broker.subscriber.message_rx();
+        let reconnects = broker.subscriber.reconnect_rx();
+        // fred resubscribes the tracked channels after a reconnect (the task runs detached).
+        drop(broker.subscriber.manage_subscriptions());
+        broker
+            .subscriber
+            .subscribe(broker.control_channel.clone())
+            .await
+            .map_err(unavailable)?;
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(read_loop(weak.clone(), messages));
+        tokio::spawn(reconnect_loop(weak.clone(), reconnects));
+        tokio::spawn(check_loop(weak));
+        Ok(broker)
+    }
+
+    fn me(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    fn key(&self, channel: &str, suffix: &str) -> String {
+        // The hash tag keeps a channel's keys in one slot (one script on a Redis Cluster).
+        format!("{}:{{{channel}}}:{suffix}", self.config.prefix)
+    }
+
+    fn pubsub_channel(&self, channel: &str) -> String {
+        format!("{}:c:{channel}", self.config.prefix)
+    }
+
+    fn mark(&self, result: Result<(), &BrokerError>) {
+        let ok = !matches!(result, Err(BrokerError::Unavailable(_)));
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+
+    /// Reads a channel's position and history through the history script.
+    async fn read(
+        &self,
+        channel: &str,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let oldest = unix_millis().saturating_sub(self.config.history_ttl.as_millis() as u64);
+        let args: Vec<Value> = vec![
+            since.map(|s| s.to_string()).unwrap_or_default().into(),
+            (limit as i64).into(),
+            new_epoch().into(),
+            (self.config.meta_ttl.as_secs().max(1) as i64).into(),
+            (oldest as i64).into(),
+        ];
+        let result: Result<Vec<Value>, _> = self
+            .history_script
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.key(channel, "m"), self.key(channel, "h")],
+                args,
+            )
+            .await;
+        let result = result.map_err(unavailable);
+        self.mark(result.as_ref().map(|_| ()));
+        let mut values = result?.into_iter();
+        let offset = values
+            .next()
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| BrokerError::Backend("history script: no offset".into()))?;
+        let epoch: Arc<str> = values
+            .next()
+            .and_then(|v| v.as_bytes_str().map(|s| s.to_string()))
+            .ok_or_else(|| BrokerError::Backend("history script: no epoch".into()))?
+            .into();
+        let mut publications = Vec::new();
+        for value in values {
+            let raw = value
+                .as_bytes()
+                .map(Bytes::copy_from_slice)
+                .ok_or_else(|| BrokerError::Backend("history script: bad entry".into()))?;
+            match envelope::decode(&raw) {
+                Ok(Envelope::Publication(p)) => publications.push(Arc::new(p)),
+                _ => {
+                    self.stats.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+                    return Err(BrokerError::Backend("history holds a bad entry".into()));
+                }
+            }
+        }
+        Ok(HistoryPage {
+            publications,
+            offset,
+            epoch,
+        })
+    }
+
+    fn track(&self, channel: &str) -> Option<Arc<Mutex<Track>>> {
+        self.tracks.read().get(channel).cloned()
+    }
+
+    /// Hands what an envelope carries to the dispatcher.
+    fn on_envelope(self: &Arc<Self>, raw: Bytes) {
+        match envelope::decode(&raw) {
+            Ok(Envelope::Publication(p)) => {
+                let Some(track) = self.track(&p.channel) else {
+                    return;
+                };
+                let channel = p.channel.clone();
+                let wants_heal = track
+                    .lock()
+                    .offer(Arc::new(p), &*self.dispatcher, &self.stats);
+                if wants_heal {
+                    self.spawn_heal(channel, track, None);
+                }
+            }
+            Ok(Envelope::Control(event)) => self.dispatcher.dispatch_control(&event),
+            Ok(Envelope::Command { request, command }) => {
+                let count = self.dispatcher.dispatch_command(&command);
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    let key = format!("{}:reply:{request}", broker.config.prefix);
+                    let pushed: Result<(), _> = broker.client.rpush(&key, count as i64).await;
+                    let expire: Result<(), _> = broker.client.expire(&key, 30, None).await;
+                    if let Err(e) = pushed.and(expire) {
+                        tracing::warn!(error = %e, "node command reply not sent");
+                    }
+                });
+            }
+            Err(e) => {
+                self.stats.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "undecodable envelope dropped");
+            }
+        }
+    }
+
+    /// Heals `channel` in the background (the track's `healing` flag is already set) until
+    /// nothing is held back and `upto` is delivered, retrying while Redis is unreachable.
+    fn spawn_heal(
+        self: &Arc<Self>,
+        channel: Arc<str>,
+        track: Arc<Mutex<Track>>,
+        upto: Option<u64>,
+    ) {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(50);
+            loop {
+                if let Err(e) = broker.heal(&channel, &track, upto).await {
+                    if broker.track(&channel).is_none() {
+                        break;
+                    }
+                    tracing::warn!(error = %e, %channel, "gap healing failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                let mut t = track.lock();
+                if !t.needs(None) {
+                    t.healing = false;
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Reads from the stream until the track has delivered everything up to `upto` (or up to
+    /// the gap it holds), reporting what the stream no longer has.
+    async fn heal(
+        &self,
+        channel: &str,
+        track: &Mutex<Track>,
+        upto: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        loop {
+            let since = {
+                let t = track.lock();
+                if !t.needs(upto) {
+                    return Ok(());
+                }
+                t.last
+            };
+            let page = self.read(channel, Some(since), HEAL_BATCH).await?;
+            let complete = page.publications.len() < HEAL_BATCH;
+            let mut t = track.lock();
+            t.absorb(page, complete, &*self.dispatcher, &self.stats);
+        }
+    }
+
+    /// Position check: every subscribed channel's top offset against the node's.
+    async fn check_positions(self: &Arc<Self>) {
+        let channels: Vec<(Arc<str>, Arc<Mutex<Track>>)> = self
+            .tracks
+            .read()
+            .iter()
+            .map(|(c, t)| (c.clone(), t.clone()))
+            .collect();
+        for batch in channels.chunks(POSITION_BATCH) {
+            let pipeline = self.client.pipeline();
+            for (channel, _) in batch {
+                let _: Result<(), _> = fred::interfaces::HashesInterface::hmget(
+                    &pipeline,
+                    self.key(channel, "m"),
+                    vec!["e", "o"],
+                )
+                .await;
+            }
+            let results: Result<Vec<Value>, _> = pipeline.all().await;
+            let results = match results {
+                Ok(r) => {
+                    self.healthy.store(true, Ordering::Relaxed);
+                    r
+                }
+                Err(e) => {
+                    self.mark(Err(&unavailable(e)));
+                    return;
+                }
+            };
+            for ((channel, track), value) in batch.iter().zip(results) {
+                let (epoch, top) = match value.into_array().as_slice() {
+                    [e, o] => (
+                        e.as_bytes_str().map(|s| s.to_string()),
+                        o.as_u64().unwrap_or(0),
+                    ),
+                    _ => (None, 0),
+                };
+                let behind = {
+                    let t = track.lock();
+                    match &epoch {
+                        // The channel's state is gone (expired or lost): a read recreates it.
+                        None => t.epoch.is_some() && t.last > 0,
+                        Some(e) => t.epoch.as_deref() != Some(e.as_str()) || t.last < top,
+                    }
+                };
+                if behind {
+                    self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                    let mut t = track.lock();
+                    if !t.healing {
+                        t.healing = true;
+                        drop(t);
+                        self.spawn_heal(channel.clone(), track.clone(), Some(top));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    broker: Weak<RedisBroker>,
+    mut rx: tokio::sync::broadcast::Receiver<fred::types::Message>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let message = rx.recv().await;
+        let Some(broker) = broker.upgrade() else {
+            break;
+        };
+        match message {
+            Ok(message) => {
+                let raw = match message.value {
+                    Value::Bytes(b) => b,
+                    Value::String(s) => s.into_inner(),
+                    _ => {
+                        broker.stats.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                broker.on_envelope(raw);
+            }
+            Err(RecvError::Lagged(n)) => {
+                broker.stats.lagged.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(missed = n, "pub/sub receiver lagged; healing every channel");
+                broker.check_positions().await;
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+async fn reconnect_loop(
+    broker: Weak<RedisBroker>,
+    mut rx: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+) {
+    while rx.recv().await.is_ok() {
+        let Some(broker) = broker.upgrade() else {
+            break;
+        };
+        tracing::info!("redis subscriber reconnected; checking every channel for gaps");
+        // fred resubscribes on its own; give it a moment, then heal what was missed.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        broker.check_positions().await;
+    }
+}
+
+async fn check_loop(broker: Weak<RedisBroker>) {
+    let interval = match broker.upgrade() {
+        Some(b) => b.config.position_check_interval,
+        None => return,
+    };
+    let mut last_check = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            break;
+        };
+        let ping: Result<(), _> = broker.client.ping(None).await;
+        broker.healthy.store(ping.is_ok(), Ordering::Relaxed);
+        if ping.is_ok() && last_check.elapsed() >= interval {
+            last_check = Instant::now();
+            broker.check_positions().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+        let channel = &request.channel;
+        let args: Vec<Value> = vec![
+            self.pubsub_channel(channel).into(),
+            (**channel).into(),
+            (*request.from).into(),
+            Value::Bytes(Bytes::copy_from_slice(&[request.data.tag()])),
+            Value::Bytes(request.data.bytes().clone()),
+            (unix_millis() as i64).into(),
+            request.idem.clone().unwrap_or_default().into(),
+            new_epoch().into(),
+            (self.config.history_size as i64).into(),
+            (self.config.history_ttl.as_secs().max(1) as i64).into(),
+            (self.config.meta_ttl.as_secs().max(1) as i64).into(),
+            (self.config.dedup_window.as_millis() as i64).into(),
+            (self.config.dedup_max_keys as i64).into(),
+        ];
+        let keys = vec![
+            self.key(channel, "m"),
+            self.key(channel, "h"),
+            self.key(channel, "i"),
+            self.key(channel, "iz"),
+        ];
+        let result: Result<Vec<Value>, _> = self
+            .publish_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await;
+        let result = result.map_err(unavailable);
+        self.mark(result.as_ref().map(|_| ()));
+        let values = result?;
+        let (status, offset, epoch) = match values.as_slice() {
+            [s, o, e] => (
+                s.as_u64(),
+                o.as_u64(),
+                e.as_bytes_str().map(|s| Arc::<str>::from(&*s)),
+            ),
+            _ => (None, None, None),
+        };
+        let (Some(status), Some(offset), Some(epoch)) = (status, offset, epoch) else {
+            return Err(BrokerError::Backend(
+                "publish script: unexpected reply".into(),
+            ));
+        };
+        match status {
+            0 | 1 => Ok(PublishOutcome {
+                offset,
+                epoch,
+                duplicate: status == 1,
+            }),
+            _ => Err(BrokerError::DedupFull),
+        }
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, BrokerError> {
+        let page = self.read(channel, query.since, query.limit).await?;
+        // The barrier: on a subscribed channel, deliver everything up to the page's offset
+        // before answering.
+        if let Some(track) = self.track(channel) {
+            self.heal(channel, &track, Some(page.offset)).await?;
+        }
+        Ok(page)
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        let track = Arc::new(Mutex::new(Track::new(channel.into())));
+        self.tracks.write().insert(channel.into(), track.clone());
+        let subscribed = self
+            .subscriber
+            .subscribe(self.pubsub_channel(channel))
+            .await
+            .map_err(unavailable);
+        if let Err(e) = subscribed {
+            self.mark(Err(&e));
+            self.tracks.write().remove(channel);
+            return Err(e);
+        }
+        // The subscription is live: the channel's position now is where delivery starts.
+        match self.read(channel, None, 0).await {
+            Ok(page) => {
+                let gap = track
+                    .lock()
+                    .start(&page.epoch, page.offset, &*self.dispatcher);
+                if gap {
+                    // Arrivals after a gap while subscribing: heal in the background.
+                    if let Some(me) = self.me() {
+                        me.spawn_heal(channel.into(), track, None);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.tracks.write().remove(channel);
+                let _ = self
+                    .subscriber
+                    .unsubscribe(self.pubsub_channel(channel))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
+        self.tracks.write().remove(channel);
+        self.subscriber
+            .unsubscribe(self.pubsub_channel(channel))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn publish_control(&self, event: ControlEvent) -> Result<(), BrokerError> {
+        let channel = self.pubsub_channel(event.channel());
+        let result: Result<(), _> = self
+            .client
+            .publish(channel, Value::Bytes(envelope::control(&event)))
+            .await;
+        result.map_err(unavailable)
+    }
+
+    async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError> {
+        let request = new_epoch();
+        let receivers: i64 = self
+            .client
+            .publish(
+                self.control_channel.clone(),
+                Value::Bytes(envelope::command(&request, &command)),
+            )
+            .await
+            .map_err(unavailable)?;
+        let key = format!("{}:reply:{request}", self.config.prefix);
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let replies: Vec<i64> = self.client.lrange(&key, 0, -1).await.map_err(unavailable)?;
+            if replies.len() as i64 >= receivers || Instant::now() >= deadline {
+                if (replies.len() as i64) < receivers {
+                    tracing::warn!(
+                        answered = replies.len(),
+                        nodes = receivers,
+                        "node command: not every node answered in time"
+                    );
+                }
+                let _: Result<(), _> = self.client.del(&key).await;
+                return Ok(replies.iter().map(|n| (*n).max(0) as u64).sum());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn history_capacity(&self) -> usize {
+        self.config.history_size
+    }
+}

@@ -1,0 +1,45 @@
+-- Accepts one publication on a channel, atomically: dedup by idempotency key, next offset,
+-- append to the recent-history stream (bounded by count; the key expires with the history
+-- TTL), and PUBLISH of the envelope to every subscribed node.
+-- KEYS: 1 meta hash {e = epoch, o = offset}, 2 history stream, 3 idem hash (key -> offset),
+--       4 idem zset (key -> expiry ms)
+-- ARGV: 1 pub/sub channel, 2 channel, 3 from, 4 payload tag, 5 payload, 6 now ms,
+--       7 idem key ('' for none), 8 epoch to use if the channel has none, 9 history size,
+--       10 history ttl s, 11 meta ttl s, 12 dedup window ms, 13 dedup max keys
+-- Returns {status, offset, epoch}: status 0 published, 1 duplicate, 2 dedup table full.
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[8]
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+end
+local now = tonumber(ARGV[6])
+local idem = ARGV[7]
+if idem ~= '' then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
+  while #expired > 0 do
+    redis.call('HDEL', KEYS[3], unpack(expired))
+    redis.call('ZREM', KEYS[4], unpack(expired))
+    expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)
+  end
+  local previous = redis.call('HGET', KEYS[3], idem)
+  if previous then
+    return {1, tonumber(previous), epoch}
+  end
+  if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[13]) then
+    return {2, 0, epoch}
+  end
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local envelope = cmsgpack.pack({'m', ARGV[2], offset, epoch, ARGV[3], now, ARGV[4], ARGV[5]})
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], offset .. '-0', 't', now, 'e', envelope)
+redis.call('EXPIRE', KEYS[2], ARGV[10])
+redis.call('EXPIRE', KEYS[1], ARGV[11])
+if idem ~= '' then
+  redis.call('HSET', KEYS[3], idem, offset)
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[12]), idem)
+  redis.call('PEXPIRE', KEYS[3], ARGV[12])
+  redis.call('PEXPIRE', KEYS[4], ARGV[12])
+end
+redis.call('PUBLISH', ARGV[1], envelope)
+return {0, offset, epoch}

@@ -1,0 +1,171 @@
+//! What a node knows of one subscribed channel's stream: the epoch and the last offset it
+//! handed to the dispatcher, and live publications that arrived after a gap.
+
+use super::RedisBrokerStats;
+use crate::{Dispatcher, HistoryPage, Publication};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Publications held back behind a gap, at most this many (then the gap is healed from the
+/// stream and the live ones read again from there).
+const MAX_PENDING: usize = 10_000;
+
+/// A subscribed channel's delivery position on this node.
+#[derive(Debug)]
+pub(super) struct Track {
+    channel: Arc<str>,
+    /// The epoch of `last`; `None` until the subscription's position is known.
+    pub(super) epoch: Option<Arc<str>>,
+    /// Last offset handed to the dispatcher.
+    pub(super) last: u64,
+    /// Live publications after a gap, by offset.
+    pending: BTreeMap<u64, Arc<Publication>>,
+    /// A healing task runs for this channel.
+    pub(super) healing: bool,
+}
+
+impl Track {
+    pub(super) fn new(channel: Arc<str>) -> Self {
+        Self {
+            channel,
+            epoch: None,
+            last: 0,
+            pending: BTreeMap::new(),
+            healing: false,
+        }
+    }
+
+    /// The node's subscription is live and the channel was at `offset`: deliver from there.
+    /// Returns true when what arrived meanwhile shows a gap to heal.
+    pub(super) fn start(
+        &mut self,
+        epoch: &Arc<str>,
+        offset: u64,
+        dispatcher: &dyn Dispatcher,
+    ) -> bool {
+        self.epoch = Some(epoch.clone());
+        self.last = offset;
+        self.pending.retain(|_, p| p.epoch == *epoch);
+        self.drain(dispatcher);
+        self.claim_heal()
+    }
+
+    /// A live publication. Returns true when the caller should start healing a gap.
+    pub(super) fn offer(
+        &mut self,
+        publication: Arc<Publication>,
+        dispatcher: &dyn Dispatcher,
+        stats: &RedisBrokerStats,
+    ) -> bool {
+        let Some(epoch) = &self.epoch else {
+            // Subscribing: kept until the position is known.
+            self.hold(publication);
+            return false;
+        };
+        if *epoch != publication.epoch {
+            self.new_epoch(publication.epoch.clone(), dispatcher, stats);
+        }
+        if publication.offset <= self.last {
+            return false;
+        }
+        if publication.offset == self.last + 1 {
+            dispatcher.dispatch(&publication);
+            self.last += 1;
+            self.drain(dispatcher);
+            return self.claim_heal();
+        }
+        stats.gaps.fetch_add(1, Ordering::Relaxed);
+        self.hold(publication);
+        self.claim_heal()
+    }
+
+    /// Whether the node is behind: a gap is held, or `upto` was not delivered yet.
+    pub(super) fn needs(&self, upto: Option<u64>) -> bool {
+        !self.pending.is_empty() || upto.is_some_and(|u| self.last < u)
+    }
+
+    /// A page read from the stream after an offset at most `last` (`complete`: it holds
+    /// everything the stream had after that offset): delivers it in order and reports what
+    /// the stream no longer holds.
+    pub(super) fn absorb(
+        &mut self,
+        page: HistoryPage,
+        complete: bool,
+        dispatcher: &dyn Dispatcher,
+        stats: &RedisBrokerStats,
+    ) {
+        if self.epoch.as_ref() != Some(&page.epoch) {
+            // The channel's state was lost and recreated: read the new epoch from its start.
+            self.new_epoch(page.epoch, dispatcher, stats);
+            return;
+        }
+        for publication in page.publications {
+            if publication.offset <= self.last {
+                continue;
+            }
+            if publication.offset > self.last + 1 {
+                self.lose(dispatcher, stats);
+            }
+            dispatcher.dispatch(&publication);
+            stats.healed.fetch_add(1, Ordering::Relaxed);
+            self.last = publication.offset;
+        }
+        if complete && self.last < page.offset {
+            // Nothing more in the stream, yet the channel is further on: expired or trimmed.
+            self.lose(dispatcher, stats);
+            self.last = page.offset;
+        }
+        self.drain(dispatcher);
+    }
+
+    fn new_epoch(
+        &mut self,
+        epoch: Arc<str>,
+        dispatcher: &dyn Dispatcher,
+        stats: &RedisBrokerStats,
+    ) {
+        if self.epoch.is_some() {
+            self.lose(dispatcher, stats);
+        }
+        self.epoch = Some(epoch.clone());
+        self.last = 0;
+        self.pending.retain(|_, p| p.epoch == epoch);
+    }
+
+    fn lose(&mut self, dispatcher: &dyn Dispatcher, stats: &RedisBrokerStats) {
+        stats.lost.fetch_add(1, Ordering::Relaxed);
+        dispatcher.lost(&self.channel);
+    }
+
+    fn hold(&mut self, publication: Arc<Publication>) {
+        if self.pending.len() >= MAX_PENDING {
+            // The stream has them: forget the newest held, the heal reads them again.
+            self.pending.pop_last();
+        }
+        self.pending.insert(publication.offset, publication);
+    }
+
+    fn drain(&mut self, dispatcher: &dyn Dispatcher) {
+        while let Some(entry) = self.pending.first_entry() {
+            let offset = *entry.key();
+            if offset <= self.last {
+                entry.remove();
+            } else if offset == self.last + 1 {
+                dispatcher.dispatch(&entry.remove());
+                self.last = offset;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// True once per gap: the caller starts the healing task.
+    fn claim_heal(&mut self) -> bool {
+        if self.pending.is_empty() || self.healing {
+            return false;
+        }
+        self.healing = true;
+        true
+    }
+}

@@ -1,0 +1,299 @@
+//! Presence and the node registry in Redis, kept alive by TTL heartbeats.
+//!
+//! Presence counts connections per (node, user) in each channel (`<prefix>:{<channel>}:pn`),
+//! with a per-user total across nodes (`:pu`, which makes the first-in / last-out answer one
+//! atomic script) and display names (`:pm`). Each node keeps an index of the channels where
+//! it has entries (`<prefix>:pnode:<node>`) and a liveness key (`<prefix>:palive:<node>`,
+//! expiring after three heartbeat intervals). A live node's heartbeat finds nodes whose
+//! liveness key is gone and removes their entries channel by channel; the script returns the
+//! users who thereby left, exactly once, so that `leave` is pushed for each.
+//!
+//! The registry is one hash (`<prefix>:nodes`): node id → expiry, connections and URL.
+
+use crate::{Departure, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError};
+use fred::clients::Client;
+use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
+use fred::types::Value;
+use fred::types::scripts::Script;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const ADD_LUA: &str = include_str!("redis/add.lua");
+const REMOVE_LUA: &str = include_str!("redis/remove.lua");
+const REAP_LUA: &str = include_str!("redis/reap.lua");
+
+fn unavailable(e: fred::error::Error) -> PresenceError {
+    use fred::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
+            PresenceError::Unavailable(e.to_string())
+        }
+        _ => PresenceError::Backend(e.to_string()),
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// [`Presence`] in Redis for one node of a cluster.
+pub struct RedisPresence {
+    client: Client,
+    prefix: String,
+    node: String,
+    heartbeat: Duration,
+    add: Script,
+    remove: Script,
+    reap: Script,
+}
+
+impl RedisPresence {
+    /// Presence of node `node`, which calls [`Presence::heartbeat`] every `heartbeat`. Entries
+    /// left by an earlier process with the same node id are removed first.
+    pub async fn start(
+        client: Client,
+        prefix: &str,
+        node: &str,
+        heartbeat: Duration,
+    ) -> Result<(Self, Vec<Departure>), PresenceError> {
+        let presence = Self {
+            client,
+            prefix: prefix.to_owned(),
+            node: node.to_owned(),
+            heartbeat,
+            add: Script::from_lua(ADD_LUA),
+            remove: Script::from_lua(REMOVE_LUA),
+            reap: Script::from_lua(REAP_LUA),
+        };
+        let departures = presence.reap_node(node).await?;
+        presence.beat().await?;
+        Ok((presence, departures))
+    }
+
+    fn channel_keys(&self, channel: &str) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}:{{{channel}}}:pn"),
+            format!("{p}:{{{channel}}}:pu"),
+            format!("{p}:{{{channel}}}:pm"),
+        ]
+    }
+
+    fn node_key(&self, node: &str) -> String {
+        format!("{}:pnode:{node}", self.prefix)
+    }
+
+    fn alive_key(&self, node: &str) -> String {
+        format!("{}:palive:{node}", self.prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:pnodes", self.prefix)
+    }
+
+    async fn beat(&self) -> Result<(), PresenceError> {
+        let ttl = (self.heartbeat * 3).as_millis() as i64;
+        let result: Result<(), _> = self
+            .client
+            .set(
+                self.alive_key(&self.node),
+                1,
+                Some(fred::types::Expiration::PX(ttl)),
+                None,
+                false,
+            )
+            .await;
+        result.map_err(unavailable)
+    }
+
+    /// Removes every entry of `node`; returns who left.
+    async fn reap_node(&self, node: &str) -> Result<Vec<Departure>, PresenceError> {
+        let channels: Vec<String> = self
+            .client
+            .hkeys(self.node_key(node))
+            .await
+            .map_err(unavailable)?;
+        let mut departures = Vec::new();
+        for channel in channels {
+            let [pn, pu, pm] = self.channel_keys(&channel);
+            let gone: Vec<String> = self
+                .reap
+                .evalsha_with_reload(
+                    &self.client,
+                    vec![pn, pu, pm, self.node_key(node)],
+                    vec![node.to_owned(), channel.clone()],
+                )
+                .await
+                .map_err(unavailable)?;
+            departures.extend(gone.into_iter().map(|user| Departure {
+                channel: channel.clone(),
+                user,
+            }));
+        }
+        let left: i64 = self
+            .client
+            .hlen(self.node_key(node))
+            .await
+            .map_err(unavailable)?;
+        if left == 0 && node != self.node {
+            let _: i64 = self
+                .client
+                .srem(self.nodes_key(), node)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(departures)
+    }
+
+    async fn change(
+        &self,
+        script: &Script,
+        channel: &str,
+        user: &str,
+        name: Option<&str>,
+    ) -> Result<bool, PresenceError> {
+        let [pn, pu, pm] = self.channel_keys(channel);
+        let changed: i64 = script
+            .evalsha_with_reload(
+                &self.client,
+                vec![pn, pu, pm, self.node_key(&self.node), self.nodes_key()],
+                vec![
+                    self.node.clone(),
+                    user.to_owned(),
+                    name.unwrap_or("").to_owned(),
+                    channel.to_owned(),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(changed == 1)
+    }
+}
+
+#[async_trait::async_trait]
+impl Presence for RedisPresence {
+    async fn add(
+        &self,
+        channel: &str,
+        user: &str,
+        name: Option<&str>,
+    ) -> Result<bool, PresenceError> {
+        self.change(&self.add, channel, user, name).await
+    }
+
+    async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError> {
+        self.change(&self.remove, channel, user, None).await
+    }
+
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
+        let [_, pu, pm] = self.channel_keys(channel);
+        let totals: HashMap<String, i64> = self.client.hgetall(pu).await.map_err(unavailable)?;
+        let mut names: HashMap<String, String> =
+            self.client.hgetall(pm).await.map_err(unavailable)?;
+        let mut members: Vec<Member> = totals
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(user, n)| Member {
+                name: names.remove(&user),
+                user,
+                conns: n as u32,
+            })
+            .collect();
+        members.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(members)
+    }
+
+    async fn heartbeat(&self) -> Result<Vec<Departure>, PresenceError> {
+        self.beat().await?;
+        let nodes: Vec<String> = self
+            .client
+            .smembers(self.nodes_key())
+            .await
+            .map_err(unavailable)?;
+        let mut departures = Vec::new();
+        for node in nodes.into_iter().filter(|n| *n != self.node) {
+            let alive: i64 = self
+                .client
+                .exists(self.alive_key(&node))
+                .await
+                .map_err(unavailable)?;
+            if alive == 0 {
+                tracing::info!(%node, "node stopped heartbeating: removing its presence");
+                departures.extend(self.reap_node(&node).await?);
+            }
+        }
+        Ok(departures)
+    }
+}
+
+/// [`NodeRegistry`] in Redis: one hash of live nodes, each entry with its own expiry.
+pub struct RedisRegistry {
+    client: Client,
+    key: String,
+    ttl: Duration,
+}
+
+impl RedisRegistry {
+    /// A registry whose entries expire `ttl` after their last heartbeat.
+    pub fn new(client: Client, prefix: &str, ttl: Duration) -> Self {
+        Self {
+            client,
+            key: format!("{prefix}:nodes"),
+            ttl,
+        }
+    }
+}
+
+fn registry_error(e: fred::error::Error) -> RegistryError {
+    match unavailable(e) {
+        PresenceError::Unavailable(m) => RegistryError::Unavailable(m),
+        PresenceError::Backend(m) => RegistryError::Backend(m),
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeRegistry for RedisRegistry {
+    async fn heartbeat(&self, node: NodeInfo) -> Result<(), RegistryError> {
+        let expires = unix_millis() + self.ttl.as_millis() as u64;
+        let value = format!("{expires} {} {}", node.connections, node.url);
+        let result: Result<(), _> = self.client.hset(&self.key, (node.id, value)).await;
+        result.map_err(registry_error)
+    }
+
+    async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
+        let result: Result<(), _> = self.client.hdel(&self.key, id).await;
+        result.map_err(registry_error)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
+        let entries: HashMap<String, String> = self
+            .client
+            .hgetall(&self.key)
+            .await
+            .map_err(registry_error)?;
+        let now = unix_millis();
+        let mut live = Vec::new();
+        let mut expired = Vec::new();
+        for (id, value) in entries {
+            let mut parts = value.splitn(3, ' ');
+            let expires = parts.next().and_then(|v| v.parse::<u64>().ok());
+            let connections = parts.next().and_then(|v| v.parse::<u64>().ok());
+            match (expires, connections, parts.next()) {
+                (Some(e), Some(connections), Some(url)) if e > now => live.push(NodeInfo {
+                    id,
+                    url: url.to_owned(),
+                    connections,
+                }),
+                _ => expired.push(id),
+            }
+        }
+        if !expired.is_empty() {
+            let _: Result<Value, _> = self.client.hdel(&self.key, expired).await;
+        }
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(live)
+    }
+}

@@ -1,0 +1,21 @@
+-- Removes a dead node's entries from one channel.
+-- KEYS: 1 node|user -> count, 2 user -> total, 3 user -> name, 4 the dead node's channels
+-- ARGV: 1 dead node, 2 channel
+-- Returns the users whose last connection was there (they left the channel).
+local prefix = ARGV[1] .. '|'
+local fields = redis.call('HGETALL', KEYS[1])
+local gone = {}
+for i = 1, #fields, 2 do
+  local field = fields[i]
+  if string.sub(field, 1, #prefix) == prefix then
+    local user = string.sub(field, #prefix + 1)
+    redis.call('HDEL', KEYS[1], field)
+    if redis.call('HINCRBY', KEYS[2], user, -tonumber(fields[i + 1])) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call('HDEL', KEYS[3], user)
+      gone[#gone + 1] = user
+    end
+  end
+end
+redis.call('HDEL', KEYS[4], ARGV[2])
+return gone

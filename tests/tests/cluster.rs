@@ -1,0 +1,425 @@
+//! Clustered mode: several gateway processes on one real `redis-server` behave as one node.
+
+use std::time::Duration;
+
+use e2e::{API_KEY, Client, Gateway, HttpResponse, RedisServer, Token, as_str, as_u64, http, secs};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// A gateway node on `redis`, with short heartbeats so that tests see expiry quickly.
+async fn node(redis: &RedisServer, extra: &[(&str, &str)]) -> Gateway {
+    let mut builder = Gateway::builder()
+        .arg("--redis-url", redis.url())
+        .arg("--publish-rate", 100_000)
+        .arg("--publish-burst", 100_000);
+    for (k, v) in extra {
+        builder = builder.arg(k, v);
+    }
+    builder.start().await
+}
+
+async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(node(redis, &[]).await);
+    }
+    out
+}
+
+fn tok(user: &str) -> String {
+    Token::new(user).name(user).hs256()
+}
+
+async fn api_post(addr: &str, path: &str, body: Value) -> HttpResponse {
+    let auth = format!("Bearer {API_KEY}");
+    http(
+        addr,
+        "POST",
+        path,
+        &[("Authorization", auth.as_str())],
+        Some(&body.to_string()),
+    )
+    .await
+}
+
+/// Reads pushes until `n` messages on `channel` arrived. Presence pushes (`room:` has
+/// presence) are checked to be about `channel` and passed over; any other push fails.
+async fn messages(c: &mut Client, channel: &str, n: usize, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(p) = c.next_push(left).await else {
+            panic!(
+                "{} of {n} messages on {channel} within {timeout:?}",
+                out.len()
+            );
+        };
+        assert_eq!(p["channel"], channel, "unexpected push {p}");
+        match p["op"].as_str() {
+            Some("message") => out.push(p),
+            Some("join" | "leave") => {}
+            _ => panic!("unexpected push {p}"),
+        }
+    }
+    out
+}
+
+fn offsets(ms: &[Value]) -> Vec<u64> {
+    ms.iter().map(|m| as_u64(&m["offset"])).collect()
+}
+
+#[tokio::test]
+async fn messages_cross_nodes_in_order_with_contiguous_offsets() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 3).await;
+    let mut subs = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let mut c = Client::connect(gw.addr(), &tok(&format!("sub{i}"))).await;
+        let ok = c.subscribe("room:x").await;
+        assert_eq!(ok["offset"], 0, "{ok}");
+        subs.push(c);
+    }
+    // Concurrent publishers, one per node.
+    const EACH: usize = 40;
+    let mut tasks = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let addr = gw.addr().to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&addr, &tok(&format!("pub{i}"))).await;
+            let mut acks = Vec::new();
+            for n in 0..EACH {
+                let ok = c
+                    .request_ok(
+                        "publish",
+                        json!({"channel": "room:x", "data": {"node": i, "n": n}}),
+                    )
+                    .await;
+                acks.push(ok);
+            }
+            acks
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.extend(t.await.unwrap());
+    }
+    let total = EACH * gws.len();
+    let mut acked: Vec<u64> = acks.iter().map(|a| as_u64(&a["offset"])).collect();
+    acked.sort();
+    assert_eq!(acked, (1..=total as u64).collect::<Vec<_>>());
+    for c in subs.iter_mut() {
+        let got = messages(c, "room:x", total, secs(20)).await;
+        assert_eq!(offsets(&got), (1..=total as u64).collect::<Vec<_>>());
+        let epoch = &got[0]["epoch"];
+        assert!(got.iter().all(|m| m["epoch"] == *epoch));
+        assert!(
+            acks.iter().all(|a| a["epoch"] == *epoch),
+            "acks carry the epoch"
+        );
+        // Each publisher's messages keep their order.
+        for node in 0..gws.len() {
+            let ns: Vec<u64> = got
+                .iter()
+                .filter(|m| m["data"]["node"] == node)
+                .map(|m| as_u64(&m["data"]["n"]))
+                .collect();
+            assert_eq!(ns, (0..EACH as u64).collect::<Vec<_>>());
+        }
+    }
+}
+
+#[tokio::test]
+async fn recovery_on_another_node_is_exact() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 3).await;
+    let mut c = Client::connect(gws[0].addr(), &tok("ann")).await;
+    let mut p = Client::connect(gws[1].addr(), &tok("pete")).await;
+    c.subscribe("room:r").await;
+    for n in 0..3 {
+        p.publish("room:r", json!(n)).await;
+    }
+    let seen = messages(&mut c, "room:r", 3, secs(10)).await;
+    let epoch = seen[2]["epoch"].clone();
+    c.close().await;
+    for n in 3..8 {
+        p.publish("room:r", json!(n)).await;
+    }
+    // Back on another node, from offset 3.
+    let mut c = Client::connect(gws[2].addr(), &tok("ann")).await;
+    let ok = c
+        .request_ok(
+            "subscribe",
+            json!({"channel": "room:r", "since": 3, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(
+        (ok["recovered"].clone(), ok["offset"].clone()),
+        (json!(true), json!(8))
+    );
+    let replay = messages(&mut c, "room:r", 5, secs(10)).await;
+    assert_eq!(offsets(&replay), vec![4, 5, 6, 7, 8]);
+    assert_eq!(replay[0]["data"], 3);
+    // And live after it, from any node.
+    p.publish("room:r", json!(8)).await;
+    let live = messages(&mut c, "room:r", 1, secs(10)).await;
+    assert_eq!(offsets(&live), vec![9]);
+    // History through the API of a third node agrees.
+    let r = http(
+        gws[0].addr(),
+        "GET",
+        "/api/history/room:r?since=6",
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        None,
+    )
+    .await;
+    let h = r.json();
+    assert_eq!(
+        offsets(h["messages"].as_array().unwrap()),
+        vec![7, 8, 9],
+        "{h}"
+    );
+}
+
+/// The next presence push, failing on anything else.
+async fn presence_push(c: &mut Client, timeout: Duration) -> Value {
+    let p = c
+        .next_push(timeout)
+        .await
+        .unwrap_or_else(|| panic!("no presence push within {timeout:?}"));
+    assert!(
+        p["op"] == "join" || p["op"] == "leave",
+        "unexpected push {p}"
+    );
+    json!({"op": p["op"], "channel": p["channel"], "user": p["user"]})
+}
+
+#[tokio::test]
+async fn presence_is_global_and_join_leave_cross_nodes_once() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 3).await;
+    let mut ann = Client::connect(gws[0].addr(), &tok("ann")).await;
+    ann.subscribe("room:p").await;
+    assert_eq!(
+        presence_push(&mut ann, secs(5)).await,
+        json!({"op": "join", "channel": "room:p", "user": "ann"})
+    );
+    // Bob on two nodes: one join, pushed on every node.
+    let mut bob1 = Client::connect(gws[1].addr(), &tok("bob")).await;
+    bob1.subscribe("room:p").await;
+    let mut bob2 = Client::connect(gws[2].addr(), &tok("bob")).await;
+    bob2.subscribe("room:p").await;
+    assert_eq!(
+        presence_push(&mut ann, secs(5)).await,
+        json!({"op": "join", "channel": "room:p", "user": "bob"})
+    );
+    let members = ann
+        .request_ok("presence", json!({"channel": "room:p"}))
+        .await;
+    assert_eq!(
+        members["members"],
+        json!([
+            {"user": "ann", "name": "ann", "conns": 1},
+            {"user": "bob", "name": "bob", "conns": 2}
+        ])
+    );
+    bob1.request_ok("unsubscribe", json!({"channel": "room:p"}))
+        .await;
+    bob2.request_ok("unsubscribe", json!({"channel": "room:p"}))
+        .await;
+    assert_eq!(
+        presence_push(&mut ann, secs(5)).await,
+        json!({"op": "leave", "channel": "room:p", "user": "bob"})
+    );
+    assert!(ann.next_push(secs(1)).await.is_none(), "one leave only");
+}
+
+#[tokio::test]
+async fn a_killed_nodes_users_leave_presence_by_themselves() {
+    let redis = RedisServer::start().await;
+    let a = node(&redis, &[("--presence-heartbeat-secs", "1")]).await;
+    let b = node(&redis, &[("--presence-heartbeat-secs", "1")]).await;
+    let mut ann = Client::connect(a.addr(), &tok("ann")).await;
+    ann.subscribe("room:k").await;
+    presence_push(&mut ann, secs(5)).await;
+    let mut bob = Client::connect(b.addr(), &tok("bob")).await;
+    bob.subscribe("room:k").await;
+    assert_eq!(presence_push(&mut ann, secs(5)).await["op"], "join");
+    let killed = Instant::now();
+    b.send_signal("KILL");
+    let leave = presence_push(&mut ann, secs(15)).await;
+    assert_eq!(
+        leave,
+        json!({"op": "leave", "channel": "room:k", "user": "bob"})
+    );
+    eprintln!("a killed node's presence cleared in {:?}", killed.elapsed());
+    let members = ann
+        .request_ok("presence", json!({"channel": "room:k"}))
+        .await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+}
+
+#[tokio::test]
+async fn api_disconnect_and_unsubscribe_reach_every_node() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut bob = Client::connect(gws[1].addr(), &tok("bob")).await;
+    bob.subscribe("room:u").await;
+    // Unsubscribe from node 0: bob's socket on node 1 gets the push and loses the channel.
+    let r = api_post(
+        gws[0].addr(),
+        "/api/unsubscribe",
+        json!({"user": "bob", "channel": "room:u"}),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"unsubscribed": 1}), "{r:?}");
+    let push = bob
+        .next_push_of("unsubscribe", secs(5))
+        .await
+        .expect("unsubscribe push");
+    assert_eq!(push["channel"], "room:u");
+    assert_eq!(push["resubscribe"], false);
+    let err = bob
+        .request_err("unsubscribe", json!({"channel": "room:u"}))
+        .await;
+    assert_eq!(err, "not_subscribed");
+    // Disconnect from node 0 closes bob's socket on node 1.
+    let r = api_post(
+        gws[0].addr(),
+        "/api/disconnect",
+        json!({"user": "bob", "reconnect": false}),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"disconnected": 1}), "{r:?}");
+    let (push, code) = bob.expect_close(secs(5)).await;
+    assert_eq!(code, 4005);
+    assert_eq!(push.unwrap()["code"], "disconnected");
+    // Nodes list both nodes, from either.
+    let r = http(
+        gws[1].addr(),
+        "GET",
+        "/api/nodes",
+        &[("Authorization", &format!("Bearer {API_KEY}"))],
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["nodes"].as_array().unwrap().len(), 2, "{r:?}");
+}
+
+#[tokio::test]
+async fn redis_paused_means_unavailable_fast_and_not_ready_then_recovers() {
+    let mut redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut sub = Client::connect(gws[0].addr(), &tok("sue")).await;
+    sub.subscribe("room:o").await;
+    let mut p = Client::connect(gws[1].addr(), &tok("pat")).await;
+    p.publish("room:o", json!(1)).await;
+    messages(&mut sub, "room:o", 1, secs(5)).await;
+    redis.pause();
+    let started = Instant::now();
+    // A timed-out publish may still be carried out once Redis answers again: clients retry
+    // with the same idempotency key, and the message is delivered once.
+    let second = json!({"channel": "room:o", "data": 2, "idem": "second"});
+    let err = p.request_err("publish", second.clone()).await;
+    let took = started.elapsed();
+    assert_eq!(err, "unavailable");
+    assert!(took < secs(3), "publish answered after {took:?}");
+    let mut ready = 0;
+    for _ in 0..50 {
+        ready = http(gws[1].addr(), "GET", "/readyz", &[], None)
+            .await
+            .status;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 503, "readiness while Redis is paused");
+    redis.resume();
+    // Back: ready again, publishing again, delivery contiguous.
+    let deadline = Instant::now() + secs(15);
+    loop {
+        let r = p.request("publish", second.clone()).await;
+        if let Some(ok) = r.get("ok") {
+            assert_eq!(ok["offset"], 2, "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no publish after resume: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = messages(&mut sub, "room:o", 1, secs(10)).await;
+    assert_eq!(offsets(&got), vec![2]);
+    assert_eq!(got[0]["data"], 2);
+    assert_eq!(
+        http(gws[1].addr(), "GET", "/readyz", &[], None)
+            .await
+            .status,
+        200
+    );
+
+    // Killed and restarted empty: a new epoch; subscribers are told to resubscribe, and
+    // recovery from the old epoch says to reload. Nothing hangs.
+    let old_epoch = got[0]["epoch"].clone();
+    redis.restart_empty().await;
+    let deadline = Instant::now() + secs(20);
+    let ack = loop {
+        let r = p
+            .request(
+                "publish",
+                json!({"channel": "room:o", "data": 4, "idem": "fourth"}),
+            )
+            .await;
+        if let Some(ok) = r.get("ok") {
+            break ok.clone();
+        }
+        assert!(Instant::now() < deadline, "no publish after restart: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(ack["epoch"], old_epoch);
+    assert_eq!(ack["offset"], 1);
+    let deadline = Instant::now() + secs(20);
+    let push = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let push = sub.next_push(left).await.expect("a resubscribe notice");
+        if push["op"] == "unsubscribe" {
+            break push;
+        }
+        // Only new-epoch messages may come before it.
+        assert_eq!(push["op"], "message", "{push}");
+        assert_ne!(push["epoch"], old_epoch, "{push}");
+    };
+    assert_eq!(
+        (as_str(&push["code"]), push["resubscribe"].clone()),
+        ("insufficient_state", json!(true))
+    );
+    let ok = sub
+        .request_ok(
+            "subscribe",
+            json!({"channel": "room:o", "since": 2, "epoch": old_epoch}),
+        )
+        .await;
+    assert_eq!(ok["recovered"], false);
+    assert_eq!(ok["epoch"], ack["epoch"]);
+}
+
+#[tokio::test]
+async fn a_lagging_pubsub_receiver_is_healed_from_history() {
+    let redis = RedisServer::start().await;
+    // A receiver of 1 message lags at once under a burst.
+    let slow = node(&redis, &[("--redis-pubsub-capacity", "1")]).await;
+    let fast = node(&redis, &[]).await;
+    let mut sub = Client::connect(slow.addr(), &tok("sam")).await;
+    sub.subscribe("room:l").await;
+    let total = 300;
+    for n in 0..total {
+        let r = api_post(
+            fast.addr(),
+            "/api/publish",
+            json!({"channel": "room:l", "data": n}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let got = messages(&mut sub, "room:l", total, secs(30)).await;
+    assert_eq!(offsets(&got), (1..=total as u64).collect::<Vec<_>>());
+}

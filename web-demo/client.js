@@ -78,6 +78,9 @@
  * - `welcome`: the server's welcome push.
  * - `message`: a `message` push, in offset order, each offset once per channel and epoch.
  * - `join`, `leave`: `{channel, user}` presence pushes.
+ * - `unsubscribed`: `{channel, code}` when the server ended a subscription for good (a
+ *   backend's `/api/unsubscribe`); a server `unsubscribe` push with `resubscribe` is handled
+ *   here by subscribing again with `since`.
  * - `recovery`: `{channel, recovered, offset, epoch}` after every re-subscribe with `since`;
  *   `recovered: false` means messages may be missing: reload the channel with `history`.
  * - `refresh`: `{exp}` after a successful token refresh.
@@ -446,6 +449,20 @@ export class GatewayClient {
       case 'disconnect':
         ws._disconnect = { code: frame.code, reconnect: frame.reconnect };
         break;
+      case 'unsubscribe': {
+        // The server ended a subscription. With `resubscribe` (it lost messages it could not
+        // heal) subscribe again from the last offset seen: `recovered` says whether to reload.
+        const ch = this._channels.get(frame.channel);
+        if (!ch) break;
+        if (frame.resubscribe) {
+          ch.gen = 0;
+          this._subscribeNow(frame.channel, this._gen);
+        } else {
+          this._channels.delete(frame.channel);
+          this._emit('unsubscribed', { channel: frame.channel, code: frame.code });
+        }
+        break;
+      }
       default:
         this._emit('push', frame);
     }

@@ -307,7 +307,7 @@ impl RedisBroker {
                     .lock()
                     .offer(Arc::new(p), &*self.dispatcher, &self.stats);
                 if wants_heal {
-                    self.spawn_heal(channel, track, None);
+                    self.spawn_heal(channel, track, None, false);
                 }
             }
             Ok(Envelope::Control(event)) => self.dispatcher.dispatch_control(&event),
@@ -337,12 +337,13 @@ impl RedisBroker {
         channel: Arc<str>,
         track: Arc<Mutex<Track>>,
         upto: Option<u64>,
+        force: bool,
     ) {
         let broker = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(50);
             loop {
-                if let Err(e) = broker.heal(&channel, &track, upto).await {
+                if let Err(e) = broker.heal(&channel, &track, upto, force).await {
                     if broker.track(&channel).is_none() {
                         break;
                     }
@@ -361,21 +362,25 @@ impl RedisBroker {
     }
 
     /// Reads from the stream until the track has delivered everything up to `upto` (or up to
-    /// the gap it holds), reporting what the stream no longer has.
+    /// the gap it holds), reporting what the stream no longer has. With `force` it reads at
+    /// least once (the channel's epoch may have changed).
     async fn heal(
         &self,
         channel: &str,
         track: &Mutex<Track>,
         upto: Option<u64>,
+        force: bool,
     ) -> Result<(), BrokerError> {
+        let mut force = force;
         loop {
             let since = {
                 let t = track.lock();
-                if !t.needs(upto) {
+                if !force && !t.needs(upto) {
                     return Ok(());
                 }
                 t.last
             };
+            force = false;
             let page = self.read(channel, Some(since), HEAL_BATCH).await?;
             let complete = page.publications.len() < HEAL_BATCH;
             let mut t = track.lock();
@@ -420,21 +425,25 @@ impl RedisBroker {
                     ),
                     _ => (None, 0),
                 };
-                let behind = {
+                let (behind, moved) = {
                     let t = track.lock();
                     match &epoch {
-                        // The channel's state is gone (expired or lost): a read recreates it.
-                        None => t.epoch.is_some() && t.last > 0,
-                        Some(e) => t.epoch.as_deref() != Some(e.as_str()) || t.last < top,
+                        // The channel's state is gone (expired or lost): a read recreates it
+                        // under a new epoch, and subscribers are told.
+                        None => (false, t.last > 0),
+                        Some(e) => {
+                            let moved = t.epoch.as_deref() != Some(e.as_str());
+                            (t.last < top, moved)
+                        }
                     }
                 };
-                if behind {
+                if behind || moved {
                     self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                     let mut t = track.lock();
                     if !t.healing {
                         t.healing = true;
                         drop(t);
-                        self.spawn_heal(channel.clone(), track.clone(), Some(top));
+                        self.spawn_heal(channel.clone(), track.clone(), Some(top), moved);
                     }
                 }
             }
@@ -574,7 +583,8 @@ impl Broker for RedisBroker {
         // The barrier: on a subscribed channel, deliver everything up to the page's offset
         // before answering.
         if let Some(track) = self.track(channel) {
-            self.heal(channel, &track, Some(page.offset)).await?;
+            let moved = track.lock().epoch.as_ref() != Some(&page.epoch);
+            self.heal(channel, &track, Some(page.offset), moved).await?;
         }
         Ok(page)
     }
@@ -601,7 +611,7 @@ impl Broker for RedisBroker {
                 if gap {
                     // Arrivals after a gap while subscribing: heal in the background.
                     if let Some(me) = self.me() {
-                        me.spawn_heal(channel.into(), track, None);
+                        me.spawn_heal(channel.into(), track, None, false);
                     }
                 }
                 Ok(())

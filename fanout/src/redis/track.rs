@@ -23,6 +23,8 @@ pub(super) struct Track {
     pending: BTreeMap<u64, Arc<Publication>>,
     /// A healing task runs for this channel.
     pub(super) healing: bool,
+    /// Deliver at least up to here (set when a new epoch was found: read it from its start).
+    target: u64,
 }
 
 impl Track {
@@ -33,6 +35,7 @@ impl Track {
             last: 0,
             pending: BTreeMap::new(),
             healing: false,
+            target: 0,
         }
     }
 
@@ -82,7 +85,7 @@ impl Track {
 
     /// Whether the node is behind: a gap is held, or `upto` was not delivered yet.
     pub(super) fn needs(&self, upto: Option<u64>) -> bool {
-        !self.pending.is_empty() || upto.is_some_and(|u| self.last < u)
+        !self.pending.is_empty() || self.last < upto.unwrap_or(0).max(self.target)
     }
 
     /// A page read from the stream after an offset at most `last` (`complete`: it holds
@@ -98,6 +101,7 @@ impl Track {
         if self.epoch.as_ref() != Some(&page.epoch) {
             // The channel's state was lost and recreated: read the new epoch from its start.
             self.new_epoch(page.epoch, dispatcher, stats);
+            self.target = page.offset;
             return;
         }
         for publication in page.publications {
@@ -130,6 +134,7 @@ impl Track {
         }
         self.epoch = Some(epoch.clone());
         self.last = 0;
+        self.target = 0;
         self.pending.retain(|_, p| p.epoch == epoch);
     }
 

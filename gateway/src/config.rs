@@ -308,7 +308,10 @@ impl Config {
         let redis = match s.redis_url.clone().filter(|u| !u.is_empty()) {
             None => None,
             Some(url) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                if url.starts_with("rediss://") {
+                    bail!("--redis-url: TLS (rediss://) is not supported by this build");
+                }
+                if !url.starts_with("redis://") {
                     bail!("--redis-url {url:?}: expected redis://host:port");
                 }
                 Some(RedisSettings {

@@ -81,6 +81,9 @@ pub struct Conn {
     capacity: usize,
     /// Subscribed to its own `user:<id>` channel (see the hub).
     personal: AtomicBool,
+    /// Set while `QueueState::unsubscribe` holds requests: the session checks it on every
+    /// loop turn without taking the queue lock.
+    unsubscribe_pending: AtomicBool,
     state: Mutex<QueueState>,
     wake: Notify,
 }
@@ -94,6 +97,7 @@ impl Conn {
             encoding,
             capacity,
             personal: AtomicBool::new(false),
+            unsubscribe_pending: AtomicBool::new(false),
             state: Mutex::new(QueueState::default()),
             wake: Notify::new(),
         }
@@ -141,20 +145,18 @@ impl Conn {
             return;
         }
         state.unsubscribe.push((channel, reason));
+        self.unsubscribe_pending.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
-    /// Whether the node asked for unsubscribes not carried out yet.
-    pub fn has_unsubscribe_requests(&self) -> bool {
-        !self.state.lock().unsubscribe.is_empty()
-    }
-
-    /// Takes the unsubscribe requests made since the last call.
+    /// Takes the unsubscribe requests made since the last call (none without a lock when
+    /// nothing was asked).
     pub fn take_unsubscribe_requests(&self) -> Vec<(Arc<str>, UnsubscribeReason)> {
-        let mut state = self.state.lock();
-        if state.unsubscribe.is_empty() {
+        if !self.unsubscribe_pending.load(Ordering::Acquire) {
             return Vec::new();
         }
+        let mut state = self.state.lock();
+        self.unsubscribe_pending.store(false, Ordering::Release);
         std::mem::take(&mut state.unsubscribe)
     }
 

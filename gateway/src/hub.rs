@@ -47,20 +47,18 @@ impl Hub {
             .is_some_and(|owner| owner == &*conn.user)
     }
 
-    /// Adds `conn` to `channel`'s subscribers. Returns true when it is the node's first.
-    pub fn subscribe(&self, channel: &Arc<str>, conn: &Arc<Conn>) -> bool {
+    /// Adds `conn` to `channel`'s subscribers (the node, not the hub, tracks whether the
+    /// broker delivers the channel here).
+    pub fn subscribe(&self, channel: &Arc<str>, conn: &Arc<Conn>) {
         if Self::own_personal(channel, conn) {
-            if conn.set_personal(true) {
-                return false;
+            if !conn.set_personal(true) {
+                metrics().subscriptions.increment(1.0);
             }
-            metrics().subscriptions.increment(1.0);
-            return self.subscriber_count(channel) == 1;
+            return;
         }
         let entry = self.channels.entry(channel.clone()).or_default();
-        let mut subs = entry.write();
-        subs.push(conn.clone());
+        entry.write().push(conn.clone());
         metrics().subscriptions.increment(1.0);
-        subs.len() == 1
     }
 
     /// Removes `conn` from `channel`. Returns true when the node has no subscriber left there.

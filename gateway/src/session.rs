@@ -12,8 +12,8 @@ use crate::limits::{MinuteCounter, TokenBucket};
 use crate::metrics::{self, metrics};
 use crate::node::Node;
 use crate::protocol::{
-    CloseReason, CommandError, Encoding, ErrorCode, decode, disconnect_frame, error_frame,
-    frame_bytes, reply_frame, to_message, unsubscribe_frame, welcome_frame,
+    CloseReason, CommandError, Encoding, ErrorCode, UnsubscribeReason, decode, disconnect_frame,
+    error_frame, frame_bytes, reply_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
@@ -170,8 +170,9 @@ impl Session {
         tokio::pin!(sleep);
         let mut batch: Vec<Outbound> = Vec::new();
         loop {
-            if self.conn.has_unsubscribe_requests() {
-                Box::pin(self.on_unsubscribe_requests()).await;
+            let requests = self.conn.take_unsubscribe_requests();
+            if !requests.is_empty() {
+                Box::pin(self.on_unsubscribe_requests(requests)).await;
             }
             if let Err(end) = Box::pin(self.write_pending(ws, &mut batch)).await {
                 return end;
@@ -349,8 +350,9 @@ impl Session {
             .allows(&self.conn.user, &self.patterns, channel, action)
     }
 
-    /// Joins `channel` (no recovery: live publications are queued as they come) and lists it.
-    async fn join(&mut self, channel: Arc<str>) -> Result<(), BrokerError> {
+    /// Joins `channel` and lists it. Live publications are queued as they come, unless the
+    /// caller put the connection in recovery for the channel first.
+    pub(crate) async fn join(&mut self, channel: Arc<str>) -> Result<(), BrokerError> {
         self.node
             .join(&self.conn, &channel, self.name.as_deref())
             .await?;
@@ -375,8 +377,8 @@ impl Session {
     }
 
     /// Carries out the node's requests to drop subscriptions, each with its push.
-    async fn on_unsubscribe_requests(&mut self) {
-        for (channel, reason) in self.conn.take_unsubscribe_requests() {
+    async fn on_unsubscribe_requests(&mut self, requests: Vec<(Arc<str>, UnsubscribeReason)>) {
+        for (channel, reason) in requests {
             if self.leave(&channel).await {
                 self.conn
                     .push_frame(unsubscribe_frame(self.conn.encoding, &channel, reason));

@@ -148,8 +148,26 @@ fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// The `Authorization` header of the backend API, with the key every test gateway gets.
+pub const API_AUTH: (&str, &str) = ("Authorization", "Bearer test-api-key");
+
+/// `GET path` on the backend API.
+pub async fn api_get(addr: &str, path: &str) -> HttpResponse {
+    http(addr, "GET", path, &[API_AUTH], None).await
+}
+
+/// `POST path` with a JSON `body` on the backend API.
+pub async fn api_post(addr: &str, path: &str, body: serde_json::Value) -> HttpResponse {
+    http(addr, "POST", path, &[API_AUTH], Some(&body.to_string())).await
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn api_auth_carries_the_test_api_key() {
+        assert_eq!(super::API_AUTH.1, format!("Bearer {}", crate::API_KEY));
+    }
+
     use super::*;
 
     #[test]

@@ -13,7 +13,7 @@ pub mod redis;
 
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
 pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
-pub use http::{HttpResponse, http};
+pub use http::{API_AUTH, HttpResponse, api_get, api_post, http};
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use redis::RedisServer;
 

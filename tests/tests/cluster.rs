@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use e2e::{API_KEY, Client, Gateway, HttpResponse, RedisServer, Token, as_str, as_u64, http, secs};
+use e2e::{Client, Gateway, RedisServer, Token, api_get, api_post, as_str, as_u64, http, secs};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -28,18 +28,6 @@ async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
 
 fn tok(user: &str) -> String {
     Token::new(user).name(user).hs256()
-}
-
-async fn api_post(addr: &str, path: &str, body: Value) -> HttpResponse {
-    let auth = format!("Bearer {API_KEY}");
-    http(
-        addr,
-        "POST",
-        path,
-        &[("Authorization", auth.as_str())],
-        Some(&body.to_string()),
-    )
-    .await
 }
 
 /// Reads pushes until `n` messages on `channel` arrived. Presence pushes (`room:` has
@@ -165,14 +153,7 @@ async fn recovery_on_another_node_is_exact() {
     let live = messages(&mut c, "room:r", 1, secs(10)).await;
     assert_eq!(offsets(&live), vec![9]);
     // History through the API of a third node agrees.
-    let r = http(
-        gws[0].addr(),
-        "GET",
-        "/api/history/room:r?since=6",
-        &[("Authorization", &format!("Bearer {API_KEY}"))],
-        None,
-    )
-    .await;
+    let r = api_get(gws[0].addr(), "/api/history/room:r?since=6").await;
     let h = r.json();
     assert_eq!(
         offsets(h["messages"].as_array().unwrap()),
@@ -295,14 +276,7 @@ async fn api_disconnect_and_unsubscribe_reach_every_node() {
     assert_eq!(code, 4005);
     assert_eq!(push.unwrap()["code"], "disconnected");
     // Nodes list both nodes, from either.
-    let r = http(
-        gws[1].addr(),
-        "GET",
-        "/api/nodes",
-        &[("Authorization", &format!("Bearer {API_KEY}"))],
-        None,
-    )
-    .await;
+    let r = api_get(gws[1].addr(), "/api/nodes").await;
     assert_eq!(r.json()["nodes"].as_array().unwrap().len(), 2, "{r:?}");
 }
 

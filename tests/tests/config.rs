@@ -36,12 +36,10 @@ presence = false
         "presence is off in news:"
     );
     // The server may still publish there.
-    let resp = e2e::http(
+    let resp = e2e::api_post(
         gw.addr(),
-        "POST",
         "/api/publish",
-        &[("Authorization", "Bearer test-api-key")],
-        Some(&json!({"channel": "news:x", "data": "headline"}).to_string()),
+        json!({"channel": "news:x", "data": "headline"}),
     )
     .await;
     assert_eq!(resp.status, 200, "{resp:?}");

@@ -1,19 +1,12 @@
 //! The HTTP side: `/api/*` for backends, `/v1/route`, health, metrics, the demo page and
 //! `/dev/token`.
 
-use e2e::{Client, Gateway, HttpResponse, Token, as_str, as_u64, http, millis, secs, token};
+use e2e::{
+    API_AUTH, Client, Gateway, HttpResponse, Token, api_get, api_post, as_str, as_u64, http,
+    millis, secs, token,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
-
-const AUTH: (&str, &str) = ("Authorization", "Bearer test-api-key");
-
-async fn api_get(addr: &str, path: &str) -> HttpResponse {
-    http(addr, "GET", path, &[AUTH], None).await
-}
-
-async fn api_post(addr: &str, path: &str, body: Value) -> HttpResponse {
-    http(addr, "POST", path, &[AUTH], Some(&body.to_string())).await
-}
 
 fn assert_api_error(r: &HttpResponse, status: u16, code: &str) {
     assert_eq!(r.status, status, "{r:?}");
@@ -264,7 +257,7 @@ async fn nodes_and_route() {
     )
     .await;
     assert_eq!(r.status, 401, "bad token: {r:?}");
-    let r = http(gw.addr(), "GET", "/v1/route", &[AUTH], None).await;
+    let r = http(gw.addr(), "GET", "/v1/route", &[API_AUTH], None).await;
     assert_eq!(r.status, 401, "the API key is not a user token: {r:?}");
 }
 

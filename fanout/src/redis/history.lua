@@ -18,23 +18,21 @@ local out = {offset, epoch}
 local limit = tonumber(ARGV[2])
 if limit > 0 then
   local oldest = tonumber(ARGV[5])
-  local entries
+  -- Entries are {id, {'t', ts, 'e', envelope}}; those older than the TTL are left out.
+  local function collect(entries, first, last, step)
+    for i = first, last, step do
+      local fields = entries[i][2]
+      if tonumber(fields[2]) >= oldest then
+        out[#out + 1] = fields[4]
+      end
+    end
+  end
   if ARGV[1] == '' then
-    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
-    for i = #entries, 1, -1 do
-      local fields = entries[i][2]
-      if tonumber(fields[2]) >= oldest then
-        out[#out + 1] = fields[4]
-      end
-    end
+    local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+    collect(entries, #entries, 1, -1)
   else
-    entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', limit)
-    for i = 1, #entries do
-      local fields = entries[i][2]
-      if tonumber(fields[2]) >= oldest then
-        out[#out + 1] = fields[4]
-      end
-    end
+    local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', limit)
+    collect(entries, 1, #entries, 1)
   end
 end
 return out

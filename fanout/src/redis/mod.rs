@@ -125,6 +125,15 @@ fn unavailable(e: fred::error::Error) -> BrokerError {
     }
 }
 
+/// The bytes of a bulk string reply or pub/sub message, without copying them.
+fn value_bytes(value: Value) -> Option<Bytes> {
+    match value {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        _ => None,
+    }
+}
+
 fn new_epoch() -> String {
     let n: u64 = rand::random();
     format!("{n:016x}")
@@ -272,9 +281,7 @@ impl RedisBroker {
             .into();
         let mut publications = Vec::new();
         for value in values {
-            let raw = value
-                .as_bytes()
-                .map(Bytes::copy_from_slice)
+            let raw = value_bytes(value)
                 .ok_or_else(|| BrokerError::Backend("history script: bad entry".into()))?;
             match envelope::decode(&raw) {
                 Ok(Envelope::Publication(p)) => publications.push(Arc::new(p)),
@@ -462,17 +469,12 @@ async fn read_loop(
             break;
         };
         match message {
-            Ok(message) => {
-                let raw = match message.value {
-                    Value::Bytes(b) => b,
-                    Value::String(s) => s.into_inner(),
-                    _ => {
-                        broker.stats.bad_envelopes.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                broker.on_envelope(raw);
-            }
+            Ok(message) => match value_bytes(message.value) {
+                Some(raw) => broker.on_envelope(raw),
+                None => {
+                    broker.stats.bad_envelopes.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             Err(RecvError::Lagged(n)) => {
                 broker.stats.lagged.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(missed = n, "pub/sub receiver lagged; healing every channel");

@@ -17,7 +17,7 @@ pub(super) async fn apply(session: &mut Session, id: i64, channel: &str) -> Opti
     } else {
         match session.node.presence.members(channel).await {
             Ok(members) => session.reply(id, &json!({ "members": members_json(&members) })),
-            Err(e) => session.error(id, ErrorCode::Unavailable, &e.to_string()),
+            Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
         }
     }
     None

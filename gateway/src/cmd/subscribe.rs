@@ -40,16 +40,11 @@ pub(super) async fn apply(
             let channel: Arc<str> = channel.into();
             // Buffer live publications before the hub can deliver any (join registers).
             session.conn.begin_recovery(channel.clone());
-            let node = session.node.clone();
-            if let Err(e) = node
-                .join(&session.conn, &channel, session.name.as_deref())
-                .await
-            {
+            if let Err(e) = session.join(channel.clone()).await {
                 session.conn.abort_recovery(&channel);
                 session.broker_error(id, e);
                 return None;
             }
-            session.subs.push(channel.clone());
             channel
         }
     };

@@ -59,21 +59,13 @@ impl From<fanout::BrokerError> for ApiError {
 
 impl From<presence::PresenceError> for ApiError {
     fn from(e: presence::PresenceError) -> Self {
-        let code = match e {
-            presence::PresenceError::Unavailable(_) => ErrorCode::Unavailable,
-            presence::PresenceError::Backend(_) => ErrorCode::Internal,
-        };
-        ApiError::new(code, e.to_string())
+        ApiError::new(ErrorCode::from(&e), e.to_string())
     }
 }
 
 impl From<presence::RegistryError> for ApiError {
     fn from(e: presence::RegistryError) -> Self {
-        let code = match e {
-            presence::RegistryError::Unavailable(_) => ErrorCode::Unavailable,
-            presence::RegistryError::Backend(_) => ErrorCode::Internal,
-        };
-        ApiError::new(code, e.to_string())
+        ApiError::new(ErrorCode::from(&e), e.to_string())
     }
 }
 

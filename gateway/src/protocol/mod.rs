@@ -104,6 +104,24 @@ impl From<&fanout::BrokerError> for ErrorCode {
     }
 }
 
+impl From<&presence::PresenceError> for ErrorCode {
+    fn from(error: &presence::PresenceError) -> Self {
+        match error {
+            presence::PresenceError::Unavailable(_) => ErrorCode::Unavailable,
+            presence::PresenceError::Backend(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<&presence::RegistryError> for ErrorCode {
+    fn from(error: &presence::RegistryError) -> Self {
+        match error {
+            presence::RegistryError::Unavailable(_) => ErrorCode::Unavailable,
+            presence::RegistryError::Backend(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 /// Why the server ended a subscription (the `unsubscribe` push).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnsubscribeReason {

@@ -154,6 +154,22 @@ pub enum NodeCommand {
     },
 }
 
+/// How the broker's delivery to this node went, counted since start (all zero for a broker
+/// that cannot lose live messages, such as the embedded one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    /// Gaps found: a publication after a missing offset, or a channel behind its top.
+    pub gaps: u64,
+    /// Publications delivered from history to close gaps.
+    pub healed: u64,
+    /// Times this node's live feed fell behind and was dropped (then healed).
+    pub lagged: u64,
+    /// Channels whose subscribers were told to resubscribe (history no longer had a gap).
+    pub lost: u64,
+    /// Messages from the backend that could not be read.
+    pub bad_envelopes: u64,
+}
+
 /// Receives what the broker delivers to this node.
 ///
 /// Contract: for each channel, publications arrive in offset order, each at most once per
@@ -217,6 +233,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the backend is reachable now (readiness).
     fn is_healthy(&self) -> bool {
         true
+    }
+    /// Delivery counters (gaps, healing, lag, losses).
+    fn stats(&self) -> DeliveryStats {
+        DeliveryStats::default()
     }
     /// The most messages one channel's history holds.
     fn history_capacity(&self) -> usize;

@@ -13,8 +13,8 @@ mod publication;
 pub mod redis;
 
 pub use broker::{
-    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
-    PublishOutcome, PublishRequest, RecoveryOutcome,
+    Broker, BrokerError, ControlEvent, DeliveryStats, Dispatcher, HistoryPage, HistoryQuery,
+    NodeCommand, PublishOutcome, PublishRequest, RecoveryOutcome,
 };
 pub use local::{LocalBroker, LocalBrokerConfig};
 pub use publication::{Payload, PayloadError, Publication};

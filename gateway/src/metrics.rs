@@ -46,6 +46,15 @@ pub fn metrics() -> &'static Metrics {
     })
 }
 
+/// Copies the broker's delivery counters into their series (called before each scrape).
+pub fn record_delivery_stats(stats: fanout::DeliveryStats) {
+    counter!("gateway_broker_gaps_total").absolute(stats.gaps);
+    counter!("gateway_broker_healed_total").absolute(stats.healed);
+    counter!("gateway_broker_lagged_total").absolute(stats.lagged);
+    counter!("gateway_broker_lost_total").absolute(stats.lost);
+    counter!("gateway_broker_bad_envelopes_total").absolute(stats.bad_envelopes);
+}
+
 /// Counts a refused handshake by result (`unauthorized`, `bad_subprotocol`, ...).
 pub fn handshake_refused(result: &'static str) {
     counter!("gateway_handshakes_total", "result" => result).increment(1);

@@ -384,6 +384,9 @@ async fn a_lagging_pubsub_receiver_is_healed_from_history() {
     let fast = node(&redis, &[]).await;
     let mut sub = Client::connect(slow.addr(), &tok("sam")).await;
     sub.subscribe("room:l").await;
+    // Frozen while the burst is published: on waking it reads the whole burst at once, far
+    // more than its receiver holds.
+    slow.send_signal("STOP");
     let total = 300;
     for n in 0..total {
         let r = api_post(
@@ -394,6 +397,18 @@ async fn a_lagging_pubsub_receiver_is_healed_from_history() {
         .await;
         assert_eq!(r.status, 200, "{r:?}");
     }
+    slow.send_signal("CONT");
     let got = messages(&mut sub, "room:l", total, secs(30)).await;
     assert_eq!(offsets(&got), (1..=total as u64).collect::<Vec<_>>());
+    // The node did lag, and healing delivered what the receiver dropped.
+    let metrics = http(slow.addr(), "GET", "/metrics", &[], None).await.body;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("gateway_broker_lagged_total") > 0, "{metrics}");
+    assert!(value("gateway_broker_healed_total") > 0, "{metrics}");
+    assert_eq!(value("gateway_broker_lost_total"), 0, "{metrics}");
 }

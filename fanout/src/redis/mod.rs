@@ -16,8 +16,8 @@ mod envelope;
 mod track;
 
 use crate::broker::{
-    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
-    PublishOutcome, PublishRequest,
+    Broker, BrokerError, ControlEvent, DeliveryStats, Dispatcher, HistoryPage, HistoryQuery,
+    NodeCommand, PublishOutcome, PublishRequest,
 };
 use bytes::Bytes;
 use envelope::Envelope;
@@ -146,9 +146,9 @@ fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// Counters a node exports about its Redis message path.
+/// The counters behind [`DeliveryStats`], updated from several tasks.
 #[derive(Debug, Default)]
-pub struct RedisBrokerStats {
+pub(crate) struct RedisBrokerStats {
     /// Gaps found (an envelope after a missing offset, a position check behind the top).
     pub gaps: AtomicU64,
     /// Publications delivered from the stream by healing.
@@ -173,8 +173,7 @@ pub struct RedisBroker {
     tracks: RwLock<HashMap<Arc<str>, Arc<Mutex<Track>>>>,
     healthy: AtomicBool,
     control_channel: String,
-    /// Counters (gaps, healing, lag).
-    pub stats: RedisBrokerStats,
+    stats: RedisBrokerStats,
 }
 
 impl RedisBroker {
@@ -677,6 +676,17 @@ impl Broker for RedisBroker {
 
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> DeliveryStats {
+        let s = &self.stats;
+        DeliveryStats {
+            gaps: s.gaps.load(Ordering::Relaxed),
+            healed: s.healed.load(Ordering::Relaxed),
+            lagged: s.lagged.load(Ordering::Relaxed),
+            lost: s.lost.load(Ordering::Relaxed),
+            bad_envelopes: s.bad_envelopes.load(Ordering::Relaxed),
+        }
     }
 
     fn history_capacity(&self) -> usize {

@@ -134,6 +134,7 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    crate::metrics::record_delivery_stats(node.broker.stats());
     let body = node
         .prometheus
         .as_ref()

@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::jwt::{API_KEY, TEST_SECRET};
+use crate::redis::RedisServer;
+
+/// Set (to anything) to run every gateway of the suite in clustered mode on a private Redis.
+pub const REDIS_ENV: &str = "E2E_REDIS";
 
 /// How long a gateway may take to print its `listening` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -196,9 +200,20 @@ impl GatewayBuilder {
     }
 
     /// Starts the gateway and waits (up to [`STARTUP_TIMEOUT`]) for its `listening` log line.
+    /// With [`REDIS_ENV`] set, a gateway not given `--redis-url` gets a private
+    /// `redis-server` and runs in clustered mode (one node on Redis): the same tests then
+    /// check the protocol on both engines.
     ///
     /// Panics, showing everything the process printed, when it exits or stays silent.
-    pub async fn start(self) -> Gateway {
+    pub async fn start(mut self) -> Gateway {
+        let mut redis = None;
+        if std::env::var_os(REDIS_ENV).is_some()
+            && !self.args.iter().any(|(n, _)| n == "--redis-url")
+        {
+            let server = RedisServer::start().await;
+            self = self.arg("--redis-url", server.url());
+            redis = Some(server);
+        }
         let dir = TempDir::new("gw");
         let mut child = self
             .command(&dir)
@@ -216,6 +231,7 @@ impl GatewayBuilder {
             logs,
             args: self.command_line(),
             _dir: dir,
+            _redis: redis,
         };
         let addr = tokio::time::timeout(STARTUP_TIMEOUT, wait_listening(rx)).await;
         match addr {
@@ -328,6 +344,8 @@ pub struct Gateway {
     logs: Arc<Mutex<Vec<String>>>,
     args: Vec<String>,
     _dir: TempDir,
+    /// The private Redis of a gateway started in clustered mode by [`REDIS_ENV`].
+    _redis: Option<RedisServer>,
 }
 
 impl Gateway {

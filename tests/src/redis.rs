@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::gateway::TempDir;
 
 /// A running `redis-server` (no persistence), killed on drop.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,

@@ -39,6 +39,10 @@ pub struct Common {
     /// WebSocket URL of a node; repeat for several nodes (connections go round-robin).
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8080/ws")]
     pub urls: Vec<String>,
+    /// Broadcast: the publishers connect to these nodes (repeat for several) instead of
+    /// `--url`, so that every delivery crosses nodes (clustered mode).
+    #[arg(long = "publisher-url", global = true)]
+    pub publisher_urls: Vec<String>,
     /// Ask this node's `/v1/route` (an http:// base URL) for each user's home node instead.
     #[arg(long, global = true)]
     pub route: Option<String>,

@@ -81,6 +81,7 @@ fn worker_for(
     let c = &cli.common;
     let dialer = Dialer {
         urls: c.urls.clone(),
+        publisher_urls: c.publisher_urls.clone(),
         protocol: c.protocol,
         encoding: c.encoding,
         source: source_addr(index, c.source_addrs),

@@ -33,6 +33,8 @@ pub fn mint(secret: &str, user: &str) -> anyhow::Result<String> {
 pub struct Dialer {
     /// Node URLs, used round-robin by connection index.
     pub urls: Vec<String>,
+    /// Node URLs for publishers when they should sit elsewhere (empty: `urls`).
+    pub publisher_urls: Vec<String>,
     /// Framing.
     pub protocol: Protocol,
     /// Encoding (v1).
@@ -176,14 +178,28 @@ pub fn connect_cause(e: &anyhow::Error) -> String {
 }
 
 impl Dialer {
-    /// Connects connection number `index` with `token` and waits for `welcome`.
-    pub async fn connect(&self, index: usize, token: &str) -> anyhow::Result<Connection> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(index, token)).await?
+    /// Connects connection number `index` with `token` and waits for `welcome`; a
+    /// `publisher` goes to the publisher nodes when there are any.
+    pub async fn connect(
+        &self,
+        index: usize,
+        token: &str,
+        publisher: bool,
+    ) -> anyhow::Result<Connection> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(index, token, publisher)).await?
     }
 
-    async fn connect_inner(&self, index: usize, token: &str) -> anyhow::Result<Connection> {
+    async fn connect_inner(
+        &self,
+        index: usize,
+        token: &str,
+        publisher: bool,
+    ) -> anyhow::Result<Connection> {
         let routed;
         let base = match &self.route {
+            _ if publisher && !self.publisher_urls.is_empty() => {
+                &self.publisher_urls[index % self.publisher_urls.len()]
+            }
             Some(route_base) => {
                 routed = route(route_base, token).await?;
                 &routed

@@ -141,6 +141,8 @@ fn now_nanos() -> u64 {
 #[derive(Clone)]
 struct Role {
     channel: String,
+    /// A broadcast publisher (connects to `--publisher-url` nodes when given).
+    publisher: bool,
     /// Publishes per second, with how many recipients each.
     publish: Option<(f64, u64)>,
     /// Padding bytes per message.
@@ -186,7 +188,13 @@ impl Worker {
         (self.index..n).step_by(self.count.max(1))
     }
 
-    async fn connect(&self, name: &str, n: usize, local: &mut Stats) -> Option<Connection> {
+    async fn connect(
+        &self,
+        name: &str,
+        n: usize,
+        publisher: bool,
+        local: &mut Stats,
+    ) -> Option<Connection> {
         let started = Instant::now();
         let token = match self.tokens.token(name, n) {
             Ok(t) => t,
@@ -195,7 +203,7 @@ impl Worker {
                 return None;
             }
         };
-        match self.dialer.connect(n, &token).await {
+        match self.dialer.connect(n, &token, publisher).await {
             Ok(conn) => {
                 let _ = local.handshake.record(started.elapsed().as_nanos() as u64);
                 local.connected += 1;
@@ -245,6 +253,7 @@ impl Worker {
                     .map(|i| {
                         let role = Role {
                             channel: channel.clone(),
+                            publisher: false,
                             publish: None,
                             payload,
                         };
@@ -254,6 +263,7 @@ impl Worker {
                 for p in self.mine(publishers) {
                     let role = Role {
                         channel: channel.clone(),
+                        publisher: true,
                         // Publishers are subscribed too, and get their own messages.
                         publish: Some((rate, (subscribers + publishers) as u64)),
                         payload,
@@ -294,6 +304,7 @@ impl Worker {
                 let in_room = (users - room * room_size).min(room_size) as u64;
                 let role = Role {
                     channel: format!("room:lg{room}"),
+                    publisher: false,
                     publish: (rate > 0.0).then_some((rate, in_room)),
                     payload,
                 };
@@ -315,7 +326,7 @@ impl Worker {
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let mut local = Stats::default();
-                let conn = worker.connect(&format!("lg-idle{n}"), n, &mut local).await;
+                let conn = worker.connect(&format!("lg-idle{n}"), n, false, &mut local).await;
                 worker.flush(&mut local).await;
                 let Some(mut conn) = conn else { return };
                 loop {
@@ -415,7 +426,7 @@ impl Worker {
         duration: u64,
     ) {
         let mut local = Stats::default();
-        let conn = self.connect(&name, n, &mut local).await;
+        let conn = self.connect(&name, n, role.publisher, &mut local).await;
         let mut subscribed = None;
         let mut conn = match conn {
             Some(mut conn) => {
@@ -550,7 +561,9 @@ impl Worker {
             let room = n % rooms.max(1);
             tasks.push(tokio::spawn(async move {
                 let mut local = Stats::default();
-                if let Some(mut conn) = worker.connect(&format!("lg-churn{n}"), n, &mut local).await
+                if let Some(mut conn) = worker
+                    .connect(&format!("lg-churn{n}"), n, false, &mut local)
+                    .await
                 {
                     if conn
                         .request(json!({"op": "subscribe", "channel": format!("room:lg{room}")}))
@@ -584,6 +597,7 @@ mod tests {
     fn worker(index: usize, count: usize) -> Worker {
         let dialer = Dialer {
             urls: vec!["ws://127.0.0.1:1/ws".into()],
+            publisher_urls: Vec::new(),
             protocol: Protocol::V1,
             encoding: Encoding::Json,
             source: None,

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use e2e::{Client, Gateway, RedisServer, Token, api_get, api_post, as_str, as_u64, http, secs};
+use e2e::{
+    Client, Gateway, RedisServer, Token, api_get, api_post, as_str, as_u64, assert_clean, http,
+    run_loadgen_urls, secs,
+};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -411,4 +414,39 @@ async fn a_lagging_pubsub_receiver_is_healed_from_history() {
     assert!(value("gateway_broker_lagged_total") > 0, "{metrics}");
     assert!(value("gateway_broker_healed_total") > 0, "{metrics}");
     assert_eq!(value("gateway_broker_lost_total"), 0, "{metrics}");
+}
+
+#[tokio::test]
+async fn loadgen_broadcast_across_nodes_audits_clean() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 3).await;
+    // Subscribers on the first two nodes, publishers on the third: every delivery crosses.
+    let publisher_url = format!("ws://{}/ws", gws[2].addr());
+    let (ok, json) = tokio::task::spawn_blocking({
+        let a = gws[0].addr().to_string();
+        let b = gws[1].addr().to_string();
+        move || {
+            let args = [
+                "broadcast",
+                "--subscribers",
+                "100",
+                "--publishers",
+                "2",
+                "--rate",
+                "50",
+                "--duration",
+                "3",
+                "--publisher-url",
+                &publisher_url,
+            ];
+            run_loadgen_urls(&[&a, &b], &args)
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["connections"], 102);
+    assert!(json["sent"].as_u64().unwrap() >= 2 * 50 * 2, "{json:#}");
+    assert_eq!(json["received"], json["expected"], "{json:#}");
 }

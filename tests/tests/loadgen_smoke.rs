@@ -1,46 +1,12 @@
 //! The load generator against a real node, small enough for CI: every scenario must end with
 //! zero gaps, duplicates, reorders and errors, and report what it measured.
 
-use e2e::{Gateway, TEST_SECRET, TempDir, loadgen_bin};
+use e2e::{Gateway, assert_clean, run_loadgen};
 use serde_json::Value;
-use std::process::Command;
 
 /// Runs loadgen with `args` against `gw`; returns its exit success and its JSON report.
 fn loadgen(gw: &Gateway, args: &[&str]) -> (bool, Value) {
-    let dir = TempDir::new("loadgen");
-    let report = dir.join("report.json");
-    let url = format!("ws://{}/ws", gw.addr());
-    let output = Command::new(loadgen_bin())
-        .args(args)
-        .args([
-            "--url",
-            &url,
-            "--secret",
-            TEST_SECRET,
-            "--no-progress",
-            "--max-errors",
-            "0",
-        ])
-        .arg("--pid")
-        .arg(gw.pid().to_string())
-        .arg("--json")
-        .arg(&report)
-        .output()
-        .expect("loadgen runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let text = std::fs::read_to_string(&report)
-        .unwrap_or_else(|e| panic!("no report ({e}); stdout:\n{stdout}\nstderr:\n{stderr}"));
-    let json: Value = serde_json::from_str(&text).expect("report is JSON");
-    (output.status.success(), json)
-}
-
-fn assert_clean(json: &Value) {
-    assert_eq!(json["gaps"], 0, "{json:#}");
-    assert_eq!(json["duplicates"], 0, "{json:#}");
-    assert_eq!(json["reorders"], 0, "{json:#}");
-    assert_eq!(json["lost"], 0, "{json:#}");
-    assert!(json["errors"].as_object().unwrap().is_empty(), "{json:#}");
+    run_loadgen(&[gw], args)
 }
 
 fn bench_gateway() -> Gateway {

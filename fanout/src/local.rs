@@ -63,12 +63,14 @@ impl ChannelState {
     }
 }
 
-/// A channel's entry: this node's interest (subscribe calls not yet undone) and its state,
-/// created by the first publish or history read.
+/// One shard of channels: their state (created by the first publish or history read) and
+/// this node's interest (subscribe calls not yet undone). Interest is counted by the
+/// channel name's hash, so that it costs no copy of the name (every connection's personal
+/// channel has interest); two names sharing a hash only keep state longer, never shorter.
 #[derive(Default)]
-struct Slot {
-    interest: u32,
-    state: Option<Arc<Mutex<ChannelState>>>,
+struct Shard {
+    states: HashMap<Arc<str>, Arc<Mutex<ChannelState>>>,
+    interest: HashMap<u64, u32>,
 }
 
 fn new_epoch() -> Arc<str> {
@@ -83,14 +85,12 @@ fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Slot>>;
-
 /// How often the embedded broker expires history and dedup keys.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// In-process [`Broker`] for one node.
 pub struct LocalBroker {
-    shards: Box<[Shard]>,
+    shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     config: LocalBrokerConfig,
     dispatcher: Arc<dyn Dispatcher>,
@@ -100,7 +100,7 @@ impl LocalBroker {
     /// A broker that hands every accepted message to `dispatcher`.
     pub fn new(config: LocalBrokerConfig, dispatcher: Arc<dyn Dispatcher>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             config,
             dispatcher,
@@ -124,21 +124,22 @@ impl LocalBroker {
         broker
     }
 
-    fn shard(&self, channel: &str) -> &Shard {
-        &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
+    /// The channel's shard and name hash.
+    fn shard(&self, channel: &str) -> (&RwLock<Shard>, u64) {
+        let hash = self.hasher.hash_one(channel);
+        (&self.shards[hash as usize % SHARDS], hash)
     }
 
     fn channel(&self, channel: &str) -> Arc<Mutex<ChannelState>> {
-        let shard = self.shard(channel);
-        if let Some(state) = shard.read().get(channel).and_then(|s| s.state.clone()) {
-            return state;
+        let (shard, _) = self.shard(channel);
+        if let Some(state) = shard.read().states.get(channel) {
+            return state.clone();
         }
         shard
             .write()
+            .states
             .entry(Arc::from(channel))
-            .or_default()
-            .state
-            .get_or_insert_with(|| Arc::new(Mutex::new(ChannelState::new())))
+            .or_insert_with(|| Arc::new(Mutex::new(ChannelState::new())))
             .clone()
     }
 
@@ -149,17 +150,16 @@ impl LocalBroker {
         let now = Instant::now();
         let mut forgotten = 0;
         for shard in self.shards.iter() {
-            shard.write().retain(|_, slot| {
-                if let Some(state) = &slot.state {
-                    let mut state = state.lock();
-                    state.history.expire(now, self.config.history_ttl);
-                    state.dedup.expire(now, self.config.dedup_window);
-                    if state.is_empty() && slot.interest == 0 {
-                        forgotten += 1;
-                        return false;
-                    }
-                }
-                slot.interest > 0 || slot.state.is_some()
+            let mut guard = shard.write();
+            let Shard { states, interest } = &mut *guard;
+            states.retain(|channel, state| {
+                let mut state = state.lock();
+                state.history.expire(now, self.config.history_ttl);
+                state.dedup.expire(now, self.config.dedup_window);
+                let keep =
+                    !state.is_empty() || interest.contains_key(&self.hasher.hash_one(&**channel));
+                forgotten += usize::from(!keep);
+                keep
             });
         }
         forgotten
@@ -167,10 +167,7 @@ impl LocalBroker {
 
     /// Number of channels with state.
     pub fn channel_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().values().filter(|s| s.state.is_some()).count())
-            .sum()
+        self.shards.iter().map(|s| s.read().states.len()).sum()
     }
 }
 
@@ -240,20 +237,18 @@ impl Broker for LocalBroker {
     /// In process, delivery needs no setup (publish dispatches to the node directly); the
     /// interest only keeps the channel's offset and epoch from being swept.
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        self.shard(channel)
-            .write()
-            .entry(Arc::from(channel))
-            .or_default()
-            .interest += 1;
+        let (shard, hash) = self.shard(channel);
+        *shard.write().interest.entry(hash).or_default() += 1;
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let mut shard = self.shard(channel).write();
-        if let Some(slot) = shard.get_mut(channel) {
-            slot.interest = slot.interest.saturating_sub(1);
-            if slot.interest == 0 && slot.state.is_none() {
-                shard.remove(channel);
+        let (shard, hash) = self.shard(channel);
+        let mut shard = shard.write();
+        if let Some(n) = shard.interest.get_mut(&hash) {
+            *n -= 1;
+            if *n == 0 {
+                shard.interest.remove(&hash);
             }
         }
         Ok(())

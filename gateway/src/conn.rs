@@ -61,13 +61,45 @@ struct Recovering {
     buffered: Vec<Arc<Delivery>>,
 }
 
+/// What a connection holds only now and then (while a subscribe recovers, while the node asks
+/// it to drop a channel): boxed, so that an idle connection pays one pointer for it.
 #[derive(Default)]
-struct QueueState {
-    items: VecDeque<Outbound>,
+struct Occasional {
     recovering: Vec<Recovering>,
     /// Channels the node asks the session to drop (the session owns its subscriptions).
     unsubscribe: Vec<(Arc<str>, UnsubscribeReason)>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    occasional: Option<Box<Occasional>>,
     closing: Option<CloseReason>,
+}
+
+impl QueueState {
+    fn occasional(&mut self) -> &mut Occasional {
+        self.occasional.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the box once nothing is in it.
+    fn tidy(&mut self) {
+        if self
+            .occasional
+            .as_ref()
+            .is_some_and(|o| o.recovering.is_empty() && o.unsubscribe.is_empty())
+        {
+            self.occasional = None;
+        }
+    }
+
+    fn recovering_mut(&mut self, channel: &str) -> Option<&mut Recovering> {
+        self.occasional
+            .as_mut()?
+            .recovering
+            .iter_mut()
+            .find(|r| &*r.channel == channel)
+    }
 }
 
 /// The shared handle of one live connection.
@@ -121,11 +153,7 @@ impl Conn {
             return;
         }
         let capacity = self.capacity;
-        if let Some(r) = state
-            .recovering
-            .iter_mut()
-            .find(|r| r.channel == delivery.publication.channel)
-        {
+        if let Some(r) = state.recovering_mut(&delivery.publication.channel) {
             if r.buffered.len() < capacity {
                 r.buffered.push(delivery.clone());
                 return;
@@ -141,10 +169,14 @@ impl Conn {
     /// so the node only asks).
     pub fn request_unsubscribe(&self, channel: Arc<str>, reason: UnsubscribeReason) {
         let mut state = self.state.lock();
-        if state.closing.is_some() || state.unsubscribe.iter().any(|(c, _)| *c == channel) {
+        if state.closing.is_some() {
             return;
         }
-        state.unsubscribe.push((channel, reason));
+        let requests = &mut state.occasional().unsubscribe;
+        if requests.iter().any(|(c, _)| *c == channel) {
+            return;
+        }
+        requests.push((channel, reason));
         self.unsubscribe_pending.store(true, Ordering::Release);
         self.wake.notify_one();
     }
@@ -157,7 +189,13 @@ impl Conn {
         }
         let mut state = self.state.lock();
         self.unsubscribe_pending.store(false, Ordering::Release);
-        std::mem::take(&mut state.unsubscribe)
+        let requests = state
+            .occasional
+            .as_mut()
+            .map(|o| std::mem::take(&mut o.unsubscribe))
+            .unwrap_or_default();
+        state.tidy();
+        requests
     }
 
     /// Queues an encoded frame. Overflow closes the connection with `slow_consumer`.
@@ -184,7 +222,7 @@ impl Conn {
     fn overflow_locked(&self, state: &mut QueueState) {
         metrics().queue_overflows.increment(1);
         state.items = VecDeque::new();
-        state.recovering.clear();
+        state.occasional = None;
         state.closing = Some(CloseReason::SlowConsumer);
         self.wake.notify_one();
     }
@@ -208,8 +246,8 @@ impl Conn {
     /// Starts buffering live publications of `channel` until [`Conn::finish_recovery`].
     pub fn begin_recovery(&self, channel: Arc<str>) {
         let mut state = self.state.lock();
-        if !state.recovering.iter().any(|r| r.channel == channel) {
-            state.recovering.push(Recovering {
+        if state.recovering_mut(&channel).is_none() {
+            state.occasional().recovering.push(Recovering {
                 channel,
                 buffered: Vec::new(),
             });
@@ -227,10 +265,18 @@ impl Conn {
         after: u64,
     ) {
         let mut state = self.state.lock();
-        let Some(index) = state.recovering.iter().position(|r| &*r.channel == channel) else {
+        let Some(occasional) = state.occasional.as_mut() else {
             return;
         };
-        let recovering = state.recovering.swap_remove(index);
+        let Some(index) = occasional
+            .recovering
+            .iter()
+            .position(|r| &*r.channel == channel)
+        else {
+            return;
+        };
+        let recovering = occasional.recovering.swap_remove(index);
+        state.tidy();
         if state.closing.is_some() {
             return;
         }
@@ -247,10 +293,11 @@ impl Conn {
 
     /// Drops the recovery buffer of `channel` (the subscribe failed).
     pub fn abort_recovery(&self, channel: &str) {
-        self.state
-            .lock()
-            .recovering
-            .retain(|r| &*r.channel != channel);
+        let mut state = self.state.lock();
+        if let Some(occasional) = state.occasional.as_mut() {
+            occasional.recovering.retain(|r| &*r.channel != channel);
+        }
+        state.tidy();
     }
 
     /// Moves up to `max` queued items into `batch`. Returns the close request, if any.

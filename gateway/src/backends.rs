@@ -5,7 +5,7 @@ use crate::hub::Hub;
 use crate::node::{Backends, REGISTRY_TTL};
 use anyhow::Context;
 use fanout::{LocalBroker, LocalBrokerConfig, RedisBroker, RedisBrokerConfig, RedisConnectOptions};
-use presence::{Departure, LocalPresence, LocalRegistry, RedisPresence, RedisRegistry};
+use presence::{Change, LocalPresence, LocalRegistry, RedisPresence, RedisRegistry};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +13,9 @@ use std::time::Duration;
 /// history TTL): a subscriber's epoch stays valid across quiet spells this long.
 const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The configured backends, and the presence departures found at start (entries an earlier
+/// The configured backends, and the presence changes found at start (entries an earlier
 /// process with this node id left behind), for the node to announce.
-pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<(Backends, Vec<Departure>)> {
+pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<(Backends, Vec<Change>)> {
     match &config.redis {
         None => Ok((embedded(config, hub), Vec::new())),
         Some(redis) => clustered(config, redis, hub).await,
@@ -27,7 +27,7 @@ pub async fn clustered(
     config: &Config,
     redis: &RedisSettings,
     hub: Arc<Hub>,
-) -> anyhow::Result<(Backends, Vec<Departure>)> {
+) -> anyhow::Result<(Backends, Vec<Change>)> {
     let options = RedisConnectOptions {
         pubsub_capacity: redis.pubsub_capacity,
         ..Default::default()

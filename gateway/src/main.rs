@@ -42,14 +42,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let stop = server::shutdown_signal().context("installing signal handlers")?;
     let hub = Arc::new(Hub::new());
-    let (backends, departures) = backends::connect(&config, hub.clone()).await?;
+    let (backends, changes) = backends::connect(&config, hub.clone()).await?;
     let mode = if config.redis.is_some() {
         "clustered"
     } else {
         "embedded"
     };
     let node = Node::new(config, public_url, Some(prometheus), hub, backends)?;
-    node.announce_departures(departures).await;
+    node.announce_changes(changes).await;
     node.registry.heartbeat(node.info()).await?;
     tokio::spawn(node.clone().run_maintenance());
     tokio::spawn(node.clone().run_presence_heartbeat());

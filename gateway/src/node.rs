@@ -315,25 +315,32 @@ impl Node {
     }
 
     /// Presence heartbeats, every `--presence-heartbeat-secs`: keeps this node's entries
-    /// alive and announces the departures of dead nodes' users.
+    /// alive (putting back lost ones) and announces the changes found.
     pub async fn run_presence_heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.presence_heartbeat);
         tick.tick().await;
         loop {
             tick.tick().await;
             match self.presence.heartbeat().await {
-                Ok(departures) => self.announce_departures(departures).await,
+                Ok(changes) => self.announce_changes(changes).await,
                 Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
             }
         }
     }
 
-    /// Pushes `leave` for users whose presence ended with a dead node.
-    pub async fn announce_departures(&self, departures: Vec<presence::Departure>) {
-        for d in departures {
-            let event = ControlEvent::Leave {
-                channel: d.channel.into(),
-                user: d.user.into(),
+    /// Pushes `join` / `leave` for presence changes a heartbeat found (a dead node's users
+    /// left; this node's users are back after Redis lost them).
+    pub async fn announce_changes(&self, changes: Vec<presence::Change>) {
+        for change in changes {
+            let event = match change {
+                presence::Change::Joined { channel, user } => ControlEvent::Join {
+                    channel: channel.into(),
+                    user: user.into(),
+                },
+                presence::Change::Left { channel, user } => ControlEvent::Leave {
+                    channel: channel.into(),
+                    user: user.into(),
+                },
             };
             if let Err(e) = self.broker.publish_control(event).await {
                 tracing::warn!(error = %e, "presence event not published");

@@ -36,13 +36,24 @@ pub enum PresenceError {
     Backend(String),
 }
 
-/// A user who left a channel because the node holding their entries stopped heartbeating.
+/// A presence transition that a heartbeat found: a dead node's user left, or this node's
+/// user is back after Redis lost (or other nodes reaped) its entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Departure {
-    /// Channel.
-    pub channel: String,
-    /// User id.
-    pub user: String,
+pub enum Change {
+    /// The user is present again (push `join`).
+    Joined {
+        /// Channel.
+        channel: String,
+        /// User id.
+        user: String,
+    },
+    /// The user's last entry went with a dead node (push `leave`).
+    Left {
+        /// Channel.
+        channel: String,
+        /// User id.
+        user: String,
+    },
 }
 
 /// Per-channel presence, counted per (node, user).
@@ -56,7 +67,10 @@ pub struct Departure {
 /// - A node calls [`heartbeat`](Presence::heartbeat) every few seconds. It keeps the node's
 ///   entries alive; entries of a node whose heartbeats stopped (a crash) expire after about
 ///   three heartbeat intervals, and the live node whose heartbeat removes them gets back the
-///   removals that were user transitions, so that `leave` is pushed once for each.
+///   removals that were user transitions, so that `leave` is pushed once for each. A node
+///   whose own entries were lost (the backend restarted empty, or the node was taken for
+///   dead) puts them back at its next heartbeat and gets back the users that thereby
+///   returned, so that `join` is pushed for each.
 /// - `members` merges every live node's entries.
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
@@ -72,7 +86,7 @@ pub trait Presence: Send + Sync + 'static {
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError>;
     /// The users present on `channel`, sorted by user id.
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
-    /// Keeps this node's entries alive and expires those of dead nodes; returns the users
-    /// whose presence ended with them.
-    async fn heartbeat(&self) -> Result<Vec<Departure>, PresenceError>;
+    /// Keeps this node's entries alive (putting back lost ones) and expires those of dead
+    /// nodes; returns the transitions to announce.
+    async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError>;
 }

@@ -1,6 +1,6 @@
 //! Presence kept in process memory.
 
-use crate::{Departure, Member, Presence, PresenceError};
+use crate::{Change, Member, Presence, PresenceError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
@@ -82,7 +82,7 @@ impl Presence for LocalPresence {
         Ok(members)
     }
 
-    async fn heartbeat(&self) -> Result<Vec<Departure>, PresenceError> {
+    async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError> {
         Ok(Vec::new())
     }
 }

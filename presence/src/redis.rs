@@ -10,17 +10,19 @@
 //!
 //! The registry is one hash (`<prefix>:nodes`): node id → expiry, connections and URL.
 
-use crate::{Departure, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError};
+use crate::{Change, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError};
 use fred::clients::Client;
 use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 use fred::types::Value;
 use fred::types::scripts::Script;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const ADD_LUA: &str = include_str!("redis/add.lua");
 const REMOVE_LUA: &str = include_str!("redis/remove.lua");
 const REAP_LUA: &str = include_str!("redis/reap.lua");
+const RESTORE_LUA: &str = include_str!("redis/restore.lua");
 
 fn unavailable(e: fred::error::Error) -> PresenceError {
     use fred::error::ErrorKind;
@@ -39,6 +41,9 @@ fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// One of this node's entries as the node knows it: its connections and the user's name.
+type OwnEntry = (u32, Option<String>);
+
 /// [`Presence`] in Redis for one node of a cluster.
 pub struct RedisPresence {
     client: Client,
@@ -48,6 +53,10 @@ pub struct RedisPresence {
     add: Script,
     remove: Script,
     reap: Script,
+    restore: Script,
+    /// This node's own entries, (channel, user) → (connections, name), to put back what
+    /// Redis lost.
+    own: Mutex<HashMap<(String, String), OwnEntry>>,
 }
 
 impl RedisPresence {
@@ -58,7 +67,7 @@ impl RedisPresence {
         prefix: &str,
         node: &str,
         heartbeat: Duration,
-    ) -> Result<(Self, Vec<Departure>), PresenceError> {
+    ) -> Result<(Self, Vec<Change>), PresenceError> {
         let presence = Self {
             client,
             prefix: prefix.to_owned(),
@@ -67,6 +76,8 @@ impl RedisPresence {
             add: Script::from_lua(ADD_LUA),
             remove: Script::from_lua(REMOVE_LUA),
             reap: Script::from_lua(REAP_LUA),
+            restore: Script::from_lua(RESTORE_LUA),
+            own: Mutex::default(),
         };
         let departures = presence.reap_node(node).await?;
         presence.beat().await?;
@@ -94,23 +105,58 @@ impl RedisPresence {
         format!("{}:pnodes", self.prefix)
     }
 
-    async fn beat(&self) -> Result<(), PresenceError> {
+    /// Refreshes this node's liveness key; returns whether it was still there.
+    async fn beat(&self) -> Result<bool, PresenceError> {
         let ttl = (self.heartbeat * 3).as_millis() as i64;
-        let result: Result<(), _> = self
+        let previous: Option<String> = self
             .client
             .set(
                 self.alive_key(&self.node),
                 1,
                 Some(fred::types::Expiration::PX(ttl)),
                 None,
-                false,
+                true,
             )
-            .await;
-        result.map_err(unavailable)
+            .await
+            .map_err(unavailable)?;
+        Ok(previous.is_some())
+    }
+
+    /// Puts this node's entries back; returns the users that thereby returned.
+    async fn restore_own(&self) -> Result<Vec<Change>, PresenceError> {
+        let own: Vec<((String, String), OwnEntry)> = self
+            .own
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut joined = Vec::new();
+        for ((channel, user), (count, name)) in own {
+            let [pn, pu, pm] = self.channel_keys(&channel);
+            let returned: i64 = self
+                .restore
+                .evalsha_with_reload(
+                    &self.client,
+                    vec![pn, pu, pm, self.node_key(&self.node), self.nodes_key()],
+                    vec![
+                        self.node.clone(),
+                        user.clone(),
+                        name.unwrap_or_default(),
+                        channel.clone(),
+                        count.to_string(),
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            if returned == 1 {
+                joined.push(Change::Joined { channel, user });
+            }
+        }
+        Ok(joined)
     }
 
     /// Removes every entry of `node`; returns who left.
-    async fn reap_node(&self, node: &str) -> Result<Vec<Departure>, PresenceError> {
+    async fn reap_node(&self, node: &str) -> Result<Vec<Change>, PresenceError> {
         let channels: Vec<String> = self
             .client
             .hkeys(self.node_key(node))
@@ -128,7 +174,7 @@ impl RedisPresence {
                 )
                 .await
                 .map_err(unavailable)?;
-            departures.extend(gone.into_iter().map(|user| Departure {
+            departures.extend(gone.into_iter().map(|user| Change::Left {
                 channel: channel.clone(),
                 user,
             }));
@@ -181,11 +227,29 @@ impl Presence for RedisPresence {
         user: &str,
         name: Option<&str>,
     ) -> Result<bool, PresenceError> {
-        self.change(&self.add, channel, user, name).await
+        let first = self.change(&self.add, channel, user, name).await?;
+        let mut own = self.own.lock();
+        let entry = own
+            .entry((channel.to_owned(), user.to_owned()))
+            .or_insert((0, None));
+        entry.0 += 1;
+        if name.is_some() {
+            entry.1 = name.map(str::to_owned);
+        }
+        Ok(first)
     }
 
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError> {
-        self.change(&self.remove, channel, user, None).await
+        let last = self.change(&self.remove, channel, user, None).await?;
+        let mut own = self.own.lock();
+        let key = (channel.to_owned(), user.to_owned());
+        if let Some(entry) = own.get_mut(&key) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                own.remove(&key);
+            }
+        }
+        Ok(last)
     }
 
     async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
@@ -206,14 +270,18 @@ impl Presence for RedisPresence {
         Ok(members)
     }
 
-    async fn heartbeat(&self) -> Result<Vec<Departure>, PresenceError> {
-        self.beat().await?;
+    async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError> {
+        let mut changes = Vec::new();
+        if !self.beat().await? {
+            // Our liveness key was gone: Redis lost its data, or we were taken for dead and
+            // reaped. Put our entries back.
+            changes = self.restore_own().await?;
+        }
         let nodes: Vec<String> = self
             .client
             .smembers(self.nodes_key())
             .await
             .map_err(unavailable)?;
-        let mut departures = Vec::new();
         for node in nodes.into_iter().filter(|n| *n != self.node) {
             let alive: i64 = self
                 .client
@@ -222,10 +290,10 @@ impl Presence for RedisPresence {
                 .map_err(unavailable)?;
             if alive == 0 {
                 tracing::info!(%node, "node stopped heartbeating: removing its presence");
-                departures.extend(self.reap_node(&node).await?);
+                changes.extend(self.reap_node(&node).await?);
             }
         }
-        Ok(departures)
+        Ok(changes)
     }
 }
 

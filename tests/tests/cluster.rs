@@ -450,3 +450,34 @@ async fn loadgen_broadcast_across_nodes_audits_clean() {
     assert!(json["sent"].as_u64().unwrap() >= 2 * 50 * 2, "{json:#}");
     assert_eq!(json["received"], json["expected"], "{json:#}");
 }
+
+#[tokio::test]
+async fn presence_comes_back_after_redis_restarts_empty() {
+    let mut redis = RedisServer::start().await;
+    let a = node(&redis, &[("--presence-heartbeat-secs", "1")]).await;
+    let b = node(&redis, &[("--presence-heartbeat-secs", "1")]).await;
+    let mut ann = Client::connect(a.addr(), &tok("ann")).await;
+    ann.subscribe("room:q").await;
+    assert_eq!(presence_push(&mut ann, secs(5)).await["user"], "ann");
+    let mut bob = Client::connect(b.addr(), &tok("bob")).await;
+    bob.subscribe("room:q").await;
+    assert_eq!(presence_push(&mut ann, secs(5)).await["user"], "bob");
+    redis.restart_empty().await;
+    // Each node puts its users back at its next heartbeat, and says so.
+    let mut back = Vec::new();
+    for _ in 0..2 {
+        let p = presence_push(&mut ann, secs(15)).await;
+        assert_eq!(p["op"], "join", "{p}");
+        back.push(p["user"].as_str().unwrap().to_owned());
+    }
+    back.sort();
+    assert_eq!(back, ["ann", "bob"]);
+    let members = ann.request_ok("presence", json!({"channel": "room:q"})).await;
+    assert_eq!(
+        members["members"],
+        json!([
+            {"user": "ann", "name": "ann", "conns": 1},
+            {"user": "bob", "name": "bob", "conns": 1}
+        ])
+    );
+}

@@ -1,0 +1,21 @@
+-- Puts back one (node, user) entry that Redis lost (a restart without persistence) or that
+-- other nodes reaped while this node was taken for dead, up to the count the node knows.
+-- Same keys as add.lua. ARGV: 1 node, 2 user, 3 name ('' for none), 4 channel, 5 count
+-- Returns 1 when the user was absent from the channel (a join to announce).
+local field = ARGV[1] .. '|' .. ARGV[2]
+local current = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+local count = tonumber(ARGV[5])
+if current >= count then
+  return 0
+end
+local missing = count - current
+redis.call('HSET', KEYS[1], field, count)
+redis.call('HINCRBY', KEYS[4], ARGV[4], missing)
+redis.call('SADD', KEYS[5], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+end
+if redis.call('HINCRBY', KEYS[2], ARGV[2], missing) == missing then
+  return 1
+end
+return 0

@@ -2,8 +2,10 @@
 //!
 //! Every test starts its own `gateway` process (see [`GatewayBuilder`]), talks to it over real
 //! sockets with real WebSocket clients ([`Client`], [`Connect`]) and a tiny HTTP/1.1 client
-//! ([`http`]), and mints its own JWTs ([`Token`]). Nothing here knows the gateway's internals:
-//! the contract is `docs/protocol.md`.
+//! ([`http`]), and mints its own JWTs ([`Token`]). Clustered-mode tests start their own
+//! `redis-server` ([`RedisServer`]) that they can pause, kill and restart; with `E2E_REDIS`
+//! set, every gateway runs on a private one. Nothing here knows the gateway's internals: the
+//! contract is `docs/protocol.md`.
 
 pub mod client;
 pub mod gateway;

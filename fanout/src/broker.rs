@@ -168,6 +168,8 @@ pub struct DeliveryStats {
     pub lost: u64,
     /// Messages from the backend that could not be read.
     pub bad_envelopes: u64,
+    /// Payload bytes this node holds in history now (0 when history lives elsewhere).
+    pub history_bytes: u64,
 }
 
 /// Receives what the broker delivers to this node.

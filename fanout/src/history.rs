@@ -1,30 +1,64 @@
-//! Recent history of one channel, bounded by count and age.
+//! Recent history of one channel, bounded by count, payload bytes and age.
 
 use crate::Publication;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// What one kept message costs beyond its payload: the entry, the `Publication` and its
+/// `from` name, roughly. Counted so that a flood of tiny messages is bounded too.
+pub(crate) const ENTRY_OVERHEAD: usize = 96;
+
+/// The bytes a publication counts for against the history bounds.
+pub(crate) fn cost(publication: &Publication) -> usize {
+    publication.data.len() + ENTRY_OVERHEAD
+}
+
 /// A channel's newest publications, oldest first, each with its acceptance instant.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     entries: VecDeque<(Instant, Arc<Publication>)>,
+    bytes: usize,
 }
 
 impl History {
-    /// Appends `publication` and drops what exceeds `max_len`.
-    pub(crate) fn push(&mut self, at: Instant, publication: Arc<Publication>, max_len: usize) {
+    /// Appends `publication` and drops the oldest entries past `max_len` or `max_bytes` (the
+    /// newest one always stays). Returns the bytes it added minus the bytes it dropped.
+    pub(crate) fn push(
+        &mut self,
+        at: Instant,
+        publication: Arc<Publication>,
+        max_len: usize,
+        max_bytes: usize,
+    ) -> isize {
+        let added = cost(&publication);
         self.entries.push_back((at, publication));
-        while self.entries.len() > max_len {
-            self.entries.pop_front();
+        self.bytes += added;
+        let mut dropped = 0;
+        while self.entries.len() > max_len || (self.bytes > max_bytes && self.entries.len() > 1) {
+            dropped += self.pop_front();
+        }
+        added as isize - dropped as isize
+    }
+
+    /// Drops the oldest entry; returns its cost (0 when empty).
+    pub(crate) fn pop_front(&mut self) -> usize {
+        match self.entries.pop_front() {
+            Some((_, p)) => {
+                let c = cost(&p);
+                self.bytes -= c;
+                c
+            }
+            None => 0,
         }
     }
 
-    /// Drops entries accepted more than `ttl` before `now`.
-    pub(crate) fn expire(&mut self, now: Instant, ttl: Duration) {
+    /// Drops entries accepted more than `ttl` before `now`; returns the bytes dropped.
+    pub(crate) fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
+        let mut dropped = 0;
         while let Some((at, _)) = self.entries.front() {
             if now.duration_since(*at) > ttl {
-                self.entries.pop_front();
+                dropped += self.pop_front();
             } else {
                 break;
             }
@@ -32,11 +66,18 @@ impl History {
         if self.entries.is_empty() && self.entries.capacity() > 16 {
             self.entries = VecDeque::new();
         }
+        dropped
     }
 
     /// True when nothing is held.
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Number of messages held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
 
     /// Up to `limit` entries after offset `since` (oldest first), or the newest `limit` when
@@ -65,5 +106,43 @@ impl History {
                     .collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Payload;
+    use bytes::Bytes;
+
+    fn publication(offset: u64, size: usize) -> Arc<Publication> {
+        Arc::new(Publication {
+            channel: "c".into(),
+            offset,
+            epoch: "e".into(),
+            from: "u".into(),
+            data: Payload::Json(Bytes::from(vec![b'1'; size])),
+            ts: 0,
+        })
+    }
+
+    #[test]
+    fn bounded_by_bytes_keeping_the_newest() {
+        let now = Instant::now();
+        let mut h = History::default();
+        let per = 1000 + ENTRY_OVERHEAD;
+        for offset in 1..=10 {
+            h.push(now, publication(offset, 1000), 100, 3 * per);
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.bytes, 3 * per);
+        assert_eq!(h.read(None, 10)[0].offset, 8);
+        // One message over the bound on its own is still kept.
+        let delta = h.push(now, publication(11, 10_000), 100, 3 * per);
+        assert_eq!(h.len(), 1);
+        assert_eq!(delta, (10_000 + ENTRY_OVERHEAD) as isize - 3 * per as isize);
+        let dropped = h.expire(now + Duration::from_secs(2), Duration::from_secs(1));
+        assert_eq!(dropped, 10_000 + ENTRY_OVERHEAD);
+        assert!(h.is_empty() && h.bytes == 0);
     }
 }

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SHARDS: usize = 64;
@@ -20,6 +21,11 @@ const SHARDS: usize = 64;
 pub struct LocalBrokerConfig {
     /// Most messages kept per channel.
     pub history_size: usize,
+    /// Most payload bytes kept per channel (the newest message always stays).
+    pub history_max_bytes: usize,
+    /// Most payload bytes kept in all channels together: past it, a publish trims its own
+    /// channel's oldest messages first.
+    pub history_node_max_bytes: usize,
     /// Longest time a message stays in history.
     pub history_ttl: Duration,
     /// How long an idempotency key is remembered.
@@ -32,6 +38,8 @@ impl Default for LocalBrokerConfig {
     fn default() -> Self {
         Self {
             history_size: 1000,
+            history_max_bytes: 4 << 20,
+            history_node_max_bytes: 256 << 20,
             history_ttl: Duration::from_secs(300),
             dedup_window: Duration::from_secs(120),
             dedup_max_keys: 100_000,
@@ -94,6 +102,8 @@ pub struct LocalBroker {
     hasher: RandomState,
     config: LocalBrokerConfig,
     dispatcher: Arc<dyn Dispatcher>,
+    /// Bytes held in every channel's history (see [`crate::history::cost`]).
+    history_bytes: AtomicUsize,
 }
 
 impl LocalBroker {
@@ -104,6 +114,22 @@ impl LocalBroker {
             hasher: RandomState::new(),
             config,
             dispatcher,
+            history_bytes: AtomicUsize::new(0),
+        }
+    }
+
+    /// Payload bytes held in history, all channels together.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes.load(Ordering::Relaxed)
+    }
+
+    fn account(&self, delta: isize) {
+        if delta >= 0 {
+            self.history_bytes
+                .fetch_add(delta as usize, Ordering::Relaxed);
+        } else {
+            self.history_bytes
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
 
@@ -154,7 +180,8 @@ impl LocalBroker {
             let Shard { states, interest } = &mut *guard;
             states.retain(|channel, state| {
                 let mut state = state.lock();
-                state.history.expire(now, self.config.history_ttl);
+                let dropped = state.history.expire(now, self.config.history_ttl);
+                self.account(-(dropped as isize));
                 state.dedup.expire(now, self.config.dedup_window);
                 let keep =
                     !state.is_empty() || interest.contains_key(&self.hasher.hash_one(&**channel));
@@ -200,10 +227,21 @@ impl Broker for LocalBroker {
             data: request.data,
             ts: unix_millis(),
         });
-        state.history.expire(now, self.config.history_ttl);
-        state
-            .history
-            .push(now, publication.clone(), self.config.history_size);
+        let mut delta = -(state.history.expire(now, self.config.history_ttl) as isize);
+        delta += state.history.push(
+            now,
+            publication.clone(),
+            self.config.history_size,
+            self.config.history_max_bytes,
+        );
+        self.account(delta);
+        // Past the node's bound, this channel gives back its oldest first (its newest
+        // message included, when it is all there is: recovery then says so).
+        while self.history_bytes() > self.config.history_node_max_bytes && !state.history.is_empty()
+        {
+            let dropped = state.history.pop_front();
+            self.account(-(dropped as isize));
+        }
         if let Some(key) = request.idem {
             state.dedup.insert(key, publication.offset, now);
         }
@@ -224,9 +262,10 @@ impl Broker for LocalBroker {
     ) -> Result<HistoryPage, BrokerError> {
         let state = self.channel(channel);
         let mut state = state.lock();
-        state
+        let dropped = state
             .history
             .expire(Instant::now(), self.config.history_ttl);
+        self.account(-(dropped as isize));
         Ok(HistoryPage {
             publications: state.history.read(query.since, query.limit),
             offset: state.offset,
@@ -261,6 +300,13 @@ impl Broker for LocalBroker {
 
     async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError> {
         Ok(self.dispatcher.dispatch_command(&command))
+    }
+
+    fn stats(&self) -> crate::DeliveryStats {
+        crate::DeliveryStats {
+            history_bytes: self.history_bytes() as u64,
+            ..Default::default()
+        }
     }
 
     fn history_capacity(&self) -> usize {

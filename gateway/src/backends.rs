@@ -72,6 +72,8 @@ pub fn embedded(config: &Config, hub: Arc<Hub>) -> Backends {
     let broker = LocalBroker::start(
         LocalBrokerConfig {
             history_size: config.history_size,
+            history_max_bytes: config.history_max_bytes,
+            history_node_max_bytes: config.history_node_max_bytes,
             history_ttl: config.history_ttl,
             dedup_window: config.dedup_window,
             dedup_max_keys: config.dedup_max_keys,

@@ -99,6 +99,13 @@ pub struct Settings {
     /// Publish burst per connection (token bucket size) [default: 100].
     #[arg(long, env = "GATEWAY_PUBLISH_BURST")]
     pub publish_burst: Option<u32>,
+    /// Subscribes and unsubscribes per second per connection (token bucket refill)
+    /// [default: 10].
+    #[arg(long, env = "GATEWAY_SUBSCRIBE_RATE")]
+    pub subscribe_rate: Option<u32>,
+    /// Subscribe and unsubscribe burst per connection (token bucket size) [default: 200].
+    #[arg(long, env = "GATEWAY_SUBSCRIBE_BURST")]
+    pub subscribe_burst: Option<u32>,
     /// Rejected publishes per minute before disconnecting with 4003 [default: 100].
     #[arg(long, env = "GATEWAY_MAX_RATE_LIMITED_PER_MINUTE")]
     pub max_rate_limited_per_minute: Option<u32>,
@@ -117,6 +124,18 @@ pub struct Settings {
     /// Seconds without any frame from the client before 4004 [default: 60].
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Most concurrent HTTP connections not (yet) upgraded to WebSocket: API calls, handshakes
+    /// in progress, idle keep-alives; more are answered 503 at accept [default: 1024].
+    #[arg(long, env = "GATEWAY_MAX_HTTP_CONNECTIONS")]
+    pub max_http_connections: Option<usize>,
+    /// Seconds an HTTP request has to send its body [default: 10].
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Origins allowed to open `/ws` from a browser, comma-separated (`https://app.example`),
+    /// besides the gateway's own origin; `*` allows any. Requests without `Origin` (not from a
+    /// browser) are always allowed [default: own origin only].
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
     /// Seconds a new TCP connection has to send its HTTP request [default: 10].
     #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS")]
     pub handshake_timeout_secs: Option<u64>,
@@ -126,6 +145,14 @@ pub struct Settings {
     /// Messages of history kept per channel [default: 1000].
     #[arg(long, env = "GATEWAY_HISTORY_SIZE")]
     pub history_size: Option<usize>,
+    /// Bytes of payload kept in one channel's history (the newest message is always kept)
+    /// [default: 4194304].
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
+    /// Bytes of payload kept in all the node's history together, embedded engine
+    /// [default: 268435456].
+    #[arg(long, env = "GATEWAY_HISTORY_NODE_MAX_BYTES")]
+    pub history_node_max_bytes: Option<usize>,
     /// Seconds a message stays in history [default: 300].
     #[arg(long, env = "GATEWAY_HISTORY_TTL_SECS")]
     pub history_ttl_secs: Option<u64>,
@@ -173,10 +200,11 @@ impl Settings {
             jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
             redis_prefix, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
             database_url, log_format, log, max_connections, max_connections_per_user,
-            max_subscriptions, publish_rate, publish_burst, max_rate_limited_per_minute,
-            max_bad_frames_per_minute, max_frame_size, outbound_queue, ping_interval_secs,
-            idle_timeout_secs, handshake_timeout_secs, drain_timeout_secs, history_size,
-            history_ttl_secs, dedup_window_secs, dedup_max_keys, direct_messages, read_buffer_size, namespaces);
+            max_subscriptions, publish_rate, publish_burst, subscribe_rate, subscribe_burst,
+            max_rate_limited_per_minute, max_bad_frames_per_minute, max_frame_size,
+            outbound_queue, ping_interval_secs, idle_timeout_secs, max_http_connections,
+            request_timeout_secs, allowed_origins, handshake_timeout_secs, drain_timeout_secs,
+            history_size, history_max_bytes, history_node_max_bytes, history_ttl_secs, dedup_window_secs, dedup_max_keys, direct_messages, read_buffer_size, namespaces);
     }
 }
 
@@ -227,6 +255,10 @@ pub struct Limits {
     pub publish_rate: u32,
     /// Token bucket size.
     pub publish_burst: u32,
+    /// Subscribe/unsubscribe token bucket refill per second.
+    pub subscribe_rate: u32,
+    /// Subscribe/unsubscribe token bucket size.
+    pub subscribe_burst: u32,
     /// Rejected publishes per minute before 4003.
     pub max_rate_limited_per_minute: u32,
     /// Malformed frames per minute before `policy`.
@@ -241,8 +273,27 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Handshake timeout.
     pub handshake_timeout: Duration,
+    /// Concurrent HTTP connections not upgraded to WebSocket.
+    pub max_http_connections: usize,
+    /// Deadline for reading a request body.
+    pub request_timeout: Duration,
     /// WebSocket read buffer size.
     pub read_buffer_size: usize,
+}
+
+impl Limits {
+    /// Most bytes of one reply frame (a `history` page is cut to fit, see
+    /// `protocol::HistoryReply`).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_frame_size.saturating_mul(4).max(1 << 20)
+    }
+
+    /// The socket's write-buffer bound: the largest reply plus room for a push converted to
+    /// the other encoding (MessagePack numbers can triple in JSON text). A single frame over
+    /// it could not be written at all.
+    pub fn max_write_buffer(&self) -> usize {
+        self.max_reply_bytes() + self.max_frame_size.saturating_mul(4) + (64 << 10)
+    }
 }
 
 /// The checked configuration the node runs with.
@@ -270,8 +321,14 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// History bound by count.
     pub history_size: usize,
+    /// History bound by payload bytes per channel.
+    pub history_max_bytes: usize,
+    /// History bound by payload bytes per node (embedded engine).
+    pub history_node_max_bytes: usize,
     /// History bound by age.
     pub history_ttl: Duration,
+    /// Browser origins allowed on `/ws` besides the node's own.
+    pub allowed_origins: AllowedOrigins,
     /// Dedup window.
     pub dedup_window: Duration,
     /// Idempotency keys per channel.
@@ -297,6 +354,67 @@ pub struct RedisSettings {
     pub pubsub_capacity: usize,
     /// Position check interval.
     pub position_check: Duration,
+}
+
+/// Browser origins allowed to open `/ws`, besides the node's own (`Origin` whose host is the
+/// request's `Host`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Any origin (`*`).
+    Any,
+    /// These origins (`scheme://host[:port]`, compared case-insensitively), plus the node's own.
+    List(Vec<String>),
+    /// The node's own origin only.
+    #[default]
+    SameOrigin,
+}
+
+impl AllowedOrigins {
+    /// Parses a comma-separated list: empty means same origin only, `*` any origin.
+    pub fn parse(list: &str) -> anyhow::Result<Self> {
+        let mut origins = Vec::new();
+        for origin in list.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if origin == "*" {
+                return Ok(AllowedOrigins::Any);
+            }
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains('/') => {
+                    origins.push(origin.to_ascii_lowercase())
+                }
+                _ => bail!(
+                    "--allowed-origins: {origin:?} is not an origin like https://app.example                      (scheme and host, optional port, no path), nor *"
+                ),
+            }
+        }
+        Ok(if origins.is_empty() {
+            AllowedOrigins::SameOrigin
+        } else {
+            AllowedOrigins::List(origins)
+        })
+    }
+
+    /// Whether a browser page at `origin` may open `/ws` on a node reached as `host`.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if let AllowedOrigins::Any = self {
+            return true;
+        }
+        let origin = origin.trim().to_ascii_lowercase();
+        let origin_host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        if let (Some(origin_host), Some(host)) = (origin_host, host) {
+            if origin_host.eq_ignore_ascii_case(host.trim()) {
+                return true;
+            }
+        }
+        match self {
+            AllowedOrigins::List(list) => list.contains(&origin),
+            _ => false,
+        }
+    }
 }
 
 /// Shortest HS256 secret accepted outside dev mode.
@@ -357,7 +475,12 @@ impl Config {
             idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or(60).max(1)),
             handshake_timeout: Duration::from_secs(s.handshake_timeout_secs.unwrap_or(10).max(1)),
             read_buffer_size: s.read_buffer_size.unwrap_or(512).max(64),
+            subscribe_rate: s.subscribe_rate.unwrap_or(10),
+            subscribe_burst: s.subscribe_burst.unwrap_or(200).max(1),
+            max_http_connections: s.max_http_connections.unwrap_or(1024).max(1),
+            request_timeout: Duration::from_secs(s.request_timeout_secs.unwrap_or(10).max(1)),
         };
+        let allowed_origins = AllowedOrigins::parse(s.allowed_origins.as_deref().unwrap_or(""))?;
         Ok(Config {
             listen,
             node_id: s
@@ -372,7 +495,10 @@ impl Config {
             limits,
             drain_timeout: Duration::from_secs(s.drain_timeout_secs.unwrap_or(10)),
             history_size: s.history_size.unwrap_or(1000).max(1),
+            history_max_bytes: s.history_max_bytes.unwrap_or(4 << 20).max(1),
+            history_node_max_bytes: s.history_node_max_bytes.unwrap_or(256 << 20).max(1),
             history_ttl: Duration::from_secs(s.history_ttl_secs.unwrap_or(300)),
+            allowed_origins,
             dedup_window,
             dedup_max_keys: s.dedup_max_keys.unwrap_or(100_000).max(1),
             direct_messages: s.direct_messages.unwrap_or(true),
@@ -448,6 +574,23 @@ mod tests {
             .to_string();
         assert!(err.contains("weak"), "{err}");
         assert!(Config::from_settings(settings(&["--dev"])).is_ok());
+    }
+
+    #[test]
+    fn origins() {
+        let same = AllowedOrigins::parse("").unwrap();
+        assert!(same.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(same.allows("HTTPS://Chat.Example", Some("chat.example")));
+        assert!(!same.allows("http://evil.example", Some("127.0.0.1:8080")));
+        assert!(!same.allows("null", Some("127.0.0.1:8080")));
+        assert!(!same.allows("http://127.0.0.1:8080", None));
+        let list = AllowedOrigins::parse("https://app.example, http://localhost:3000").unwrap();
+        assert!(list.allows("https://APP.example", Some("gw.example")));
+        assert!(list.allows("http://localhost:3000", Some("gw.example")));
+        assert!(!list.allows("http://app.example", Some("gw.example")));
+        assert!(AllowedOrigins::parse("*,x").unwrap().allows("null", None));
+        assert!(AllowedOrigins::parse("app.example").is_err());
+        assert!(AllowedOrigins::parse("https://app.example/path").is_err());
     }
 
     #[test]

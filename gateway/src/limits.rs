@@ -2,31 +2,28 @@
 
 use std::time::{Duration, Instant};
 
-/// A token bucket: `burst` tokens, refilled at `rate` per second.
+/// A token bucket. Its rate and size are node-wide settings passed to each call, so that a
+/// connection holds only the bucket's level and clock (every idle byte counts).
 #[derive(Debug)]
 pub struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    rate: f64,
+    tokens: f32,
     last: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+    /// A full bucket of `burst` tokens.
+    pub fn new(burst: u32, now: Instant) -> Self {
         Self {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            rate: f64::from(rate),
+            tokens: burst as f32,
             last: now,
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+    /// Refills at `rate` per second up to `burst`, then takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -70,11 +67,12 @@ mod tests {
     #[test]
     fn bucket_allows_burst_then_refills() {
         let t0 = Instant::now();
-        let mut b = TokenBucket::new(10, 3, t0);
-        assert!(b.try_take(t0) && b.try_take(t0) && b.try_take(t0));
-        assert!(!b.try_take(t0));
-        assert!(b.try_take(t0 + Duration::from_millis(100)));
-        assert!(!b.try_take(t0 + Duration::from_millis(100)));
+        let mut b = TokenBucket::new(3, t0);
+        let take = |b: &mut TokenBucket, t| b.try_take(t, 10, 3);
+        assert!(take(&mut b, t0) && take(&mut b, t0) && take(&mut b, t0));
+        assert!(!take(&mut b, t0));
+        assert!(take(&mut b, t0 + Duration::from_millis(101)));
+        assert!(!take(&mut b, t0 + Duration::from_millis(101)));
     }
 
     #[test]

@@ -8,16 +8,31 @@ use gateway::{backends, http, metrics, server};
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
+/// Whether an event may be logged whatever the filter says: the WebSocket library logs every
+/// frame at trace level, tokens (`refresh`) included, so its trace events never are.
+fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
+    let frames =
+        meta.target().starts_with("tungstenite") || meta.target().starts_with("tokio_tungstenite");
+    !(frames && *meta.level() == tracing::Level::TRACE)
+}
+
 fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_new(&config.log_filter)
         .with_context(|| format!("bad log filter {:?}", config.log_filter))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if config.log_json {
-        builder.json().init();
+        builder
+            .json()
+            .finish()
+            .with(filter_fn(never_secret))
+            .try_init()?;
     } else {
-        builder.init();
+        builder.finish().with(filter_fn(never_secret)).try_init()?;
     }
     Ok(())
 }

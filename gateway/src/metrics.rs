@@ -26,6 +26,10 @@ pub struct Metrics {
     pub queue_overflows: Counter,
     /// From acceptance to the write of the frame carrying it.
     pub publish_to_write: Histogram,
+    /// Sockets answered 503 at accept (past `--max-http-connections`).
+    pub http_refused: Counter,
+    /// Payload bytes held in the embedded engine's history.
+    pub history_bytes: Gauge,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -43,6 +47,8 @@ pub fn metrics() -> &'static Metrics {
         bytes_out: counter!("gateway_bytes_out_total"),
         queue_overflows: counter!("gateway_outbound_queue_overflows_total"),
         publish_to_write: histogram!("gateway_publish_to_write_seconds"),
+        http_refused: counter!("gateway_http_refused_total"),
+        history_bytes: gauge!("gateway_history_bytes"),
     })
 }
 
@@ -53,6 +59,7 @@ pub fn record_delivery_stats(stats: fanout::DeliveryStats) {
     counter!("gateway_broker_lagged_total").absolute(stats.lagged);
     counter!("gateway_broker_lost_total").absolute(stats.lost);
     counter!("gateway_broker_bad_envelopes_total").absolute(stats.bad_envelopes);
+    metrics().history_bytes.set(stats.history_bytes as f64);
 }
 
 /// Counts a refused handshake by result (`unauthorized`, `bad_subprotocol`, ...).

@@ -1,13 +1,16 @@
 //! The accept loop: one hyper HTTP/1 connection per TCP stream, with a header-read timeout
 //! (the handshake timeout) and upgrades; drain on SIGTERM or SIGINT.
 
+use crate::metrics::metrics;
 use crate::node::Node;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Serves `router` on `listener` until `stop` resolves, then drains the node: every session
@@ -64,8 +67,27 @@ pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The answer to a socket accepted past `--max-http-connections`, written without reading
+/// its request.
+const HTTP_FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+    Retry-After: 5\r\nContent-Type: text/plain\r\nContent-Length: 30\r\n\r\n\
+    node HTTP connection limit hit";
+
+/// Counts one socket in its HTTP phase (until it is upgraded or closed).
+struct HttpSlot(Arc<AtomicUsize>);
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
     let header_timeout = node.config.limits.handshake_timeout;
+    let max_http = node.config.limits.max_http_connections;
+    // Sockets in their HTTP phase. A WebSocket session counts against --max-connections
+    // instead once upgraded: hyper's connection future ends at the upgrade.
+    let http_open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -77,8 +99,20 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
             }
         };
         let _ = stream.set_nodelay(true);
+        if http_open.fetch_add(1, Ordering::Relaxed) >= max_http {
+            http_open.fetch_sub(1, Ordering::Relaxed);
+            metrics().http_refused.increment(1);
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(HTTP_FULL)).await;
+            });
+            continue;
+        }
+        let slot = HttpSlot(http_open.clone());
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)

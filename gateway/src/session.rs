@@ -55,7 +55,10 @@ impl Drop for Registration {
 pub(crate) enum End {
     /// The server closes, with this reason.
     Close(CloseReason),
-    /// The client closed or the socket failed.
+    /// The client sent a close frame: tungstenite has queued the reply (the same code, or
+    /// 1002 for a code the RFC does not allow), which the session flushes.
+    ClientClosed,
+    /// The socket failed or ended without a close frame.
     Gone,
 }
 
@@ -76,7 +79,10 @@ pub(crate) struct Session {
     pub(crate) expires_at: Instant,
     /// Subscribed channels; the personal channel first.
     pub(crate) subs: Vec<Arc<str>>,
+    /// Publishes.
     pub(crate) bucket: TokenBucket,
+    /// Subscribes and unsubscribes (each can make presence announce to a whole room).
+    pub(crate) sub_bucket: TokenBucket,
     pub(crate) rate_limited: MinuteCounter,
     bad_frames: MinuteCounter,
     last_seen: Instant,
@@ -93,7 +99,8 @@ pub async fn run(mut ws: WebSocket, node: Arc<Node>, registration: Registration,
         name: claims.name,
         patterns: claims.channels,
         subs: Vec::new(),
-        bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
+        bucket: TokenBucket::new(limits.publish_burst, now),
+        sub_bucket: TokenBucket::new(limits.subscribe_burst, now),
         rate_limited: MinuteCounter::new(now),
         bad_frames: MinuteCounter::new(now),
         last_seen: now,
@@ -109,8 +116,14 @@ pub async fn run(mut ws: WebSocket, node: Arc<Node>, registration: Registration,
     // Closing: no longer one of the user's connections (limits, /api/disconnect), though the
     // drain still waits for the close handshake below.
     node.hub.remove_connection(&conn);
-    if let End::Close(reason) = end {
-        Box::pin(close(&mut ws, conn.encoding, reason)).await;
+    match end {
+        End::Close(reason) => Box::pin(close(&mut ws, conn.encoding, reason)).await,
+        // RFC 6455 §5.5.1: answer the client's close frame before dropping TCP, so that its
+        // close is clean (`wasClean`), not 1006.
+        End::ClientClosed => {
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.flush()).await;
+        }
+        End::Gone => {}
     }
     drop(registration);
 }
@@ -304,7 +317,7 @@ impl Session {
                 };
                 return self.reject(error);
             }
-            (Message::Close(_), _) => return Some(End::Gone),
+            (Message::Close(_), _) => return Some(End::ClientClosed),
             (Message::Ping(_) | Message::Pong(_), _) => return None,
         };
         metrics().bytes_in.increment(payload.len() as u64);
@@ -328,6 +341,28 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Answers `rate_limited` to a command refused by a token bucket; past
+    /// `--max-rate-limited-per-minute` such refusals, closes with 4003.
+    pub(crate) fn rate_limited(&mut self, id: i64, what: &str, now: Instant) -> Option<End> {
+        self.error(
+            id,
+            ErrorCode::RateLimited,
+            &format!("{what} rate limit exceeded"),
+        );
+        let count = self.rate_limited.record(now);
+        if count > self.node.config.limits.max_rate_limited_per_minute {
+            return Some(End::Close(CloseReason::RateLimited));
+        }
+        None
+    }
+
+    /// Takes a token from the subscribe/unsubscribe bucket.
+    pub(crate) fn take_subscribe_token(&mut self, now: Instant) -> bool {
+        let limits = &self.node.config.limits;
+        self.sub_bucket
+            .try_take(now, limits.subscribe_rate, limits.subscribe_burst)
     }
 
     pub(crate) fn reply<T: serde::Serialize>(&self, id: i64, ok: &T) {

@@ -42,6 +42,7 @@ pub struct Connect {
     query_token: Option<String>,
     bearer: Option<String>,
     protocols: Option<String>,
+    headers: Vec<(String, String)>,
 }
 
 /// A handshake the server refused with an HTTP status instead of upgrading.
@@ -64,7 +65,14 @@ impl Connect {
             query_token: None,
             bearer: None,
             protocols: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a request header (`Origin`, for instance).
+    pub fn header(mut self, name: &str, value: &str) -> Connect {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// Sends the token as the `token` query parameter.
@@ -114,6 +122,12 @@ impl Connect {
             req.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
                 HeaderValue::from_str(p).expect("header value"),
+            );
+        }
+        for (name, value) in &self.headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
             );
         }
         let mut config = WebSocketConfig::default();
@@ -481,6 +495,29 @@ impl Client {
         while self.close_code.is_none() {
             if self.read_frame(deadline).await.is_none() {
                 break;
+            }
+        }
+    }
+
+    /// Sends a close frame with `code` and returns the code of the server's close reply
+    /// ([`ABNORMAL_CLOSE`] when the server dropped the connection without one). Panics
+    /// when a `message` push arrives meanwhile, or when nothing ends within 5 s.
+    pub async fn close_with(mut self, code: u16) -> u16 {
+        use tungstenite::protocol::CloseFrame;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        };
+        self.ws
+            .send(Message::Close(Some(frame)))
+            .await
+            .expect("send close frame");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.read_frame(deadline).await {
+                Some(Incoming::Closed(code)) => return code,
+                Some(Incoming::Frame(_)) => {}
+                None => panic!("no close reply within 5 s"),
             }
         }
     }

@@ -89,7 +89,8 @@ async fn exchange(
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
+/// Parses a raw HTTP/1.1 response (status line, headers, a sized or chunked body).
+pub fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -686,6 +686,7 @@ impl Broker for RedisBroker {
             lagged: s.lagged.load(Ordering::Relaxed),
             lost: s.lost.load(Ordering::Relaxed),
             bad_envelopes: s.bad_envelopes.load(Ordering::Relaxed),
+            history_bytes: 0,
         }
     }
 

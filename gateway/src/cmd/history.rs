@@ -1,7 +1,7 @@
 //! `history`: a page of a channel's recent history (needs the right to subscribe).
 
 use crate::acl::Action;
-use crate::protocol::{ErrorCode, history_reply_frame};
+use crate::protocol::{ErrorCode, HistoryReply, history_reply_frame};
 use crate::session::{End, Session};
 use fanout::HistoryQuery;
 
@@ -24,9 +24,13 @@ pub(super) async fn apply(
         Ok(page) => session.conn.push_frame(history_reply_frame(
             session.conn.encoding,
             id,
-            &page.publications,
-            page.offset,
-            &page.epoch,
+            HistoryReply {
+                publications: &page.publications,
+                offset: page.offset,
+                epoch: &page.epoch,
+                max_bytes: session.node.config.limits.max_reply_bytes(),
+                keep_newest: since.is_none(),
+            },
         )),
         Err(e) => session.broker_error(id, e),
     }

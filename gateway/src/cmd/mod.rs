@@ -34,7 +34,7 @@ impl Session {
                 since,
                 limit,
             } => history::apply(self, id, &channel, since, limit).await,
-            Op::Refresh { token } => refresh::apply(self, id, &token),
+            Op::Refresh { token } => refresh::apply(self, id, &token).await,
             Op::Ping => {
                 self.reply(id, &json!({}));
                 None

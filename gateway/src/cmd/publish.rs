@@ -2,7 +2,7 @@
 
 use crate::acl::Action;
 use crate::metrics::metrics;
-use crate::protocol::{CloseReason, ErrorCode};
+use crate::protocol::ErrorCode;
 use crate::session::{End, Session};
 use fanout::{Payload, PublishRequest};
 use serde_json::json;
@@ -24,13 +24,10 @@ pub(super) async fn apply(
         return None;
     }
     let now = Instant::now();
-    if !session.bucket.try_take(now) {
-        session.error(id, ErrorCode::RateLimited, "publish rate limit exceeded");
-        let count = session.rate_limited.record(now);
-        if count > session.node.config.limits.max_rate_limited_per_minute {
-            return Some(End::Close(CloseReason::RateLimited));
-        }
-        return None;
+    let limits = &session.node.config.limits;
+    let (rate, burst) = (limits.publish_rate, limits.publish_burst);
+    if !session.bucket.try_take(now, rate, burst) {
+        return session.rate_limited(id, "publish", now);
     }
     let request = PublishRequest {
         channel: channel.into(),

@@ -1,10 +1,15 @@
-//! `refresh`: a new token for the same user extends the connection's life.
+//! `refresh`: a new token for the same user extends the connection's life. Its `channels`
+//! replace the old ones: a subscription the new token no longer grants ends with an
+//! `unsubscribe` push (`code` `forbidden`), so that narrowing a user's rights takes effect on
+//! live connections, not only on the next subscribe.
 
-use crate::protocol::ErrorCode;
+use crate::acl::Action;
+use crate::protocol::{ErrorCode, UnsubscribeReason, unsubscribe_frame};
 use crate::session::{End, Session, expiry_instant};
 use serde_json::json;
+use std::sync::Arc;
 
-pub(super) fn apply(session: &mut Session, id: i64, token: &str) -> Option<End> {
+pub(super) async fn apply(session: &mut Session, id: i64, token: &str) -> Option<End> {
     match session.node.verifier.verify(token) {
         Err(e) => session.error(id, ErrorCode::Unauthorized, &e.to_string()),
         Ok(claims) if *claims.sub != *session.conn.user => session.error(
@@ -18,7 +23,23 @@ pub(super) fn apply(session: &mut Session, id: i64, token: &str) -> Option<End> 
             if claims.name.is_some() {
                 session.name = claims.name;
             }
+            // The reply first: the client learns of the refresh before what it revoked.
             session.reply(id, &json!({ "exp": claims.exp }));
+            let revoked: Vec<Arc<str>> = session
+                .subs
+                .iter()
+                .filter(|c| !session.allowed(c, Action::Subscribe))
+                .cloned()
+                .collect();
+            for channel in revoked {
+                if session.leave(&channel).await {
+                    session.conn.push_frame(unsubscribe_frame(
+                        session.conn.encoding,
+                        &channel,
+                        UnsubscribeReason::Forbidden,
+                    ));
+                }
+            }
         }
     }
     None

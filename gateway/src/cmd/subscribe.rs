@@ -1,9 +1,10 @@
 //! `subscribe`: join a channel (or re-sync one already joined) and recover from `since`.
 
-use crate::acl::Action;
+use crate::acl::{Action, PERSONAL_PREFIX};
 use crate::protocol::ErrorCode;
 use crate::session::{End, Session};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub(super) async fn apply(
     session: &mut Session,
@@ -20,6 +21,10 @@ pub(super) async fn apply(
         );
         return None;
     }
+    let now = Instant::now();
+    if !session.take_subscribe_token(now) {
+        return session.rate_limited(id, "subscribe/unsubscribe", now);
+    }
     let existing = session.subs.iter().find(|c| ***c == *channel).cloned();
     let channel: Arc<str> = match existing {
         // Already subscribed: a re-sync (reply and replay again, no second join).
@@ -29,7 +34,12 @@ pub(super) async fn apply(
         }
         None => {
             let max = session.node.config.limits.max_subscriptions;
-            if session.subs.len().saturating_sub(1) >= max {
+            // The personal channel does not count, whether or not it is still subscribed.
+            let counted = session.subs.len() - usize::from(session.conn.personal());
+            let personal = channel
+                .strip_prefix(PERSONAL_PREFIX)
+                .is_some_and(|user| user == &*session.conn.user);
+            if counted >= max && !personal {
                 session.error(
                     id,
                     ErrorCode::Forbidden,

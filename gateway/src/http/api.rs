@@ -1,13 +1,14 @@
 //! The backend API under `/api/`, authenticated with the configured API key.
 
 use super::ApiError;
+use super::read_body;
 use crate::acl::valid_channel;
 use crate::metrics::metrics;
 use crate::node::Node;
-use crate::protocol::{Encoding, ErrorCode, history_body, members_json};
+use crate::protocol::{Encoding, ErrorCode, HistoryReply, history_body, members_json};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use fanout::{HistoryQuery, NodeCommand, Payload, PublishRequest};
@@ -46,8 +47,11 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body?;
+/// Reads and parses a JSON body: at most `--max-frame-size` bytes within
+/// `--request-timeout-secs`. Handlers call it after the API key check, so an unauthenticated
+/// client never gets to hold a socket open with a slow body.
+async fn json_body<T: DeserializeOwned>(node: &Node, body: Body) -> Result<T, ApiError> {
+    let body = read_body(node, body).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad JSON body: {e}")))
 }
@@ -75,11 +79,22 @@ struct PublishBody {
 pub async fn publish(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
-    let body: PublishBody = json_body(body)?;
+    let body: PublishBody = json_body(&node, body).await?;
     check_channel(&body.channel)?;
+    if crate::protocol::json_text_depth(body.data.get().as_bytes())
+        > crate::protocol::MAX_DATA_DEPTH
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "data nests arrays and maps deeper than {} levels",
+                crate::protocol::MAX_DATA_DEPTH
+            ),
+        ));
+    }
     if let Some(idem) = &body.idem {
         if idem.is_empty() || idem.len() > crate::protocol::MAX_IDEM_LEN {
             return Err(ApiError::new(
@@ -152,7 +167,14 @@ pub async fn history(
             },
         )
         .await?;
-    let body = history_body(Encoding::Json, &page.publications, page.offset, &page.epoch);
+    let reply = HistoryReply {
+        publications: &page.publications,
+        offset: page.offset,
+        epoch: &page.epoch,
+        max_bytes: node.config.limits.max_reply_bytes(),
+        keep_newest: params.since.is_none(),
+    };
+    let body = history_body(Encoding::Json, reply);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
@@ -167,10 +189,10 @@ struct DisconnectBody {
 pub async fn disconnect(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
-    let body: DisconnectBody = json_body(body)?;
+    let body: DisconnectBody = json_body(&node, body).await?;
     let count = node
         .broker
         .command(NodeCommand::Disconnect {
@@ -192,10 +214,10 @@ struct UnsubscribeBody {
 pub async fn unsubscribe(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
-    let body: UnsubscribeBody = json_body(body)?;
+    let body: UnsubscribeBody = json_body(&node, body).await?;
     check_channel(&body.channel)?;
     let count = node
         .broker

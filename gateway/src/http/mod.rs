@@ -7,7 +7,9 @@ mod ops;
 mod ws;
 
 use crate::node::Node;
+use crate::protocol::ErrorCode;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use std::sync::Arc;
@@ -35,6 +37,36 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
+}
+
+/// Reads a request body of at most `--max-frame-size` bytes within `--request-timeout-secs`:
+/// a slow or stalled body gets 408 and its connection closed, a large one 413.
+pub(crate) async fn read_body(node: &Node, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    let limits = &node.config.limits;
+    let read = axum::body::to_bytes(body, limits.max_frame_size);
+    match tokio::time::timeout(limits.request_timeout, read).await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the request body did not arrive within {} s",
+                limits.request_timeout.as_secs()
+            ),
+        )
+        .with_status(http::StatusCode::REQUEST_TIMEOUT)),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("the request body is over {} bytes", limits.max_frame_size),
+                )
+            } else {
+                ApiError::new(ErrorCode::BadRequest, format!("reading the body: {e}"))
+            })
+        }
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 /// The `token` query parameter, for browsers that cannot set headers on a WebSocket.

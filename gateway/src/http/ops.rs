@@ -7,8 +7,8 @@ use crate::node::Node;
 use crate::protocol::ErrorCode;
 use crate::routing::home_node;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
@@ -72,7 +72,7 @@ const MAX_DEV_TTL_SECS: u64 = 24 * 3600;
 /// `POST /dev/token` (dev mode only): mints a token for any user.
 pub async fn dev_token(
     State(node): State<Arc<Node>>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !node.config.dev {
         return Err(
@@ -80,7 +80,8 @@ pub async fn dev_token(
                 .with_status(StatusCode::NOT_FOUND),
         );
     }
-    let body: DevTokenBody = serde_json::from_slice(&body?)
+    let body = super::read_body(&node, body).await?;
+    let body: DevTokenBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad JSON body: {e}")))?;
     let user = body.user.trim();
     if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {

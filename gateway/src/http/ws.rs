@@ -50,6 +50,19 @@ pub async fn upgrade(
             return rejection.into_response();
         }
     };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|o| node.config.allowed_origins.allows(o, host));
+        if !allowed {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "bad_origin",
+                "origin not allowed: add it to --allowed-origins",
+            );
+        }
+    }
     if node.is_draining() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -114,7 +127,7 @@ pub async fn upgrade(
     upgrade
         .read_buffer_size(limits.read_buffer_size)
         .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_write_buffer_size(max.saturating_mul(4).max(1 << 20))
+        .max_write_buffer_size(limits.max_write_buffer())
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| session::run(socket, node, registration, claims))

@@ -11,6 +11,46 @@ pub const MAX_IDEM_LEN: usize = 128;
 pub const MAX_HISTORY_LIMIT: u64 = 1000;
 /// `history` limit when none is given.
 pub const DEFAULT_HISTORY_LIMIT: u64 = 100;
+/// Deepest nesting of arrays and maps in a payload, in either encoding: deep enough for any
+/// real message, shallow enough that every frame carrying it (a `history` reply nests it four
+/// levels further) stays within common parsers' limits (128 in serde_json).
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Whether `value` nests arrays and maps more than `max` levels deep (`[]` is one level).
+pub fn too_deep(value: &Value, max: usize) -> bool {
+    match value {
+        Value::Array(items) => max == 0 || items.iter().any(|v| too_deep(v, max - 1)),
+        Value::Object(map) => max == 0 || map.values().any(|v| too_deep(v, max - 1)),
+        _ => false,
+    }
+}
+
+/// The nesting depth of JSON text (brackets outside strings), without parsing it into a tree.
+pub fn json_text_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
 
 /// A decoded client command.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +201,12 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
                 .map
                 .get("data")
                 .ok_or_else(|| CommandError::bad(id, "missing data"))?;
+            if too_deep(data, MAX_DATA_DEPTH) {
+                return Err(CommandError::bad(
+                    id,
+                    format!("data nests arrays and maps deeper than {MAX_DATA_DEPTH} levels"),
+                ));
+            }
             Op::Publish {
                 channel: fields.channel()?,
                 data: match encoding {
@@ -310,6 +356,28 @@ mod tests {
         rmp::encode::write_bin(&mut bin, &[1, 2, 3]).unwrap();
         let err = decode(Encoding::MsgPack, &bin).unwrap_err();
         assert_eq!((err.id, err.malformed), (1, false));
+    }
+
+    #[test]
+    fn one_depth_limit_for_both_encodings() {
+        fn nested(levels: usize) -> Value {
+            (0..levels).fold(json!(1), |v, _| json!([v]))
+        }
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            for (levels, ok) in [(MAX_DATA_DEPTH, true), (MAX_DATA_DEPTH + 1, false)] {
+                let frame =
+                    json!({"id": 2, "op": "publish", "channel": "room:a", "data": nested(levels)});
+                let bytes = match encoding {
+                    Encoding::Json => frame.to_string().into_bytes(),
+                    Encoding::MsgPack => rmp_serde::to_vec_named(&frame).unwrap(),
+                };
+                let result = decode(encoding, &bytes);
+                assert_eq!(result.is_ok(), ok, "{encoding:?} {levels}: {result:?}");
+            }
+        }
+        assert_eq!(json_text_depth(br#"{"a":[1,{"b":"[[[{"}],"c\"[":[]}"#), 3);
+        assert_eq!(json_text_depth(nested(70).to_string().as_bytes()), 70);
+        assert_eq!(json_text_depth(b"1"), 0);
     }
 
     #[test]

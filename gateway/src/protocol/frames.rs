@@ -230,14 +230,26 @@ pub fn members_json(members: &[presence::Member]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A page of history as answered: the publications read, the channel's position, and how
+/// the page is cut when it would not fit one frame.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryReply<'a> {
+    /// What the broker read, oldest first.
+    pub publications: &'a [Arc<Publication>],
+    /// The channel's latest offset.
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: &'a str,
+    /// Most bytes of message frames in the answer; past it the page is cut and says
+    /// `"truncated": true`.
+    pub max_bytes: usize,
+    /// Which end of the page survives a cut: the newest messages (a read without `since`),
+    /// or the oldest (a read after `since`, continued with `since` = the last offset).
+    pub keep_newest: bool,
+}
+
 /// The reply to `history`: `{"id", "ok": <history body>}`.
-pub fn history_reply_frame(
-    encoding: Encoding,
-    id: i64,
-    publications: &[Arc<Publication>],
-    offset: u64,
-    epoch: &str,
-) -> Bytes {
+pub fn history_reply_frame(encoding: Encoding, id: i64, reply: HistoryReply<'_>) -> Bytes {
     let mut out = Vec::new();
     match encoding {
         Encoding::Json => out.extend_from_slice(format!("{{\"id\":{id},\"ok\":").as_bytes()),
@@ -249,45 +261,45 @@ pub fn history_reply_frame(
             let _ = rmp::encode::write_str(&mut out, "ok");
         }
     }
-    write_history_body(&mut out, encoding, publications, offset, epoch);
+    write_history_body(&mut out, encoding, reply);
     if encoding == Encoding::Json {
         out.push(b'}');
     }
     Bytes::from(out)
 }
 
-/// The body of a history answer, `{"messages": [...], "offset", "epoch"}`, as the `ok` of
-/// the `history` reply and as the HTTP API's reply. The messages are the publications'
-/// cached frames, spliced in rather than encoded again.
-pub fn history_body(
-    encoding: Encoding,
-    publications: &[Arc<Publication>],
-    offset: u64,
-    epoch: &str,
-) -> Bytes {
+/// The body of a history answer, `{"messages": [...], "offset", "epoch"}` (and `"truncated":
+/// true` when cut), as the `ok` of the `history` reply and as the HTTP API's reply. The
+/// messages are the publications' frames, spliced in rather than encoded again.
+pub fn history_body(encoding: Encoding, reply: HistoryReply<'_>) -> Bytes {
     let mut out = Vec::new();
-    write_history_body(&mut out, encoding, publications, offset, epoch);
+    write_history_body(&mut out, encoding, reply);
     Bytes::from(out)
 }
 
-fn write_history_body(
-    out: &mut Vec<u8>,
-    encoding: Encoding,
-    publications: &[Arc<Publication>],
-    offset: u64,
-    epoch: &str,
-) {
-    let frames: Vec<Message> = publications
-        .iter()
-        .map(|p| message_frame(encoding, p))
-        .collect();
-    out.reserve(
-        frames
-            .iter()
-            .map(|f| frame_bytes(f).len() + 1)
-            .sum::<usize>()
-            + 64,
-    );
+fn write_history_body(out: &mut Vec<u8>, encoding: Encoding, reply: HistoryReply<'_>) {
+    let mut frames: Vec<Message> = Vec::with_capacity(reply.publications.len());
+    let mut bytes = 0usize;
+    let mut truncated = false;
+    let ordered: Box<dyn Iterator<Item = &Arc<Publication>>> = if reply.keep_newest {
+        Box::new(reply.publications.iter().rev())
+    } else {
+        Box::new(reply.publications.iter())
+    };
+    for publication in ordered {
+        let frame = message_frame(encoding, publication);
+        let size = frame_bytes(&frame).len() + 1;
+        if bytes + size > reply.max_bytes {
+            truncated = true;
+            break;
+        }
+        bytes += size;
+        frames.push(frame);
+    }
+    if reply.keep_newest {
+        frames.reverse();
+    }
+    out.reserve(bytes + 96);
     match encoding {
         Encoding::Json => {
             out.extend_from_slice(b"{\"messages\":[");
@@ -298,24 +310,31 @@ fn write_history_body(
                 out.extend_from_slice(frame_bytes(frame));
             }
             out.extend_from_slice(b"],\"offset\":");
-            out.extend_from_slice(offset.to_string().as_bytes());
+            out.extend_from_slice(reply.offset.to_string().as_bytes());
             out.extend_from_slice(b",\"epoch\":");
-            out.extend_from_slice(&serde_json::to_vec(epoch).expect("a string serializes"));
+            out.extend_from_slice(&serde_json::to_vec(reply.epoch).expect("a string serializes"));
+            if truncated {
+                out.extend_from_slice(b",\"truncated\":true");
+            }
             out.push(b'}');
         }
         Encoding::MsgPack => {
             use rmp::encode as mp;
             // Writing to a Vec cannot fail.
-            let _ = mp::write_map_len(out, 3);
+            let _ = mp::write_map_len(out, if truncated { 4 } else { 3 });
             let _ = mp::write_str(out, "messages");
             let _ = mp::write_array_len(out, frames.len() as u32);
             for frame in &frames {
                 out.extend_from_slice(frame_bytes(frame));
             }
             let _ = mp::write_str(out, "offset");
-            let _ = mp::write_uint(out, offset);
+            let _ = mp::write_uint(out, reply.offset);
             let _ = mp::write_str(out, "epoch");
-            let _ = mp::write_str(out, epoch);
+            let _ = mp::write_str(out, reply.epoch);
+            if truncated {
+                let _ = mp::write_str(out, "truncated");
+                let _ = mp::write_bool(out, true);
+            }
         }
     }
 }
@@ -364,7 +383,14 @@ mod tests {
     fn history_reply_splices_cached_frames() {
         let pubs = vec![publication(1), publication(2)];
         for encoding in [Encoding::Json, Encoding::MsgPack] {
-            let bytes = history_reply_frame(encoding, -4, &pubs, 2, "e1");
+            let reply = HistoryReply {
+                publications: &pubs,
+                offset: 2,
+                epoch: "e1",
+                max_bytes: usize::MAX,
+                keep_newest: true,
+            };
+            let bytes = history_reply_frame(encoding, -4, reply);
             let v: Value = match encoding {
                 Encoding::Json => serde_json::from_slice(&bytes).unwrap(),
                 Encoding::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
@@ -374,6 +400,24 @@ mod tests {
             assert_eq!(v["ok"]["epoch"], "e1");
             assert_eq!(v["ok"]["messages"][1]["offset"], 2);
             assert_eq!(v["ok"]["messages"][0]["op"], "message");
+            assert!(v["ok"].get("truncated").is_none());
+            // Cut to one message: the newest survives without `since`, the oldest with it.
+            let one = frame_bytes(&message_frame(encoding, &pubs[0])).len() + 1;
+            for (keep_newest, kept) in [(true, 2), (false, 1)] {
+                let cut = HistoryReply {
+                    max_bytes: one,
+                    keep_newest,
+                    ..reply
+                };
+                let bytes = history_reply_frame(encoding, 1, cut);
+                let v: Value = match encoding {
+                    Encoding::Json => serde_json::from_slice(&bytes).unwrap(),
+                    Encoding::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
+                };
+                assert_eq!(v["ok"]["truncated"], true);
+                assert_eq!(v["ok"]["messages"].as_array().unwrap().len(), 1);
+                assert_eq!(v["ok"]["messages"][0]["offset"], kept);
+            }
         }
     }
 }

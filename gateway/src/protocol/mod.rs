@@ -4,11 +4,13 @@ mod command;
 mod frames;
 
 pub use command::{
-    Command, CommandError, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_IDEM_LEN, Op, decode,
+    Command, CommandError, DEFAULT_HISTORY_LIMIT, MAX_DATA_DEPTH, MAX_HISTORY_LIMIT, MAX_IDEM_LEN,
+    Op, decode, json_text_depth,
 };
 pub use frames::{
-    control_frame, disconnect_frame, error_frame, frame_bytes, history_body, history_reply_frame,
-    members_json, message_frame, reply_frame, to_message, unsubscribe_frame, welcome_frame,
+    HistoryReply, control_frame, disconnect_frame, error_frame, frame_bytes, history_body,
+    history_reply_frame, members_json, message_frame, reply_frame, to_message, unsubscribe_frame,
+    welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.
@@ -131,6 +133,8 @@ pub enum UnsubscribeReason {
     InsufficientState,
     /// A backend asked (`POST /api/unsubscribe`).
     Server,
+    /// A `refresh` to a token that no longer grants the channel.
+    Forbidden,
 }
 
 impl UnsubscribeReason {
@@ -139,6 +143,7 @@ impl UnsubscribeReason {
         match self {
             UnsubscribeReason::InsufficientState => "insufficient_state",
             UnsubscribeReason::Server => "unsubscribed",
+            UnsubscribeReason::Forbidden => "forbidden",
         }
     }
 

@@ -1,0 +1,16 @@
+//! The end-to-end suite, one test binary (it links once): each module covers one part of the
+//! contract against real gateway processes over real sockets.
+
+mod auth;
+mod cluster;
+mod commands;
+mod config;
+mod hardening;
+mod http_api;
+mod lifecycle;
+mod limits;
+mod loadgen_smoke;
+mod offsets;
+mod presence;
+mod recovery;
+mod slow_consumer;

@@ -75,10 +75,10 @@ pub struct Common {
     /// Write the report as JSON to this file.
     #[arg(long, global = true)]
     pub json: Option<PathBuf>,
-    /// Exit non-zero when the p99 latency (ms) is above this.
+    /// Exit with code 3 when the p99 latency (ms) is above this (1 means the run failed).
     #[arg(long, global = true)]
     pub max_p99_ms: Option<f64>,
-    /// Exit non-zero when errors (including gaps, duplicates, reorders) are above this.
+    /// Exit with code 3 when errors (including gaps, duplicates, reorders) are above this.
     #[arg(long, global = true)]
     pub max_errors: Option<u64>,
     /// No live progress display.

@@ -19,6 +19,9 @@ mod worker;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// Exit code of a run that completed but missed `--max-p99-ms` or `--max-errors`.
+const THRESHOLDS_MISSED: u8 = 3;
+
 fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<ExitCode> {
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        // Distinct from 1 (the run itself failed), so that scripts can tell the two apart.
+        ExitCode::from(THRESHOLDS_MISSED)
     })
 }

@@ -116,7 +116,10 @@ async function openUser(name, { viewport = { width: 1200, height: 760 }, query =
     ws.on('framesent', (frame) => user.sent.push({ socket: index, payload: String(frame.payload) }));
     ws.on('framereceived', (frame) => {
       try {
-        user.received.push(JSON.parse(String(frame.payload)));
+        const parsed = JSON.parse(String(frame.payload));
+        // Which socket it came on, kept off the frame's own fields.
+        Object.defineProperty(parsed, '__socket', { value: index, enumerable: false });
+        user.received.push(parsed);
       } catch {
         /* not ours to judge here */
       }
@@ -431,6 +434,13 @@ step('after the connection is cut, the page reconnects and shows what it missed,
   history.push('welcome back');
   await waitForTexts(alice, history);
   assert.deepEqual(await texts(alice), history);
+  // On the wire, not only on the page (client.js drops repeats by offset): the new socket
+  // carried each message once.
+  const wire = aliceUser.received
+    .filter((f) => f.__socket >= socketsBefore && f.op === 'message')
+    .map((f) => `${f.channel}#${f.epoch}/${f.offset}`);
+  assert.ok(wire.length >= 5, `messages on the new socket: ${wire.join(' ')}`);
+  assert.deepEqual(wire, [...new Set(wire)], 'no message came twice on the wire');
 
   // It showed the countdown, and re-subscribed with since/epoch, the personal channel too.
   const shown = await alice.evaluate(() => window.__status);

@@ -171,6 +171,7 @@ impl Connect {
             protocol,
             next_id: 1,
             pushes: VecDeque::new(),
+            skipped: Vec::new(),
             replies: HashMap::new(),
             welcome: Value::Null,
             close_code: None,
@@ -246,6 +247,7 @@ pub struct Client {
     protocol: Option<String>,
     next_id: i64,
     pushes: VecDeque<Value>,
+    skipped: Vec<Value>,
     replies: HashMap<i64, VecDeque<Value>>,
     /// The welcome push (the first frame).
     pub welcome: Value,
@@ -409,7 +411,9 @@ impl Client {
         }
     }
 
-    /// The next push with the given `op`, skipping (and dropping) pushes of other ops.
+    /// The next push with the given `op`, skipping pushes of other ops. Skipped pushes are
+    /// kept in [`skipped`](Self::skipped); skipping a `message` push panics (a test that
+    /// waits for something else must not lose a delivery unseen).
     pub async fn next_push_of(&mut self, op: &str, timeout: Duration) -> Option<Value> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -418,20 +422,40 @@ impl Client {
             if v["op"] == op {
                 return Some(v);
             }
+            self.skip(v, &format!("waiting for a {op} push"));
         }
     }
 
-    /// The next `message` push on `channel`, skipping other pushes; panics after `timeout`.
+    /// The next `message` push, which must be on `channel`: a message on another channel
+    /// panics, other pushes are skipped (see [`skipped`](Self::skipped)). Panics after
+    /// `timeout`.
     pub async fn expect_message(&mut self, channel: &str, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.next_push_of("message", left).await {
-                Some(v) if v["channel"] == channel => return v,
-                Some(_) => {}
-                None => panic!("no message on {channel} within {timeout:?}"),
+            match self.next_push(left).await {
+                Some(v) if v["op"] == "message" && v["channel"] == channel => return v,
+                Some(v) => self.skip(v, &format!("waiting for a message on {channel}")),
+                None => panic!(
+                    "no message on {channel} within {timeout:?}; skipped meanwhile: {:?}",
+                    self.skipped
+                ),
             }
         }
+    }
+
+    fn skip(&mut self, push: Value, why: &str) {
+        assert!(
+            push["op"] != "message",
+            "a message push arrived while {why}: {push}"
+        );
+        self.skipped.push(push);
+    }
+
+    /// Pushes that [`next_push_of`](Self::next_push_of) and
+    /// [`expect_message`](Self::expect_message) skipped, oldest first (never a `message`).
+    pub fn skipped(&self) -> &[Value] {
+        &self.skipped
     }
 
     /// The pushes received so far and not yet consumed.

@@ -18,7 +18,7 @@ pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
 pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
 pub use http::{API_AUTH, HttpResponse, api_get, api_post, http, parse_response};
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
-pub use loadgen::{assert_clean, run_loadgen, run_loadgen_urls};
+pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
 pub use redis::RedisServer;
 
 use std::time::Duration;

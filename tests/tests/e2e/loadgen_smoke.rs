@@ -1,7 +1,7 @@
 //! The load generator against a real node, small enough for CI: every scenario must end with
 //! zero gaps, duplicates, reorders and errors, and report what it measured.
 
-use e2e::{Gateway, assert_clean, run_loadgen};
+use e2e::{Gateway, assert_clean, run_loadgen, run_loadgen_full};
 use serde_json::Value;
 
 /// Runs loadgen with `args` against `gw`; returns its exit success and its JSON report.
@@ -148,12 +148,14 @@ fn chat_through_route_lookup() {
     assert_eq!(json["connections"], 40);
 }
 
-/// A threshold that cannot be met makes loadgen exit non-zero.
+/// A threshold that cannot be met makes loadgen exit with code 3 after a complete run (a
+/// crash would be 1 or 101, and no report).
 #[test]
 fn thresholds_fail_the_run() {
     let gw = bench_gateway();
-    let (ok, json) = loadgen(
-        &gw,
+    let pid = gw.pid().to_string();
+    let run = run_loadgen_full(
+        &[gw.addr()],
         &[
             "chat",
             "--users",
@@ -166,7 +168,26 @@ fn thresholds_fail_the_run() {
             "1",
             "--max-p99-ms",
             "0.000001",
+            "--pid",
+            &pid,
         ],
     );
-    assert!(!ok, "p99 cannot be under a nanosecond: {json:#}");
+    assert_eq!(
+        run.code,
+        Some(3),
+        "p99 cannot be under a nanosecond: {run:#?}"
+    );
+    assert!(
+        run.stderr.contains("p99 latency above --max-p99-ms"),
+        "{}",
+        run.stderr
+    );
+    assert_clean(&run.report);
+    assert!(
+        run.report["latency_ms"]["p99"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0),
+        "{:#}",
+        run.report
+    );
 }

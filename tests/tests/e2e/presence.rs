@@ -16,7 +16,11 @@ async fn next_presence(c: &mut Client, me: &str, timeout: Duration) -> Option<Va
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let p = c.next_push(left).await?;
-        if (p["op"] == "join" || p["op"] == "leave") && p["user"] != me {
+        assert!(
+            p["op"] == "join" || p["op"] == "leave",
+            "only presence pushes are expected here, got {p}"
+        );
+        if p["user"] != me {
             return Some(p);
         }
     }
@@ -124,8 +128,20 @@ async fn unsubscribe_of_last_connection_leaves() {
         l.as_ref().map(core),
         Some(json!({"op": "leave", "channel": "room:y", "user": "bob"}))
     );
-    // bob is still connected: a presence-less channel produces no pushes.
-    bob.subscribe("user:bob").await;
-    let none = next_presence(&mut alice, "alice", millis(500)).await;
+    // A channel of a namespace without presence, which both have: no join, no leave.
+    let quiet = |user: &str| Token::new(user).channels(&["quiet:*"]).hs256();
+    let mut alice2 = Client::connect(gw.addr(), &quiet("alice")).await;
+    alice2.subscribe("quiet:z").await;
+    let mut bob2 = Client::connect(gw.addr(), &quiet("bob")).await;
+    bob2.subscribe("quiet:z").await;
+    bob2.request_ok("unsubscribe", json!({"channel": "quiet:z"}))
+        .await;
+    drop(bob2);
+    let none = alice2.next_push(millis(500)).await;
     assert!(none.is_none(), "{none:?}");
+    // The channel works: alice2 is subscribed and hears messages on it.
+    bob.request_ok("refresh", json!({"token": quiet("bob")}))
+        .await;
+    bob.publish("quiet:z", json!("hi")).await;
+    alice2.expect_message("quiet:z", secs(5)).await;
 }

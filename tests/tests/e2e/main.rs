@@ -5,6 +5,7 @@ mod auth;
 mod cluster;
 mod commands;
 mod config;
+mod contract;
 mod hardening;
 mod http_api;
 mod lifecycle;

@@ -363,6 +363,7 @@ mod tests {
 
     /// The embedded broker behind a slow `subscribe`, recording what happened in which order.
     struct SlowBroker {
+        delay: Duration,
         inner: LocalBroker,
         live: Mutex<HashSet<String>>,
         log: Mutex<Vec<String>>,
@@ -380,7 +381,7 @@ mod tests {
         }
         async fn subscribe(&self, c: &str) -> Result<(), BrokerError> {
             self.log.lock().push("subscribe start".into());
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(self.delay).await;
             self.live.lock().insert(c.to_owned());
             self.log.lock().push("subscribe done".into());
             self.inner.subscribe(c).await
@@ -402,9 +403,14 @@ mod tests {
     }
 
     fn node() -> (Arc<Node>, Arc<SlowBroker>) {
+        node_with(Duration::from_millis(200))
+    }
+
+    fn node_with(delay: Duration) -> (Arc<Node>, Arc<SlowBroker>) {
         let config = Config::from_settings(Settings::parse_from(["gateway", "--dev"])).unwrap();
         let hub = Arc::new(Hub::new());
         let broker = Arc::new(SlowBroker {
+            delay,
             inner: LocalBroker::new(LocalBrokerConfig::default(), hub.clone()),
             live: Mutex::default(),
             log: Mutex::default(),
@@ -476,5 +482,200 @@ mod tests {
         tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
         assert_eq!(count("unsubscribe"), 1);
         assert!(!broker.live.lock().contains("room:a"));
+    }
+
+    mod consistency {
+        //! Any sequence of subscribe, unsubscribe, publish and disconnect leaves the hub,
+        //! presence, the broker's interest and deliveries agreeing with a simple model.
+
+        use super::*;
+        use crate::conn::Outbound;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const CHANNELS: [&str; 3] = ["room:a", "room:b", "quiet:c"];
+        /// Connection slots and their users (alice has two).
+        const USERS: [&str; 4] = ["alice", "alice", "bob", "carol"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Subscribe(usize, usize),
+            Unsubscribe(usize, usize),
+            Publish(usize),
+            Disconnect(usize),
+            Wait,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..4usize, 0..3usize).prop_map(|(c, ch)| Op::Subscribe(c, ch)),
+                2 => (0..4usize, 0..3usize).prop_map(|(c, ch)| Op::Unsubscribe(c, ch)),
+                2 => (0..3usize).prop_map(Op::Publish),
+                1 => (0..4usize).prop_map(Op::Disconnect),
+                1 => Just(Op::Wait),
+            ]
+        }
+
+        struct World {
+            node: Arc<Node>,
+            broker: Arc<SlowBroker>,
+            conns: Vec<Arc<Conn>>,
+            /// The model: each slot's channels.
+            subs: Vec<BTreeSet<usize>>,
+            next_id: u64,
+        }
+
+        impl World {
+            fn new() -> Self {
+                let (node, broker) = node_with(Duration::from_millis(10));
+                let mut world = World {
+                    node,
+                    broker,
+                    conns: Vec::new(),
+                    subs: vec![BTreeSet::new(); USERS.len()],
+                    next_id: 1,
+                };
+                for slot in 0..USERS.len() {
+                    let conn = world.fresh(slot);
+                    world.conns.push(conn);
+                }
+                world
+            }
+
+            fn fresh(&mut self, slot: usize) -> Arc<Conn> {
+                let c = conn(self.next_id, USERS[slot]);
+                self.next_id += 1;
+                self.node.hub.add_connection(&c, 10).unwrap();
+                c
+            }
+
+            fn channel(ch: usize) -> Arc<str> {
+                CHANNELS[ch].into()
+            }
+
+            /// Messages queued for `slot` since the last call, by channel.
+            fn drain(&self, slot: usize) -> Vec<String> {
+                let mut batch = Vec::new();
+                assert!(
+                    self.conns[slot]
+                        .take_batch(&mut batch, usize::MAX)
+                        .is_none()
+                );
+                batch
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        Outbound::Message(d) => Some(d.publication.channel.to_string()),
+                        Outbound::Frame(_) => None,
+                    })
+                    .collect()
+            }
+
+            async fn apply(&mut self, op: &Op) {
+                match *op {
+                    Op::Subscribe(slot, ch) => {
+                        if self.subs[slot].insert(ch) {
+                            let conn = self.conns[slot].clone();
+                            self.node
+                                .join(&conn, &Self::channel(ch), None)
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    Op::Unsubscribe(slot, ch) => {
+                        if self.subs[slot].remove(&ch) {
+                            let conn = self.conns[slot].clone();
+                            self.node.leave(&conn, &Self::channel(ch)).await;
+                        }
+                    }
+                    Op::Publish(ch) => {
+                        for slot in 0..USERS.len() {
+                            self.drain(slot);
+                        }
+                        self.node
+                            .broker
+                            .publish(PublishRequest {
+                                channel: Self::channel(ch),
+                                from: "server".into(),
+                                data: fanout::Payload::from_value(&json!(1)),
+                                idem: None,
+                            })
+                            .await
+                            .unwrap();
+                        for slot in 0..USERS.len() {
+                            let got = self.drain(slot);
+                            let expected: Vec<String> = if self.subs[slot].contains(&ch) {
+                                vec![CHANNELS[ch].to_string()]
+                            } else {
+                                Vec::new()
+                            };
+                            assert_eq!(got, expected, "deliveries to slot {slot}");
+                        }
+                    }
+                    Op::Disconnect(slot) => {
+                        // What a session does at its end: leave everything, then go.
+                        let conn = self.conns[slot].clone();
+                        for ch in std::mem::take(&mut self.subs[slot]) {
+                            self.node.leave(&conn, &Self::channel(ch)).await;
+                        }
+                        self.node.hub.remove_connection(&conn);
+                        self.conns[slot] = self.fresh(slot);
+                    }
+                    Op::Wait => tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await,
+                }
+            }
+
+            async fn check(&self, settled: bool) {
+                for (ch, name) in CHANNELS.iter().enumerate() {
+                    let holders: Vec<usize> = (0..USERS.len())
+                        .filter(|s| self.subs[*s].contains(&ch))
+                        .collect();
+                    assert_eq!(
+                        self.node.hub.subscriber_count(name),
+                        holders.len(),
+                        "{name}"
+                    );
+                    let members = self.node.presence.members(name).await.unwrap();
+                    let got: BTreeMap<String, u32> =
+                        members.iter().map(|m| (m.user.clone(), m.conns)).collect();
+                    let mut expected: BTreeMap<String, u32> = BTreeMap::new();
+                    if self.node.acl.presence_enabled(name) {
+                        for s in &holders {
+                            *expected.entry(USERS[*s].to_string()).or_default() += 1;
+                        }
+                    }
+                    assert_eq!(got, expected, "presence of {name}");
+                    let live = self.broker.live.lock().contains(*name);
+                    if !holders.is_empty() {
+                        assert!(live, "{name} has subscribers but no broker interest");
+                    } else if settled {
+                        assert!(!live, "{name} kept broker interest with no subscriber");
+                    }
+                }
+                assert_eq!(self.node.hub.connection_count(), USERS.len());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn any_sequence_keeps_hub_presence_and_interest_consistent(
+                ops in prop::collection::vec(op(), 1..40)
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let mut world = World::new();
+                    for op in &ops {
+                        world.apply(op).await;
+                        world.check(false).await;
+                    }
+                    tokio::time::sleep(UNSUBSCRIBE_DELAY * 2).await;
+                    world.check(true).await;
+                });
+            }
+        }
     }
 }

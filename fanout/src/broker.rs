@@ -31,6 +31,8 @@ pub struct PublishRequest {
     pub data: Payload,
     /// Optional idempotency key: a repeat within the dedup window returns the first offset.
     pub idem: Option<String>,
+    /// Whether the message goes to the archive (a namespace may opt out).
+    pub archive: bool,
 }
 
 /// The result of an accepted publish.
@@ -49,6 +51,8 @@ pub struct PublishOutcome {
 pub struct HistoryQuery {
     /// Exclusive lower bound; `None` reads the newest messages.
     pub since: Option<u64>,
+    /// Exclusive upper bound (pages back through history and the archive); `None` for none.
+    pub before: Option<u64>,
     /// At most this many messages. `0` reads only the channel's position (offset and epoch).
     pub limit: usize,
 }
@@ -217,6 +221,12 @@ pub trait Dispatcher: Send + Sync + 'static {
 ///   (offset 0) that later publishes keep, so a subscriber's epoch stays valid.
 /// - **Failures.** A call that cannot reach the backend fails with
 ///   [`BrokerError::Unavailable`] within about a second; it never hangs.
+/// - **Archive.** With an archive, every accepted publication with `archive: true` reaches it
+///   (asynchronously: never on the publish path; a full archive queue makes publish wait
+///   briefly, then fail with `Unavailable`, and nothing accepted is dropped). History reads
+///   continue into the archive where recent history ends ([`crate::archive::complete_page`]),
+///   and a channel whose state was lost resumes its archived epoch and offset instead of
+///   starting a new epoch.
 #[async_trait::async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Accepts a message: assigns its offset, records it in history and hands it to fan-out.
@@ -242,4 +252,13 @@ pub trait Broker: Send + Sync + 'static {
     }
     /// The most messages one channel's history holds.
     fn history_capacity(&self) -> usize;
+    /// The archive path's counters, when there is an archive.
+    fn archive_stats(&self) -> Option<Arc<crate::archive::ArchiveStats>> {
+        None
+    }
+    /// Waits until every accepted publication is in the archive, or `deadline`; returns how
+    /// many are still pending (0 without an archive).
+    async fn flush_archive(&self, _deadline: std::time::Instant) -> u64 {
+        0
+    }
 }

@@ -80,32 +80,29 @@ impl History {
         self.entries.len()
     }
 
-    /// Up to `limit` entries after offset `since` (oldest first), or the newest `limit` when
-    /// `since` is `None`.
-    pub(crate) fn read(&self, since: Option<u64>, limit: usize) -> Vec<Arc<Publication>> {
-        match since {
-            None => {
-                let skip = self.entries.len().saturating_sub(limit);
-                self.entries
-                    .iter()
-                    .skip(skip)
-                    .map(|e| e.1.clone())
-                    .collect()
-            }
-            Some(since) => {
-                // Offsets in the deque are contiguous, so the start index is arithmetic.
-                let Some((_, front)) = self.entries.front() else {
-                    return Vec::new();
-                };
-                let start = (since + 1).saturating_sub(front.offset) as usize;
-                self.entries
-                    .iter()
-                    .skip(start)
-                    .take(limit)
-                    .map(|e| e.1.clone())
-                    .collect()
-            }
-        }
+    /// Up to `limit` entries after offset `since` and before offset `before` (oldest first),
+    /// or, without `since`, the newest `limit` of those before `before`.
+    pub(crate) fn read(
+        &self,
+        since: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Vec<Arc<Publication>> {
+        // Offsets in the deque are contiguous, so indexes are arithmetic.
+        let Some((_, front)) = self.entries.front() else {
+            return Vec::new();
+        };
+        let len = self.entries.len();
+        let end = before.map_or(len, |b| (b.saturating_sub(front.offset) as usize).min(len));
+        let start = match since {
+            None => end.saturating_sub(limit),
+            Some(since) => ((since + 1).saturating_sub(front.offset) as usize).min(end),
+        };
+        self.entries
+            .range(start..end)
+            .take(limit)
+            .map(|e| e.1.clone())
+            .collect()
     }
 }
 
@@ -136,7 +133,14 @@ mod tests {
         }
         assert_eq!(h.len(), 3);
         assert_eq!(h.bytes, 3 * per);
-        assert_eq!(h.read(None, 10)[0].offset, 8);
+        assert_eq!(h.read(None, None, 10)[0].offset, 8);
+        let offsets = |v: Vec<Arc<Publication>>| v.iter().map(|p| p.offset).collect::<Vec<_>>();
+        assert_eq!(offsets(h.read(None, Some(10), 10)), [8, 9]);
+        assert_eq!(offsets(h.read(None, Some(10), 1)), [9]);
+        assert_eq!(offsets(h.read(Some(7), Some(10), 10)), [8, 9]);
+        assert_eq!(offsets(h.read(Some(8), None, 10)), [9, 10]);
+        assert_eq!(offsets(h.read(None, Some(8), 10)), Vec::<u64>::new());
+        assert_eq!(offsets(h.read(Some(20), None, 10)), Vec::<u64>::new());
         // One message over the bound on its own is still kept.
         let delta = h.push(now, publication(11, 10_000), 100, 3 * per);
         assert_eq!(h.len(), 1);

@@ -5,6 +5,7 @@
 //! [`Publication`] to the node's [`Dispatcher`] in offset order. [`LocalBroker`] does all of it
 //! in process (embedded mode); [`RedisBroker`] does it on Redis for many nodes (clustered mode).
 
+pub mod archive;
 mod broker;
 mod dedup;
 mod history;

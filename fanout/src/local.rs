@@ -1,6 +1,9 @@
 //! The embedded broker: offsets, history and dedup in process memory.
 
 use crate::Publication;
+use crate::archive::{
+    Archive, ArchiveQueue, ArchiveStats, ArchivedPosition, ArchiverConfig, complete_page,
+};
 use crate::broker::{
     Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
     PublishOutcome, PublishRequest,
@@ -11,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SHARDS: usize = 64;
@@ -54,20 +57,42 @@ struct ChannelState {
     offset: u64,
     history: History,
     dedup: DedupTable,
+    /// Publications of the channel queued for the archive and not yet committed: while any
+    /// are, the channel's state is kept (a reload from the archive would see an old offset).
+    unarchived: Arc<AtomicU32>,
+    /// Set by the sweep when it forgets the channel.
+    retired: bool,
+    /// When the state was created: the sweep spares young states, so that a caller between
+    /// looking a channel up and locking it never holds a forgotten one.
+    created: Instant,
 }
 
 impl ChannelState {
     fn new() -> Self {
+        Self::resume(None)
+    }
+
+    /// A channel's state, continuing its archived position when there is one.
+    fn resume(position: Option<ArchivedPosition>) -> Self {
+        let (epoch, offset) = match position {
+            Some(p) => (p.epoch, p.offset),
+            None => (new_epoch(), 0),
+        };
         Self {
-            epoch: new_epoch(),
-            offset: 0,
+            epoch,
+            offset,
             history: History::default(),
             dedup: DedupTable::default(),
+            unarchived: Arc::default(),
+            retired: false,
+            created: Instant::now(),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.history.is_empty() && self.dedup.is_empty()
+        self.history.is_empty()
+            && self.dedup.is_empty()
+            && self.unarchived.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -104,6 +129,8 @@ pub struct LocalBroker {
     dispatcher: Arc<dyn Dispatcher>,
     /// Bytes held in every channel's history (see [`crate::history::cost`]).
     history_bytes: AtomicUsize,
+    /// The archive and the queue to it, when messages are archived.
+    archive: Option<(Arc<dyn Archive>, ArchiveQueue)>,
 }
 
 impl LocalBroker {
@@ -115,7 +142,23 @@ impl LocalBroker {
             config,
             dispatcher,
             history_bytes: AtomicUsize::new(0),
+            archive: None,
         }
+    }
+
+    /// Like [`LocalBroker::start`], archiving every publication into `archive`: spawns the
+    /// archive writer too. Channels resume their archived offset and epoch when first used.
+    pub fn start_archived(
+        config: LocalBrokerConfig,
+        dispatcher: Arc<dyn Dispatcher>,
+        archive: Arc<dyn Archive>,
+        archiver: ArchiverConfig,
+    ) -> Arc<Self> {
+        let (queue, writer) = ArchiveQueue::new(archive.clone(), archiver);
+        tokio::spawn(writer.run());
+        let mut broker = Self::new(config, dispatcher);
+        broker.archive = Some((archive, queue));
+        Self::spawn_sweep(Arc::new(broker))
     }
 
     /// Payload bytes held in history, all channels together.
@@ -136,7 +179,10 @@ impl LocalBroker {
     /// A broker that runs its own upkeep: a task sweeps it every few seconds for as long as
     /// the broker lives. Call inside a tokio runtime.
     pub fn start(config: LocalBrokerConfig, dispatcher: Arc<dyn Dispatcher>) -> Arc<Self> {
-        let broker = Arc::new(Self::new(config, dispatcher));
+        Self::spawn_sweep(Arc::new(Self::new(config, dispatcher)))
+    }
+
+    fn spawn_sweep(broker: Arc<Self>) -> Arc<Self> {
         let weak = Arc::downgrade(&broker);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
@@ -169,6 +215,28 @@ impl LocalBroker {
             .clone()
     }
 
+    /// The channel's state, created from its archived position the first time (with an
+    /// archive; a failed archive read fails the call rather than start a new epoch).
+    async fn load(&self, channel: &str) -> Result<Arc<Mutex<ChannelState>>, BrokerError> {
+        let Some((archive, _)) = &self.archive else {
+            return Ok(self.channel(channel));
+        };
+        let (shard, _) = self.shard(channel);
+        if let Some(state) = shard.read().states.get(channel) {
+            return Ok(state.clone());
+        }
+        let position = archive
+            .position(channel)
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        Ok(shard
+            .write()
+            .states
+            .entry(Arc::from(channel))
+            .or_insert_with(|| Arc::new(Mutex::new(ChannelState::resume(position))))
+            .clone())
+    }
+
     /// Expires history and dedup keys and forgets idle channels: no history, no dedup key
     /// and no interest from this node (a subscribed channel keeps its offset and epoch, so
     /// its subscribers never see offsets restart). Returns how many channels it forgot.
@@ -183,9 +251,11 @@ impl LocalBroker {
                 let dropped = state.history.expire(now, self.config.history_ttl);
                 self.account(-(dropped as isize));
                 state.dedup.expire(now, self.config.dedup_window);
-                let keep =
-                    !state.is_empty() || interest.contains_key(&self.hasher.hash_one(&**channel));
+                let keep = !state.is_empty()
+                    || now.duration_since(state.created) < SWEEP_INTERVAL * 2
+                    || interest.contains_key(&self.hasher.hash_one(&**channel));
                 forgotten += usize::from(!keep);
+                state.retired = !keep;
                 keep
             });
         }
@@ -201,8 +271,19 @@ impl LocalBroker {
 #[async_trait::async_trait]
 impl Broker for LocalBroker {
     async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
-        let state = self.channel(&request.channel);
+        // Room in the archive queue first: once the offset is given, nothing may fail.
+        let permit = match &self.archive {
+            Some((_, queue)) if request.archive => Some(queue.reserve().await?),
+            _ => None,
+        };
+        let state = self.load(&request.channel).await?;
         let mut state = state.lock();
+        if state.retired {
+            // Cannot happen: the sweep spares states younger than two sweeps.
+            return Err(BrokerError::Unavailable(
+                "channel state was reset; retry".into(),
+            ));
+        }
         let now = Instant::now();
         state.dedup.expire(now, self.config.dedup_window);
         if let Some(key) = &request.idem {
@@ -245,6 +326,9 @@ impl Broker for LocalBroker {
         if let Some(key) = request.idem {
             state.dedup.insert(key, publication.offset, now);
         }
+        if let Some(permit) = permit {
+            permit.send(publication.clone(), &state.unarchived);
+        }
         // Dispatch under the channel lock: that is what keeps delivery in offset order and
         // makes every history read a barrier (the contract's recovery guarantee).
         self.dispatcher.dispatch(&publication);
@@ -260,17 +344,27 @@ impl Broker for LocalBroker {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
-        let state = self.channel(channel);
-        let mut state = state.lock();
-        let dropped = state
-            .history
-            .expire(Instant::now(), self.config.history_ttl);
-        self.account(-(dropped as isize));
-        Ok(HistoryPage {
-            publications: state.history.read(query.since, query.limit),
-            offset: state.offset,
-            epoch: state.epoch.clone(),
-        })
+        let state = self.load(channel).await?;
+        let page = {
+            let mut state = state.lock();
+            let dropped = state
+                .history
+                .expire(Instant::now(), self.config.history_ttl);
+            self.account(-(dropped as isize));
+            HistoryPage {
+                publications: state.history.read(query.since, query.before, query.limit),
+                offset: state.offset,
+                epoch: state.epoch.clone(),
+            }
+        };
+        // Outside the channel lock: the archive is slow next to memory. Whatever it adds is
+        // older than what memory held, so the barrier still holds.
+        match &self.archive {
+            Some((archive, _)) => complete_page(archive.as_ref(), channel, query, page)
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            None => Ok(page),
+        }
     }
 
     /// In process, delivery needs no setup (publish dispatches to the node directly); the
@@ -312,6 +406,19 @@ impl Broker for LocalBroker {
     fn history_capacity(&self) -> usize {
         self.config.history_size
     }
+
+    fn archive_stats(&self) -> Option<Arc<ArchiveStats>> {
+        self.archive
+            .as_ref()
+            .map(|(_, queue)| queue.stats().clone())
+    }
+
+    async fn flush_archive(&self, deadline: std::time::Instant) -> u64 {
+        match &self.archive {
+            Some((_, queue)) => queue.flush(deadline).await,
+            None => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +448,7 @@ mod tests {
             from: "alice".into(),
             data: crate::Payload::from_value(&serde_json::json!({"t": 1})),
             idem: idem.map(str::to_owned),
+            archive: true,
         }
     }
 
@@ -408,6 +516,7 @@ mod tests {
                 "a",
                 HistoryQuery {
                     since: None,
+                    before: None,
                     limit: 10,
                 },
             )
@@ -421,6 +530,7 @@ mod tests {
                 "a",
                 HistoryQuery {
                     since: Some(since),
+                    before: None,
                     limit: 10,
                 },
             )

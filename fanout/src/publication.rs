@@ -158,4 +158,27 @@ mod tests {
         assert_eq!(Payload::from_tagged(j.tag(), j.bytes().clone()).unwrap(), j);
         assert!(Payload::from_tagged(b'x', Bytes::new()).is_err());
     }
+
+    /// Found by the `command` fuzz target: without serde_json's `float_roundtrip`, a float
+    /// read from JSON text could differ from the sent one in its last digit, so a MessagePack
+    /// subscriber got another number than the JSON publisher sent.
+    #[test]
+    fn floats_cross_encodings_exactly() {
+        for text in [
+            "-4.946608043337584e173",
+            "0.1",
+            "2.2250738585072014e-308",
+            "1.7976931348623157e308",
+        ] {
+            let exact: f64 = text.parse().unwrap();
+            let packed = Payload::Json(Bytes::from(text.to_string()))
+                .to_msgpack()
+                .unwrap();
+            let back: f64 = rmp_serde::from_slice(&packed).unwrap();
+            assert_eq!(back.to_bits(), exact.to_bits(), "{text}");
+            let json = Payload::MsgPack(packed).to_json().unwrap();
+            let again: f64 = std::str::from_utf8(&json).unwrap().parse().unwrap();
+            assert_eq!(again.to_bits(), exact.to_bits(), "{text}");
+        }
+    }
 }

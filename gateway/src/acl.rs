@@ -17,6 +17,13 @@ pub struct Namespace {
     /// Presence (`join`/`leave` pushes and the `presence` op) is on.
     #[serde(default)]
     pub presence: bool,
+    /// Messages go to the archive (when there is one) [default: true].
+    #[serde(default = "yes")]
+    pub archive: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Namespace {
@@ -40,6 +47,7 @@ impl Namespace {
             open: true,
             client_publish: true,
             presence: true,
+            archive: true,
         }]
     }
 }
@@ -106,6 +114,12 @@ impl Acl {
         !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.presence)
     }
 
+    /// Whether messages on `channel` are archived (personal channels and channels outside
+    /// any namespace are; a namespace may opt out with `archive = false`).
+    pub fn archive_enabled(&self, channel: &str) -> bool {
+        channel.starts_with(PERSONAL_PREFIX) || self.namespace(channel).is_none_or(|n| n.archive)
+    }
+
     /// Whether `user`, holding token `patterns`, may do `action` on `channel`.
     pub fn allows(&self, user: &str, patterns: &[String], channel: &str, action: Action) -> bool {
         if let Some(owner) = channel.strip_prefix(PERSONAL_PREFIX) {
@@ -147,8 +161,11 @@ mod tests {
             open: true,
             client_publish: false,
             presence: false,
+            archive: false,
         });
         let acl = Acl::new(namespaces, true);
+        assert!(acl.archive_enabled("room:x") && acl.archive_enabled("user:a"));
+        assert!(acl.archive_enabled("other:x") && !acl.archive_enabled("news:x"));
         let none: Vec<String> = vec![];
         assert!(acl.allows("a", &none, "room:x", Action::Subscribe));
         assert!(acl.allows("a", &none, "room:x", Action::Publish));

@@ -4,6 +4,7 @@ use crate::config::{Config, RedisSettings};
 use crate::hub::Hub;
 use crate::node::{Backends, REGISTRY_TTL};
 use anyhow::Context;
+use fanout::archive::{Archive, ArchiverConfig, SqlArchive};
 use fanout::{LocalBroker, LocalBrokerConfig, RedisBroker, RedisBrokerConfig, RedisConnectOptions};
 use presence::{Change, LocalPresence, LocalRegistry, RedisPresence, RedisRegistry};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// process with this node id left behind), for the node to announce.
 pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<(Backends, Vec<Change>)> {
     match &config.redis {
-        None => Ok((embedded(config, hub), Vec::new())),
+        None => Ok((embedded(config, hub).await?, Vec::new())),
         Some(redis) => clustered(config, redis, hub).await,
     }
 }
@@ -67,22 +68,69 @@ pub async fn clustered(
     Ok((backends, departures))
 }
 
-/// The embedded engine: in-process broker (running its own upkeep), presence and registry.
-pub fn embedded(config: &Config, hub: Arc<Hub>) -> Backends {
-    let broker = LocalBroker::start(
-        LocalBrokerConfig {
-            history_size: config.history_size,
-            history_max_bytes: config.history_max_bytes,
-            history_node_max_bytes: config.history_node_max_bytes,
-            history_ttl: config.history_ttl,
-            dedup_window: config.dedup_window,
-            dedup_max_keys: config.dedup_max_keys,
-        },
-        hub,
-    );
-    Backends {
+/// The embedded engine: in-process broker (running its own upkeep), presence and registry;
+/// with an archive, the broker archives into it (SQLite by default).
+pub async fn embedded(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Backends> {
+    let broker_config = LocalBrokerConfig {
+        history_size: config.history_size,
+        history_max_bytes: config.history_max_bytes,
+        history_node_max_bytes: config.history_node_max_bytes,
+        history_ttl: config.history_ttl,
+        dedup_window: config.dedup_window,
+        dedup_max_keys: config.dedup_max_keys,
+    };
+    let broker = match &config.archive {
+        None => LocalBroker::start(broker_config, hub),
+        Some(settings) => {
+            let archive: Arc<dyn Archive> = Arc::new(
+                SqlArchive::connect(&settings.url)
+                    .await
+                    .with_context(|| format!("opening the archive {}", redacted(&settings.url)))?,
+            );
+            spawn_retention(archive.clone(), settings.retention);
+            let archiver = ArchiverConfig {
+                capacity: settings.queue,
+                ..Default::default()
+            };
+            LocalBroker::start_archived(broker_config, hub, archive, archiver)
+        }
+    };
+    Ok(Backends {
         broker,
         presence: Arc::new(LocalPresence::new()),
         registry: Arc::new(LocalRegistry::new(REGISTRY_TTL)),
+    })
+}
+
+/// How often archived messages past their retention are deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Deletes archived messages older than `retention`, now and every hour.
+fn spawn_retention(archive: Arc<dyn Archive>, retention: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let cutoff = now.saturating_sub(retention.as_millis() as u64);
+            match archive.expire(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "archive retention"),
+                Err(e) => tracing::warn!(error = %e, "archive retention failed"),
+            }
+        }
+    });
+}
+
+/// A database URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_string(),
     }
 }

@@ -71,9 +71,20 @@ pub struct Settings {
     /// [default: 10].
     #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS")]
     pub presence_heartbeat_secs: Option<u64>,
-    /// Message archive URL (not available in this version: leave unset).
+    /// Message archive: `sqlite://PATH`, `postgres://...`, or `off` [default: embedded mode
+    /// `sqlite://<data-dir>/archive.db`; clustered mode off].
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Directory for the embedded archive [default: data].
+    #[arg(long, env = "GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Messages waiting for the archive before publishes wait, then get `unavailable`
+    /// [default: 100000].
+    #[arg(long, env = "GATEWAY_ARCHIVE_QUEUE")]
+    pub archive_queue: Option<usize>,
+    /// Days archived messages are kept [default: 365].
+    #[arg(long, env = "GATEWAY_ARCHIVE_RETENTION_DAYS")]
+    pub archive_retention_days: Option<u64>,
     /// Development mode: `POST /dev/token` mints tokens, a random JWT secret is used if none.
     #[arg(long, env = "GATEWAY_DEV")]
     #[serde(default)]
@@ -199,7 +210,7 @@ impl Settings {
         merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
             jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
             redis_prefix, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
-            database_url, log_format, log, max_connections, max_connections_per_user,
+            database_url, data_dir, archive_queue, archive_retention_days, log_format, log, max_connections, max_connections_per_user,
             max_subscriptions, publish_rate, publish_burst, subscribe_rate, subscribe_burst,
             max_rate_limited_per_minute, max_bad_frames_per_minute, max_frame_size,
             outbound_queue, ping_interval_secs, idle_timeout_secs, max_http_connections,
@@ -341,6 +352,19 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// Presence heartbeat interval.
     pub presence_heartbeat: Duration,
+    /// The message archive, when on.
+    pub archive: Option<ArchiveSettings>,
+}
+
+/// Message archive settings.
+#[derive(Debug, Clone)]
+pub struct ArchiveSettings {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub url: String,
+    /// Queue capacity, messages.
+    pub queue: usize,
+    /// How long messages are kept.
+    pub retention: Duration,
 }
 
 /// Clustered-mode settings.
@@ -440,12 +464,36 @@ impl Config {
                 })
             }
         };
-        if s.database_url.is_some() {
-            bail!(
-                "GATEWAY_DATABASE_URL / --database-url: the message archive is not available in \
-                 this version; unset it"
-            );
-        }
+        let archive_url = match s.database_url.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(url) if !url.is_empty() => {
+                if !(url.starts_with("sqlite://")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://"))
+                {
+                    bail!("--database-url: expected sqlite://PATH, postgres://... or off");
+                }
+                if redis.is_some() {
+                    bail!(
+                        "--database-url with --redis-url: the clustered archive (through a Redis \
+                         stream) is not in this version yet; use --database-url off"
+                    );
+                }
+                Some(url.to_string())
+            }
+            _ if redis.is_none() => {
+                let dir = s.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"));
+                Some(format!("sqlite://{}", dir.join("archive.db").display()))
+            }
+            _ => None,
+        };
+        let archive = archive_url.map(|url| ArchiveSettings {
+            url,
+            queue: s.archive_queue.unwrap_or(100_000).max(1),
+            retention: Duration::from_secs(
+                s.archive_retention_days.unwrap_or(365).max(1) * 24 * 3600,
+            ),
+        });
         let jwt = jwt_config(&s)?;
         let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         listen.parse::<SocketAddr>().with_context(|| {
@@ -505,6 +553,7 @@ impl Config {
             namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
             redis,
             presence_heartbeat: Duration::from_secs(s.presence_heartbeat_secs.unwrap_or(10).max(1)),
+            archive,
         })
     }
 }

@@ -62,6 +62,20 @@ pub fn record_delivery_stats(stats: fanout::DeliveryStats) {
     metrics().history_bytes.set(stats.history_bytes as f64);
 }
 
+/// Copies the archive path's counters into their series (called before each scrape).
+pub fn record_archive_stats(stats: &fanout::archive::ArchiveStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    gauge!("gateway_archive_pending").set(stats.pending.load(Relaxed) as f64);
+    gauge!("gateway_archive_lag_seconds").set(stats.lag_secs());
+    gauge!("gateway_archive_last_batch").set(stats.last_batch.load(Relaxed) as f64);
+    gauge!("gateway_archive_breaker_open")
+        .set(f64::from(u8::from(stats.breaker_open.load(Relaxed))));
+    counter!("gateway_archive_written_total").absolute(stats.written.load(Relaxed));
+    counter!("gateway_archive_batches_total").absolute(stats.batches.load(Relaxed));
+    counter!("gateway_archive_failures_total").absolute(stats.failures.load(Relaxed));
+    counter!("gateway_archive_refused_total").absolute(stats.refused.load(Relaxed));
+}
+
 /// Counts a refused handshake by result (`unauthorized`, `bad_subprotocol`, ...).
 pub fn handshake_refused(result: &'static str) {
     counter!("gateway_handshakes_total", "result" => result).increment(1);

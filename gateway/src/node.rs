@@ -239,8 +239,13 @@ impl Node {
     ) -> Result<(), BrokerError> {
         let query = HistoryQuery {
             since: since.map(|s| s.min(u64::MAX - 1)),
+            before: None,
+            // As much as recent history holds, or an outbound queue's worth from the archive
+            // (a recovery longer than that says `recovered: false`: reload).
             limit: if since.is_some() {
-                self.broker.history_capacity()
+                self.broker
+                    .history_capacity()
+                    .max(self.config.limits.outbound_queue)
             } else {
                 0
             },
@@ -598,6 +603,7 @@ mod tests {
                                 from: "server".into(),
                                 data: fanout::Payload::from_value(&json!(1)),
                                 idem: None,
+                                archive: false,
                             })
                             .await
                             .unwrap();

@@ -46,6 +46,13 @@ pub async fn serve(
         _ = drained => {}
     }
     tracing::info!(left = node.session_count(), "drained");
+    // Everything accepted goes to the archive before the process ends (embedded mode: the
+    // queue lives in this process). It gets the drain deadline again, at least 5 s.
+    let flush_deadline = Instant::now() + node.config.drain_timeout.max(Duration::from_secs(5));
+    let pending = node.broker.flush_archive(flush_deadline).await;
+    if pending > 0 {
+        tracing::error!(pending, "exiting with messages not yet archived");
+    }
 }
 
 /// Pending connections the kernel may queue before `accept` (capped by `somaxconn`). The

@@ -112,6 +112,7 @@ pub struct GatewayBuilder {
     args: Vec<(String, Option<String>)>,
     removed: Vec<String>,
     envs: Vec<(String, String)>,
+    embedded: bool,
 }
 
 impl Default for GatewayBuilder {
@@ -127,7 +128,15 @@ impl GatewayBuilder {
             args: Vec::new(),
             removed: Vec::new(),
             envs: Vec::new(),
+            embedded: false,
         }
+    }
+
+    /// Keeps the gateway on the embedded engine even under [`REDIS_ENV`] (for what only the
+    /// embedded engine does, such as its SQLite archive).
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self
     }
 
     /// Adds `name value` (replacing the default for `name`, if any).
@@ -208,6 +217,7 @@ impl GatewayBuilder {
     pub async fn start(mut self) -> Gateway {
         let mut redis = None;
         if std::env::var_os(REDIS_ENV).is_some()
+            && !self.embedded
             && !self.args.iter().any(|(n, _)| n == "--redis-url")
         {
             let server = RedisServer::start().await;

@@ -4,7 +4,8 @@
 //! sockets with real WebSocket clients ([`Client`], [`Connect`]) and a tiny HTTP/1.1 client
 //! ([`http`]), and mints its own JWTs ([`Token`]). Clustered-mode tests start their own
 //! `redis-server` ([`RedisServer`]) that they can pause, kill and restart; with `E2E_REDIS`
-//! set, every gateway runs on a private one. Nothing here knows the gateway's internals: the
+//! set, every gateway runs on a private one. Archive tests get a fresh PostgreSQL database
+//! ([`PgDatabase`]) and can cut it off behind a [`TcpProxy`]. Nothing here knows the gateway's internals: the
 //! contract is `docs/protocol.md`.
 
 pub mod client;
@@ -12,6 +13,8 @@ pub mod gateway;
 pub mod http;
 pub mod jwt;
 pub mod loadgen;
+pub mod postgres;
+pub mod proxy;
 pub mod redis;
 
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
@@ -19,6 +22,8 @@ pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
 pub use http::{API_AUTH, HttpResponse, api_get, api_post, http, parse_response};
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
+pub use postgres::PgDatabase;
+pub use proxy::TcpProxy;
 pub use redis::RedisServer;
 
 use std::time::Duration;

@@ -152,8 +152,7 @@ pub(crate) fn command(request: &str, command: &NodeCommand) -> Bytes {
     ])
 }
 
-/// Encodes a publication the way the publish script does (for tests and tools).
-#[cfg(test)]
+/// Encodes a publication the way the publish script does (for tests and fuzzing).
 pub(crate) fn publication(p: &Publication) -> Bytes {
     let mut out = Vec::new();
     let _ = mpe::write_array_len(&mut out, 8);

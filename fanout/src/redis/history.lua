@@ -2,7 +2,8 @@
 -- channel its epoch (offset 0), so that the epoch a subscriber learns is the one publishes use.
 -- KEYS: 1 meta hash, 2 history stream
 -- ARGV: 1 since (exclusive; '' for the newest), 2 limit, 3 epoch to use if none,
---       4 meta ttl s, 5 oldest acceptable timestamp ms (history TTL)
+--       4 meta ttl s, 5 oldest acceptable timestamp ms (history TTL), 6 before (exclusive
+--       upper bound; '' for none)
 -- Returns {offset, epoch, envelope...} with envelopes oldest first.
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local offset = 0
@@ -27,11 +28,15 @@ if limit > 0 then
       end
     end
   end
+  local upper = '+'
+  if ARGV[6] ~= '' then
+    upper = '(' .. ARGV[6] .. '-0'
+  end
   if ARGV[1] == '' then
-    local entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+    local entries = redis.call('XREVRANGE', KEYS[2], upper, '-', 'COUNT', limit)
     collect(entries, #entries, 1, -1)
   else
-    local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', limit)
+    local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', upper, 'COUNT', limit)
     collect(entries, 1, #entries, 1)
   end
 end

@@ -43,6 +43,21 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Channels per pipelined position check.
 const POSITION_BATCH: usize = 500;
 
+/// Decodes a pub/sub envelope as a node does on receipt (for fuzzing): `Ok` when it is
+/// well-formed, and then its publication, if it is one, survives a re-encoding unchanged.
+#[doc(hidden)]
+pub fn check_envelope(raw: &[u8]) -> Result<(), String> {
+    let raw = bytes::Bytes::copy_from_slice(raw);
+    match envelope::decode(&raw).map_err(|e| e.to_string())? {
+        envelope::Envelope::Publication(p) => {
+            let again = envelope::decode(&envelope::publication(&p)).map_err(|e| e.to_string())?;
+            assert_eq!(again, envelope::Envelope::Publication(p));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Settings of the Redis broker.
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
@@ -248,6 +263,7 @@ impl RedisBroker {
         &self,
         channel: &str,
         since: Option<u64>,
+        before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let oldest = unix_millis().saturating_sub(self.config.history_ttl.as_millis() as u64);
@@ -257,6 +273,7 @@ impl RedisBroker {
             new_epoch().into(),
             (self.config.meta_ttl.as_secs().max(1) as i64).into(),
             (oldest as i64).into(),
+            before.map(|b| b.to_string()).unwrap_or_default().into(),
         ];
         let result: Result<Vec<Value>, _> = self
             .history_script
@@ -387,7 +404,7 @@ impl RedisBroker {
                 t.last
             };
             force = false;
-            let page = self.read(channel, Some(since), HEAL_BATCH).await?;
+            let page = self.read(channel, Some(since), None, HEAL_BATCH).await?;
             let complete = page.publications.len() < HEAL_BATCH;
             let mut t = track.lock();
             t.absorb(page, complete, &*self.dispatcher, &self.stats);
@@ -580,7 +597,9 @@ impl Broker for RedisBroker {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
-        let page = self.read(channel, query.since, query.limit).await?;
+        let page = self
+            .read(channel, query.since, query.before, query.limit)
+            .await?;
         // The barrier: on a subscribed channel, deliver everything up to the page's offset
         // before answering.
         if let Some(track) = self.track(channel) {
@@ -604,7 +623,7 @@ impl Broker for RedisBroker {
             return Err(e);
         }
         // The subscription is live: the channel's position now is where delivery starts.
-        match self.read(channel, None, 0).await {
+        match self.read(channel, None, None, 0).await {
             Ok(page) => {
                 let gap = track
                     .lock()

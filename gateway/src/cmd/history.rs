@@ -1,4 +1,5 @@
-//! `history`: a page of a channel's recent history (needs the right to subscribe).
+//! `history`: a page of a channel's history, recent or archived (needs the right to
+//! subscribe).
 
 use crate::acl::Action;
 use crate::protocol::{ErrorCode, HistoryReply, history_reply_frame};
@@ -10,6 +11,7 @@ pub(super) async fn apply(
     id: i64,
     channel: &str,
     since: Option<u64>,
+    before: Option<u64>,
     limit: u64,
 ) -> Option<End> {
     if !session.allowed(channel, Action::Subscribe) {
@@ -18,6 +20,7 @@ pub(super) async fn apply(
     }
     let query = HistoryQuery {
         since,
+        before,
         limit: limit as usize,
     };
     match session.node.broker.history(channel, query).await {

@@ -32,8 +32,9 @@ impl Session {
             Op::History {
                 channel,
                 since,
+                before,
                 limit,
-            } => history::apply(self, id, &channel, since, limit).await,
+            } => history::apply(self, id, &channel, since, before, limit).await,
             Op::Refresh { token } => refresh::apply(self, id, &token).await,
             Op::Ping => {
                 self.reply(id, &json!({}));

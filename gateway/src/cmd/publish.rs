@@ -30,6 +30,7 @@ pub(super) async fn apply(
         return session.rate_limited(id, "publish", now);
     }
     let request = PublishRequest {
+        archive: session.node.acl.archive_enabled(&channel),
         channel: channel.into(),
         from: session.conn.user.clone(),
         data,

@@ -106,6 +106,7 @@ pub async fn publish(
     let outcome = node
         .broker
         .publish(PublishRequest {
+            archive: node.acl.archive_enabled(&body.channel),
             channel: body.channel.into(),
             from: "server".into(),
             data: Payload::Json(Bytes::from(String::from(Box::<str>::from(body.data)))),
@@ -135,10 +136,11 @@ pub async fn presence(
 #[derive(Deserialize)]
 pub struct HistoryParams {
     since: Option<u64>,
+    before: Option<u64>,
     limit: Option<u64>,
 }
 
-/// `GET /api/history/{channel}?since=&limit=`.
+/// `GET /api/history/{channel}?since=&before=&limit=`.
 pub async fn history(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -163,6 +165,7 @@ pub async fn history(
             &channel,
             HistoryQuery {
                 since: params.since,
+                before: params.before,
                 limit: limit as usize,
             },
         )

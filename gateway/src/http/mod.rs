@@ -71,13 +71,14 @@ pub(crate) async fn read_body(node: &Node, body: axum::body::Body) -> Result<Byt
 
 /// The `token` query parameter, for browsers that cannot set headers on a WebSocket.
 #[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct TokenQuery {
-    token: Option<String>,
+pub struct TokenQuery {
+    /// The token, if given.
+    pub token: Option<String>,
 }
 
 /// The token a request carries: `Authorization: Bearer <token>`, else the `token` query
 /// parameter.
-pub(crate) fn request_token(headers: &http::HeaderMap, query: TokenQuery) -> Option<String> {
+pub fn request_token(headers: &http::HeaderMap, query: TokenQuery) -> Option<String> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         return value

@@ -98,6 +98,8 @@ pub enum Op {
         channel: String,
         /// Exclusive lower bound.
         since: Option<u64>,
+        /// Exclusive upper bound (pages back into the archive).
+        before: Option<u64>,
         /// Most messages.
         limit: u64,
     },
@@ -230,6 +232,7 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
             Op::History {
                 channel: fields.channel()?,
                 since: fields.opt_u64("since")?,
+                before: fields.opt_u64("before")?,
                 limit,
             }
         }
@@ -330,6 +333,7 @@ mod tests {
             Op::History {
                 channel: "c".into(),
                 since: None,
+                before: None,
                 limit: 100
             }
         );

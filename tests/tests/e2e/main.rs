@@ -1,6 +1,7 @@
 //! The end-to-end suite, one test binary (it links once): each module covers one part of the
 //! contract against real gateway processes over real sockets.
 
+mod archive;
 mod auth;
 mod cluster;
 mod commands;

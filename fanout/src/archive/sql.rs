@@ -1,0 +1,348 @@
+//! The archive in SQL: SQLite (embedded mode: one file, no server) or PostgreSQL (clustered
+//! mode: shared by every node), through sqlx (one async API and pool for both, no compile-time
+//! query checking needed).
+//!
+//! Schema (versioned migrations, applied at start under a lock):
+//! - `gw_messages (channel, epoch, seq, author, ts, enc, data)`, primary key
+//!   (channel, epoch, seq): every write is an `INSERT .. ON CONFLICT DO NOTHING`;
+//! - `gw_channels (channel, epoch, top, ts)`: each channel's newest archived position, kept
+//!   after retention deletes its messages, so that offsets continue after a restart.
+
+use super::{Archive, ArchiveError, ArchiveRange, ArchivedPosition};
+use crate::{Payload, Publication};
+use bytes::Bytes;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{QueryBuilder, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Rows per multi-row insert (7 parameters each, well inside every driver's limit).
+const ROWS_PER_INSERT: usize = 500;
+/// How long a statement may wait for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Schema versions, in order; each runs once, in one transaction.
+const SQLITE_MIGRATIONS: &[&str] = &["
+    CREATE TABLE gw_messages (
+        channel TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
+        author TEXT NOT NULL, ts INTEGER NOT NULL, enc INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (channel, epoch, seq)) WITHOUT ROWID;
+    CREATE INDEX gw_messages_ts ON gw_messages (ts);
+    CREATE TABLE gw_channels (
+        channel TEXT PRIMARY KEY, epoch TEXT NOT NULL, top INTEGER NOT NULL,
+        ts INTEGER NOT NULL);
+"];
+
+const POSTGRES_MIGRATIONS: &[&str] = &["
+    CREATE TABLE gw_messages (
+        channel TEXT NOT NULL, epoch TEXT NOT NULL, seq BIGINT NOT NULL,
+        author TEXT NOT NULL, ts BIGINT NOT NULL, enc INTEGER NOT NULL, data BYTEA NOT NULL,
+        PRIMARY KEY (channel, epoch, seq));
+    CREATE INDEX gw_messages_ts ON gw_messages (ts);
+    CREATE TABLE gw_channels (
+        channel TEXT PRIMARY KEY, epoch TEXT NOT NULL, top BIGINT NOT NULL,
+        ts BIGINT NOT NULL);
+"];
+
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$db` to its database type.
+macro_rules! with_pool {
+    ($self:expr, $pool:ident, $db:ident => $body:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            Pool::Postgres($pool) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+fn unavailable(e: sqlx::Error) -> ArchiveError {
+    ArchiveError::Unavailable(e.to_string())
+}
+
+/// An [`Archive`] in SQLite or PostgreSQL.
+pub struct SqlArchive {
+    pool: Pool,
+}
+
+impl SqlArchive {
+    /// Opens `url` (`sqlite://PATH`, the file created if missing, or `postgres://...`) and
+    /// brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, ArchiveError> {
+        let pool = if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(ArchiveError::Config("sqlite:// needs a file path".into()));
+            }
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        ArchiveError::Config(format!("creating {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+            let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+                .map_err(|e| ArchiveError::Config(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            // One writer at a time is what SQLite does anyway; readers get their own.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(unavailable)?;
+            Pool::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect(url)
+                .await
+                .map_err(unavailable)?;
+            Pool::Postgres(pool)
+        } else {
+            return Err(ArchiveError::Config(format!(
+                "unsupported database URL {:?}: use sqlite://PATH or postgres://...",
+                url.split("://").next().unwrap_or(url)
+            )));
+        };
+        let archive = SqlArchive { pool };
+        archive.migrate().await?;
+        Ok(archive)
+    }
+
+    async fn migrate(&self) -> Result<(), ArchiveError> {
+        match &self.pool {
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                sqlx::raw_sql("CREATE TABLE IF NOT EXISTS gw_schema (version INTEGER NOT NULL)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let version: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM gw_schema")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .try_get(0)
+                    .map_err(unavailable)?;
+                for (i, sql) in SQLITE_MIGRATIONS.iter().enumerate().skip(version as usize) {
+                    sqlx::raw_sql(sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                    sqlx::query("INSERT INTO gw_schema (version) VALUES (?)")
+                        .bind(i as i64 + 1)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)
+            }
+            Pool::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                // Nodes starting together migrate one at a time.
+                sqlx::query("SELECT pg_advisory_xact_lock(7243019)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::raw_sql("CREATE TABLE IF NOT EXISTS gw_schema (version INTEGER NOT NULL)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let version: i32 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM gw_schema")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .try_get(0)
+                    .map_err(unavailable)?;
+                for (i, sql) in POSTGRES_MIGRATIONS
+                    .iter()
+                    .enumerate()
+                    .skip(version as usize)
+                {
+                    sqlx::raw_sql(sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                    sqlx::query("INSERT INTO gw_schema (version) VALUES ($1)")
+                        .bind(i as i32 + 1)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                tx.commit().await.map_err(unavailable)
+            }
+        }
+    }
+}
+
+/// Each channel's newest position in a batch: the last epoch it was published in (by
+/// acceptance time), and the highest offset in that epoch.
+fn positions(batch: &[Arc<Publication>]) -> Vec<(&str, &str, u64, u64)> {
+    let mut tops: HashMap<&str, (&str, u64, u64)> = HashMap::new();
+    for p in batch {
+        let entry = tops.entry(&p.channel).or_insert((&p.epoch, p.offset, p.ts));
+        if entry.0 == &*p.epoch {
+            entry.1 = entry.1.max(p.offset);
+            entry.2 = entry.2.max(p.ts);
+        } else if p.ts >= entry.2 {
+            *entry = (&p.epoch, p.offset, p.ts);
+        }
+    }
+    tops.into_iter()
+        .map(|(channel, (epoch, top, ts))| (channel, epoch, top, ts))
+        .collect()
+}
+
+/// The position upsert: a newer offset in the same epoch, or another epoch accepted later.
+const UPSERT_POSITION: &str = " ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch, \
+    top = excluded.top, ts = excluded.ts WHERE (gw_channels.epoch = excluded.epoch AND \
+    excluded.top > gw_channels.top) OR (gw_channels.epoch <> excluded.epoch AND \
+    excluded.ts >= gw_channels.ts)";
+
+#[async_trait::async_trait]
+impl Archive for SqlArchive {
+    async fn store(&self, batch: &[Arc<Publication>]) -> Result<(), ArchiveError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, pool, Db => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            for chunk in batch.chunks(ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<Db>::new(
+                    "INSERT INTO gw_messages (channel, epoch, seq, author, ts, enc, data) ",
+                );
+                insert.push_values(chunk, |mut row, p| {
+                    row.push_bind(p.channel.to_string())
+                        .push_bind(p.epoch.to_string())
+                        .push_bind(p.offset as i64)
+                        .push_bind(p.from.to_string())
+                        .push_bind(p.ts as i64)
+                        .push_bind(i32::from(p.data.tag()))
+                        .push_bind(p.data.bytes().to_vec());
+                });
+                insert.push(" ON CONFLICT DO NOTHING");
+                insert.build().execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            for (channel, epoch, top, ts) in positions(batch) {
+                let mut upsert =
+                    QueryBuilder::<Db>::new("INSERT INTO gw_channels (channel, epoch, top, ts) ");
+                upsert.push_values([(channel, epoch, top, ts)], |mut row, (c, e, o, t)| {
+                    row.push_bind(c.to_string())
+                        .push_bind(e.to_string())
+                        .push_bind(o as i64)
+                        .push_bind(t as i64);
+                });
+                upsert.push(UPSERT_POSITION);
+                upsert.build().execute(&mut *tx).await.map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        })
+    }
+
+    async fn position(&self, channel: &str) -> Result<Option<ArchivedPosition>, ArchiveError> {
+        with_pool!(self, pool, Db => {
+            let mut query = QueryBuilder::<Db>::new("SELECT epoch, top FROM gw_channels WHERE channel = ");
+            query.push_bind(channel.to_string());
+            let row = query.build().fetch_optional(pool).await.map_err(unavailable)?;
+            match row {
+                None => Ok(None),
+                Some(row) => {
+                    let epoch: String = row.try_get(0).map_err(unavailable)?;
+                    let top: i64 = row.try_get(1).map_err(unavailable)?;
+                    Ok(Some(ArchivedPosition { epoch: epoch.into(), offset: top.max(0) as u64 }))
+                }
+            }
+        })
+    }
+
+    async fn read(&self, range: ArchiveRange<'_>) -> Result<Vec<Arc<Publication>>, ArchiveError> {
+        if range.limit == 0 || range.before <= range.after.saturating_add(1) {
+            return Ok(Vec::new());
+        }
+        let channel: Arc<str> = range.channel.into();
+        let epoch: Arc<str> = range.epoch.into();
+        let before = range.before.min(i64::MAX as u64) as i64;
+        let after = range.after.min(i64::MAX as u64) as i64;
+        let limit = range.limit.min(100_000) as i64;
+        let rows = with_pool!(self, pool, Db => {
+            let mut query = QueryBuilder::<Db>::new(
+                "SELECT seq, author, ts, enc, data FROM gw_messages WHERE channel = ",
+            );
+            query
+                .push_bind(range.channel.to_string())
+                .push(" AND epoch = ")
+                .push_bind(range.epoch.to_string())
+                .push(" AND seq > ")
+                .push_bind(after)
+                .push(" AND seq < ")
+                .push_bind(before)
+                .push(if range.newest { " ORDER BY seq DESC" } else { " ORDER BY seq ASC" })
+                .push(" LIMIT ")
+                .push_bind(limit);
+            let rows = query.build().fetch_all(pool).await.map_err(unavailable)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let seq: i64 = row.try_get(0).map_err(unavailable)?;
+                let author: String = row.try_get(1).map_err(unavailable)?;
+                let ts: i64 = row.try_get(2).map_err(unavailable)?;
+                let enc: i32 = row.try_get(3).map_err(unavailable)?;
+                let data: Vec<u8> = row.try_get(4).map_err(unavailable)?;
+                out.push((seq, author, ts, enc, data));
+            }
+            out
+        });
+        let mut publications = Vec::with_capacity(rows.len());
+        for (seq, author, ts, enc, data) in rows {
+            let data = Payload::from_tagged(enc as u8, Bytes::from(data))
+                .map_err(|e| ArchiveError::Unavailable(format!("stored payload: {e}")))?;
+            publications.push(Arc::new(Publication {
+                channel: channel.clone(),
+                offset: seq as u64,
+                epoch: epoch.clone(),
+                from: author.into(),
+                data,
+                ts: ts as u64,
+            }));
+        }
+        if range.newest {
+            publications.reverse();
+        }
+        Ok(publications)
+    }
+
+    async fn expire(&self, cutoff_ms: u64) -> Result<u64, ArchiveError> {
+        with_pool!(self, pool, Db => {
+            let mut query = QueryBuilder::<Db>::new("DELETE FROM gw_messages WHERE ts < ");
+            query.push_bind(cutoff_ms.min(i64::MAX as u64) as i64);
+            let done = query.build().execute(pool).await.map_err(unavailable)?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    async fn count(&self) -> Result<u64, ArchiveError> {
+        with_pool!(self, pool, Db => {
+            let row = sqlx::query("SELECT COUNT(*) FROM gw_messages")
+                .fetch_one(pool)
+                .await
+                .map_err(unavailable)?;
+            let n: i64 = row.try_get(0).map_err(unavailable)?;
+            Ok(n.max(0) as u64)
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! The handshake's inputs: header lines (`name: value`), the token from a header or the query,
+//! the subprotocol offer and the Origin check, then the token's verification.
+#![no_main]
+
+use gateway::auth::Verifier;
+use gateway::config::{AllowedOrigins, Config, Settings};
+use gateway::http::{TokenQuery, request_token};
+use gateway::protocol::Encoding;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use libfuzzer_sys::fuzz_target;
+use std::sync::OnceLock;
+
+fn verifier() -> &'static Verifier {
+    static VERIFIER: OnceLock<Verifier> = OnceLock::new();
+    VERIFIER.get_or_init(|| {
+        use clap::Parser;
+        let settings = Settings::parse_from([
+            "gateway",
+            "--jwt-secret",
+            "fuzz-secret-fuzz-secret-fuzz-secret-0123",
+        ]);
+        let config = Config::from_settings(settings).expect("config");
+        Verifier::new(&config.jwt).expect("verifier")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let mut headers = HeaderMap::new();
+    let mut query = TokenQuery::default();
+    for line in text.split("\r\n") {
+        if let Some(token) = line.strip_prefix("?token=") {
+            query.token = Some(token.to_string());
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.trim().as_bytes()),
+            HeaderValue::from_str(value.trim()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let offered = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let _ = Encoding::negotiate(offered);
+    if let Some(origin) = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+        let _ = AllowedOrigins::SameOrigin.allows(origin, host);
+        if let Ok(list) = AllowedOrigins::parse(origin) {
+            let _ = list.allows(origin, host);
+        }
+    }
+    if let Some(token) = request_token(&headers, query) {
+        if let Ok(claims) = verifier().verify(&token) {
+            // Only a token signed with the secret passes; a fuzzer cannot forge one.
+            panic!("a forged token was accepted: {claims:?}");
+        }
+    }
+});

@@ -1,0 +1,303 @@
+//! The message archive (embedded engine): history, offsets and epochs outlive a restart,
+//! `history` pages back past recent history, recovery falls back on the archive, and a
+//! database outage delays archiving without losing or doubling anything.
+
+use e2e::{
+    Client, Gateway, GatewayBuilder, PgDatabase, TcpProxy, TempDir, api_get, as_u64, error_code,
+    secs, token,
+};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn offsets(page: &Value) -> Vec<u64> {
+    page["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("messages in {page}"))
+        .iter()
+        .map(|m| as_u64(&m["offset"]))
+        .collect()
+}
+
+async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let text = api_get(gw.addr(), "/metrics").await.body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the node reports nothing waiting for the archive.
+async fn archived(gw: &Gateway) {
+    let deadline = Instant::now() + secs(30);
+    loop {
+        if metric(gw, "gateway_archive_pending").await == Some(0.0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the archive never caught up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn embedded(data: &TempDir) -> GatewayBuilder {
+    Gateway::builder()
+        .embedded()
+        .arg("--data-dir", data.path().display())
+}
+
+#[tokio::test]
+async fn an_embedded_node_keeps_history_offsets_and_epochs_across_a_restart() {
+    let data = TempDir::new("archive");
+    let mut gw = embedded(&data).start().await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    let mut epoch = Value::Null;
+    for i in 1..=5u64 {
+        let ack = c
+            .request_ok("publish", json!({"channel": "room:keep", "data": i}))
+            .await;
+        assert_eq!(as_u64(&ack["offset"]), i);
+        epoch = ack["epoch"].clone();
+    }
+    drop(c);
+    // SIGTERM drains: whatever is still queued for the archive is written before the exit.
+    gw.send_signal("TERM");
+    assert!(gw.wait_exit(secs(20)).await.is_some_and(|s| s.success()));
+    let gw = embedded(&data).start().await;
+    let mut c = Client::connect(gw.addr(), &token("bob")).await;
+    let h = c
+        .request_ok("history", json!({"channel": "room:keep"}))
+        .await;
+    assert_eq!(offsets(&h), [1, 2, 3, 4, 5], "{h}");
+    assert_eq!(h["epoch"], epoch);
+    assert_eq!(h["messages"][4]["data"], 5);
+    // A client that saw offset 2 before the restart recovers the rest, in the same epoch.
+    let ok = c
+        .request_ok(
+            "subscribe",
+            json!({"channel": "room:keep", "since": 2, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(
+        (ok["recovered"].clone(), ok["offset"].clone()),
+        (json!(true), json!(5))
+    );
+    for expected in 3..=5u64 {
+        let m = c.expect_message("room:keep", secs(5)).await;
+        assert_eq!(as_u64(&m["offset"]), expected);
+    }
+    // Offsets continue.
+    let ack = c
+        .request_ok("publish", json!({"channel": "room:keep", "data": 6}))
+        .await;
+    assert_eq!((as_u64(&ack["offset"]), &ack["epoch"]), (6, &epoch));
+}
+
+#[tokio::test]
+async fn history_pages_back_from_memory_into_the_archive() {
+    let data = TempDir::new("archive");
+    let gw = embedded(&data).arg("--history-size", 5).start().await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    for i in 1..=20u64 {
+        c.publish("room:pages", json!(i)).await;
+    }
+    archived(&gw).await;
+    let page = |fields: Value| {
+        let mut f = json!({"channel": "room:pages", "limit": 5});
+        f.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        f
+    };
+    // The newest five are in memory; `before` walks back into the archive, contiguously.
+    let mut before = None;
+    let mut seen = Vec::new();
+    loop {
+        let fields = match before {
+            None => json!({}),
+            Some(b) => json!({ "before": b }),
+        };
+        let h = c.request_ok("history", page(fields)).await;
+        let got = offsets(&h);
+        if got.is_empty() {
+            break;
+        }
+        before = got.first().copied();
+        seen.splice(0..0, got);
+    }
+    assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    // Forward from the start: archive and memory joined in one page.
+    let h = c
+        .request_ok(
+            "history",
+            json!({"channel": "room:pages", "since": 0, "limit": 100}),
+        )
+        .await;
+    assert_eq!(offsets(&h), (1..=20).collect::<Vec<_>>());
+    // The HTTP API pages the same way.
+    let r = api_get(gw.addr(), "/api/history/room:pages?before=8&limit=3").await;
+    assert_eq!(offsets(&r.json()), [5, 6, 7], "{}", r.body);
+}
+
+#[tokio::test]
+async fn recovery_older_than_recent_history_comes_from_the_archive() {
+    let data = TempDir::new("archive");
+    let gw = embedded(&data)
+        .arg("--history-size", 5)
+        .arg("--history-ttl-secs", 2)
+        .start()
+        .await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    let mut epoch = Value::Null;
+    for i in 1..=20u64 {
+        let ack = c
+            .request_ok("publish", json!({"channel": "room:rec", "data": i}))
+            .await;
+        epoch = ack["epoch"].clone();
+    }
+    archived(&gw).await;
+    // Memory holds 16..=20; the client saw up to 3.
+    let mut r = Client::connect(gw.addr(), &token("bob")).await;
+    let ok = r
+        .request_ok(
+            "subscribe",
+            json!({"channel": "room:rec", "since": 3, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    for expected in 4..=20u64 {
+        assert_eq!(
+            as_u64(&r.expect_message("room:rec", secs(5)).await["offset"]),
+            expected
+        );
+    }
+    // Past the history TTL memory holds nothing: the archive still recovers all of it.
+    tokio::time::sleep(secs(3)).await;
+    let mut late = Client::connect(gw.addr(), &token("carol")).await;
+    let ok = late
+        .request_ok(
+            "subscribe",
+            json!({"channel": "room:rec", "since": 18, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(
+        as_u64(&late.expect_message("room:rec", secs(5)).await["offset"]),
+        19
+    );
+    assert_eq!(
+        as_u64(&late.expect_message("room:rec", secs(5)).await["offset"]),
+        20
+    );
+    // Another epoch is still another epoch.
+    let mut other = Client::connect(gw.addr(), &token("dave")).await;
+    let ok = other
+        .request_ok(
+            "subscribe",
+            json!({"channel": "room:rec", "since": 3, "epoch": "not-the-epoch"}),
+        )
+        .await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+}
+
+#[tokio::test]
+async fn a_postgres_outage_delays_archiving_and_loses_nothing() {
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let config = TempDir::new("archive-config");
+    let path = config.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[[namespaces]]\nprefix = \"typing:\"\nopen = true\nclient_publish = true\narchive = false\n",
+    )
+    .expect("config file");
+    let gw = Gateway::builder()
+        .embedded()
+        .arg("--database-url", db.url_via(proxy.addr()))
+        .arg("--config", path.display())
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    c.publish("room:pg", json!(0)).await;
+    c.publish("typing:pg", json!("not archived")).await;
+    archived(&gw).await;
+    proxy.cut();
+    // Publishing goes on while the database is away: every publish is acknowledged.
+    let started = Instant::now();
+    for i in 1..=2000u64 {
+        let ack = c
+            .request_ok("publish", json!({"channel": "room:pg", "data": i}))
+            .await;
+        assert_eq!(as_u64(&ack["offset"]), i + 1);
+    }
+    let took = started.elapsed();
+    assert!(metric(&gw, "gateway_archive_pending").await.unwrap_or(0.0) > 0.0);
+    // Failures are counted while the database is away.
+    let deadline = Instant::now() + secs(10);
+    while metric(&gw, "gateway_archive_failures_total")
+        .await
+        .unwrap_or(0.0)
+        == 0.0
+    {
+        assert!(Instant::now() < deadline, "no archive failure counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.restore();
+    archived(&gw).await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 2001);
+    assert_eq!(
+        db.scalar("SELECT COUNT(DISTINCT seq) FROM gw_messages WHERE channel = 'room:pg'")
+            .await,
+        2001
+    );
+    assert_eq!(
+        db.scalar("SELECT MAX(seq) FROM gw_messages WHERE channel = 'room:pg'")
+            .await,
+        2001
+    );
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM gw_messages WHERE channel = 'typing:pg'")
+            .await,
+        0,
+        "an opted-out namespace is never stored"
+    );
+    eprintln!("2000 publishes during the outage took {took:?}");
+}
+
+#[tokio::test]
+async fn a_full_archive_queue_makes_publish_unavailable_and_loses_nothing() {
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let gw = Gateway::builder()
+        .embedded()
+        .arg("--database-url", db.url_via(proxy.addr()))
+        .arg("--archive-queue", 20)
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    c.publish("room:full", json!(0)).await;
+    archived(&gw).await;
+    proxy.cut();
+    let (mut acked, mut refused) = (1i64, 0);
+    while refused < 3 {
+        let r = c
+            .request("publish", json!({"channel": "room:full", "data": acked}))
+            .await;
+        match error_code(&r) {
+            None => {
+                acked += 1;
+                assert!(acked < 2000, "the queue never filled");
+            }
+            Some("unavailable") => refused += 1,
+            Some(other) => panic!("{other}: {r}"),
+        }
+    }
+    proxy.restore();
+    archived(&gw).await;
+    // Every acknowledged message is there, once, with contiguous offsets.
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, acked);
+    assert_eq!(db.scalar("SELECT MAX(seq) FROM gw_messages").await, acked);
+    // And publishing works again.
+    c.publish("room:full", json!("after")).await;
+}

@@ -19,4 +19,4 @@ pub use broker::{
 };
 pub use local::{LocalBroker, LocalBrokerConfig};
 pub use publication::{Payload, PayloadError, Publication};
-pub use redis::{RedisBroker, RedisBrokerConfig, RedisConnectOptions};
+pub use redis::{RedisArchive, RedisBroker, RedisBrokerConfig, RedisConnectOptions};

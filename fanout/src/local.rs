@@ -216,7 +216,7 @@ impl LocalBroker {
     }
 
     /// The channel's state, created from its archived position the first time (with an
-    /// archive; a failed archive read fails the call rather than start a new epoch).
+    /// archive; when the archive cannot be read, with a new epoch).
     async fn load(&self, channel: &str) -> Result<Arc<Mutex<ChannelState>>, BrokerError> {
         let Some((archive, _)) = &self.archive else {
             return Ok(self.channel(channel));
@@ -225,10 +225,12 @@ impl LocalBroker {
         if let Some(state) = shard.read().states.get(channel) {
             return Ok(state.clone());
         }
-        let position = archive
-            .position(channel)
-            .await
-            .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        // With the database down, a new epoch rather than refused publishes: subscribers see
+        // the epoch change and reload (availability first; SQLite is rarely down).
+        let position = archive.position(channel).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, %channel, "archived position unreadable; new epoch");
+            None
+        });
         Ok(shard
             .write()
             .states

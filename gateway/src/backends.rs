@@ -5,7 +5,10 @@ use crate::hub::Hub;
 use crate::node::{Backends, REGISTRY_TTL};
 use anyhow::Context;
 use fanout::archive::{Archive, ArchiverConfig, SqlArchive};
-use fanout::{LocalBroker, LocalBrokerConfig, RedisBroker, RedisBrokerConfig, RedisConnectOptions};
+use fanout::{
+    LocalBroker, LocalBrokerConfig, RedisArchive, RedisBroker, RedisBrokerConfig,
+    RedisConnectOptions,
+};
 use presence::{Change, LocalPresence, LocalRegistry, RedisPresence, RedisRegistry};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,17 @@ pub async fn clustered(
     let (client, subscriber) = fanout::redis::connect(&redis.url, &options)
         .await
         .context("connecting to Redis (--redis-url)")?;
+    let archive = match &config.archive {
+        None => None,
+        Some(settings) => Some(RedisArchive {
+            archive: open_archive(&settings.url, settings.retention).await?,
+            config: ArchiverConfig {
+                capacity: settings.queue,
+                ..Default::default()
+            },
+            consumer: config.node_id.clone(),
+        }),
+    };
     let broker = RedisBroker::start(
         client.clone(),
         subscriber,
@@ -49,6 +63,7 @@ pub async fn clustered(
             position_check_interval: redis.position_check,
         },
         hub,
+        archive,
     )
     .await
     .context("starting the Redis broker")?;
@@ -82,12 +97,7 @@ pub async fn embedded(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Backends
     let broker = match &config.archive {
         None => LocalBroker::start(broker_config, hub),
         Some(settings) => {
-            let archive: Arc<dyn Archive> = Arc::new(
-                SqlArchive::connect(&settings.url)
-                    .await
-                    .with_context(|| format!("opening the archive {}", redacted(&settings.url)))?,
-            );
-            spawn_retention(archive.clone(), settings.retention);
+            let archive = open_archive(&settings.url, settings.retention).await?;
             let archiver = ArchiverConfig {
                 capacity: settings.queue,
                 ..Default::default()
@@ -100,6 +110,17 @@ pub async fn embedded(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Backends
         presence: Arc::new(LocalPresence::new()),
         registry: Arc::new(LocalRegistry::new(REGISTRY_TTL)),
     })
+}
+
+/// Opens the archive database (migrating its schema) and starts its retention job.
+async fn open_archive(url: &str, retention: Duration) -> anyhow::Result<Arc<dyn Archive>> {
+    let archive: Arc<dyn Archive> = Arc::new(
+        SqlArchive::connect(url)
+            .await
+            .with_context(|| format!("opening the archive {}", redacted(url)))?,
+    );
+    spawn_retention(archive.clone(), retention);
+    Ok(archive)
 }
 
 /// How often archived messages past their retention are deleted.

@@ -71,8 +71,8 @@ pub struct Settings {
     /// [default: 10].
     #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS")]
     pub presence_heartbeat_secs: Option<u64>,
-    /// Message archive: `sqlite://PATH`, `postgres://...`, or `off` [default: embedded mode
-    /// `sqlite://<data-dir>/archive.db`; clustered mode off].
+    /// Message archive: `sqlite://PATH` (embedded mode), `postgres://...`, or `off`
+    /// [default: embedded mode `sqlite://<data-dir>/archive.db`; clustered mode off].
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Directory for the embedded archive [default: data].
@@ -473,10 +473,10 @@ impl Config {
                 {
                     bail!("--database-url: expected sqlite://PATH, postgres://... or off");
                 }
-                if redis.is_some() {
+                if redis.is_some() && url.starts_with("sqlite://") {
                     bail!(
-                        "--database-url with --redis-url: the clustered archive (through a Redis \
-                         stream) is not in this version yet; use --database-url off"
+                        "--database-url sqlite:// with --redis-url: nodes of a cluster share one \
+                         archive; use postgres://... (or off)"
                     );
                 }
                 Some(url.to_string())

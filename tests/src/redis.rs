@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use crate::gateway::TempDir;
 
-/// A running `redis-server` (no persistence), killed on drop.
+/// A running `redis-server` (no persistence unless asked), killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: TempDir,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -25,13 +26,25 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra arguments (they override the defaults).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: TempDir::new("redis"),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn().await;
         server
+    }
+
+    /// Starts a server that logs every write to its append-only file before answering
+    /// (`appendonly yes`, `appendfsync always`): a SIGKILL loses nothing it acknowledged.
+    pub async fn start_durable() -> RedisServer {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await
     }
 
     async fn spawn(&mut self) {
@@ -41,6 +54,7 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -108,11 +122,28 @@ impl RedisServer {
         self.signal("CONT");
     }
 
+    /// Kills the server with SIGKILL and starts it again on the same port and directory: it
+    /// comes back with what its persistence kept (nothing, by default).
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
     /// Kills the server (its data is gone) and starts an empty one on the same port.
     pub async fn restart_empty(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Whatever persistence wrote is gone too.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         self.spawn().await;
     }

@@ -10,6 +10,7 @@
 mod queue;
 mod sql;
 
+pub(crate) use queue::store_with_retry;
 pub use queue::{ArchivePermit, ArchiveQueue, ArchiveStats, Archiver, ArchiverConfig};
 pub use sql::SqlArchive;
 

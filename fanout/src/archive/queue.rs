@@ -193,47 +193,66 @@ impl Archiver {
     /// Commits `batch`, retrying with backoff (and the breaker) until it is in; empties it.
     async fn write(&self, batch: &mut Vec<Item>) {
         let publications: Vec<Arc<Publication>> = batch.iter().map(|(p, _)| p.clone()).collect();
-        let oldest = publications.iter().map(|p| p.ts).min().unwrap_or(0).max(1);
-        self.stats.oldest_ms.store(oldest, Ordering::Relaxed);
-        let mut failures: u32 = 0;
-        loop {
-            match self.archive.store(&publications).await {
-                Ok(()) => break,
-                Err(e) => {
-                    failures += 1;
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let open = failures >= self.config.breaker_after;
-                    if open && !self.stats.breaker_open.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %e, pending = self.stats.pending.load(Ordering::Relaxed),
-                            "archive circuit breaker open: the database keeps failing; messages wait in the queue");
-                    } else if !open {
-                        tracing::warn!(error = %e, attempt = failures, "archive write failed; retrying");
-                    }
-                    let exp = self
-                        .config
-                        .min_backoff
-                        .saturating_mul(1 << failures.min(16))
-                        .min(self.config.max_backoff);
-                    let delay = if open {
-                        self.config.max_backoff
-                    } else {
-                        exp.mul_f64(0.5 + rand::random::<f64>())
-                    };
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-        if self.stats.breaker_open.swap(false, Ordering::Relaxed) {
-            tracing::info!("archive circuit breaker closed: the database is back");
-        }
+        store_with_retry(
+            self.archive.as_ref(),
+            &publications,
+            &self.config,
+            &self.stats,
+        )
+        .await;
         let n = batch.len() as u64;
         for (_, pending) in batch.drain(..) {
             pending.fetch_sub(1, Ordering::Relaxed);
         }
         self.stats.pending.fetch_sub(n, Ordering::Relaxed);
-        self.stats.written.fetch_add(n, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.last_batch.store(n, Ordering::Relaxed);
-        self.stats.oldest_ms.store(0, Ordering::Relaxed);
     }
+}
+
+/// Stores `publications` in one transaction, retrying with exponential backoff and jitter
+/// until it succeeds; after `breaker_after` consecutive failures the circuit breaker opens
+/// (logged once, shown in `stats`) and the database is probed every `max_backoff`. Counts the
+/// batch in `stats` once it is in.
+pub(crate) async fn store_with_retry(
+    archive: &dyn Archive,
+    publications: &[Arc<Publication>],
+    config: &ArchiverConfig,
+    stats: &ArchiveStats,
+) {
+    let oldest = publications.iter().map(|p| p.ts).min().unwrap_or(0).max(1);
+    stats.oldest_ms.store(oldest, Ordering::Relaxed);
+    let mut failures: u32 = 0;
+    loop {
+        match archive.store(publications).await {
+            Ok(()) => break,
+            Err(e) => {
+                failures += 1;
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                let open = failures >= config.breaker_after;
+                if open && !stats.breaker_open.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, pending = stats.pending.load(Ordering::Relaxed),
+                        "archive circuit breaker open: the database keeps failing; messages wait in the queue");
+                } else if !open {
+                    tracing::warn!(error = %e, attempt = failures, "archive write failed; retrying");
+                }
+                let exp = config
+                    .min_backoff
+                    .saturating_mul(1 << failures.min(16))
+                    .min(config.max_backoff);
+                let delay = if open {
+                    config.max_backoff
+                } else {
+                    exp.mul_f64(0.5 + rand::random::<f64>())
+                };
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    if stats.breaker_open.swap(false, Ordering::Relaxed) {
+        tracing::info!("archive circuit breaker closed: the database is back");
+    }
+    let n = publications.len() as u64;
+    stats.written.fetch_add(n, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.last_batch.store(n, Ordering::Relaxed);
+    stats.oldest_ms.store(0, Ordering::Relaxed);
 }

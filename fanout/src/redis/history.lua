@@ -3,14 +3,20 @@
 -- KEYS: 1 meta hash, 2 history stream
 -- ARGV: 1 since (exclusive; '' for the newest), 2 limit, 3 epoch to use if none,
 --       4 meta ttl s, 5 oldest acceptable timestamp ms (history TTL), 6 before (exclusive
---       upper bound; '' for none)
--- Returns {offset, epoch, envelope...} with envelopes oldest first.
+--       upper bound; '' for none), 7 '1' to ask for the archived position when the channel
+--       has none, 8 offset to start from when it has none (its archived top)
+-- Returns {offset, epoch, envelope...} with envelopes oldest first, or {-1} when asked to
+-- and the channel has no state.
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local offset = 0
 if not epoch then
+  if ARGV[7] == '1' then
+    return {-1}
+  end
   epoch = ARGV[3]
+  offset = tonumber(ARGV[8])
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 else
   offset = tonumber(redis.call('HGET', KEYS[1], 'o'))

@@ -12,13 +12,16 @@
 //!   the missing range from the stream and deliver it in order; what the stream no longer holds
 //!   is reported with [`Dispatcher::lost`].
 
+mod archiver;
 mod envelope;
 mod track;
 
+use crate::archive::{Archive, ArchiveStats, ArchiverConfig, complete_page};
 use crate::broker::{
     Broker, BrokerError, ControlEvent, DeliveryStats, Dispatcher, HistoryPage, HistoryQuery,
     NodeCommand, PublishOutcome, PublishRequest,
 };
+use archiver::StreamArchiver;
 use bytes::Bytes;
 use envelope::Envelope;
 use fred::clients::{Client, SubscriberClient};
@@ -75,6 +78,17 @@ pub struct RedisBrokerConfig {
     pub dedup_max_keys: usize,
     /// How often the node compares its subscribed channels' positions with Redis.
     pub position_check_interval: Duration,
+}
+
+/// The archive of a Redis broker: the database, and this node's consumer of the archive
+/// stream.
+pub struct RedisArchive {
+    /// The database (PostgreSQL: every node shares it).
+    pub archive: Arc<dyn Archive>,
+    /// Batching and retry settings; `capacity` bounds the archive stream.
+    pub config: ArchiverConfig,
+    /// This node's consumer name in the `archivers` group (its node id).
+    pub consumer: String,
 }
 
 /// Connection settings for [`connect`].
@@ -176,6 +190,14 @@ pub(crate) struct RedisBrokerStats {
     pub bad_envelopes: AtomicU64,
 }
 
+/// What one run of the publish script gave.
+enum Published {
+    /// Accepted (or a duplicate).
+    Done(PublishOutcome),
+    /// Redis has no state for the channel: resume its archived position and run again.
+    NoState,
+}
+
 /// [`Broker`] on Redis for many nodes.
 pub struct RedisBroker {
     me: Weak<RedisBroker>,
@@ -189,6 +211,7 @@ pub struct RedisBroker {
     healthy: AtomicBool,
     control_channel: String,
     stats: RedisBrokerStats,
+    archive: Option<(Arc<dyn Archive>, Arc<ArchiveStats>, usize)>,
 }
 
 impl RedisBroker {
@@ -199,8 +222,11 @@ impl RedisBroker {
         subscriber: SubscriberClient,
         config: RedisBrokerConfig,
         dispatcher: Arc<dyn Dispatcher>,
+        archive: Option<RedisArchive>,
     ) -> Result<Arc<Self>, BrokerError> {
         let control_channel = format!("{}:ctl", config.prefix);
+        let archive_key = format!("{}:archive", config.prefix);
+        let stats = Arc::new(ArchiveStats::default());
         let broker = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             client,
@@ -212,6 +238,9 @@ impl RedisBroker {
             healthy: AtomicBool::new(true),
             control_channel,
             stats: RedisBrokerStats::default(),
+            archive: archive
+                .as_ref()
+                .map(|a| (a.archive.clone(), stats.clone(), a.config.capacity)),
             config,
         });
         broker
@@ -237,6 +266,17 @@ impl RedisBroker {
         tokio::spawn(read_loop(weak.clone(), messages));
         tokio::spawn(reconnect_loop(weak.clone(), reconnects));
         tokio::spawn(check_loop(weak));
+        if let Some(archive) = archive {
+            let archiver = StreamArchiver {
+                client: broker.client.clone(),
+                key: archive_key,
+                consumer: archive.consumer,
+                archive: archive.archive,
+                config: archive.config,
+                stats,
+            };
+            tokio::spawn(archiver.run());
+        }
         Ok(broker)
     }
 
@@ -247,6 +287,103 @@ impl RedisBroker {
     fn key(&self, channel: &str, suffix: &str) -> String {
         // The hash tag keeps a channel's keys in one slot (one script on a Redis Cluster).
         format!("{}:{{{channel}}}:{suffix}", self.config.prefix)
+    }
+
+    /// One run of the publish script; `resume` is the channel's archived position when an
+    /// earlier run found no state for it.
+    async fn publish_once(
+        &self,
+        request: &PublishRequest,
+        resume: Option<&(Arc<str>, u64)>,
+    ) -> Result<Published, BrokerError> {
+        let channel = &request.channel;
+        let archived = request.archive && self.archive.is_some();
+        let (epoch, base, ask) = match resume {
+            Some((epoch, base)) => (epoch.to_string(), *base, false),
+            None => (new_epoch(), 0, self.archive.is_some()),
+        };
+        let flag = |on: bool| Value::from(if on { "1" } else { "0" });
+        let args: Vec<Value> = vec![
+            self.pubsub_channel(channel).into(),
+            (**channel).into(),
+            (*request.from).into(),
+            Value::Bytes(Bytes::copy_from_slice(&[request.data.tag()])),
+            Value::Bytes(request.data.bytes().clone()),
+            (unix_millis() as i64).into(),
+            request.idem.clone().unwrap_or_default().into(),
+            epoch.into(),
+            (self.config.history_size as i64).into(),
+            (self.config.history_ttl.as_secs().max(1) as i64).into(),
+            (self.config.meta_ttl.as_secs().max(1) as i64).into(),
+            (self.config.dedup_window.as_millis() as i64).into(),
+            (self.config.dedup_max_keys as i64).into(),
+            flag(archived),
+            (self.archive.as_ref().map_or(0, |(_, _, cap)| *cap) as i64).into(),
+            flag(ask),
+            (base as i64).into(),
+        ];
+        let keys = vec![
+            self.key(channel, "m"),
+            self.key(channel, "h"),
+            self.key(channel, "i"),
+            self.key(channel, "iz"),
+            self.archive_key(),
+        ];
+        let result: Result<Vec<Value>, _> = self
+            .publish_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await;
+        let result = result.map_err(unavailable);
+        self.mark(result.as_ref().map(|_| ()));
+        let values = result?;
+        let (status, offset, epoch) = match values.as_slice() {
+            [s, o, e] => (
+                s.as_u64(),
+                o.as_u64(),
+                e.as_bytes_str().map(|s| Arc::<str>::from(&*s)),
+            ),
+            _ => (None, None, None),
+        };
+        let (Some(status), Some(offset), Some(epoch)) = (status, offset, epoch) else {
+            return Err(BrokerError::Backend(
+                "publish script: unexpected reply".into(),
+            ));
+        };
+        match status {
+            0 | 1 => Ok(Published::Done(PublishOutcome {
+                offset,
+                epoch,
+                duplicate: status == 1,
+            })),
+            3 => Ok(Published::NoState),
+            4 => Err(BrokerError::Unavailable(
+                "the archive stream is full (database slow or down); retry later".into(),
+            )),
+            _ => Err(BrokerError::DedupFull),
+        }
+    }
+
+    fn archive_key(&self) -> String {
+        format!("{}:archive", self.config.prefix)
+    }
+
+    /// A channel's archived position, to resume it when Redis has no state for it.
+    async fn archived_position(&self, channel: &str) -> Result<(Arc<str>, u64), BrokerError> {
+        // (Infallible today; kept as a Result for callers' sake.)
+        let archive = self.archive.as_ref().map(|(a, _, _)| a.clone());
+        // With the database down too, the channel starts a new epoch rather than refuse
+        // publishes: subscribers see the epoch change and reload (availability first).
+        let position = match archive {
+            Some(archive) => archive.position(channel).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, %channel, "archived position unreadable; new epoch");
+                None
+            }),
+            None => None,
+        };
+        Ok(match position {
+            Some(p) => (p.epoch, p.offset),
+            None => (new_epoch().into(), 0),
+        })
     }
 
     fn pubsub_channel(&self, channel: &str) -> String {
@@ -267,25 +404,45 @@ impl RedisBroker {
         limit: usize,
     ) -> Result<HistoryPage, BrokerError> {
         let oldest = unix_millis().saturating_sub(self.config.history_ttl.as_millis() as u64);
-        let args: Vec<Value> = vec![
-            since.map(|s| s.to_string()).unwrap_or_default().into(),
-            (limit as i64).into(),
-            new_epoch().into(),
-            (self.config.meta_ttl.as_secs().max(1) as i64).into(),
-            (oldest as i64).into(),
-            before.map(|b| b.to_string()).unwrap_or_default().into(),
-        ];
-        let result: Result<Vec<Value>, _> = self
-            .history_script
-            .evalsha_with_reload(
-                &self.client,
-                vec![self.key(channel, "m"), self.key(channel, "h")],
-                args,
-            )
-            .await;
-        let result = result.map_err(unavailable);
-        self.mark(result.as_ref().map(|_| ()));
-        let mut values = result?.into_iter();
+        let mut resume: Option<(Arc<str>, u64)> = None;
+        let values = loop {
+            let (epoch, base, ask) = match &resume {
+                Some((epoch, base)) => (epoch.to_string(), *base, "0"),
+                None => (
+                    new_epoch(),
+                    0,
+                    if self.archive.is_some() { "1" } else { "0" },
+                ),
+            };
+            let args: Vec<Value> = vec![
+                since.map(|s| s.to_string()).unwrap_or_default().into(),
+                (limit as i64).into(),
+                epoch.into(),
+                (self.config.meta_ttl.as_secs().max(1) as i64).into(),
+                (oldest as i64).into(),
+                before.map(|b| b.to_string()).unwrap_or_default().into(),
+                ask.into(),
+                (base as i64).into(),
+            ];
+            let result: Result<Vec<Value>, _> = self
+                .history_script
+                .evalsha_with_reload(
+                    &self.client,
+                    vec![self.key(channel, "m"), self.key(channel, "h")],
+                    args,
+                )
+                .await;
+            let result = result.map_err(unavailable);
+            self.mark(result.as_ref().map(|_| ()));
+            let values = result?;
+            if resume.is_none() && values.first().and_then(|v| v.as_i64()) == Some(-1) {
+                // No state in Redis: resume the channel's archived epoch and offset.
+                resume = Some(self.archived_position(channel).await?);
+                continue;
+            }
+            break values;
+        };
+        let mut values = values.into_iter();
         let offset = values
             .next()
             .and_then(|v| v.as_u64())
@@ -540,55 +697,20 @@ async fn check_loop(broker: Weak<RedisBroker>) {
 #[async_trait::async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
-        let channel = &request.channel;
-        let args: Vec<Value> = vec![
-            self.pubsub_channel(channel).into(),
-            (**channel).into(),
-            (*request.from).into(),
-            Value::Bytes(Bytes::copy_from_slice(&[request.data.tag()])),
-            Value::Bytes(request.data.bytes().clone()),
-            (unix_millis() as i64).into(),
-            request.idem.clone().unwrap_or_default().into(),
-            new_epoch().into(),
-            (self.config.history_size as i64).into(),
-            (self.config.history_ttl.as_secs().max(1) as i64).into(),
-            (self.config.meta_ttl.as_secs().max(1) as i64).into(),
-            (self.config.dedup_window.as_millis() as i64).into(),
-            (self.config.dedup_max_keys as i64).into(),
-        ];
-        let keys = vec![
-            self.key(channel, "m"),
-            self.key(channel, "h"),
-            self.key(channel, "i"),
-            self.key(channel, "iz"),
-        ];
-        let result: Result<Vec<Value>, _> = self
-            .publish_script
-            .evalsha_with_reload(&self.client, keys, args)
-            .await;
-        let result = result.map_err(unavailable);
-        self.mark(result.as_ref().map(|_| ()));
-        let values = result?;
-        let (status, offset, epoch) = match values.as_slice() {
-            [s, o, e] => (
-                s.as_u64(),
-                o.as_u64(),
-                e.as_bytes_str().map(|s| Arc::<str>::from(&*s)),
-            ),
-            _ => (None, None, None),
-        };
-        let (Some(status), Some(offset), Some(epoch)) = (status, offset, epoch) else {
-            return Err(BrokerError::Backend(
-                "publish script: unexpected reply".into(),
-            ));
-        };
-        match status {
-            0 | 1 => Ok(PublishOutcome {
-                offset,
-                epoch,
-                duplicate: status == 1,
-            }),
-            _ => Err(BrokerError::DedupFull),
+        let mut resume: Option<(Arc<str>, u64)> = None;
+        loop {
+            let outcome = self.publish_once(&request, resume.as_ref()).await?;
+            match outcome {
+                Published::Done(outcome) => return Ok(outcome),
+                Published::NoState if resume.is_none() => {
+                    resume = Some(self.archived_position(&request.channel).await?);
+                }
+                Published::NoState => {
+                    return Err(BrokerError::Backend(
+                        "publish script: no state twice".into(),
+                    ));
+                }
+            }
         }
     }
 
@@ -606,7 +728,12 @@ impl Broker for RedisBroker {
             let moved = track.lock().epoch.as_ref() != Some(&page.epoch);
             self.heal(channel, &track, Some(page.offset), moved).await?;
         }
-        Ok(page)
+        match &self.archive {
+            Some((archive, _, _)) => complete_page(archive.as_ref(), channel, query, page)
+                .await
+                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            None => Ok(page),
+        }
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
@@ -707,6 +834,10 @@ impl Broker for RedisBroker {
             bad_envelopes: s.bad_envelopes.load(Ordering::Relaxed),
             history_bytes: 0,
         }
+    }
+
+    fn archive_stats(&self) -> Option<Arc<ArchiveStats>> {
+        self.archive.as_ref().map(|(_, stats, _)| stats.clone())
     }
 
     fn history_capacity(&self) -> usize {

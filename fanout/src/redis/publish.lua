@@ -2,16 +2,23 @@
 -- append to the recent-history stream (bounded by count; the key expires with the history
 -- TTL), and PUBLISH of the envelope to every subscribed node.
 -- KEYS: 1 meta hash {e = epoch, o = offset}, 2 history stream, 3 idem hash (key -> offset),
---       4 idem zset (key -> expiry ms)
+--       4 idem zset (key -> expiry ms), 5 archive stream
 -- ARGV: 1 pub/sub channel, 2 channel, 3 from, 4 payload tag, 5 payload, 6 now ms,
 --       7 idem key ('' for none), 8 epoch to use if the channel has none, 9 history size,
---       10 history ttl s, 11 meta ttl s, 12 dedup window ms, 13 dedup max keys
--- Returns {status, offset, epoch}: status 0 published, 1 duplicate, 2 dedup table full.
+--       10 history ttl s, 11 meta ttl s, 12 dedup window ms, 13 dedup max keys,
+--       14 '1' to append to the archive stream, 15 archive stream bound,
+--       16 '1' to ask for the archived position when the channel has none,
+--       17 offset to start from when the channel has none (its archived top)
+-- Returns {status, offset, epoch}: status 0 published, 1 duplicate, 2 dedup table full,
+-- 3 the channel has no state (call again with its archived position), 4 archive stream full.
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
+  if ARGV[16] == '1' then
+    return {3, 0, ''}
+  end
   epoch = ARGV[8]
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', tonumber(ARGV[17]))
 end
 local now = tonumber(ARGV[6])
 local idem = ARGV[7]
@@ -30,6 +37,9 @@ if idem ~= '' then
     return {2, 0, epoch}
   end
 end
+if ARGV[14] == '1' and redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[15]) then
+  return {4, 0, epoch}
+end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local envelope = cmsgpack.pack({'m', ARGV[2], offset, epoch, ARGV[3], now, ARGV[4], ARGV[5]})
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], offset .. '-0', 't', now, 'e', envelope)
@@ -40,6 +50,9 @@ if idem ~= '' then
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[12]), idem)
   redis.call('PEXPIRE', KEYS[3], ARGV[12])
   redis.call('PEXPIRE', KEYS[4], ARGV[12])
+end
+if ARGV[14] == '1' then
+  redis.call('XADD', KEYS[5], '*', 'e', envelope)
 end
 redis.call('PUBLISH', ARGV[1], envelope)
 return {0, offset, epoch}

@@ -1,10 +1,11 @@
-//! The message archive (embedded engine): history, offsets and epochs outlive a restart,
-//! `history` pages back past recent history, recovery falls back on the archive, and a
-//! database outage delays archiving without losing or doubling anything.
+//! The message archive: history, offsets and epochs outlive a restart (of the embedded node,
+//! or of Redis), `history` pages back past recent history, recovery falls back on the archive,
+//! and a database outage or a dead archiver delays archiving without losing or doubling
+//! anything.
 
 use e2e::{
-    Client, Gateway, GatewayBuilder, PgDatabase, TcpProxy, TempDir, api_get, as_u64, error_code,
-    secs, token,
+    Client, Gateway, GatewayBuilder, PgDatabase, RedisServer, TcpProxy, TempDir, api_get, as_u64,
+    error_code, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -300,4 +301,153 @@ async fn a_full_archive_queue_makes_publish_unavailable_and_loses_nothing() {
     assert_eq!(db.scalar("SELECT MAX(seq) FROM gw_messages").await, acked);
     // And publishing works again.
     c.publish("room:full", json!("after")).await;
+}
+
+// Clustered mode: the archive stream in Redis, consumed by every node into PostgreSQL.
+
+async fn clustered(redis: &RedisServer, database_url: &str) -> Gateway {
+    Gateway::builder()
+        .arg("--redis-url", redis.url())
+        .arg("--database-url", database_url)
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await
+}
+
+/// Waits until no node reports entries waiting in the archive stream.
+async fn stream_archived(redis: &RedisServer) {
+    let deadline = Instant::now() + secs(60);
+    loop {
+        let len = redis.command("XLEN gw:archive").await;
+        if len.trim() == ":0" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive stream still holds entries: {len}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn clustered_nodes_archive_every_message_once_through_a_postgres_outage() {
+    let redis = RedisServer::start().await;
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let url = db.url_via(proxy.addr());
+    let (a, b) = (clustered(&redis, &url).await, clustered(&redis, &url).await);
+    let mut ca = Client::connect(a.addr(), &token("alice")).await;
+    let mut cb = Client::connect(b.addr(), &token("bob")).await;
+    proxy.cut();
+    for i in 0..500u64 {
+        ca.publish("room:pga", json!(i)).await;
+        cb.publish("room:pgb", json!(i)).await;
+    }
+    assert!(metric(&a, "gateway_archive_pending").await.unwrap_or(0.0) > 0.0);
+    proxy.restore();
+    stream_archived(&redis).await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 1000);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM (SELECT DISTINCT channel, seq FROM gw_messages) d")
+            .await,
+        1000
+    );
+    // Either node reads the archive where Redis history ends.
+    let h = cb
+        .request_ok(
+            "history",
+            json!({"channel": "room:pga", "since": 0, "limit": 1000}),
+        )
+        .await;
+    assert_eq!(offsets(&h), (1..=500).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_killed_archiver_leaves_its_entries_to_another_node() {
+    let redis = RedisServer::start().await;
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let url = db.url_via(proxy.addr());
+    let mut a = clustered(&redis, &url).await;
+    let b = clustered(&redis, &url).await;
+    let mut c = Client::connect(b.addr(), &token("alice")).await;
+    proxy.cut();
+    for i in 0..600u64 {
+        c.publish("room:claim", json!(i)).await;
+    }
+    // Both consumers hold entries they cannot write; one of them dies with its share.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pending = redis.command("XPENDING gw:archive archivers").await;
+    assert!(!pending.starts_with(":0"), "entries are pending: {pending}");
+    a.send_signal("KILL");
+    a.wait_exit(secs(10)).await;
+    proxy.restore();
+    // The survivor claims what the dead node held once it has been idle long enough.
+    stream_archived(&redis).await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 600);
+    assert_eq!(
+        db.scalar("SELECT COUNT(DISTINCT seq) FROM gw_messages")
+            .await,
+        600
+    );
+}
+
+#[tokio::test]
+async fn offsets_continue_when_redis_comes_back_empty() {
+    let mut redis = RedisServer::start().await;
+    let db = PgDatabase::create().await;
+    let gw = clustered(&redis, &db.url()).await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    let mut epoch = Value::Null;
+    for i in 1..=10u64 {
+        let ack = c
+            .request_ok("publish", json!({"channel": "room:cont", "data": i}))
+            .await;
+        epoch = ack["epoch"].clone();
+    }
+    stream_archived(&redis).await;
+    redis.restart_empty().await;
+    // Once the node is back on Redis, the channel resumes its archived position.
+    let deadline = Instant::now() + secs(20);
+    let ack = loop {
+        let r = c
+            .request("publish", json!({"channel": "room:cont", "data": 11}))
+            .await;
+        match error_code(&r) {
+            None => break r["ok"].clone(),
+            Some("unavailable") if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("{other:?}: {r}"),
+        }
+    };
+    assert_eq!((as_u64(&ack["offset"]), &ack["epoch"]), (11, &epoch));
+    let h = c
+        .request_ok(
+            "history",
+            json!({"channel": "room:cont", "since": 0, "limit": 100}),
+        )
+        .await;
+    assert_eq!(offsets(&h), (1..=11).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn with_appendfsync_always_a_redis_sigkill_loses_nothing_accepted() {
+    let mut redis = RedisServer::start_durable().await;
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let gw = clustered(&redis, &db.url_via(proxy.addr())).await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    proxy.cut();
+    for i in 1..=300u64 {
+        c.publish("room:aof", json!(i)).await;
+    }
+    // Every acknowledged publish is in the append-only file: a SIGKILL loses none.
+    redis.kill_and_restart().await;
+    proxy.restore();
+    stream_archived(&redis).await;
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 300);
+    assert_eq!(db.scalar("SELECT MAX(seq) FROM gw_messages").await, 300);
 }

@@ -12,7 +12,8 @@ SECRET=$(openssl rand -hex 32)
 REDIS_PORT=${REDIS_PORT:-6398}
 CHAT="chat --users 2000 --room-size 20 --rate 2 --duration 20"
 BROADCAST="broadcast --subscribers 2000 --publishers 2 --rate 20 --duration 15"
-common=(--jwt-secret "$SECRET" --publish-rate 1000000 --publish-burst 1000000 --log warn)
+# No archive on either side (bench/archive.sh measures it).
+common=(--jwt-secret "$SECRET" --publish-rate 1000000 --publish-burst 1000000 --log warn --database-url off)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT

@@ -131,6 +131,8 @@ pub struct LocalBroker {
     history_bytes: AtomicUsize,
     /// The archive and the queue to it, when messages are archived.
     archive: Option<(Arc<dyn Archive>, ArchiveQueue)>,
+    /// How long the sweep spares a new channel state (see `ChannelState::created`).
+    grace: Duration,
 }
 
 impl LocalBroker {
@@ -143,6 +145,7 @@ impl LocalBroker {
             dispatcher,
             history_bytes: AtomicUsize::new(0),
             archive: None,
+            grace: SWEEP_INTERVAL * 2,
         }
     }
 
@@ -254,7 +257,7 @@ impl LocalBroker {
                 self.account(-(dropped as isize));
                 state.dedup.expire(now, self.config.dedup_window);
                 let keep = !state.is_empty()
-                    || now.duration_since(state.created) < SWEEP_INTERVAL * 2
+                    || now.duration_since(state.created) < self.grace
                     || interest.contains_key(&self.hasher.hash_one(&**channel));
                 forgotten += usize::from(!keep);
                 state.retired = !keep;
@@ -551,11 +554,12 @@ mod tests {
 
     #[tokio::test]
     async fn idle_channels_are_forgotten_but_subscribed_ones_kept() {
-        let (b, _) = broker(LocalBrokerConfig {
+        let (mut b, _) = broker(LocalBrokerConfig {
             history_ttl: Duration::ZERO,
             dedup_window: Duration::ZERO,
             ..Default::default()
         });
+        b.grace = Duration::ZERO;
         b.publish(request("a", None)).await.unwrap();
         b.subscribe("b").await.unwrap();
         b.publish(request("b", None)).await.unwrap();

@@ -346,3 +346,113 @@ impl Archive for SqlArchive {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HistoryQuery;
+    use crate::archive::complete_page;
+
+    fn publication(channel: &str, epoch: &str, offset: u64, ts: u64) -> Arc<Publication> {
+        Arc::new(Publication {
+            channel: channel.into(),
+            offset,
+            epoch: epoch.into(),
+            from: "u".into(),
+            data: Payload::Json(Bytes::from(format!("{offset}"))),
+            ts,
+        })
+    }
+
+    async fn temp_archive() -> (SqlArchive, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "fanout-archive-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let url = format!("sqlite://{}/a.db", dir.display());
+        (SqlArchive::connect(&url).await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn stores_idempotently_and_tracks_the_newest_epoch() {
+        let (archive, dir) = temp_archive().await;
+        let batch: Vec<_> = (1..=5).map(|o| publication("c", "e1", o, o)).collect();
+        archive.store(&batch).await.unwrap();
+        // Storing again (a retried batch) changes nothing.
+        archive.store(&batch[2..]).await.unwrap();
+        assert_eq!(archive.count().await.unwrap(), 5);
+        let position = archive.position("c").await.unwrap().unwrap();
+        assert_eq!((&*position.epoch, position.offset), ("e1", 5));
+        // An older batch never moves the position back; a later epoch replaces it.
+        archive
+            .store(&[publication("c", "e1", 2, 2)])
+            .await
+            .unwrap();
+        assert_eq!(archive.position("c").await.unwrap().unwrap().offset, 5);
+        archive
+            .store(&[publication("c", "e2", 1, 100)])
+            .await
+            .unwrap();
+        let position = archive.position("c").await.unwrap().unwrap();
+        assert_eq!((&*position.epoch, position.offset), ("e2", 1));
+        assert!(archive.position("other").await.unwrap().is_none());
+        // Reads are per epoch, oldest first, bounded both ways.
+        let range = ArchiveRange {
+            channel: "c",
+            epoch: "e1",
+            after: 1,
+            before: 5,
+            limit: 2,
+            newest: true,
+        };
+        let read = archive.read(range).await.unwrap();
+        assert_eq!(read.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(read[0].data, Payload::Json(Bytes::from("3")));
+        assert_eq!(archive.expire(3).await.unwrap(), 2);
+        assert_eq!(archive.count().await.unwrap(), 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn pages_join_the_archive_and_recent_history_without_holes() {
+        let (archive, dir) = temp_archive().await;
+        let all: Vec<_> = (1..=10).map(|o| publication("c", "e", o, o)).collect();
+        archive.store(&all).await.unwrap();
+        let recent = crate::HistoryPage {
+            publications: all[7..].to_vec(),
+            offset: 10,
+            epoch: "e".into(),
+        };
+        let query = HistoryQuery {
+            since: Some(2),
+            before: None,
+            limit: 100,
+        };
+        let page = complete_page(&archive, "c", query, recent.clone())
+            .await
+            .unwrap();
+        let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, (3..=10).collect::<Vec<_>>());
+        // A hole in the archive (retention, an opted-out message) is not papered over.
+        archive.expire(6).await.unwrap();
+        let page = complete_page(&archive, "c", query, recent.clone())
+            .await
+            .unwrap();
+        assert_eq!(page.publications.first().map(|p| p.offset), Some(8));
+        // Paging back needs no contiguity: what is there, newest first.
+        let back = HistoryQuery {
+            since: None,
+            before: Some(8),
+            limit: 3,
+        };
+        let empty = crate::HistoryPage {
+            publications: Vec::new(),
+            ..recent
+        };
+        let page = complete_page(&archive, "c", back, empty).await.unwrap();
+        let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, [6, 7]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

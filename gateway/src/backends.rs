@@ -112,8 +112,13 @@ pub async fn embedded(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Backends
     })
 }
 
-/// Opens the archive database (migrating its schema) and starts its retention job.
+/// Opens the archive database (migrating its schema) and starts its retention job. A SQLite
+/// file is locked for the life of the process: two nodes sharing one would interleave their
+/// offsets and epochs.
 async fn open_archive(url: &str, retention: Duration) -> anyhow::Result<Arc<dyn Archive>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        lock_sqlite(std::path::Path::new(path))?;
+    }
     let archive: Arc<dyn Archive> = Arc::new(
         SqlArchive::connect(url)
             .await
@@ -121,6 +126,29 @@ async fn open_archive(url: &str, retention: Duration) -> anyhow::Result<Arc<dyn 
     );
     spawn_retention(archive.clone(), retention);
     Ok(archive)
+}
+
+/// Takes an exclusive lock on `<path>.lock`, held until the process exits.
+fn lock_sqlite(path: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let lock_path = path.with_extension("db.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if file.try_lock().is_err() {
+        anyhow::bail!(
+            "{} is in use by another gateway process: give each node its own --data-dir",
+            path.display()
+        );
+    }
+    // Held (and the lock with it) for as long as the process runs.
+    std::mem::forget(file);
+    Ok(())
 }
 
 /// How often archived messages past their retention are deleted.

@@ -13,6 +13,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { mkdir } from 'node:fs/promises';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,10 +37,13 @@ const pages = {}; // name -> {context, page, errors, sockets, sent, received, ro
 // Gateway process
 
 function startGateway(extraArgs = []) {
+  // Each node its own archive (an embedded node locks its data directory).
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'browser-gw-'));
   return new Promise((resolve, reject) => {
     const proc = spawn(
       GATEWAY_BIN,
-      ['--dev', '--listen', '127.0.0.1:0', '--log-format', 'json', '--api-key', API_KEY, ...extraArgs],
+      ['--dev', '--listen', '127.0.0.1:0', '--log-format', 'json', '--api-key', API_KEY,
+        '--data-dir', dataDir, ...extraArgs],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     const log = [];
@@ -542,8 +547,9 @@ step('the token is refreshed before it expires, on the same connection', async (
 });
 
 step('when the server no longer holds what was missed (recovered: false), the page reloads from history', async () => {
-  // A node of its own that keeps only the last 5 messages per channel.
-  const small = await startGateway(['--history-size', '5']);
+  // A node of its own that keeps only the last 5 messages per channel, and no archive (which
+  // would recover the rest).
+  const small = await startGateway(['--history-size', '5', '--database-url', 'off']);
   try {
     const erin = await openUser('Erin', { base: small.base });
     const { page } = erin;

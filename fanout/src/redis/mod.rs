@@ -368,8 +368,7 @@ impl RedisBroker {
     }
 
     /// A channel's archived position, to resume it when Redis has no state for it.
-    async fn archived_position(&self, channel: &str) -> Result<(Arc<str>, u64), BrokerError> {
-        // (Infallible today; kept as a Result for callers' sake.)
+    async fn archived_position(&self, channel: &str) -> (Arc<str>, u64) {
         let archive = self.archive.as_ref().map(|(a, _, _)| a.clone());
         // With the database down too, the channel starts a new epoch rather than refuse
         // publishes: subscribers see the epoch change and reload (availability first).
@@ -380,10 +379,10 @@ impl RedisBroker {
             }),
             None => None,
         };
-        Ok(match position {
+        match position {
             Some(p) => (p.epoch, p.offset),
             None => (new_epoch().into(), 0),
-        })
+        }
     }
 
     fn pubsub_channel(&self, channel: &str) -> String {
@@ -437,7 +436,7 @@ impl RedisBroker {
             let values = result?;
             if resume.is_none() && values.first().and_then(|v| v.as_i64()) == Some(-1) {
                 // No state in Redis: resume the channel's archived epoch and offset.
-                resume = Some(self.archived_position(channel).await?);
+                resume = Some(self.archived_position(channel).await);
                 continue;
             }
             break values;
@@ -703,7 +702,7 @@ impl Broker for RedisBroker {
             match outcome {
                 Published::Done(outcome) => return Ok(outcome),
                 Published::NoState if resume.is_none() => {
-                    resume = Some(self.archived_position(&request.channel).await?);
+                    resume = Some(self.archived_position(&request.channel).await);
                 }
                 Published::NoState => {
                     return Err(BrokerError::Backend(

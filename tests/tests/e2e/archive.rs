@@ -451,3 +451,12 @@ async fn with_appendfsync_always_a_redis_sigkill_loses_nothing_accepted() {
     assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 300);
     assert_eq!(db.scalar("SELECT MAX(seq) FROM gw_messages").await, 300);
 }
+
+#[tokio::test]
+async fn two_embedded_nodes_cannot_share_one_archive() {
+    let data = TempDir::new("archive");
+    let _first = embedded(&data).start().await;
+    let (status, output) = embedded(&data).run_to_exit(secs(20)).await;
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("its own --data-dir"), "{output}");
+}

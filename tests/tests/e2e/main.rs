@@ -3,6 +3,7 @@
 
 mod archive;
 mod auth;
+mod chaos;
 mod cluster;
 mod commands;
 mod config;

@@ -429,10 +429,10 @@ impl AllowedOrigins {
         let origin_host = origin
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"));
-        if let (Some(origin_host), Some(host)) = (origin_host, host) {
-            if origin_host.eq_ignore_ascii_case(host.trim()) {
-                return true;
-            }
+        if let (Some(origin_host), Some(host)) = (origin_host, host)
+            && origin_host.eq_ignore_ascii_case(host.trim())
+        {
+            return true;
         }
         match self {
             AllowedOrigins::List(list) => list.contains(&origin),

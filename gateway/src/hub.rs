@@ -131,11 +131,11 @@ impl Hub {
     /// Forgets a connection registered by [`Hub::add_connection`].
     pub fn remove_connection(&self, conn: &Conn) {
         let mut found = false;
-        if let Some(mut conns) = self.users.get_mut(&conn.user) {
-            if let Some(i) = conns.iter().position(|c| c.id == conn.id) {
-                conns.swap_remove(i);
-                found = true;
-            }
+        if let Some(mut conns) = self.users.get_mut(&conn.user)
+            && let Some(i) = conns.iter().position(|c| c.id == conn.id)
+        {
+            conns.swap_remove(i);
+            found = true;
         }
         self.users
             .remove_if(&conn.user, |_, conns| conns.is_empty());

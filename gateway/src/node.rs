@@ -218,10 +218,11 @@ impl Node {
     /// Drops the broker's interest in `channel` if no local subscriber is left.
     async fn release(&self, channel: &Arc<str>) {
         let mut live = self.locks.lock(channel).await;
-        if self.hub.subscriber_count(channel) == 0 && live.remove(channel) {
-            if let Err(e) = self.broker.unsubscribe(channel).await {
-                tracing::warn!(error = %e, %channel, "broker unsubscribe failed");
-            }
+        if self.hub.subscriber_count(channel) == 0
+            && live.remove(channel)
+            && let Err(e) = self.broker.unsubscribe(channel).await
+        {
+            tracing::warn!(error = %e, %channel, "broker unsubscribe failed");
         }
     }
 
@@ -308,10 +309,10 @@ impl Node {
         let mut tick = tokio::time::interval(REGISTRY_TTL / 3);
         loop {
             tick.tick().await;
-            if !self.is_draining() {
-                if let Err(e) = self.registry.heartbeat(self.info()).await {
-                    tracing::warn!(error = %e, "node registry heartbeat failed");
-                }
+            if !self.is_draining()
+                && let Err(e) = self.registry.heartbeat(self.info()).await
+            {
+                tracing::warn!(error = %e, "node registry heartbeat failed");
             }
             if let Some(handle) = &self.prometheus {
                 handle.run_upkeep();

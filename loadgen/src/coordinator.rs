@@ -181,10 +181,10 @@ async fn start(cli: &Cli, count: usize) -> anyhow::Result<Source> {
                     if let Ok(t) = serde_json::from_str::<Tick>(json) {
                         ticks.lock().await[i] = Some(t);
                     }
-                } else if let Some(json) = line.strip_prefix("F ") {
-                    if let Ok(w) = serde_json::from_str::<WireStats>(json) {
-                        finals.lock().await[i] = Stats::try_from(w).ok();
-                    }
+                } else if let Some(json) = line.strip_prefix("F ")
+                    && let Ok(w) = serde_json::from_str::<WireStats>(json)
+                {
+                    finals.lock().await[i] = Stats::try_from(w).ok();
                 }
             }
         });

@@ -130,10 +130,10 @@ impl LightPush<'_> {
 
 /// Decodes a JSON push: the light way for `message`, a full tree otherwise.
 fn decode_json(text: &str) -> anyhow::Result<Incoming> {
-    if let Ok(light) = serde_json::from_str::<LightPush>(text) {
-        if let Some(message) = light.message() {
-            return Ok(Incoming::Message(message));
-        }
+    if let Ok(light) = serde_json::from_str::<LightPush>(text)
+        && let Some(message) = light.message()
+    {
+        return Ok(Incoming::Message(message));
     }
     Ok(from_value(serde_json::from_str(text)?))
 }
@@ -141,15 +141,14 @@ fn decode_json(text: &str) -> anyhow::Result<Incoming> {
 /// A decoded frame; a `message` push whose payload the light reader could not take (data
 /// that is not an object) still counts as a message.
 fn from_value(frame: Value) -> Incoming {
-    if frame["op"] == "message" {
-        if let (Some(channel), Some(offset)) = (frame["channel"].as_str(), frame["offset"].as_u64())
-        {
-            return Incoming::Message(MessageInfo {
-                channel: channel.to_owned(),
-                offset,
-                sent_ns: frame["data"]["t"].as_u64(),
-            });
-        }
+    if frame["op"] == "message"
+        && let (Some(channel), Some(offset)) = (frame["channel"].as_str(), frame["offset"].as_u64())
+    {
+        return Incoming::Message(MessageInfo {
+            channel: channel.to_owned(),
+            offset,
+            sent_ns: frame["data"]["t"].as_u64(),
+        });
     }
     Incoming::Frame(frame)
 }
@@ -318,10 +317,10 @@ impl Connection {
                     }
                 },
                 Message::Binary(bytes) => {
-                    if let Ok(light) = rmp_serde::from_slice::<LightPush>(&bytes) {
-                        if let Some(message) = light.message() {
-                            return Ok(Incoming::Message(message));
-                        }
+                    if let Ok(light) = rmp_serde::from_slice::<LightPush>(&bytes)
+                        && let Some(message) = light.message()
+                    {
+                        return Ok(Incoming::Message(message));
                     }
                     return Ok(from_value(rmp_serde::from_slice(&bytes)?));
                 }

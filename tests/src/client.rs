@@ -372,10 +372,10 @@ impl Client {
     pub async fn wait_reply(&mut self, id: i64, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(q) = self.replies.get_mut(&id) {
-                if let Some(v) = q.pop_front() {
-                    return v;
-                }
+            if let Some(q) = self.replies.get_mut(&id)
+                && let Some(v) = q.pop_front()
+            {
+                return v;
             }
             match self.read_frame(deadline).await {
                 Some(Incoming::Frame(_)) => {}

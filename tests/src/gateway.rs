@@ -192,10 +192,10 @@ impl GatewayBuilder {
         let mut cmd = Command::new(gateway_bin());
         cmd.args(self.command_line());
         for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str() {
-                if k.starts_with("GATEWAY_") || k == "RUST_LOG" {
-                    cmd.env_remove(k);
-                }
+            if let Some(k) = k.to_str()
+                && (k.starts_with("GATEWAY_") || k == "RUST_LOG")
+            {
+                cmd.env_remove(k);
             }
         }
         for (k, v) in &self.envs {
@@ -337,10 +337,10 @@ async fn wait_listening(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) ->
 fn listening_addr(line: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     for obj in [&v["fields"], &v] {
-        if obj["message"].as_str() == Some("listening") {
-            if let Some(addr) = obj["addr"].as_str() {
-                return Some(addr.to_string());
-            }
+        if obj["message"].as_str() == Some("listening")
+            && let Some(addr) = obj["addr"].as_str()
+        {
+            return Some(addr.to_string());
         }
     }
     None
@@ -362,7 +362,10 @@ impl Gateway {
     /// Starts a gateway with the defaults plus `args`, given as `["--flag", "value", ...]`
     /// pairs (use [`GatewayBuilder`] for value-less flags and environment variables).
     pub async fn start(args: &[&str]) -> Gateway {
-        assert!(args.len() % 2 == 0, "Gateway::start takes flag/value pairs");
+        assert!(
+            args.len().is_multiple_of(2),
+            "Gateway::start takes flag/value pairs"
+        );
         let mut b = GatewayBuilder::new();
         for pair in args.chunks(2) {
             b = b.arg(pair[0], pair[1]);

@@ -87,12 +87,12 @@ impl SqlArchive {
             if path.is_empty() {
                 return Err(ArchiveError::Config("sqlite:// needs a file path".into()));
             }
-            if let Some(dir) = std::path::Path::new(path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        ArchiveError::Config(format!("creating {}: {e}", dir.display()))
-                    })?;
-                }
+            if let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ArchiveError::Config(format!("creating {}: {e}", dir.display()))
+                })?;
             }
             let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
                 .map_err(|e| ArchiveError::Config(e.to_string()))?

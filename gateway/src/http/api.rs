@@ -95,13 +95,13 @@ pub async fn publish(
             ),
         ));
     }
-    if let Some(idem) = &body.idem {
-        if idem.is_empty() || idem.len() > crate::protocol::MAX_IDEM_LEN {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                "idem must be 1..=128 bytes",
-            ));
-        }
+    if let Some(idem) = &body.idem
+        && (idem.is_empty() || idem.len() > crate::protocol::MAX_IDEM_LEN)
+    {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            "idem must be 1..=128 bytes",
+        ));
     }
     let outcome = node
         .broker

@@ -189,15 +189,15 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
         },
         "publish" => {
             let idem = fields.opt_string("idem")?;
-            if let Some(key) = &idem {
-                if key.is_empty() || key.len() > MAX_IDEM_LEN {
-                    return Err(CommandError {
-                        id,
-                        code: ErrorCode::TooLarge,
-                        message: format!("idem must be 1..={MAX_IDEM_LEN} bytes"),
-                        malformed: false,
-                    });
-                }
+            if let Some(key) = &idem
+                && (key.is_empty() || key.len() > MAX_IDEM_LEN)
+            {
+                return Err(CommandError {
+                    id,
+                    code: ErrorCode::TooLarge,
+                    message: format!("idem must be 1..={MAX_IDEM_LEN} bytes"),
+                    malformed: false,
+                });
             }
             let data = fields
                 .map

@@ -105,11 +105,11 @@ async fn a_resubscribe_under_live_traffic_resyncs_without_gaps() {
             .await
             .expect("messages keep coming");
         assert_eq!(m["op"], "message", "{m}");
-        if after_reply.is_none() {
-            if let Some(reply) = reader.take_reply(id) {
-                assert_eq!(reply["ok"]["recovered"], true, "{reply}");
-                after_reply = Some(seen.len());
-            }
+        if after_reply.is_none()
+            && let Some(reply) = reader.take_reply(id)
+        {
+            assert_eq!(reply["ok"]["recovered"], true, "{reply}");
+            after_reply = Some(seen.len());
         }
         seen.push(as_u64(&m["offset"]));
     }

@@ -136,7 +136,7 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
     /// Most concurrent HTTP connections not (yet) upgraded to WebSocket: API calls, handshakes
-    /// in progress, idle keep-alives; more are answered 503 at accept [default: 1024].
+    /// in progress, idle keep-alives; more are answered 503 at accept [default: 10000].
     #[arg(long, env = "GATEWAY_MAX_HTTP_CONNECTIONS")]
     pub max_http_connections: Option<usize>,
     /// Seconds an HTTP request has to send its body [default: 10].
@@ -525,7 +525,7 @@ impl Config {
             read_buffer_size: s.read_buffer_size.unwrap_or(512).max(64),
             subscribe_rate: s.subscribe_rate.unwrap_or(10),
             subscribe_burst: s.subscribe_burst.unwrap_or(200).max(1),
-            max_http_connections: s.max_http_connections.unwrap_or(1024).max(1),
+            max_http_connections: s.max_http_connections.unwrap_or(10_000).max(1),
             request_timeout: Duration::from_secs(s.request_timeout_secs.unwrap_or(10).max(1)),
         };
         let allowed_origins = AllowedOrigins::parse(s.allowed_origins.as_deref().unwrap_or(""))?;

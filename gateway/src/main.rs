@@ -8,31 +8,28 @@ use gateway::{backends, http, metrics, server};
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
-/// Whether an event may be logged whatever the filter says: the WebSocket library logs every
-/// frame at trace level, tokens (`refresh`) included, so its trace events never are.
-fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
-    let frames =
-        meta.target().starts_with("tungstenite") || meta.target().starts_with("tokio_tungstenite");
-    !(frames && *meta.level() == tracing::Level::TRACE)
-}
+/// Targets that log whole WebSocket frames at trace level (tokens in `refresh` included):
+/// capped at debug, whatever `--log` says.
+const FRAME_LOGGERS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    use tracing_subscriber::filter::filter_fn;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_new(&config.log_filter)
+    use tracing_subscriber::filter::LevelFilter;
+    let mut filter = EnvFilter::try_new(&config.log_filter)
         .with_context(|| format!("bad log filter {:?}", config.log_filter))?;
+    // Only when something is at trace: a cap added at a lower level would raise it. A
+    // directive for the same target added later replaces the user's.
+    if filter.max_level_hint() == Some(LevelFilter::TRACE) {
+        for target in FRAME_LOGGERS {
+            filter = filter.add_directive(format!("{target}=debug").parse()?);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if config.log_json {
-        builder
-            .json()
-            .finish()
-            .with(filter_fn(never_secret))
-            .try_init()?;
+        builder.json().init();
     } else {
-        builder.finish().with(filter_fn(never_secret)).try_init()?;
+        builder.init();
     }
     Ok(())
 }

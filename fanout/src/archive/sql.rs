@@ -127,67 +127,41 @@ impl SqlArchive {
     }
 
     async fn migrate(&self) -> Result<(), ArchiveError> {
-        match &self.pool {
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(unavailable)?;
-                sqlx::raw_sql("CREATE TABLE IF NOT EXISTS gw_schema (version INTEGER NOT NULL)")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                let version: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM gw_schema")
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?
-                    .try_get(0)
-                    .map_err(unavailable)?;
-                for (i, sql) in SQLITE_MIGRATIONS.iter().enumerate().skip(version as usize) {
-                    sqlx::raw_sql(sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                    sqlx::query("INSERT INTO gw_schema (version) VALUES (?)")
-                        .bind(i as i64 + 1)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                }
-                tx.commit().await.map_err(unavailable)
-            }
-            Pool::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(unavailable)?;
+        let migrations = match &self.pool {
+            Pool::Sqlite(_) => SQLITE_MIGRATIONS,
+            Pool::Postgres(_) => POSTGRES_MIGRATIONS,
+        };
+        with_pool!(self, pool, Db => {
+            let mut tx = pool.begin().await.map_err(unavailable)?;
+            if matches!(self.pool, Pool::Postgres(_)) {
                 // Nodes starting together migrate one at a time.
                 sqlx::query("SELECT pg_advisory_xact_lock(7243019)")
                     .execute(&mut *tx)
                     .await
                     .map_err(unavailable)?;
-                sqlx::raw_sql("CREATE TABLE IF NOT EXISTS gw_schema (version INTEGER NOT NULL)")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                let version: i32 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM gw_schema")
+            }
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS gw_schema (version BIGINT NOT NULL)")
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let version: i64 =
+                sqlx::query("SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM gw_schema")
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(unavailable)?
                     .try_get(0)
                     .map_err(unavailable)?;
-                for (i, sql) in POSTGRES_MIGRATIONS
-                    .iter()
-                    .enumerate()
-                    .skip(version as usize)
-                {
-                    sqlx::raw_sql(sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                    sqlx::query("INSERT INTO gw_schema (version) VALUES ($1)")
-                        .bind(i as i32 + 1)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                }
-                tx.commit().await.map_err(unavailable)
+            for (i, sql) in migrations.iter().enumerate().skip(version.max(0) as usize) {
+                sqlx::raw_sql(sql)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                let mut record = QueryBuilder::<Db>::new("INSERT INTO gw_schema (version) VALUES (");
+                record.push_bind(i as i64 + 1).push(")");
+                record.build().execute(&mut *tx).await.map_err(unavailable)?;
             }
-        }
+            tx.commit().await.map_err(unavailable)
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 #[derive(Debug, Default, Clone, Parser, Deserialize)]
 #[command(
     name = "gateway",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GATEWAY_GIT_COMMIT"), ")"),
     about = "WebSocket real-time messaging gateway"
 )]
 #[serde(default, deny_unknown_fields)]
@@ -320,6 +320,8 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// API key.
     pub api_key: Option<String>,
+    /// The API key was made up for dev mode (and is printed at start-up).
+    pub generated_api_key: bool,
     /// Development mode.
     pub dev: bool,
     /// Log format is JSON.
@@ -536,7 +538,12 @@ impl Config {
                 .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
             public_url: s.public_url,
             jwt,
-            api_key: s.api_key.filter(|k| !k.is_empty()),
+            generated_api_key: s.dev && s.api_key.as_deref().is_none_or(str::is_empty),
+            api_key: s.api_key.filter(|k| !k.is_empty()).or_else(|| {
+                // Dev mode without a key gets a random one (printed at start-up).
+                s.dev
+                    .then(|| format!("dev-{:032x}", rand::random::<u128>()))
+            }),
             dev: s.dev,
             log_json,
             log_filter: s.log.unwrap_or_else(|| "info".into()),

@@ -5,6 +5,8 @@ use gateway::config::{Config, Settings};
 use gateway::hub::Hub;
 use gateway::node::Node;
 use gateway::{backends, http, metrics, server};
+use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
@@ -23,8 +25,10 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
             filter = filter.add_directive(format!("{target}=debug").parse()?);
         }
     }
+    // Colours only for a person at a terminal, never into a file or a pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if config.log_json {
         builder.json().init();
@@ -34,11 +38,44 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
-    let config = Config::from_settings(settings)?;
-    init_logging(&config)?;
+/// Exit code of a configuration error (clap uses the same for bad flags).
+const CONFIG_ERROR: u8 = 2;
+
+/// Runs the node. Start-up errors print one line, the cause chain included and never a
+/// backtrace: exit code 2 for the configuration, 1 for the rest.
+fn main() -> ExitCode {
+    let config = match Settings::load().and_then(Config::from_settings) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gateway: configuration error: {e:#}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("gateway: configuration error: {e:#}");
+        return ExitCode::from(CONFIG_ERROR);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("gateway: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway stopped");
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = metrics::install()?;
     let listener =
         server::bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
@@ -51,6 +88,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(
             "dev mode: POST /dev/token mints tokens for anyone; never use in production"
         );
+        if config.generated_api_key {
+            // Dev mode only: printed so that a local tour can call the API.
+            let key = config.api_key.as_deref().unwrap_or_default();
+            tracing::warn!("dev API key: {key}");
+        }
     }
     let stop = server::shutdown_signal().context("installing signal handlers")?;
     let hub = Arc::new(Hub::new());

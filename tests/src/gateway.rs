@@ -335,6 +335,14 @@ async fn wait_listening(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) ->
 /// Extracts `fields.addr` from a JSON log line whose `fields.message` is `listening`
 /// (a flattened event, with `message`/`addr` at the top level, is accepted too).
 fn listening_addr(line: &str) -> Option<String> {
+    // The human format: `... INFO gateway: listening addr=127.0.0.1:1234 node=...`.
+    if let Some(rest) = line.split(" listening ").nth(1)
+        && let Some(addr) = rest
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+    {
+        return Some(addr.to_string());
+    }
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     for obj in [&v["fields"], &v] {
         if obj["message"].as_str() == Some("listening")

@@ -1,6 +1,7 @@
-//! The TOML configuration file (`--config`).
+//! Configuration: the TOML file (`--config`), configuration errors, `--version`, dev mode's
+//! API key, and log output.
 
-use e2e::{Client, Gateway, TempDir, error_code, secs, token};
+use e2e::{Client, Gateway, TempDir, error_code, http, secs, token};
 use serde_json::json;
 
 #[tokio::test]
@@ -103,4 +104,100 @@ async fn broken_config_file_fails_to_start() {
         !status.success(),
         "started with a broken config file: {out}"
     );
+}
+
+#[tokio::test]
+async fn configuration_errors_are_one_line_with_exit_code_2() {
+    for args in [
+        vec!["--jwt-alg", "nope"],
+        vec!["--config", "/nonexistent/gateway.toml"],
+        vec!["--allowed-origins", "app.example"],
+    ] {
+        let mut builder = Gateway::builder().env("RUST_BACKTRACE", "1");
+        for pair in args.chunks(2) {
+            builder = builder.arg(pair[0], pair[1]);
+        }
+        let (status, out) = builder.run_to_exit(secs(15)).await;
+        assert_eq!(status.code(), Some(2), "{args:?}: {out}");
+        let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, no backtrace: {out}");
+        assert!(
+            lines[0].starts_with("gateway: configuration error: "),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn version_names_the_commit() {
+    let (status, out) = Gateway::builder()
+        .flag("--version")
+        .run_to_exit(secs(15))
+        .await;
+    assert!(status.success(), "{out}");
+    let commit = out
+        .trim()
+        .strip_prefix("gateway ")
+        .and_then(|v| v.split_once(" ("))
+        .and_then(|(_, c)| c.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("`gateway <version> (<commit>)`: {out}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn dev_mode_makes_and_prints_an_api_key() {
+    let gw = Gateway::builder()
+        .without("--api-key")
+        .without("--jwt-secret")
+        .flag("--dev")
+        .start()
+        .await;
+    let key = gw
+        .logs()
+        .iter()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["fields"]["message"]
+                .as_str()?
+                .strip_prefix("dev API key: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("no `dev API key:` line: {:#?}", gw.logs()));
+    let auth = format!("Bearer {key}");
+    let r = http(
+        gw.addr(),
+        "GET",
+        "/api/nodes",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // A node with a configured key prints none.
+    let configured = Gateway::builder().flag("--dev").start().await;
+    assert!(
+        !configured.logs().iter().any(|l| l.contains("dev API key")),
+        "{:#?}",
+        configured.logs()
+    );
+}
+
+#[tokio::test]
+async fn logs_into_a_pipe_carry_no_colour_escapes() {
+    let gw = Gateway::builder()
+        .arg("--log-format", "human")
+        .arg("--log", "debug")
+        .start()
+        .await;
+    let mut c = Client::connect(gw.addr(), &token("alice")).await;
+    c.request_ok("ping", json!({})).await;
+    let logs = gw.logs();
+    assert!(logs.iter().any(|l| l.contains(" listening ")), "{logs:#?}");
+    if let Some(line) = logs.iter().find(|l| l.contains('\u{1b}')) {
+        panic!("an ANSI escape in a piped log: {line:?}");
+    }
 }

@@ -266,7 +266,7 @@ async fn a_postgres_outage_delays_archiving_and_loses_nothing() {
     let mut c = Client::connect(plain.addr(), &token("alice")).await;
     let off = publish_timed(&mut c, "room:pg", 10_000, 1).await;
     eprintln!(
-        "publish ack latency, 10,000 publishes in windows of 100 (debug build): PostgreSQL \
+        "publish ack latency, 10,000 publishes in windows of 100 (the gateway under test: GATEWAY_BIN or the debug build): PostgreSQL \
          down p50 {:.2} ms p99 {:.2} ms; archive off p50 {:.2} ms p99 {:.2} ms",
         outage.0, outage.1, off.0, off.1
     );

@@ -60,8 +60,6 @@ struct ChannelState {
     /// Publications of the channel queued for the archive and not yet committed: while any
     /// are, the channel's state is kept (a reload from the archive would see an old offset).
     unarchived: Arc<AtomicU32>,
-    /// Set by the sweep when it forgets the channel.
-    retired: bool,
     /// When the state was created: the sweep spares young states, so that a caller between
     /// looking a channel up and locking it never holds a forgotten one.
     created: Instant,
@@ -84,7 +82,6 @@ impl ChannelState {
             history: History::default(),
             dedup: DedupTable::default(),
             unarchived: Arc::default(),
-            retired: false,
             created: Instant::now(),
         }
     }
@@ -260,7 +257,6 @@ impl LocalBroker {
                     || now.duration_since(state.created) < self.grace
                     || interest.contains_key(&self.hasher.hash_one(&**channel));
                 forgotten += usize::from(!keep);
-                state.retired = !keep;
                 keep
             });
         }
@@ -283,12 +279,6 @@ impl Broker for LocalBroker {
         };
         let state = self.load(&request.channel).await?;
         let mut state = state.lock();
-        if state.retired {
-            // Cannot happen: the sweep spares states younger than two sweeps.
-            return Err(BrokerError::Unavailable(
-                "channel state was reset; retry".into(),
-            ));
-        }
         let now = Instant::now();
         state.dedup.expire(now, self.config.dedup_window);
         if let Some(key) = &request.idem {

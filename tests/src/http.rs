@@ -162,6 +162,37 @@ pub async fn api_post(addr: &str, path: &str, body: serde_json::Value) -> HttpRe
     http(addr, "POST", path, &[API_AUTH], Some(&body.to_string())).await
 }
 
+/// The value of the first sample of series `name` (with or without labels) in Prometheus
+/// text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads `/metrics` of the node at `addr` and returns series `name` (see [`metric_value`]).
+pub async fn metric(addr: &str, name: &str) -> Option<f64> {
+    metric_value(&http(addr, "GET", "/metrics", &[], None).await.body, name)
+}
+
+/// Asserts an API error: `status`, and `{"error": {"code": <code>, "message": <non-empty>}}`.
+pub fn assert_api_error(r: &HttpResponse, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    let body = r.json();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

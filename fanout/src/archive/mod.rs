@@ -75,8 +75,6 @@ pub trait Archive: Send + Sync {
     async fn read(&self, range: ArchiveRange<'_>) -> Result<Vec<Arc<Publication>>, ArchiveError>;
     /// Deletes messages accepted before `cutoff_ms` (Unix milliseconds); returns how many.
     async fn expire(&self, cutoff_ms: u64) -> Result<u64, ArchiveError>;
-    /// Number of stored messages (for tests and the admin page; may scan).
-    async fn count(&self) -> Result<u64, ArchiveError>;
 }
 
 /// Completes a page of recent history from the archive where recent history does not reach

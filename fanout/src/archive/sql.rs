@@ -308,17 +308,6 @@ impl Archive for SqlArchive {
             Ok(done.rows_affected())
         })
     }
-
-    async fn count(&self) -> Result<u64, ArchiveError> {
-        with_pool!(self, pool, Db => {
-            let row = sqlx::query("SELECT COUNT(*) FROM gw_messages")
-                .fetch_one(pool)
-                .await
-                .map_err(unavailable)?;
-            let n: i64 = row.try_get(0).map_err(unavailable)?;
-            Ok(n.max(0) as u64)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -336,6 +325,20 @@ mod tests {
             data: Payload::Json(Bytes::from(format!("{offset}"))),
             ts,
         })
+    }
+
+    impl SqlArchive {
+        /// Number of stored messages.
+        async fn count(&self) -> Result<u64, ArchiveError> {
+            with_pool!(self, pool, Db => {
+                let row = sqlx::query("SELECT COUNT(*) FROM gw_messages")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(unavailable)?;
+                let n: i64 = row.try_get(0).map_err(unavailable)?;
+                Ok(n.max(0) as u64)
+            })
+        }
     }
 
     async fn temp_archive() -> (SqlArchive, std::path::PathBuf) {

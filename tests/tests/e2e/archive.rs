@@ -5,7 +5,7 @@
 
 use e2e::{
     Client, Gateway, GatewayBuilder, PgDatabase, RedisServer, TcpProxy, TempDir, api_get, as_u64,
-    error_code, secs, token,
+    error_code, metric, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -20,17 +20,11 @@ fn offsets(page: &Value) -> Vec<u64> {
         .collect()
 }
 
-async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
-    let text = api_get(gw.addr(), "/metrics").await.body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Waits until the node reports nothing waiting for the archive.
 async fn archived(gw: &Gateway) {
     let deadline = Instant::now() + secs(30);
     loop {
-        if metric(gw, "gateway_archive_pending").await == Some(0.0) {
+        if metric(gw.addr(), "gateway_archive_pending").await == Some(0.0) {
             return;
         }
         assert!(Instant::now() < deadline, "the archive never caught up");
@@ -224,10 +218,15 @@ async fn a_postgres_outage_delays_archiving_and_loses_nothing() {
     proxy.cut();
     // Publishing goes on while the database is away: every publish is acknowledged.
     let outage = publish_timed(&mut c, "room:pg", 10_000, 2).await;
-    assert!(metric(&gw, "gateway_archive_pending").await.unwrap_or(0.0) > 0.0);
+    assert!(
+        metric(gw.addr(), "gateway_archive_pending")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
     // Failures are counted while the database is away.
     let deadline = Instant::now() + secs(10);
-    while metric(&gw, "gateway_archive_failures_total")
+    while metric(gw.addr(), "gateway_archive_failures_total")
         .await
         .unwrap_or(0.0)
         == 0.0
@@ -381,7 +380,12 @@ async fn clustered_nodes_archive_every_message_once_through_a_postgres_outage() 
         ca.publish("room:pga", json!(i)).await;
         cb.publish("room:pgb", json!(i)).await;
     }
-    assert!(metric(&a, "gateway_archive_pending").await.unwrap_or(0.0) > 0.0);
+    assert!(
+        metric(a.addr(), "gateway_archive_pending")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
     proxy.restore();
     stream_archived(&redis).await;
     assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 1000);

@@ -3,7 +3,8 @@
 //! every metric series the reference lists, and the drain deadline.
 
 use e2e::{
-    API_AUTH, Client, Connect, Gateway, Token, api_get, api_post, as_u64, http, secs, token,
+    API_AUTH, Client, Connect, Gateway, Token, api_get, api_post, as_u64, assert_api_error, http,
+    secs, token,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -131,18 +132,6 @@ async fn a_resubscribe_under_live_traffic_resyncs_without_gaps() {
         }
     }
     assert_eq!(kept, (1..=300).collect::<Vec<_>>());
-}
-
-fn assert_api_error(r: &e2e::HttpResponse, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    let body = r.json();
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
 }
 
 #[tokio::test]

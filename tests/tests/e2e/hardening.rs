@@ -4,17 +4,13 @@
 
 use e2e::{
     API_AUTH, API_KEY, Client, Connect, Gateway, Token, api_get, api_post, as_u64, error_code,
-    http, parse_response, secs, token,
+    http, metric, parse_response, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-fn clustered(gw: &Gateway) -> bool {
-    gw.args().iter().any(|a| a == "--redis-url")
-}
 
 /// Every push that arrives within `wait`, none dropped.
 async fn pushes_within(c: &mut Client, wait: Duration) -> Vec<Value> {
@@ -423,13 +419,8 @@ async fn http_sockets_are_bounded_and_websockets_are_not_starved_for_long() {
     }
     let r = api_get(gw.addr(), "/healthz").await;
     assert_eq!(r.status, 200);
-    let metrics = api_get(gw.addr(), "/metrics").await.body;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("gateway_http_refused_total") && !l.ends_with(" 0")),
-        "refusals are counted"
-    );
+    let refused = metric(gw.addr(), "gateway_http_refused_total").await;
+    assert!(refused >= Some(2.0), "refusals are counted: {refused:?}");
 }
 
 /// A JSON string of `n` bytes.
@@ -439,20 +430,15 @@ fn blob(n: usize) -> Value {
 
 #[tokio::test]
 async fn history_is_bounded_in_bytes() {
-    // Without the archive, which would recover what memory let go.
-    let gw = Gateway::start(&[
-        "--history-max-bytes",
-        "200000",
-        "--history-node-max-bytes",
-        "450000",
-        "--database-url",
-        "off",
-    ])
-    .await;
-    if clustered(&gw) {
-        // History lives in Redis there; the node holds none (see the protocol reference).
-        return;
-    }
+    // The node's own memory: embedded in both suite runs (in clustered mode history lives in
+    // Redis), and without the archive, which would recover what memory let go.
+    let gw = Gateway::builder()
+        .embedded()
+        .arg("--history-max-bytes", 200_000)
+        .arg("--history-node-max-bytes", 450_000)
+        .arg("--database-url", "off")
+        .start()
+        .await;
     let mut c = Client::connect(gw.addr(), &token("alice")).await;
     for i in 1..=10u64 {
         assert_eq!(c.publish("room:big", blob(60_000)).await, i);
@@ -484,12 +470,9 @@ async fn history_is_bounded_in_bytes() {
             c.publish(ch, blob(60_000)).await;
         }
     }
-    let metrics = api_get(gw.addr(), "/metrics").await.body;
-    let held: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway_history_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("gateway_history_bytes in {metrics}"));
+    let held = metric(gw.addr(), "gateway_history_bytes")
+        .await
+        .expect("gateway_history_bytes");
     assert!(
         held > 300_000.0 && held <= 450_000.0,
         "history holds {held} bytes"

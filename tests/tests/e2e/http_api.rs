@@ -2,18 +2,11 @@
 //! `/dev/token`.
 
 use e2e::{
-    API_AUTH, Client, Gateway, HttpResponse, Token, api_get, api_post, as_str, as_u64, http,
-    millis, secs, token,
+    API_AUTH, Client, Gateway, Token, api_get, api_post, as_str, as_u64, assert_api_error, http,
+    metric_value, millis, secs, token,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
-
-fn assert_api_error(r: &HttpResponse, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    let v = r.json();
-    assert_eq!(v["error"]["code"], code, "{v}");
-    assert!(v["error"]["message"].is_string(), "{v}");
-}
 
 #[tokio::test]
 async fn api_publish_reaches_subscribers_as_server() {
@@ -264,17 +257,6 @@ async fn nodes_and_route() {
     assert_eq!(r.status, 401, "bad token: {r:?}");
     let r = http(gw.addr(), "GET", "/v1/route", &[API_AUTH], None).await;
     assert_eq!(r.status, 401, "the API key is not a user token: {r:?}");
-}
-
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

@@ -25,12 +25,17 @@ SCENARIO_ORDER = [
     "flood-1000",
     "flood-5000",
     "flood-19000",
+    "bigroom-off",
+    "bigroom",
+    "bigroom-each",
     "chat",
+    "chat-240k",
+    "chat-480k",
     "broadcast-5000",
     "broadcast-10000",
     "churn",
 ]
-LATENCY_SCENARIOS = ["chat", "broadcast-5000", "broadcast-10000"]
+LATENCY_SCENARIOS = ["chat", "chat-240k", "chat-480k", "broadcast-5000", "broadcast-10000"]
 PERCENTILES = ["p50", "p90", "p99", "p999"]
 
 
@@ -124,7 +129,7 @@ def connection_rows(runs, servers, scenarios):
                     f"{num(get(r, 'server_rss_kib_after'), 1, 1 / 1024)}",
                     num(get(r, "connect_rate"), 0),
                     " / ".join(ms(get(r, "handshake_ms", p)) for p in ("p50", "p99", "max")),
-                    num(get(r, "server_cpu_secs"), 2),
+                    num(get(r, "server_cpu_us_per_connect"), 1),
                     errors(r),
                 ]
             )
@@ -274,8 +279,8 @@ def main(argv):
 
     servers = order_key({s for s, _ in runs}, SERVER_ORDER)
     scenarios = order_key({c for _, c in runs}, SCENARIO_ORDER)
-    floods = [s for s in scenarios if s.startswith("flood")]
-    messaging = [s for s in scenarios if not s.startswith("flood")]
+    floods = [s for s in scenarios if s.startswith(("flood", "bigroom"))]
+    messaging = [s for s in scenarios if not s.startswith(("flood", "bigroom"))]
 
     plots = []
     try:
@@ -338,7 +343,7 @@ def main(argv):
                     "RSS (MiB)",
                     "connects/s",
                     "handshake p50 / p99 / max (ms)",
-                    "CPU (s)",
+                    "CPU / connect (µs)",
                     "errors",
                 ],
                 connection_rows(runs, servers, floods),

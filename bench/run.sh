@@ -9,8 +9,14 @@
 #
 # Environment:
 #   SERVERS     subset of: gateway bun socketio                  (default: all three)
-#   SCENARIOS   subset of: flood flood-1000 flood-5000 flood-19000 chat broadcast-5000
-#               broadcast-10000 churn                            (default: all)
+#   SCENARIOS   subset of: flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k
+#               broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off
+#                                                                (default: all)
+#               chat*, churn: rooms in `bench:`, without presence, like the peers.
+#               bigroom: 5,000 members join one `room:` channel (presence on) hearing of
+#               each other by `presence_diff`; -each: by v1 join/leave pushes; -off: the
+#               same room in `bench:`, presence off. The peers have no presence: all three
+#               are one subscribe for them.
 #   RESULTS     output directory          (default: bench/results/<YYYY-MM-DD>)
 #   SECRET      JWT secret                (default: a fresh random one)
 #   BUDGET_SECS  the runs' time budget; runs that might overrun it are skipped (default 900)
@@ -27,7 +33,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 SERVERS=${SERVERS:-"gateway bun socketio"}
-ALL_SCENARIOS="flood flood-1000 flood-5000 flood-19000 chat broadcast-5000 broadcast-10000 churn"
+ALL_SCENARIOS="flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 RESULTS=${RESULTS:-bench/results/$(date +%F)}
 SECRET=${SECRET:-$(openssl rand -hex 32 2>/dev/null || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
@@ -200,18 +206,27 @@ scenario_args() {
     case $1 in
       flood) echo "flood --connections 500 --rate 2000 --hold 1" ;;
       flood-*) echo "flood --connections $((${1#flood-} / 20)) --rate 2000 --hold 1" ;;
-      chat) echo "chat --users 100 --room-size 20 --rate 2 --duration 2" ;;
+      chat*) echo "chat --users 100 --room-size 20 --rate 2 --duration 2 --channel-prefix bench:" ;;
       broadcast-*) echo "broadcast --subscribers $((${1#broadcast-} / 20)) --publishers 1 --rate 200 --duration 2" ;;
-      churn) echo "churn --measured 40 --room-size 20 --rate 2 --churn-rate 20 --duration 2" ;;
+      churn) echo "churn --measured 40 --room-size 20 --rate 2 --churn-rate 20 --duration 2 --channel-prefix bench:" ;;
+      bigroom) echo "bigroom --members 250 --hold 1" ;;
+      bigroom-each) echo "bigroom --members 250 --hold 1 --join-leave each" ;;
+      bigroom-off) echo "bigroom --members 250 --hold 1 --channel bench:bigroom --join-leave off" ;;
     esac
     return
   fi
   case $1 in
     flood) echo "flood --connections 10000 --rate 5000 --hold 5" ;;
     flood-*) echo "flood --connections ${1#flood-} --rate 5000 --hold 5" ;;
-    chat) echo "chat --users 2000 --room-size 20 --rate 2 --duration 20" ;;
+    # 2,000 users in rooms of 20 at 2 msg/s each: 80k deliveries/s; then 3× and 6× the rate.
+    chat) echo "chat --users 2000 --room-size 20 --rate 2 --duration 20 --channel-prefix bench:" ;;
+    chat-240k) echo "chat --users 2000 --room-size 20 --rate 6 --duration 15 --channel-prefix bench:" ;;
+    chat-480k) echo "chat --users 2000 --room-size 20 --rate 12 --duration 15 --channel-prefix bench:" ;;
     broadcast-*) echo "broadcast --subscribers ${1#broadcast-} --publishers 1 --rate 200 --duration 10" ;;
-    churn) echo "churn --measured 200 --room-size 20 --rate 2 --churn-rate 200 --duration 20" ;;
+    churn) echo "churn --measured 200 --room-size 20 --rate 2 --churn-rate 200 --duration 20 --channel-prefix bench:" ;;
+    bigroom) echo "bigroom --members 5000 --hold 3" ;;
+    bigroom-each) echo "bigroom --members 5000 --hold 3 --join-leave each" ;;
+    bigroom-off) echo "bigroom --members 5000 --hold 3 --channel bench:bigroom --join-leave off" ;;
   esac
 }
 scenario_secs() { # connects at a pessimistic 1,000/s + loadgen's 15 s connect timeout
@@ -219,7 +234,8 @@ scenario_secs() { # connects at a pessimistic 1,000/s + loadgen's 15 s connect t
   [ "$QUICK" = 1 ] && { echo 30; return; }
   case $1 in
     flood) echo 45 ;; flood-1000) echo 35 ;; flood-5000) echo 40 ;; flood-19000) echo 55 ;;
-    chat) echo 50 ;; broadcast-5000) echo 45 ;; broadcast-10000) echo 50 ;; churn) echo 50 ;;
+    chat) echo 50 ;; chat-*) echo 45 ;; broadcast-5000) echo 45 ;; broadcast-10000) echo 50 ;;
+    churn) echo 50 ;; bigroom | bigroom-off) echo 40 ;; bigroom-each) echo 90 ;;
   esac
 }
 
@@ -270,7 +286,7 @@ for scenario in $SCENARIOS; do
     run_one "$server" "$scenario"
   done
 done
-log "skipped: three gateway nodes on Redis (clustered mode does not exist yet; for later)"
+log "clustered mode (three nodes on Redis) is measured by bench/cluster.sh"
 log "all runs took $(($(date +%s) - START)) s"
 
 "$PYTHON" bench/report.py "$RESULTS" || log "report.py failed"

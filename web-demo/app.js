@@ -219,8 +219,7 @@ function startChat(me, token) {
   app.client = client;
   client.on('state', onState);
   client.on('message', onMessage);
-  client.on('join', ({ channel, user }) => onPresence(channel, user, true));
-  client.on('leave', ({ channel, user }) => onPresence(channel, user, false));
+  client.on('presence_diff', onPresenceDiff);
   client.on('recovery', ({ channel, recovered }) => {
     if (!recovered) reloadAfterGap(channel);
   });
@@ -299,7 +298,7 @@ async function loadRoom(conv) {
     if (app.rooms.get(conv.id) !== conv) return;
     for (const m of page.messages) addRoomMessage(conv, m, { fromHistory: true });
     if (conv.epoch == null) conv.epoch = page.epoch;
-    await client.subscribe(conv.id, { since: page.offset, epoch: page.epoch });
+    await client.subscribe(conv.id, { since: page.offset, epoch: page.epoch, joinLeave: 'diff' });
     conv.loaded = true;
     refreshPresence(conv);
   } catch (err) {
@@ -405,18 +404,25 @@ async function refreshPresence(conv) {
   }
 }
 
-function onPresence(channel, user, joined) {
+/** One `presence_diff`: who joined and left the room since the last one. */
+function onPresenceDiff({ channel, joins, leaves, overflow }) {
   const conv = app.rooms.get(channel);
   if (!conv) return;
-  if (joined) {
+  if (overflow) {
+    // Too many changed at once to list: read the members again.
+    refreshPresence(conv);
+    return;
+  }
+  let unnamed = false;
+  for (const user of joins) {
     if (!conv.members.has(user)) conv.members.set(user, { user, name: app.names.get(user), conns: 1 });
-    if (!app.names.has(user)) {
-      // A join carries no display name: ask again (once, shortly after).
-      clearTimeout(app.presenceTimers.get(channel));
-      app.presenceTimers.set(channel, setTimeout(() => refreshPresence(conv), 300));
-    }
-  } else {
-    conv.members.delete(user);
+    if (!app.names.has(user)) unnamed = true;
+  }
+  for (const user of leaves) conv.members.delete(user);
+  if (unnamed) {
+    // A diff carries no display names: ask again (once, shortly after).
+    clearTimeout(app.presenceTimers.get(channel));
+    app.presenceTimers.set(channel, setTimeout(() => refreshPresence(conv), 300));
   }
   if (app.lastRoom === conv) renderMembers();
 }

@@ -59,12 +59,15 @@
  *   once live and resolves with the reply's `ok`, or rejects with a `GatewayError` whose `code`
  *   is the server's error code, or `timeout`, `disconnected` (the socket closed before the
  *   reply) or `offline`.
- * - `subscribe(channel, {since?, epoch?}): Promise<{offset, epoch, recovered}>` keeps the channel
- *   subscribed across reconnects. With `since` the server replays what came after it.
+ * - `subscribe(channel, {since?, epoch?, joinLeave?}): Promise<{offset, epoch, recovered}>` keeps
+ *   the channel subscribed across reconnects. With `since` the server replays what came after it.
+ *   `joinLeave` (`'diff'`, `'each'` or `'off'`; the namespace's default when not given) says how
+ *   presence changes arrive: `presence_diff` events, one `join`/`leave` each, or not at all.
  * - `unsubscribe(channel): Promise<void>`.
  * - `publish(channel, data, {idem?, timeout?}): Promise<{offset}>` retries over reconnects with
  *   the same idempotency key (generated when not given), so a message is published at most once.
- * - `history(channel, {since?, limit?})`, `presence(channel)`, `ping()`: the protocol's ops.
+ * - `history(channel, {since?, limit?})`, `presence(channel, {limit?, cursor?})`,
+ *   `presenceStats(channel)`, `ping()`: the protocol's ops.
  * - `on(event, listener): () => void` adds a listener and returns a function that removes it;
  *   `off(event, listener)`.
  * - Read-only properties: `state`, `user` (from `welcome`), `node`, `session`, `tokenExp`.
@@ -77,7 +80,10 @@
  *   `policy`, or `closed` after `close()`).
  * - `welcome`: the server's welcome push.
  * - `message`: a `message` push, in offset order, each offset once per channel and epoch.
- * - `join`, `leave`: `{channel, user}` presence pushes.
+ * - `join`, `leave`: `{channel, user}` presence pushes (subscriptions with `joinLeave: 'each'`).
+ * - `presence_diff`: `{channel, joins, leaves, overflow}`, the users who joined and left since the
+ *   last one (subscriptions with `joinLeave: 'diff'`); `overflow` means too many changed to
+ *   list: read `presence` again.
  * - `unsubscribed`: `{channel, code}` when the server ended a subscription for good (a
  *   backend's `/api/unsubscribe`); a server `unsubscribe` push with `resubscribe` is handled
  *   here by subscribing again with `since`.
@@ -446,6 +452,16 @@ export class GatewayClient {
           this._emit(frame.op, { channel: frame.channel, user: frame.user });
         }
         break;
+      case 'presence_diff':
+        if (this._channels.has(frame.channel)) {
+          this._emit('presence_diff', {
+            channel: frame.channel,
+            joins: frame.joins || [],
+            leaves: frame.leaves || [],
+            overflow: !!frame.overflow,
+          });
+        }
+        break;
       case 'disconnect':
         ws._disconnect = { code: frame.code, reconnect: frame.reconnect };
         break;
@@ -615,6 +631,7 @@ export class GatewayClient {
     if (!ch) return;
     const resync = ch.offset != null;
     const fields = { channel };
+    if (ch.joinLeave) fields.join_leave = ch.joinLeave;
     if (resync) {
       fields.since = ch.offset;
       if (ch.epoch) fields.epoch = ch.epoch;
@@ -675,15 +692,17 @@ export class GatewayClient {
   /**
    * Subscribes, and keeps the channel subscribed across reconnects.
    * @param {string} channel
-   * @param {{since?: number, epoch?: string}} [position] replay what came after `since`
+   * @param {{since?: number, epoch?: string, joinLeave?: 'diff'|'each'|'off'}} [options]
+   *   replay what came after `since`; how presence changes arrive
    * @returns {Promise<{offset: number, epoch: string, recovered: boolean}>}
    */
-  subscribe(channel, { since, epoch } = {}) {
+  subscribe(channel, { since, epoch, joinLeave } = {}) {
     let ch = this._channels.get(channel);
     if (!ch) {
-      ch = { epoch: null, offset: null, gen: 0, waiters: [] };
+      ch = { epoch: null, offset: null, gen: 0, waiters: [], joinLeave: null };
       this._channels.set(channel, ch);
     }
+    if (joinLeave != null) ch.joinLeave = joinLeave;
     if (since != null) {
       ch.offset = since;
       ch.epoch = epoch ?? ch.epoch;
@@ -745,9 +764,21 @@ export class GatewayClient {
     return this.request('history', fields, opts);
   }
 
-  /** @returns {Promise<{members: {user: string, name?: string, conns: number}[]}>} */
-  presence(channel, opts) {
-    return this.request('presence', { channel }, opts);
+  /**
+   * A page of members (every member when no `limit`, within one reply); `cursor` in the answer
+   * means more follow: pass it back to read the next page.
+   * @returns {Promise<{members: {user: string, name?: string, conns: number}[], cursor?: string}>}
+   */
+  presence(channel, { limit, cursor } = {}, opts) {
+    const fields = { channel };
+    if (limit != null) fields.limit = limit;
+    if (cursor != null) fields.cursor = cursor;
+    return this.request('presence', fields, opts);
+  }
+
+  /** @returns {Promise<{users: number, conns: number}>} */
+  presenceStats(channel, opts) {
+    return this.request('presence_stats', { channel }, opts);
   }
 
   ping(opts) {

@@ -14,12 +14,43 @@ pub struct Namespace {
     /// Clients who may subscribe may also publish (otherwise only backends, or token patterns).
     #[serde(default)]
     pub client_publish: bool,
-    /// Presence (`join`/`leave` pushes and the `presence` op) is on.
+    /// Presence (presence pushes and the `presence` ops) is on.
     #[serde(default)]
     pub presence: bool,
+    /// How subscribers hear of presence changes when their `subscribe` does not say
+    /// [default: `each`, the v1 `join`/`leave` pushes].
+    #[serde(default)]
+    pub join_leave: JoinLeave,
     /// Messages go to the archive (when there is one) [default: true].
     #[serde(default = "yes")]
     pub archive: bool,
+}
+
+/// How one subscription hears of users joining and leaving a presence channel. Changes are
+/// gathered per channel for `--presence-diff-interval-ms` and pushed together; a user who
+/// joins and leaves within one interval is not announced.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinLeave {
+    /// Nothing is pushed (the client may still ask with `presence` / `presence_stats`).
+    Off,
+    /// One `presence_diff` push per interval with the users who joined and left.
+    Diff,
+    /// The v1 pushes: one `join` or `leave` per user (costs a frame per change per member).
+    #[default]
+    Each,
+}
+
+impl JoinLeave {
+    /// Parses the wire and config spelling.
+    pub fn parse(text: &str) -> Option<JoinLeave> {
+        match text {
+            "off" => Some(JoinLeave::Off),
+            "diff" => Some(JoinLeave::Diff),
+            "each" => Some(JoinLeave::Each),
+            _ => None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -47,6 +78,7 @@ impl Namespace {
             open: true,
             client_publish: true,
             presence: true,
+            join_leave: JoinLeave::Each,
             archive: true,
         }]
     }
@@ -114,6 +146,15 @@ impl Acl {
         !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.presence)
     }
 
+    /// How a subscription to `channel` hears of presence changes unless it says; `Off` where
+    /// presence is off.
+    pub fn join_leave(&self, channel: &str) -> JoinLeave {
+        match self.namespace(channel) {
+            Some(ns) if ns.presence && !channel.starts_with(PERSONAL_PREFIX) => ns.join_leave,
+            _ => JoinLeave::Off,
+        }
+    }
+
     /// Whether messages on `channel` are archived (personal channels and channels outside
     /// any namespace are; a namespace may opt out with `archive = false`).
     pub fn archive_enabled(&self, channel: &str) -> bool {
@@ -161,6 +202,7 @@ mod tests {
             open: true,
             client_publish: false,
             presence: false,
+            join_leave: JoinLeave::Diff,
             archive: false,
         });
         let acl = Acl::new(namespaces, true);
@@ -179,6 +221,9 @@ mod tests {
         assert!(acl.allows("a", &grants, "secret:x", Action::Publish));
         assert!(!acl.allows("a", &grants, "user:b", Action::Subscribe));
         assert!(acl.presence_enabled("room:x") && !acl.presence_enabled("news:x"));
+        assert_eq!(acl.join_leave("room:x"), JoinLeave::Each);
+        assert_eq!(acl.join_leave("news:x"), JoinLeave::Off);
+        assert_eq!(acl.join_leave("user:a"), JoinLeave::Off);
         let no_dm = Acl::new(Namespace::defaults(), false);
         assert!(!no_dm.allows("a", &none, "user:b", Action::Publish));
         assert!(no_dm.allows("a", &none, "user:a", Action::Publish));

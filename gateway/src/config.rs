@@ -71,6 +71,14 @@ pub struct Settings {
     /// [default: 10].
     #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS")]
     pub presence_heartbeat_secs: Option<u64>,
+    /// Milliseconds over which presence changes are gathered into one `presence_diff` push
+    /// per channel [default: 250].
+    #[arg(long, env = "GATEWAY_PRESENCE_DIFF_INTERVAL_MS")]
+    pub presence_diff_interval_ms: Option<u64>,
+    /// Most users one `presence_diff` lists; past it the push says `overflow` instead
+    /// [default: 200].
+    #[arg(long, env = "GATEWAY_PRESENCE_DIFF_MAX")]
+    pub presence_diff_max: Option<usize>,
     /// Message archive: `sqlite://PATH` (embedded mode), `postgres://...`, or `off`
     /// [default: embedded mode `sqlite://<data-dir>/archive.db`; clustered mode off].
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
@@ -210,6 +218,7 @@ impl Settings {
         merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
             jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
             redis_prefix, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
+            presence_diff_interval_ms, presence_diff_max,
             database_url, data_dir, archive_queue, archive_retention_days, log_format, log, max_connections, max_connections_per_user,
             max_subscriptions, publish_rate, publish_burst, subscribe_rate, subscribe_burst,
             max_rate_limited_per_minute, max_bad_frames_per_minute, max_frame_size,
@@ -354,6 +363,10 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// Presence heartbeat interval.
     pub presence_heartbeat: Duration,
+    /// How long presence changes gather before a `presence_diff`.
+    pub presence_diff_interval: Duration,
+    /// Most users listed in one `presence_diff`.
+    pub presence_diff_max: usize,
     /// The message archive, when on.
     pub archive: Option<ArchiveSettings>,
 }
@@ -560,6 +573,10 @@ impl Config {
             namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
             redis,
             presence_heartbeat: Duration::from_secs(s.presence_heartbeat_secs.unwrap_or(10).max(1)),
+            presence_diff_interval: Duration::from_millis(
+                s.presence_diff_interval_ms.unwrap_or(250).clamp(10, 60_000),
+            ),
+            presence_diff_max: s.presence_diff_max.unwrap_or(200),
             archive,
         })
     }

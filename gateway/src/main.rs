@@ -107,6 +107,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     node.registry.heartbeat(node.info()).await?;
     tokio::spawn(node.clone().run_maintenance());
     tokio::spawn(node.clone().run_presence_heartbeat());
+    tokio::spawn(node.clone().run_presence_diffs());
     tracing::info!(
         addr = %addr,
         node = %node.config.node_id,

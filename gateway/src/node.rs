@@ -2,7 +2,7 @@
 //! node-level operations on it: joining and leaving channels (serialised per channel),
 //! recovery, and periodic upkeep.
 
-use crate::acl::Acl;
+use crate::acl::{Acl, JoinLeave};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::{Conn, Delivery};
@@ -164,15 +164,18 @@ impl Node {
     /// Adds `conn` to `channel`: the hub, then the broker's interest (the node's first local
     /// subscriber; awaited, so the subscription is live when this returns), then presence.
     /// Callers that recover history put the connection in recovery first, so that nothing
-    /// delivered from here on is lost or doubled.
+    /// delivered from here on is lost or doubled. `join_leave` says how the connection hears
+    /// of presence changes (`None`: the namespace's default).
     pub async fn join(
         &self,
         conn: &Arc<Conn>,
         channel: &Arc<str>,
         name: Option<&str>,
+        join_leave: Option<JoinLeave>,
     ) -> Result<(), BrokerError> {
         let mut live = self.locks.lock(channel).await;
-        self.hub.subscribe(channel, conn);
+        self.hub
+            .subscribe(channel, conn, self.join_leave(channel, join_leave));
         if !live.contains(channel) {
             if let Err(e) = self.broker.subscribe(channel).await {
                 self.hub.unsubscribe(channel, conn);
@@ -189,6 +192,14 @@ impl Node {
             .await;
         }
         Ok(())
+    }
+
+    /// How a subscription to `channel` that asked for `wanted` hears of presence changes.
+    pub fn join_leave(&self, channel: &str, wanted: Option<JoinLeave>) -> JoinLeave {
+        match self.acl.join_leave(channel) {
+            JoinLeave::Off if !self.acl.presence_enabled(channel) => JoinLeave::Off,
+            default => wanted.unwrap_or(default),
+        }
     }
 
     /// Removes `conn` from `channel`: the hub and presence at once; the broker's interest a
@@ -320,6 +331,17 @@ impl Node {
         }
     }
 
+    /// Pushes the gathered presence changes as `presence_diff`s, every
+    /// `--presence-diff-interval-ms`.
+    pub async fn run_presence_diffs(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.presence_diff_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.hub.flush_presence(self.config.presence_diff_max);
+        }
+    }
+
     /// Presence heartbeats, every `--presence-heartbeat-secs`: keeps this node's entries
     /// alive (putting back lost ones) and announces the changes found.
     pub async fn run_presence_heartbeat(self: Arc<Self>) {
@@ -437,7 +459,7 @@ mod tests {
     /// What a subscribe command does: recovery buffer, join, recover.
     async fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, channel: &Arc<str>) {
         conn.begin_recovery(channel.clone());
-        node.join(conn, channel, None).await.unwrap();
+        node.join(conn, channel, None, None).await.unwrap();
         node.recover(conn, 1, channel, Some(0), None).await.unwrap();
     }
 
@@ -582,7 +604,7 @@ mod tests {
                         if self.subs[slot].insert(ch) {
                             let conn = self.conns[slot].clone();
                             self.node
-                                .join(&conn, &Self::channel(ch), None)
+                                .join(&conn, &Self::channel(ch), None, None)
                                 .await
                                 .unwrap();
                         }

@@ -5,7 +5,7 @@
 //! queue: it feeds many frames and flushes once. Writes race the close request, so a stalled
 //! client cannot keep its task from noticing `slow_consumer`, a drain or a kick.
 
-use crate::acl::{Action, PERSONAL_PREFIX};
+use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
 use crate::conn::{Conn, Outbound};
 use crate::limits::{MinuteCounter, TokenBucket};
@@ -170,7 +170,7 @@ impl Session {
             node.config.limits.ping_interval.as_secs(),
         ));
         let personal: Arc<str> = format!("{PERSONAL_PREFIX}{}", self.conn.user).into();
-        if let Err(e) = Box::pin(self.join(personal)).await {
+        if let Err(e) = Box::pin(self.join(personal, None)).await {
             tracing::warn!(error = %e, "personal channel subscribe failed");
             return End::Close(CloseReason::Internal);
         }
@@ -386,10 +386,15 @@ impl Session {
     }
 
     /// Joins `channel` and lists it. Live publications are queued as they come, unless the
-    /// caller put the connection in recovery for the channel first.
-    pub(crate) async fn join(&mut self, channel: Arc<str>) -> Result<(), BrokerError> {
+    /// caller put the connection in recovery for the channel first. `join_leave`: how the
+    /// connection hears of presence changes (`None`: the namespace's default).
+    pub(crate) async fn join(
+        &mut self,
+        channel: Arc<str>,
+        join_leave: Option<JoinLeave>,
+    ) -> Result<(), BrokerError> {
         self.node
-            .join(&self.conn, &channel, self.name.as_deref())
+            .join(&self.conn, &channel, self.name.as_deref(), join_leave)
             .await?;
         self.subs.push(channel);
         Ok(())

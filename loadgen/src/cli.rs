@@ -118,6 +118,10 @@ pub enum Scenario {
         /// Payload bytes (padding) per message.
         #[arg(long, default_value_t = 0)]
         payload: usize,
+        /// Room channels are `<prefix>lg<n>`: `room:` has presence on by default, `bench:`
+        /// (granted by minted tokens) has none, like the peers.
+        #[arg(long, default_value = "room:")]
+        channel_prefix: String,
     },
     /// P publishers, M subscribers on one channel.
     Broadcast {
@@ -154,6 +158,26 @@ pub enum Scenario {
         /// Seconds.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Room channels are `<prefix>lg<n>` (see `chat`).
+        #[arg(long, default_value = "room:")]
+        channel_prefix: String,
+    },
+    /// N members join one channel (a presence room, or not), then stay for T seconds:
+    /// connects/s and server CPU per connect, presence announcements included.
+    Bigroom {
+        /// Members.
+        #[arg(long, default_value_t = 5000)]
+        members: usize,
+        /// The channel (`room:` has presence; `bench:` has none).
+        #[arg(long, default_value = "room:bigroom")]
+        channel: String,
+        /// How members hear of each other: `diff`, `each`, `off`, or `default` (send no
+        /// `join_leave`: the namespace's default).
+        #[arg(long, default_value = "diff")]
+        join_leave: String,
+        /// Seconds to stay once everyone joined.
+        #[arg(long, default_value_t = 3)]
+        hold: u64,
     },
 }
 
@@ -165,6 +189,7 @@ impl Scenario {
             Scenario::Chat { .. } => "chat",
             Scenario::Broadcast { .. } => "broadcast",
             Scenario::Churn { .. } => "churn",
+            Scenario::Bigroom { .. } => "bigroom",
         }
     }
 
@@ -183,6 +208,7 @@ impl Scenario {
                 churn_rate,
                 ..
             } => measured + *churn_rate as usize * 2,
+            Scenario::Bigroom { members, .. } => *members,
         }
     }
 }

@@ -147,6 +147,8 @@ struct Role {
     publish: Option<(f64, u64)>,
     /// Padding bytes per message.
     payload: usize,
+    /// `join_leave` to subscribe with, if any.
+    join_leave: Option<String>,
 }
 
 impl Worker {
@@ -236,8 +238,9 @@ impl Worker {
                 rate,
                 duration,
                 payload,
+                channel_prefix,
             } => {
-                let members = self.chat_members(users, room_size, rate, payload);
+                let members = self.chat_members(users, room_size, rate, payload, &channel_prefix);
                 self.members(members, duration, None).await
             }
             Scenario::Broadcast {
@@ -256,6 +259,7 @@ impl Worker {
                             publisher: false,
                             publish: None,
                             payload,
+                            join_leave: None,
                         };
                         (format!("lg-sub{i}"), i, role)
                     })
@@ -267,6 +271,7 @@ impl Worker {
                         // Publishers are subscribed too, and get their own messages.
                         publish: Some((rate, (subscribers + publishers) as u64)),
                         payload,
+                        join_leave: None,
                     };
                     members.push((format!("lg-pub{p}"), subscribers + p, role));
                 }
@@ -278,11 +283,34 @@ impl Worker {
                 rate,
                 churn_rate,
                 duration,
+                channel_prefix,
             } => {
-                let members = self.chat_members(measured, room_size, rate, 0);
+                let members = self.chat_members(measured, room_size, rate, 0, &channel_prefix);
                 let rooms = measured.div_ceil(room_size.max(1));
-                let churn = (churn_rate as f64 / self.count as f64, rooms);
+                let churn = (churn_rate as f64 / self.count as f64, rooms, channel_prefix);
                 self.members(members, duration, Some(churn)).await
+            }
+            Scenario::Bigroom {
+                members,
+                channel,
+                join_leave,
+                hold,
+            } => {
+                let join_leave = (join_leave != "default").then_some(join_leave);
+                let members = self
+                    .mine(members)
+                    .map(|i| {
+                        let role = Role {
+                            channel: channel.clone(),
+                            publisher: false,
+                            publish: None,
+                            payload: 0,
+                            join_leave: join_leave.clone(),
+                        };
+                        (format!("lg-member{i}"), i, role)
+                    })
+                    .collect();
+                self.members(members, hold, None).await
             }
         }
         self.shared.set_phase(Phase::Done);
@@ -296,6 +324,7 @@ impl Worker {
         room_size: usize,
         rate: f64,
         payload: usize,
+        prefix: &str,
     ) -> Vec<(String, usize, Role)> {
         let room_size = room_size.max(1);
         self.mine(users)
@@ -303,10 +332,11 @@ impl Worker {
                 let room = u / room_size;
                 let in_room = (users - room * room_size).min(room_size) as u64;
                 let role = Role {
-                    channel: format!("room:lg{room}"),
+                    channel: format!("{prefix}lg{room}"),
                     publisher: false,
                     publish: (rate > 0.0).then_some((rate, in_room)),
                     payload,
+                    join_leave: None,
                 };
                 (format!("lg-user{u}"), u, role)
             })
@@ -375,7 +405,7 @@ impl Worker {
         &self,
         members: Vec<(String, usize, Role)>,
         duration: u64,
-        churn: Option<(f64, usize)>,
+        churn: Option<(f64, usize, String)>,
     ) {
         let (start_tx, start_rx) = watch::channel::<Option<Instant>>(None);
         let ready = Arc::new(AtomicUsize::new(0));
@@ -402,9 +432,9 @@ impl Worker {
         tokio::time::sleep_until(run_start.into()).await;
         self.shared.set_phase(Phase::Run);
         let _ = start_tx.send(Some(run_start));
-        let churner = churn.map(|(rate, rooms)| {
+        let churner = churn.map(|(rate, rooms, prefix)| {
             let worker = self.clone();
-            tokio::spawn(async move { worker.churn(rate, rooms, duration).await })
+            tokio::spawn(async move { worker.churn(rate, rooms, &prefix, duration).await })
         });
         tokio::time::sleep_until((run_start + Duration::from_secs(duration)).into()).await;
         self.shared.set_phase(Phase::Drain);
@@ -430,10 +460,11 @@ impl Worker {
         let mut subscribed = None;
         let mut conn = match conn {
             Some(mut conn) => {
-                match conn
-                    .request(json!({"op": "subscribe", "channel": role.channel}))
-                    .await
-                {
+                let mut subscribe = json!({"op": "subscribe", "channel": role.channel});
+                if let Some(mode) = &role.join_leave {
+                    subscribe["join_leave"] = json!(mode);
+                }
+                match conn.request(subscribe).await {
                     Ok(ok) => subscribed = Some(ok["offset"].as_u64().unwrap_or(0)),
                     Err(_) => local.error("subscribe_failed"),
                 }
@@ -545,7 +576,7 @@ impl Worker {
     }
 
     /// Connections that come and go at `rate` per second for `duration` seconds.
-    async fn churn(&self, rate: f64, rooms: usize, duration: u64) {
+    async fn churn(&self, rate: f64, rooms: usize, prefix: &str, duration: u64) {
         let started = Instant::now();
         let end = started + Duration::from_secs(duration);
         let mut k = 0usize;
@@ -558,7 +589,7 @@ impl Worker {
             let n = 1_000_000 + self.index + k * self.count;
             k += 1;
             let worker = self.clone();
-            let room = n % rooms.max(1);
+            let channel = format!("{prefix}lg{}", n % rooms.max(1));
             tasks.push(tokio::spawn(async move {
                 let mut local = Stats::default();
                 if let Some(mut conn) = worker
@@ -566,7 +597,7 @@ impl Worker {
                     .await
                 {
                     if conn
-                        .request(json!({"op": "subscribe", "channel": format!("room:lg{room}")}))
+                        .request(json!({"op": "subscribe", "channel": channel}))
                         .await
                         .is_err()
                     {
@@ -618,7 +649,7 @@ mod tests {
 
     #[test]
     fn chat_rooms_count_their_recipients() {
-        let members = worker(0, 1).chat_members(25, 10, 1.0, 0);
+        let members = worker(0, 1).chat_members(25, 10, 1.0, 0, "room:");
         let last = members.last().unwrap();
         assert_eq!(last.2.channel, "room:lg2");
         assert_eq!(last.2.publish.unwrap().1, 5, "the last room holds 5 users");

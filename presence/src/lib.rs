@@ -25,6 +25,15 @@ pub struct Member {
     pub conns: u32,
 }
 
+/// How many are present on a channel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Distinct users.
+    pub users: u64,
+    /// Their connections, on every node.
+    pub conns: u64,
+}
+
 /// Why a presence call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
@@ -84,8 +93,31 @@ pub trait Presence: Send + Sync + 'static {
     ) -> Result<bool, PresenceError>;
     /// Records one connection fewer on this node; true when it was the user's last anywhere.
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError>;
-    /// The users present on `channel`, sorted by user id.
-    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError>;
+    /// At most `limit` (at least 1) users present on `channel` whose id sorts after
+    /// `after`, in user-id order: a page. Paging on with `after` = the last user returned
+    /// lists every user present throughout exactly once, however the set changes meanwhile.
+    async fn members_page(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, PresenceError>;
+    /// Users and connections present on `channel`, without listing them: O(1).
+    async fn stats(&self, channel: &str) -> Result<Stats, PresenceError>;
+    /// Every user present on `channel`, sorted by user id (pages of 1,000 put together).
+    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
+        const PAGE: usize = 1000;
+        let mut all: Vec<Member> = Vec::new();
+        loop {
+            let after = all.last().map(|m| m.user.clone());
+            let page = self.members_page(channel, after.as_deref(), PAGE).await?;
+            let done = page.len() < PAGE;
+            all.extend(page);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
     /// Keeps this node's entries alive (putting back lost ones) and expires those of dead
     /// nodes; returns the transitions to announce.
     async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError>;

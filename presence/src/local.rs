@@ -1,19 +1,27 @@
 //! Presence kept in process memory.
 
-use crate::{Change, Member, Presence, PresenceError};
+use crate::{Change, Member, Presence, PresenceError, Stats};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 
 struct Entry {
     name: Option<String>,
     conns: u32,
 }
 
+/// One channel's users, in user-id order (so that pages are ranges), and their connections.
+#[derive(Default)]
+struct Channel {
+    users: BTreeMap<String, Entry>,
+    conns: u64,
+}
+
 /// In-process [`Presence`] for one node: the node is the process, so its entries never
 /// outlive it and `heartbeat` has nothing to expire.
 #[derive(Default)]
 pub struct LocalPresence {
-    channels: Mutex<HashMap<String, HashMap<String, Entry>>>,
+    channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl LocalPresence {
@@ -32,8 +40,9 @@ impl Presence for LocalPresence {
         name: Option<&str>,
     ) -> Result<bool, PresenceError> {
         let mut channels = self.channels.lock();
-        let users = channels.entry(channel.to_owned()).or_default();
-        let entry = users.entry(user.to_owned()).or_insert(Entry {
+        let channel = channels.entry(channel.to_owned()).or_default();
+        channel.conns += 1;
+        let entry = channel.users.entry(user.to_owned()).or_insert(Entry {
             name: name.map(str::to_owned),
             conns: 0,
         });
@@ -46,40 +55,59 @@ impl Presence for LocalPresence {
 
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError> {
         let mut channels = self.channels.lock();
-        let Some(users) = channels.get_mut(channel) else {
+        let Some(state) = channels.get_mut(channel) else {
             return Ok(false);
         };
-        let Some(entry) = users.get_mut(user) else {
+        let Some(entry) = state.users.get_mut(user) else {
             return Ok(false);
         };
         entry.conns -= 1;
+        state.conns -= 1;
         let last = entry.conns == 0;
         if last {
-            users.remove(user);
-            if users.is_empty() {
+            state.users.remove(user);
+            if state.users.is_empty() {
                 channels.remove(channel);
             }
         }
         Ok(last)
     }
 
-    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
+    async fn members_page(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, PresenceError> {
         let channels = self.channels.lock();
-        let mut members: Vec<Member> = channels
-            .get(channel)
-            .map(|users| {
-                users
-                    .iter()
-                    .map(|(user, e)| Member {
-                        user: user.clone(),
-                        name: e.name.clone(),
-                        conns: e.conns,
-                    })
-                    .collect()
+        let Some(state) = channels.get(channel) else {
+            return Ok(Vec::new());
+        };
+        let from = match after {
+            Some(user) => Bound::Excluded(user),
+            None => Bound::Unbounded,
+        };
+        Ok(state
+            .users
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(limit.max(1))
+            .map(|(user, e)| Member {
+                user: user.clone(),
+                name: e.name.clone(),
+                conns: e.conns,
             })
-            .unwrap_or_default();
-        members.sort_by(|a, b| a.user.cmp(&b.user));
-        Ok(members)
+            .collect())
+    }
+
+    async fn stats(&self, channel: &str) -> Result<Stats, PresenceError> {
+        let channels = self.channels.lock();
+        Ok(channels
+            .get(channel)
+            .map(|c| Stats {
+                users: c.users.len() as u64,
+                conns: c.conns,
+            })
+            .unwrap_or_default())
     }
 
     async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError> {
@@ -105,5 +133,46 @@ mod tests {
         assert!(p.remove("room:a", "bob").await.unwrap());
         assert!(!p.remove("room:a", "bob").await.unwrap());
         assert_eq!(p.members("room:a").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn pages_list_every_member_once_and_stats_count() {
+        let p = LocalPresence::new();
+        for i in 0..25 {
+            p.add("room:a", &format!("u{i:02}"), None).await.unwrap();
+        }
+        p.add("room:a", "u03", None).await.unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = p
+                .members_page("room:a", after.as_deref(), 10)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|m| m.user.clone());
+            seen.extend(page.into_iter().map(|m| m.user));
+        }
+        let expected: Vec<String> = (0..25).map(|i| format!("u{i:02}")).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(p.members("room:a").await.unwrap().len(), 25);
+        assert_eq!(
+            p.stats("room:a").await.unwrap(),
+            Stats {
+                users: 25,
+                conns: 26
+            }
+        );
+        p.remove("room:a", "u03").await.unwrap();
+        assert_eq!(
+            p.stats("room:a").await.unwrap(),
+            Stats {
+                users: 25,
+                conns: 25
+            }
+        );
+        assert_eq!(p.stats("room:none").await.unwrap(), Stats::default());
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Presence counts connections per (node, user) in each channel (`<prefix>:{<channel>}:pn`),
 //! with a per-user total across nodes (`:pu`, which makes the first-in / last-out answer one
-//! atomic script) and display names (`:pm`). Each node keeps an index of the channels where
+//! atomic script), display names (`:pm`), the users in id order (`:pz`, a sorted set that
+//! pages by range) and the channel's connection count (`:pc`, for O(1) stats). Each node keeps an index of the channels where
 //! it has entries (`<prefix>:pnode:<node>`) and a liveness key (`<prefix>:palive:<node>`,
 //! expiring after three heartbeat intervals). A live node's heartbeat finds nodes whose
 //! liveness key is gone and removes their entries channel by channel; the script returns the
@@ -10,7 +11,9 @@
 //!
 //! The registry is one hash (`<prefix>:nodes`): node id → expiry, connections and URL.
 
-use crate::{Change, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError};
+use crate::{
+    Change, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError, Stats,
+};
 use fred::clients::Client;
 use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 use fred::types::Value;
@@ -23,6 +26,8 @@ const ADD_LUA: &str = include_str!("redis/add.lua");
 const REMOVE_LUA: &str = include_str!("redis/remove.lua");
 const REAP_LUA: &str = include_str!("redis/reap.lua");
 const RESTORE_LUA: &str = include_str!("redis/restore.lua");
+const PAGE_LUA: &str = include_str!("redis/page.lua");
+const STATS_LUA: &str = include_str!("redis/stats.lua");
 
 fn unavailable(e: fred::error::Error) -> PresenceError {
     use fred::error::ErrorKind;
@@ -54,6 +59,8 @@ pub struct RedisPresence {
     remove: Script,
     reap: Script,
     restore: Script,
+    page: Script,
+    stats: Script,
     /// This node's own entries, (channel, user) → (connections, name), to put back what
     /// Redis lost.
     own: Mutex<HashMap<(String, String), OwnEntry>>,
@@ -77,6 +84,8 @@ impl RedisPresence {
             remove: Script::from_lua(REMOVE_LUA),
             reap: Script::from_lua(REAP_LUA),
             restore: Script::from_lua(RESTORE_LUA),
+            page: Script::from_lua(PAGE_LUA),
+            stats: Script::from_lua(STATS_LUA),
             own: Mutex::default(),
         };
         let departures = presence.reap_node(node).await?;
@@ -84,12 +93,16 @@ impl RedisPresence {
         Ok((presence, departures))
     }
 
-    fn channel_keys(&self, channel: &str) -> [String; 3] {
+    /// Per channel: node|user → connections, user → connections, user → name, users in id
+    /// order (for paging), connections in all.
+    fn channel_keys(&self, channel: &str) -> [String; 5] {
         let p = &self.prefix;
         [
             format!("{p}:{{{channel}}}:pn"),
             format!("{p}:{{{channel}}}:pu"),
             format!("{p}:{{{channel}}}:pm"),
+            format!("{p}:{{{channel}}}:pz"),
+            format!("{p}:{{{channel}}}:pc"),
         ]
     }
 
@@ -132,12 +145,20 @@ impl RedisPresence {
             .collect();
         let mut joined = Vec::new();
         for ((channel, user), (count, name)) in own {
-            let [pn, pu, pm] = self.channel_keys(&channel);
+            let [pn, pu, pm, pz, pc] = self.channel_keys(&channel);
             let returned: i64 = self
                 .restore
                 .evalsha_with_reload(
                     &self.client,
-                    vec![pn, pu, pm, self.node_key(&self.node), self.nodes_key()],
+                    vec![
+                        pn,
+                        pu,
+                        pm,
+                        self.node_key(&self.node),
+                        self.nodes_key(),
+                        pz,
+                        pc,
+                    ],
                     vec![
                         self.node.clone(),
                         user.clone(),
@@ -164,12 +185,12 @@ impl RedisPresence {
             .map_err(unavailable)?;
         let mut departures = Vec::new();
         for channel in channels {
-            let [pn, pu, pm] = self.channel_keys(&channel);
+            let [pn, pu, pm, pz, pc] = self.channel_keys(&channel);
             let gone: Vec<String> = self
                 .reap
                 .evalsha_with_reload(
                     &self.client,
-                    vec![pn, pu, pm, self.node_key(node)],
+                    vec![pn, pu, pm, self.node_key(node), pz, pc],
                     vec![node.to_owned(), channel.clone()],
                 )
                 .await
@@ -201,11 +222,19 @@ impl RedisPresence {
         user: &str,
         name: Option<&str>,
     ) -> Result<bool, PresenceError> {
-        let [pn, pu, pm] = self.channel_keys(channel);
+        let [pn, pu, pm, pz, pc] = self.channel_keys(channel);
         let changed: i64 = script
             .evalsha_with_reload(
                 &self.client,
-                vec![pn, pu, pm, self.node_key(&self.node), self.nodes_key()],
+                vec![
+                    pn,
+                    pu,
+                    pm,
+                    self.node_key(&self.node),
+                    self.nodes_key(),
+                    pz,
+                    pc,
+                ],
                 vec![
                     self.node.clone(),
                     user.to_owned(),
@@ -252,22 +281,45 @@ impl Presence for RedisPresence {
         Ok(last)
     }
 
-    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
-        let [_, pu, pm] = self.channel_keys(channel);
-        let totals: HashMap<String, i64> = self.client.hgetall(pu).await.map_err(unavailable)?;
-        let mut names: HashMap<String, String> =
-            self.client.hgetall(pm).await.map_err(unavailable)?;
-        let mut members: Vec<Member> = totals
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(user, n)| Member {
-                name: names.remove(&user),
-                user,
-                conns: n as u32,
+    async fn members_page(
+        &self,
+        channel: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, PresenceError> {
+        let [_, pu, pm, pz, _] = self.channel_keys(channel);
+        let flat: Vec<String> = self
+            .page
+            .evalsha_with_reload(
+                &self.client,
+                vec![pz, pu, pm],
+                vec![after.unwrap_or("").to_owned(), limit.max(1).to_string()],
+            )
+            .await
+            .map_err(unavailable)?;
+        flat.chunks(3)
+            .map(|entry| match entry {
+                [user, conns, name] => Ok(Member {
+                    user: user.clone(),
+                    name: (!name.is_empty()).then(|| name.clone()),
+                    conns: conns.parse().unwrap_or(0),
+                }),
+                _ => Err(PresenceError::Backend("presence page cut short".into())),
             })
-            .collect();
-        members.sort_by(|a, b| a.user.cmp(&b.user));
-        Ok(members)
+            .collect()
+    }
+
+    async fn stats(&self, channel: &str) -> Result<Stats, PresenceError> {
+        let [_, pu, _, _, pc] = self.channel_keys(channel);
+        let (users, conns): (i64, i64) = self
+            .stats
+            .evalsha_with_reload(&self.client, vec![pu, pc], ())
+            .await
+            .map_err(unavailable)?;
+        Ok(Stats {
+            users: users.max(0) as u64,
+            conns: conns.max(0) as u64,
+        })
     }
 
     async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError> {

@@ -3,7 +3,7 @@
 //! recovery) in `node.rs`; the socket and the queue in `session.rs`.
 
 mod history;
-mod presence;
+pub(crate) mod presence;
 mod publish;
 mod refresh;
 mod subscribe;
@@ -21,14 +21,20 @@ impl Session {
                 channel,
                 since,
                 epoch,
-            } => subscribe::apply(self, id, channel, since, epoch).await,
+                join_leave,
+            } => subscribe::apply(self, id, channel, since, epoch, join_leave).await,
             Op::Unsubscribe { channel } => unsubscribe::apply(self, id, &channel).await,
             Op::Publish {
                 channel,
                 data,
                 idem,
             } => publish::apply(self, id, channel, data, idem).await,
-            Op::Presence { channel } => presence::apply(self, id, &channel).await,
+            Op::Presence {
+                channel,
+                limit,
+                cursor,
+            } => presence::apply(self, id, &channel, limit, cursor).await,
+            Op::PresenceStats { channel } => presence::stats(self, id, &channel).await,
             Op::History {
                 channel,
                 since,

@@ -1,24 +1,108 @@
-//! `presence`: the members of a presence-enabled channel, merged across nodes.
+//! `presence` and `presence_stats`: the members of a presence-enabled channel, merged across
+//! nodes, a page at a time; or only how many there are.
 
 use crate::acl::Action;
 use crate::protocol::{ErrorCode, members_json};
 use crate::session::{End, Session};
-use serde_json::json;
+use presence::{Member, Presence, PresenceError};
+use serde_json::{Value, json};
 
-pub(super) async fn apply(session: &mut Session, id: i64, channel: &str) -> Option<End> {
+/// Most bytes of members in one answer without `limit` (it then ends with a `cursor`).
+const MAX_REPLY_BYTES: usize = 1 << 20;
+/// Members read from the backend at a time when no `limit` is given.
+const PAGE: usize = 1000;
+
+/// Why a presence read is refused before the backend is asked.
+fn refusal(session: &Session, channel: &str) -> Option<(ErrorCode, &'static str)> {
     if !session.allowed(channel, Action::Subscribe) {
-        session.error(id, ErrorCode::Forbidden, "not allowed on this channel");
+        Some((ErrorCode::Forbidden, "not allowed on this channel"))
     } else if !session.node.acl.presence_enabled(channel) {
-        session.error(
-            id,
+        Some((
             ErrorCode::BadRequest,
             "presence is not enabled for this channel's namespace",
-        );
+        ))
     } else {
-        match session.node.presence.members(channel).await {
-            Ok(members) => session.reply(id, &json!({ "members": members_json(&members) })),
-            Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
-        }
+        None
+    }
+}
+
+pub(super) async fn apply(
+    session: &mut Session,
+    id: i64,
+    channel: &str,
+    limit: Option<u64>,
+    cursor: Option<String>,
+) -> Option<End> {
+    if let Some((code, why)) = refusal(session, channel) {
+        session.error(id, code, why);
+        return None;
+    }
+    let presence = session.node.presence.clone();
+    match page(&*presence, channel, limit, cursor).await {
+        Ok(body) => session.reply(id, &body),
+        Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
     }
     None
+}
+
+pub(super) async fn stats(session: &mut Session, id: i64, channel: &str) -> Option<End> {
+    if let Some((code, why)) = refusal(session, channel) {
+        session.error(id, code, why);
+        return None;
+    }
+    match session.node.presence.stats(channel).await {
+        Ok(s) => session.reply(id, &json!({ "users": s.users, "conns": s.conns })),
+        Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
+    }
+    None
+}
+
+/// One answer of `presence` (and `GET /api/presence`): `{"members"}`, plus `"cursor"` when
+/// more members follow. With `limit`, at most that many; without, every member that fits in
+/// [`MAX_REPLY_BYTES`].
+pub async fn page(
+    presence: &dyn Presence,
+    channel: &str,
+    limit: Option<u64>,
+    cursor: Option<String>,
+) -> Result<Value, PresenceError> {
+    let mut members: Vec<Member> = Vec::new();
+    let mut after = cursor;
+    let mut more = false;
+    match limit {
+        Some(limit) => {
+            let limit = limit as usize;
+            members = presence
+                .members_page(channel, after.as_deref(), limit + 1)
+                .await?;
+            more = members.len() > limit;
+            members.truncate(limit);
+        }
+        None => {
+            let mut bytes = 0;
+            'pages: loop {
+                let page = presence
+                    .members_page(channel, after.as_deref(), PAGE)
+                    .await?;
+                let full = page.len() == PAGE;
+                for m in page {
+                    bytes += m.user.len() + m.name.as_ref().map_or(0, String::len) + 48;
+                    if bytes > MAX_REPLY_BYTES {
+                        more = true;
+                        break 'pages;
+                    }
+                    members.push(m);
+                }
+                if !full {
+                    break;
+                }
+                after = members.last().map(|m| m.user.clone());
+            }
+        }
+    }
+    let mut body = json!({ "members": members_json(&members) });
+    if more && let Some(last) = members.last() {
+        body["cursor"] = json!(last.user);
+    }
+    Ok(body)
 }

@@ -1,6 +1,6 @@
 //! `subscribe`: join a channel (or re-sync one already joined) and recover from `since`.
 
-use crate::acl::{Action, PERSONAL_PREFIX};
+use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::protocol::ErrorCode;
 use crate::session::{End, Session};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ pub(super) async fn apply(
     channel: String,
     since: Option<u64>,
     epoch: Option<String>,
+    join_leave: Option<JoinLeave>,
 ) -> Option<End> {
     if !session.allowed(&channel, Action::Subscribe) {
         session.error(
@@ -27,8 +28,13 @@ pub(super) async fn apply(
     }
     let existing = session.subs.iter().find(|c| ***c == *channel).cloned();
     let channel: Arc<str> = match existing {
-        // Already subscribed: a re-sync (reply and replay again, no second join).
+        // Already subscribed: a re-sync (reply and replay again, no second join); a
+        // `join_leave` given changes how presence changes reach this connection.
         Some(channel) => {
+            if join_leave.is_some() {
+                let mode = session.node.join_leave(&channel, join_leave);
+                session.node.hub.subscribe(&channel, &session.conn, mode);
+            }
             session.conn.begin_recovery(channel.clone());
             channel
         }
@@ -50,7 +56,7 @@ pub(super) async fn apply(
             let channel: Arc<str> = channel.into();
             // Buffer live publications before the hub can deliver any (join registers).
             session.conn.begin_recovery(channel.clone());
-            if let Err(e) = session.join(channel.clone()).await {
+            if let Err(e) = session.join(channel.clone(), join_leave).await {
                 session.conn.abort_recovery(&channel);
                 session.broker_error(id, e);
                 return None;

@@ -5,7 +5,7 @@ use super::read_body;
 use crate::acl::valid_channel;
 use crate::metrics::metrics;
 use crate::node::Node;
-use crate::protocol::{Encoding, ErrorCode, HistoryReply, history_body, members_json};
+use crate::protocol::{Encoding, ErrorCode, HistoryReply, history_body};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -121,16 +121,47 @@ pub async fn publish(
     ))
 }
 
-/// `GET /api/presence/{channel}`.
+#[derive(Deserialize)]
+pub struct PresenceParams {
+    limit: Option<u64>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/presence/{channel}?limit=&cursor=`: a page of members, as the `presence` op.
 pub async fn presence(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    params: Result<Query<PresenceParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    check_channel(&channel)?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let max = crate::protocol::MAX_PRESENCE_LIMIT;
+    if params.limit.is_some_and(|l| l == 0 || l > max) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("limit must be 1..={max}"),
+        ));
+    }
+    if params.cursor.as_ref().is_some_and(|c| c.is_empty()) {
+        return Err(ApiError::new(ErrorCode::BadRequest, "cursor is empty"));
+    }
+    let body =
+        crate::cmd::presence::page(&*node.presence, &channel, params.limit, params.cursor).await?;
+    Ok(Json(body))
+}
+
+/// `GET /api/presence/{channel}/stats`: users and connections, as `presence_stats`.
+pub async fn presence_stats(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     Path(channel): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
     check_channel(&channel)?;
-    let members = node.presence.members(&channel).await?;
-    Ok(Json(json!({ "members": members_json(&members) })))
+    let stats = node.presence.stats(&channel).await?;
+    Ok(Json(json!({ "users": stats.users, "conns": stats.conns })))
 }
 
 #[derive(Deserialize)]

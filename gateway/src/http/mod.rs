@@ -23,6 +23,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/api/publish", post(api::publish))
         .route("/api/presence/{channel}", get(api::presence))
+        .route("/api/presence/{channel}/stats", get(api::presence_stats))
         .route("/api/history/{channel}", get(api::history))
         .route("/api/disconnect", post(api::disconnect))
         .route("/api/unsubscribe", post(api::unsubscribe))

@@ -1,7 +1,7 @@
 //! Decoding client commands from either encoding.
 
 use super::{Encoding, ErrorCode};
-use crate::acl::valid_channel;
+use crate::acl::{JoinLeave, valid_channel};
 use fanout::Payload;
 use serde_json::{Map, Value};
 
@@ -11,6 +11,10 @@ pub const MAX_IDEM_LEN: usize = 128;
 pub const MAX_HISTORY_LIMIT: u64 = 1000;
 /// `history` limit when none is given.
 pub const DEFAULT_HISTORY_LIMIT: u64 = 100;
+/// Largest `presence` page.
+pub const MAX_PRESENCE_LIMIT: u64 = 1000;
+/// Longest `presence` cursor, bytes (a user id).
+const MAX_CURSOR_LEN: usize = 256;
 /// Deepest nesting of arrays and maps in a payload, in either encoding: deep enough for any
 /// real message, shallow enough that every frame carrying it (a `history` reply nests it four
 /// levels further) stays within common parsers' limits (128 in serde_json).
@@ -72,6 +76,8 @@ pub enum Op {
         since: Option<u64>,
         /// Epoch of `since`.
         epoch: Option<String>,
+        /// How to hear of presence changes (the namespace's default when `None`).
+        join_leave: Option<JoinLeave>,
     },
     /// Unsubscribe.
     Unsubscribe {
@@ -87,8 +93,17 @@ pub enum Op {
         /// Idempotency key.
         idem: Option<String>,
     },
-    /// List members.
+    /// List members, a page at a time.
     Presence {
+        /// Channel.
+        channel: String,
+        /// Most members (every member, within one reply's size, when `None`).
+        limit: Option<u64>,
+        /// Where the previous page ended.
+        cursor: Option<String>,
+    },
+    /// Count members and their connections.
+    PresenceStats {
         /// Channel.
         channel: String,
     },
@@ -183,6 +198,7 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
             channel: fields.channel()?,
             since: fields.opt_u64("since")?,
             epoch: fields.opt_string("epoch")?,
+            join_leave: fields.join_leave()?,
         },
         "unsubscribe" => Op::Unsubscribe {
             channel: fields.channel()?,
@@ -218,7 +234,28 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
                 idem,
             }
         }
-        "presence" => Op::Presence {
+        "presence" => {
+            let limit = fields.opt_u64("limit")?;
+            if limit.is_some_and(|l| l == 0 || l > MAX_PRESENCE_LIMIT) {
+                return Err(CommandError::bad(
+                    id,
+                    format!("limit must be 1..={MAX_PRESENCE_LIMIT}"),
+                ));
+            }
+            let cursor = fields.opt_string("cursor")?;
+            if cursor
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c.len() > MAX_CURSOR_LEN)
+            {
+                return Err(CommandError::bad(id, "cursor is not one this server gave"));
+            }
+            Op::Presence {
+                channel: fields.channel()?,
+                limit,
+                cursor,
+            }
+        }
+        "presence_stats" => Op::PresenceStats {
             channel: fields.channel()?,
         },
         "history" => {
@@ -280,6 +317,20 @@ impl Fields {
         }
     }
 
+    /// `join_leave`: `"off"`, `"diff"`, `"each"`, or a boolean (`true` is `"diff"`).
+    fn join_leave(&self) -> Result<Option<JoinLeave>, CommandError> {
+        const WHY: &str = "join_leave must be \"off\", \"diff\", \"each\" or a boolean";
+        match self.map.get("join_leave") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(true)) => Ok(Some(JoinLeave::Diff)),
+            Some(Value::Bool(false)) => Ok(Some(JoinLeave::Off)),
+            Some(Value::String(s)) => JoinLeave::parse(s)
+                .map(Some)
+                .ok_or_else(|| CommandError::bad(self.id, WHY)),
+            Some(_) => Err(CommandError::bad(self.id, WHY)),
+        }
+    }
+
     fn channel(&self) -> Result<String, CommandError> {
         let channel = self
             .opt_string("channel")?
@@ -335,6 +386,49 @@ mod tests {
                 since: None,
                 before: None,
                 limit: 100
+            }
+        );
+        assert_eq!(
+            json(json!({"id": 1, "op": "subscribe", "channel": "c", "join_leave": true}))
+                .unwrap()
+                .op,
+            Op::Subscribe {
+                channel: "c".into(),
+                since: None,
+                epoch: None,
+                join_leave: Some(JoinLeave::Diff),
+            }
+        );
+        for (value, mode) in [
+            (json!(false), JoinLeave::Off),
+            (json!("off"), JoinLeave::Off),
+            (json!("diff"), JoinLeave::Diff),
+            (json!("each"), JoinLeave::Each),
+        ] {
+            let op = json(json!({"id": 1, "op": "subscribe", "channel": "c", "join_leave": value}))
+                .unwrap()
+                .op;
+            assert!(
+                matches!(op, Op::Subscribe { join_leave: Some(m), .. } if m == mode),
+                "{op:?}"
+            );
+        }
+        assert_eq!(
+            json(json!({"id": 1, "op": "presence", "channel": "c", "limit": 10, "cursor": "bob"}))
+                .unwrap()
+                .op,
+            Op::Presence {
+                channel: "c".into(),
+                limit: Some(10),
+                cursor: Some("bob".into()),
+            }
+        );
+        assert_eq!(
+            json(json!({"id": 1, "op": "presence_stats", "channel": "c"}))
+                .unwrap()
+                .op,
+            Op::PresenceStats {
+                channel: "c".into()
             }
         );
     }
@@ -393,6 +487,11 @@ mod tests {
             json!({"id": 3, "op": "subscribe", "channel": "a", "since": -1}),
             json!({"id": 3, "op": "history", "channel": "a", "limit": 1001}),
             json!({"id": 3, "op": "publish", "channel": "a"}),
+            json!({"id": 3, "op": "subscribe", "channel": "a", "join_leave": "sometimes"}),
+            json!({"id": 3, "op": "subscribe", "channel": "a", "join_leave": 1}),
+            json!({"id": 3, "op": "presence", "channel": "a", "limit": 0}),
+            json!({"id": 3, "op": "presence", "channel": "a", "limit": 1001}),
+            json!({"id": 3, "op": "presence", "channel": "a", "cursor": ""}),
         ];
         for case in cases {
             let err = json(case.clone()).unwrap_err();

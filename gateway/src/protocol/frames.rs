@@ -182,6 +182,45 @@ pub fn control_frame(encoding: Encoding, event: &ControlEvent) -> Bytes {
 }
 
 #[derive(Serialize)]
+struct PresenceDiffPush<'a> {
+    op: &'static str,
+    channel: &'a str,
+    joins: Vec<&'a str>,
+    leaves: Vec<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    overflow: bool,
+}
+
+/// A `presence_diff` push: the users who joined and left `channel` since the last one. Past
+/// `max_users` users the lists are left empty and `overflow` says to re-read `presence`.
+pub fn presence_diff_frame(
+    encoding: Encoding,
+    channel: &str,
+    changes: &crate::hub::PresenceChanges,
+    max_users: usize,
+) -> Bytes {
+    let overflow = changes.joins.len() + changes.leaves.len() > max_users;
+    encode(
+        encoding,
+        &PresenceDiffPush {
+            op: "presence_diff",
+            channel,
+            joins: if overflow {
+                Vec::new()
+            } else {
+                changes.joins.iter().map(|u| &**u).collect()
+            },
+            leaves: if overflow {
+                Vec::new()
+            } else {
+                changes.leaves.iter().map(|u| &**u).collect()
+            },
+            overflow,
+        },
+    )
+}
+
+#[derive(Serialize)]
 struct UnsubscribePush<'a> {
     op: &'static str,
     channel: &'a str,

@@ -5,12 +5,12 @@ mod frames;
 
 pub use command::{
     Command, CommandError, DEFAULT_HISTORY_LIMIT, MAX_DATA_DEPTH, MAX_HISTORY_LIMIT, MAX_IDEM_LEN,
-    Op, decode, json_text_depth,
+    MAX_PRESENCE_LIMIT, Op, decode, json_text_depth,
 };
 pub use frames::{
     HistoryReply, control_frame, disconnect_frame, error_frame, frame_bytes, history_body,
-    history_reply_frame, members_json, message_frame, reply_frame, to_message, unsubscribe_frame,
-    welcome_frame,
+    history_reply_frame, members_json, message_frame, presence_diff_frame, reply_frame, to_message,
+    unsubscribe_frame, welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.

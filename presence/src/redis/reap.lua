@@ -1,5 +1,6 @@
 -- Removes a dead node's entries from one channel.
--- KEYS: 1 node|user -> count, 2 user -> total, 3 user -> name, 4 the dead node's channels
+-- KEYS: 1 node|user -> count, 2 user -> total, 3 user -> name, 4 the dead node's channels,
+--       5 users in id order, 6 connections on the channel
 -- ARGV: 1 dead node, 2 channel
 -- Returns the users whose last connection was there (they left the channel).
 local prefix = ARGV[1] .. '|'
@@ -10,9 +11,13 @@ for i = 1, #fields, 2 do
   if string.sub(field, 1, #prefix) == prefix then
     local user = string.sub(field, #prefix + 1)
     redis.call('HDEL', KEYS[1], field)
+    if redis.call('DECRBY', KEYS[6], tonumber(fields[i + 1])) <= 0 then
+      redis.call('DEL', KEYS[6])
+    end
     if redis.call('HINCRBY', KEYS[2], user, -tonumber(fields[i + 1])) <= 0 then
       redis.call('HDEL', KEYS[2], user)
       redis.call('HDEL', KEYS[3], user)
+      redis.call('ZREM', KEYS[5], user)
       gone[#gone + 1] = user
     end
   end

@@ -9,12 +9,16 @@ if n <= 0 then
     return 0
   end
 end
+if redis.call('DECR', KEYS[7]) <= 0 then
+  redis.call('DEL', KEYS[7])
+end
 if redis.call('HINCRBY', KEYS[4], ARGV[4], -1) <= 0 then
   redis.call('HDEL', KEYS[4], ARGV[4])
 end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], ARGV[2])
+  redis.call('ZREM', KEYS[6], ARGV[2])
   return 1
 end
 return 0

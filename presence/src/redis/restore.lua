@@ -11,11 +11,13 @@ end
 local missing = count - current
 redis.call('HSET', KEYS[1], field, count)
 redis.call('HINCRBY', KEYS[4], ARGV[4], missing)
+redis.call('INCRBY', KEYS[7], missing)
 redis.call('SADD', KEYS[5], ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], missing) == missing then
+  redis.call('ZADD', KEYS[6], 0, ARGV[2])
   return 1
 end
 return 0

@@ -226,9 +226,34 @@ async fn a_killed_nodes_users_leave_presence_by_themselves() {
     let mut ann = Client::connect(a.addr(), &tok("ann")).await;
     ann.subscribe("room:k").await;
     presence_push(&mut ann, secs(5)).await;
+    // Carl, on node a, hears of changes in diffs, bob's from node b included.
+    let mut carl = Client::connect(a.addr(), &tok("carl")).await;
+    carl.request_ok(
+        "subscribe",
+        json!({"channel": "room:k", "join_leave": "diff"}),
+    )
+    .await;
     let mut bob = Client::connect(b.addr(), &tok("bob")).await;
     bob.subscribe("room:k").await;
+    let mut bob2 = Client::connect(b.addr(), &tok("bob")).await;
+    bob2.subscribe("room:k").await;
+    assert_eq!(presence_push(&mut ann, secs(5)).await["user"], "carl");
     assert_eq!(presence_push(&mut ann, secs(5)).await["op"], "join");
+    let stats = ann
+        .request_ok("presence_stats", json!({"channel": "room:k"}))
+        .await;
+    assert_eq!(stats, json!({"users": 3, "conns": 4}));
+    let joined = carl
+        .next_push(secs(5))
+        .await
+        .expect("a diff with carl and bob");
+    let mut joins = joined["joins"].as_array().cloned().unwrap_or_default();
+    while joins.len() < 2 {
+        let more = carl.next_push(secs(5)).await.expect("bob's join in a diff");
+        joins.extend(more["joins"].as_array().cloned().unwrap_or_default());
+    }
+    joins.sort_by_key(|u| u.to_string());
+    assert_eq!(joins, vec![json!("bob"), json!("carl")]);
     let killed = Instant::now();
     b.send_signal("KILL");
     let leave = presence_push(&mut ann, secs(15)).await;
@@ -240,7 +265,23 @@ async fn a_killed_nodes_users_leave_presence_by_themselves() {
     let members = ann
         .request_ok("presence", json!({"channel": "room:k"}))
         .await;
-    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    assert_eq!(members["members"].as_array().unwrap().len(), 2, "{members}");
+    let stats = ann
+        .request_ok("presence_stats", json!({"channel": "room:k"}))
+        .await;
+    assert_eq!(
+        stats,
+        json!({"users": 2, "conns": 2}),
+        "the dead node's counts went too"
+    );
+    let diff = carl
+        .next_push(secs(5))
+        .await
+        .expect("bob's leave in a diff");
+    assert_eq!(
+        diff,
+        json!({"op": "presence_diff", "channel": "room:k", "joins": [], "leaves": ["bob"]})
+    );
 }
 
 #[tokio::test]

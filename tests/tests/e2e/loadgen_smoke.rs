@@ -122,6 +122,57 @@ fn flood_and_churn_smoke() {
     assert_clean(&json);
 }
 
+/// One big room filled in each presence mode, and without presence; chat in a presence-less
+/// namespace (what the benchmark compares with the peers).
+#[test]
+fn bigroom_smoke_in_every_presence_mode() {
+    let gw = bench_gateway();
+    for (channel, mode) in [
+        ("room:big", "diff"),
+        ("room:big", "each"),
+        ("room:big", "default"),
+        ("bench:big", "off"),
+    ] {
+        let (ok, json) = loadgen(
+            &gw,
+            &[
+                "bigroom",
+                "--members",
+                "200",
+                "--hold",
+                "1",
+                "--channel",
+                channel,
+                "--join-leave",
+                mode,
+            ],
+        );
+        assert!(ok, "{mode}: {json:#}");
+        assert_clean(&json);
+        assert_eq!(json["connections"], 200, "{mode}: {json:#}");
+        assert!(json["server_cpu_us_per_connect"].as_f64().is_some());
+    }
+    let (ok, json) = loadgen(
+        &gw,
+        &[
+            "chat",
+            "--users",
+            "100",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--duration",
+            "2",
+            "--channel-prefix",
+            "bench:",
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["received"], json["expected"]);
+}
+
 /// With `--route`, every user asks `/v1/route` for its node (the one node, here).
 #[test]
 fn chat_through_route_lookup() {

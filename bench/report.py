@@ -17,9 +17,19 @@ import math
 import sys
 from pathlib import Path
 
-SERVER_ORDER = ["gateway", "bun", "socketio"]
-SERVER_LABEL = {"gateway": "gateway", "bun": "Bun", "socketio": "socket.io"}
-SERVER_COLOR = {"gateway": "#d95f02", "bun": "#7570b3", "socketio": "#1b9e77"}
+SERVER_ORDER = ["before", "gateway", "bun", "socketio"]
+SERVER_LABEL = {
+    "before": "gateway (before)",
+    "gateway": "gateway",
+    "bun": "Bun",
+    "socketio": "socket.io",
+}
+SERVER_COLOR = {
+    "before": "#fdae61",
+    "gateway": "#d95f02",
+    "bun": "#7570b3",
+    "socketio": "#1b9e77",
+}
 SCENARIO_ORDER = [
     "flood",
     "flood-1000",
@@ -48,15 +58,6 @@ def order_key(items, order):
 
 def load(directory):
     """{(server, scenario): report} and meta (a dict, maybe empty)."""
-    runs = {}
-    for path in sorted(directory.glob("*.json")):
-        if path.name == "meta.json" or "-" not in path.stem:
-            continue
-        server, scenario = path.stem.split("-", 1)
-        try:
-            runs[(server, scenario)] = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            print(f"report: skipping {path.name}: {e}", file=sys.stderr)
     meta_path = directory / "meta.json"
     meta = {}
     if meta_path.exists():
@@ -64,6 +65,22 @@ def load(directory):
             meta = json.loads(meta_path.read_text())
         except ValueError as e:
             print(f"report: meta.json unreadable: {e}", file=sys.stderr)
+    # Server names may hold dashes (gw-<label>): the longest listed name that prefixes the
+    # file name wins; otherwise the part before the first dash.
+    known = sorted(set(meta.get("servers") or []) | set(SERVER_ORDER), key=len, reverse=True)
+    runs = {}
+    for path in sorted(directory.glob("*.json")):
+        if path.name == "meta.json" or "-" not in path.stem:
+            continue
+        server = next((k for k in known if path.stem.startswith(k + "-")), None)
+        if server is None:
+            server, scenario = path.stem.split("-", 1)
+        else:
+            scenario = path.stem[len(server) + 1 :]
+        try:
+            runs[(server, scenario)] = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"report: skipping {path.name}: {e}", file=sys.stderr)
     return runs, meta
 
 

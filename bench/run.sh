@@ -8,7 +8,11 @@
 #   QUICK=1 bench/run.sh             # tiny sizes, a couple of seconds per scenario (smoke)
 #
 # Environment:
-#   SERVERS     subset of: gateway bun socketio                  (default: all three)
+#   SERVERS     subset of: gateway bun socketio before           (default: gateway bun socketio)
+#               before: an earlier gateway build ($GATEWAY_BEFORE), run with the same flags, so
+#               that a change is measured before and after in one run
+#               gw-<label>: the gateway binary $GATEWAY_VARIANTS/gw-<label> (experiments: an
+#               allocator, a scheduling change), same flags
 #   SCENARIOS   subset of: flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k
 #               broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off
 #                                                                (default: all)
@@ -42,7 +46,8 @@ BUDGET_SECS=${BUDGET_SECS:-900}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
 CARGO_LOCK=${CARGO_LOCK:-/tmp/cargo.lock}
 
-GATEWAY=target/release/gateway
+GATEWAY=${GATEWAY_BIN:-target/release/gateway}
+GATEWAY_BEFORE=${GATEWAY_BEFORE:-}
 LOADGEN=target/release/loadgen
 PEERS=bench/peers
 BUN=$PEERS/node_modules/.bin/bun
@@ -134,6 +139,7 @@ cat >"$RESULTS/meta.json" <<EOF
   "date": "$(date -Is)",
   "git_commit": "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- gateway loadgen 2>/dev/null || echo '+dirty')",
   "gateway": "$($GATEWAY --version 2>/dev/null | head -1)",
+  "gateway_before": "$([ -x "$GATEWAY_BEFORE" ] && $GATEWAY_BEFORE --version 2>/dev/null | head -1 || echo none)",
   "bun": "$bun_version",
   "socket_io": "$sio_version",
   "node": "$(node --version)",
@@ -152,14 +158,14 @@ EOF
 # --- servers ---------------------------------------------------------------------------------
 server_url() {
   case $1 in
-    gateway) echo "ws://127.0.0.1:8080/ws" ;;
+    gateway | before | gw-*) echo "ws://127.0.0.1:8080/ws" ;;
     bun) echo "ws://127.0.0.1:9001/ws" ;;
     socketio) echo "ws://127.0.0.1:9002/socket.io/?EIO=4&transport=websocket" ;;
   esac
 }
 server_health() {
   case $1 in
-    gateway) echo "http://127.0.0.1:8080/healthz" ;;
+    gateway | before | gw-*) echo "http://127.0.0.1:8080/healthz" ;;
     bun) echo "http://127.0.0.1:9001/healthz" ;;
     socketio) echo "http://127.0.0.1:9002/healthz" ;;
   esac
@@ -175,9 +181,17 @@ start_server() {
     return 1
   fi
   case $server in
-    gateway)
+    gateway | before | gw-*)
+      local bin=$GATEWAY
+      if [ "$server" = before ]; then
+        [ -x "$GATEWAY_BEFORE" ] || { log "before: set GATEWAY_BEFORE to an earlier gateway binary"; return 1; }
+        bin=$GATEWAY_BEFORE
+      elif [ "${server#gw-}" != "$server" ]; then
+        bin=${GATEWAY_VARIANTS:-}/$server
+        [ -x "$bin" ] || { log "$server: no executable $bin (set GATEWAY_VARIANTS)"; return 1; }
+      fi
       # No archive: the peers store nothing either (bench/archive.sh measures its cost).
-      "$GATEWAY" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn --database-url off \
+      "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn --database-url off \
         --publish-rate 1000000 --publish-burst 1000000 \
         --max-connections-per-user 100000 --max-connections 200000 >"$logfile" 2>&1 &
       ;;

@@ -10,6 +10,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Targets that log whole WebSocket frames at trace level (tokens in `refresh` included):
 /// capped at debug, whatever `--log` says.
 const FRAME_LOGGERS: [&str; 2] = ["tungstenite", "tokio_tungstenite"];

@@ -41,18 +41,6 @@ pub enum JoinLeave {
     Each,
 }
 
-impl JoinLeave {
-    /// Parses the wire and config spelling.
-    pub fn parse(text: &str) -> Option<JoinLeave> {
-        match text {
-            "off" => Some(JoinLeave::Off),
-            "diff" => Some(JoinLeave::Diff),
-            "each" => Some(JoinLeave::Each),
-            _ => None,
-        }
-    }
-}
-
 fn yes() -> bool {
     true
 }
@@ -146,11 +134,13 @@ impl Acl {
         !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.presence)
     }
 
-    /// How a subscription to `channel` hears of presence changes unless it says; `Off` where
-    /// presence is off.
-    pub fn join_leave(&self, channel: &str) -> JoinLeave {
+    /// How a subscription to `channel` that asked for `wanted` hears of presence changes:
+    /// as asked, or the namespace's default; `Off` where presence is off, whatever it asked.
+    pub fn join_leave(&self, channel: &str, wanted: Option<JoinLeave>) -> JoinLeave {
         match self.namespace(channel) {
-            Some(ns) if ns.presence && !channel.starts_with(PERSONAL_PREFIX) => ns.join_leave,
+            Some(ns) if ns.presence && !channel.starts_with(PERSONAL_PREFIX) => {
+                wanted.unwrap_or(ns.join_leave)
+            }
             _ => JoinLeave::Off,
         }
     }
@@ -221,9 +211,16 @@ mod tests {
         assert!(acl.allows("a", &grants, "secret:x", Action::Publish));
         assert!(!acl.allows("a", &grants, "user:b", Action::Subscribe));
         assert!(acl.presence_enabled("room:x") && !acl.presence_enabled("news:x"));
-        assert_eq!(acl.join_leave("room:x"), JoinLeave::Each);
-        assert_eq!(acl.join_leave("news:x"), JoinLeave::Off);
-        assert_eq!(acl.join_leave("user:a"), JoinLeave::Off);
+        assert_eq!(acl.join_leave("room:x", None), JoinLeave::Each);
+        assert_eq!(
+            acl.join_leave("room:x", Some(JoinLeave::Diff)),
+            JoinLeave::Diff
+        );
+        assert_eq!(
+            acl.join_leave("news:x", Some(JoinLeave::Each)),
+            JoinLeave::Off
+        );
+        assert_eq!(acl.join_leave("user:a", None), JoinLeave::Off);
         let no_dm = Acl::new(Namespace::defaults(), false);
         assert!(!no_dm.allows("a", &none, "user:b", Action::Publish));
         assert!(no_dm.allows("a", &none, "user:a", Action::Publish));

@@ -64,11 +64,9 @@ type Subscribers = Arc<RwLock<Channel>>;
 /// Presence changes of one channel not yet pushed to its `diff` subscribers: the net change
 /// since the last push (a join then a leave of one user cancel out).
 #[derive(Default)]
-pub struct PresenceChanges {
-    /// Users who joined.
-    pub joins: IndexSet<Arc<str>>,
-    /// Users who left.
-    pub leaves: IndexSet<Arc<str>>,
+struct PresenceChanges {
+    joins: IndexSet<Arc<str>>,
+    leaves: IndexSet<Arc<str>>,
 }
 
 /// Too many connections for one user.
@@ -176,10 +174,9 @@ impl Hub {
 
     /// Pushes one `presence_diff` to every `diff` subscriber of each channel whose presence
     /// changed since the last call; a diff of more than `max_users` users says `overflow`
-    /// instead of listing them. Returns how many pushes.
-    pub fn flush_presence(&self, max_users: usize) -> usize {
+    /// instead of listing them.
+    pub fn flush_presence(&self, max_users: usize) {
         let changes = std::mem::take(&mut *self.presence_changes.lock());
-        let mut pushed = 0;
         for (channel, changes) in changes {
             if changes.joins.is_empty() && changes.leaves.is_empty() {
                 continue;
@@ -196,14 +193,18 @@ impl Hub {
                 let encoding = sub.conn.encoding;
                 let frame = frames[encoding.slot()]
                     .get_or_insert_with(|| {
-                        presence_diff_frame(encoding, &channel, &changes, max_users)
+                        presence_diff_frame(
+                            encoding,
+                            &channel,
+                            changes.joins.iter().map(|u| &**u),
+                            changes.leaves.iter().map(|u| &**u),
+                            max_users,
+                        )
                     })
                     .clone();
                 sub.conn.push_frame(frame);
-                pushed += 1;
             }
         }
-        pushed
     }
 
     /// Notes a presence change for the channel's `diff` subscribers.

@@ -175,7 +175,7 @@ impl Node {
     ) -> Result<(), BrokerError> {
         let mut live = self.locks.lock(channel).await;
         self.hub
-            .subscribe(channel, conn, self.join_leave(channel, join_leave));
+            .subscribe(channel, conn, self.acl.join_leave(channel, join_leave));
         if !live.contains(channel) {
             if let Err(e) = self.broker.subscribe(channel).await {
                 self.hub.unsubscribe(channel, conn);
@@ -192,14 +192,6 @@ impl Node {
             .await;
         }
         Ok(())
-    }
-
-    /// How a subscription to `channel` that asked for `wanted` hears of presence changes.
-    pub fn join_leave(&self, channel: &str, wanted: Option<JoinLeave>) -> JoinLeave {
-        match self.acl.join_leave(channel) {
-            JoinLeave::Off if !self.acl.presence_enabled(channel) => JoinLeave::Off,
-            default => wanted.unwrap_or(default),
-        }
     }
 
     /// Removes `conn` from `channel`: the hub and presence at once; the broker's interest a
@@ -663,7 +655,12 @@ mod tests {
                         holders.len(),
                         "{name}"
                     );
-                    let members = self.node.presence.members(name).await.unwrap();
+                    let members = self
+                        .node
+                        .presence
+                        .members_page(name, None, 100)
+                        .await
+                        .unwrap();
                     let got: BTreeMap<String, u32> =
                         members.iter().map(|m| (m.user.clone(), m.conns)).collect();
                     let mut expected: BTreeMap<String, u32> = BTreeMap::new();

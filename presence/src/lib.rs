@@ -104,20 +104,6 @@ pub trait Presence: Send + Sync + 'static {
     ) -> Result<Vec<Member>, PresenceError>;
     /// Users and connections present on `channel`, without listing them: O(1).
     async fn stats(&self, channel: &str) -> Result<Stats, PresenceError>;
-    /// Every user present on `channel`, sorted by user id (pages of 1,000 put together).
-    async fn members(&self, channel: &str) -> Result<Vec<Member>, PresenceError> {
-        const PAGE: usize = 1000;
-        let mut all: Vec<Member> = Vec::new();
-        loop {
-            let after = all.last().map(|m| m.user.clone());
-            let page = self.members_page(channel, after.as_deref(), PAGE).await?;
-            let done = page.len() < PAGE;
-            all.extend(page);
-            if done {
-                return Ok(all);
-            }
-        }
-    }
     /// Keeps this node's entries alive (putting back lost ones) and expires those of dead
     /// nodes; returns the transitions to announce.
     async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError>;

@@ -125,14 +125,14 @@ mod tests {
         assert!(p.add("room:a", "bob", Some("Bob")).await.unwrap());
         assert!(!p.add("room:a", "bob", None).await.unwrap());
         assert!(p.add("room:a", "alice", None).await.unwrap());
-        let members = p.members("room:a").await.unwrap();
+        let members = p.members_page("room:a", None, 100).await.unwrap();
         assert_eq!(members.len(), 2);
         assert_eq!(members[1].conns, 2);
         assert_eq!(members[1].name.as_deref(), Some("Bob"));
         assert!(!p.remove("room:a", "bob").await.unwrap());
         assert!(p.remove("room:a", "bob").await.unwrap());
         assert!(!p.remove("room:a", "bob").await.unwrap());
-        assert_eq!(p.members("room:a").await.unwrap().len(), 1);
+        assert_eq!(p.members_page("room:a", None, 100).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -157,7 +157,7 @@ mod tests {
         }
         let expected: Vec<String> = (0..25).map(|i| format!("u{i:02}")).collect();
         assert_eq!(seen, expected);
-        assert_eq!(p.members("room:a").await.unwrap().len(), 25);
+        assert_eq!(p.members_page("room:a", None, 100).await.unwrap().len(), 25);
         assert_eq!(
             p.stats("room:a").await.unwrap(),
             Stats {

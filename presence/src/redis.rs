@@ -106,6 +106,13 @@ impl RedisPresence {
         ]
     }
 
+    /// The keys of add.lua, remove.lua and restore.lua, in their order.
+    fn change_keys(&self, channel: &str) -> Vec<String> {
+        let [pn, pu, pm, pz, pc] = self.channel_keys(channel);
+        let node = self.node_key(&self.node);
+        vec![pn, pu, pm, node, self.nodes_key(), pz, pc]
+    }
+
     fn node_key(&self, node: &str) -> String {
         format!("{}:pnode:{node}", self.prefix)
     }
@@ -145,20 +152,11 @@ impl RedisPresence {
             .collect();
         let mut joined = Vec::new();
         for ((channel, user), (count, name)) in own {
-            let [pn, pu, pm, pz, pc] = self.channel_keys(&channel);
             let returned: i64 = self
                 .restore
                 .evalsha_with_reload(
                     &self.client,
-                    vec![
-                        pn,
-                        pu,
-                        pm,
-                        self.node_key(&self.node),
-                        self.nodes_key(),
-                        pz,
-                        pc,
-                    ],
+                    self.change_keys(&channel),
                     vec![
                         self.node.clone(),
                         user.clone(),
@@ -222,19 +220,10 @@ impl RedisPresence {
         user: &str,
         name: Option<&str>,
     ) -> Result<bool, PresenceError> {
-        let [pn, pu, pm, pz, pc] = self.channel_keys(channel);
         let changed: i64 = script
             .evalsha_with_reload(
                 &self.client,
-                vec![
-                    pn,
-                    pu,
-                    pm,
-                    self.node_key(&self.node),
-                    self.nodes_key(),
-                    pz,
-                    pc,
-                ],
+                self.change_keys(channel),
                 vec![
                     self.node.clone(),
                     user.to_owned(),

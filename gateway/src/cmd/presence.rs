@@ -37,8 +37,7 @@ pub(super) async fn apply(
         session.error(id, code, why);
         return None;
     }
-    let presence = session.node.presence.clone();
-    match page(&*presence, channel, limit, cursor).await {
+    match page(&*session.node.presence, channel, limit, cursor).await {
         Ok(body) => session.reply(id, &body),
         Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
     }

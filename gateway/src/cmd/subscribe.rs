@@ -32,7 +32,7 @@ pub(super) async fn apply(
         // `join_leave` given changes how presence changes reach this connection.
         Some(channel) => {
             if join_leave.is_some() {
-                let mode = session.node.join_leave(&channel, join_leave);
+                let mode = session.node.acl.join_leave(&channel, join_leave);
                 session.node.hub.subscribe(&channel, &session.conn, mode);
             }
             session.conn.begin_recovery(channel.clone());

@@ -137,16 +137,8 @@ pub async fn presence(
     authorize(&node, &headers)?;
     check_channel(&channel)?;
     let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let max = crate::protocol::MAX_PRESENCE_LIMIT;
-    if params.limit.is_some_and(|l| l == 0 || l > max) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            format!("limit must be 1..={max}"),
-        ));
-    }
-    if params.cursor.as_ref().is_some_and(|c| c.is_empty()) {
-        return Err(ApiError::new(ErrorCode::BadRequest, "cursor is empty"));
-    }
+    crate::protocol::check_presence_page(params.limit, params.cursor.as_deref())
+        .map_err(|why| ApiError::new(ErrorCode::BadRequest, why))?;
     let body =
         crate::cmd::presence::page(&*node.presence, &channel, params.limit, params.cursor).await?;
     Ok(Json(body))

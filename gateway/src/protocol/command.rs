@@ -3,6 +3,7 @@
 use super::{Encoding, ErrorCode};
 use crate::acl::{JoinLeave, valid_channel};
 use fanout::Payload;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Longest idempotency key, bytes.
@@ -54,6 +55,18 @@ pub fn json_text_depth(text: &[u8]) -> usize {
         }
     }
     deepest
+}
+
+/// Checks a `presence` page request (the op and `GET /api/presence`): `limit` within
+/// 1..=[`MAX_PRESENCE_LIMIT`], `cursor` a user id as this server hands them out.
+pub fn check_presence_page(limit: Option<u64>, cursor: Option<&str>) -> Result<(), String> {
+    if limit.is_some_and(|l| l == 0 || l > MAX_PRESENCE_LIMIT) {
+        return Err(format!("limit must be 1..={MAX_PRESENCE_LIMIT}"));
+    }
+    if cursor.is_some_and(|c| c.is_empty() || c.len() > MAX_CURSOR_LEN) {
+        return Err("cursor is not one this server gave".into());
+    }
+    Ok(())
 }
 
 /// A decoded client command.
@@ -236,18 +249,9 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
         }
         "presence" => {
             let limit = fields.opt_u64("limit")?;
-            if limit.is_some_and(|l| l == 0 || l > MAX_PRESENCE_LIMIT) {
-                return Err(CommandError::bad(
-                    id,
-                    format!("limit must be 1..={MAX_PRESENCE_LIMIT}"),
-                ));
-            }
             let cursor = fields.opt_string("cursor")?;
-            if cursor
-                .as_ref()
-                .is_some_and(|c| c.is_empty() || c.len() > MAX_CURSOR_LEN)
-            {
-                return Err(CommandError::bad(id, "cursor is not one this server gave"));
+            if let Err(why) = check_presence_page(limit, cursor.as_deref()) {
+                return Err(CommandError::bad(id, why));
             }
             Op::Presence {
                 channel: fields.channel()?,
@@ -324,9 +328,9 @@ impl Fields {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(true)) => Ok(Some(JoinLeave::Diff)),
             Some(Value::Bool(false)) => Ok(Some(JoinLeave::Off)),
-            Some(Value::String(s)) => JoinLeave::parse(s)
+            Some(text @ Value::String(_)) => JoinLeave::deserialize(text)
                 .map(Some)
-                .ok_or_else(|| CommandError::bad(self.id, WHY)),
+                .map_err(|_| CommandError::bad(self.id, WHY)),
             Some(_) => Err(CommandError::bad(self.id, WHY)),
         }
     }

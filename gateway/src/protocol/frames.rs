@@ -193,28 +193,26 @@ struct PresenceDiffPush<'a> {
 
 /// A `presence_diff` push: the users who joined and left `channel` since the last one. Past
 /// `max_users` users the lists are left empty and `overflow` says to re-read `presence`.
-pub fn presence_diff_frame(
+pub fn presence_diff_frame<'a>(
     encoding: Encoding,
     channel: &str,
-    changes: &crate::hub::PresenceChanges,
+    joins: impl ExactSizeIterator<Item = &'a str>,
+    leaves: impl ExactSizeIterator<Item = &'a str>,
     max_users: usize,
 ) -> Bytes {
-    let overflow = changes.joins.len() + changes.leaves.len() > max_users;
+    let overflow = joins.len() + leaves.len() > max_users;
+    let (joins, leaves) = if overflow {
+        (Vec::new(), Vec::new())
+    } else {
+        (joins.collect(), leaves.collect())
+    };
     encode(
         encoding,
         &PresenceDiffPush {
             op: "presence_diff",
             channel,
-            joins: if overflow {
-                Vec::new()
-            } else {
-                changes.joins.iter().map(|u| &**u).collect()
-            },
-            leaves: if overflow {
-                Vec::new()
-            } else {
-                changes.leaves.iter().map(|u| &**u).collect()
-            },
+            joins,
+            leaves,
             overflow,
         },
     )

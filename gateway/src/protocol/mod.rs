@@ -5,7 +5,7 @@ mod frames;
 
 pub use command::{
     Command, CommandError, DEFAULT_HISTORY_LIMIT, MAX_DATA_DEPTH, MAX_HISTORY_LIMIT, MAX_IDEM_LEN,
-    MAX_PRESENCE_LIMIT, Op, decode, json_text_depth,
+    MAX_PRESENCE_LIMIT, Op, check_presence_page, decode, json_text_depth,
 };
 pub use frames::{
     HistoryReply, control_frame, disconnect_frame, error_frame, frame_bytes, history_body,

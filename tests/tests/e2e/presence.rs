@@ -520,3 +520,44 @@ async fn presence_pages_list_every_member_once_and_stats_count_them() {
         "bad_request"
     );
 }
+
+#[tokio::test]
+async fn a_namespace_can_default_to_diffs_and_a_crowded_interval_overflows() {
+    let dir = e2e::TempDir::new("presence-ns");
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[[namespaces]]\nprefix = \"stage:\"\nopen = true\npresence = true\njoin_leave = \"diff\"\n",
+    )
+    .unwrap();
+    let gw = Gateway::start(&[
+        "--config",
+        &path.display().to_string(),
+        "--presence-diff-interval-ms",
+        "2000",
+        "--presence-diff-max",
+        "5",
+    ])
+    .await;
+    // No `join_leave` on subscribe: the namespace's default, diffs.
+    let mut watcher = Client::connect(gw.addr(), &tok("watcher")).await;
+    watcher.subscribe("stage:a").await;
+    let p = watcher
+        .next_push(secs(10))
+        .await
+        .expect("watcher's own join");
+    assert_eq!(diff_users(&p), (vec!["watcher".to_string()], vec![]));
+    // Eight joins within one interval, over the limit of five: no lists, `overflow`.
+    let users: Vec<String> = (0..8).map(|i| format!("crowd{i}")).collect();
+    let _crowd = members(gw.addr(), &users, "stage:a", Value::Null).await;
+    let p = watcher.next_push(secs(10)).await.expect("the crowded diff");
+    assert_eq!(
+        p,
+        json!({"op": "presence_diff", "channel": "stage:a", "joins": [], "leaves": [],
+            "overflow": true})
+    );
+    let stats = watcher
+        .request_ok("presence_stats", json!({"channel": "stage:a"}))
+        .await;
+    assert_eq!(stats, json!({"users": 9, "conns": 9}));
+}

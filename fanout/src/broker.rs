@@ -174,6 +174,9 @@ pub struct DeliveryStats {
     pub bad_envelopes: u64,
     /// Payload bytes this node holds in history now (0 when history lives elsewhere).
     pub history_bytes: u64,
+    /// Partitions found on another backend server (a Redis Cluster slot move or failover)
+    /// and subscribed again there.
+    pub moved: u64,
 }
 
 /// Receives what the broker delivers to this node.

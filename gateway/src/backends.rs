@@ -5,6 +5,7 @@ use crate::hub::Hub;
 use crate::node::{Backends, REGISTRY_TTL};
 use anyhow::Context;
 use fanout::archive::{Archive, ArchiverConfig, SqlArchive};
+use fanout::redis::Keyspace;
 use fanout::{
     LocalBroker, LocalBrokerConfig, RedisArchive, RedisBroker, RedisBrokerConfig,
     RedisConnectOptions,
@@ -39,6 +40,10 @@ pub async fn clustered(
     let (client, subscriber) = fanout::redis::connect(&redis.url, &options)
         .await
         .context("connecting to Redis (--redis-url)")?;
+    let keyspace = Keyspace::new(&redis.prefix, redis.partitions);
+    fanout::redis::claim_layout(&client, &keyspace)
+        .await
+        .context("checking the Redis key layout (--redis-partitions)")?;
     let archive = match &config.archive {
         None => None,
         Some(settings) => Some(RedisArchive {
@@ -54,7 +59,7 @@ pub async fn clustered(
         client.clone(),
         subscriber,
         RedisBrokerConfig {
-            prefix: redis.prefix.clone(),
+            keyspace: keyspace.clone(),
             history_size: config.history_size,
             history_ttl: config.history_ttl,
             meta_ttl: META_TTL.max(config.history_ttl),
@@ -69,7 +74,7 @@ pub async fn clustered(
     .context("starting the Redis broker")?;
     let (presence, departures) = RedisPresence::start(
         client.clone(),
-        &redis.prefix,
+        keyspace,
         &config.node_id,
         config.presence_heartbeat,
     )

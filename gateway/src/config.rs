@@ -53,12 +53,19 @@ pub struct Settings {
     /// Key for the `/api/` endpoints (`Authorization: Bearer <key>`); unset disables the API.
     #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Redis URL for clustered mode (`redis://host:port/db`); unset runs the embedded engine.
+    /// Redis URL for clustered mode: one Redis (`redis://host:port/db`) or a Redis Cluster
+    /// (`redis-cluster://host:port?node=host:port&node=host:port`, any of its nodes); Redis
+    /// 7 or newer. Unset runs the embedded engine.
     #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and pub/sub channel (one cluster per prefix) [default: gw].
     #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Partitions the channels are spread over in Redis (hash-tagged key groups: one slot of
+    /// a Redis Cluster each, with their own archive stream); the same on every node, fixed
+    /// for the life of the data (a node refuses to start on another count) [default: 16].
+    #[arg(long, env = "GATEWAY_REDIS_PARTITIONS")]
+    pub redis_partitions: Option<usize>,
     /// Capacity of the node's Redis pub/sub receiver, messages; a node that falls further
     /// behind heals from history [default: 4096].
     #[arg(long, env = "GATEWAY_REDIS_PUBSUB_CAPACITY")]
@@ -217,7 +224,7 @@ impl Settings {
         self.dev |= file.dev;
         merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
             jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
-            redis_prefix, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
+            redis_prefix, redis_partitions, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
             presence_diff_interval_ms, presence_diff_max,
             database_url, data_dir, archive_queue, archive_retention_days, log_format, log, max_connections, max_connections_per_user,
             max_subscriptions, publish_rate, publish_burst, subscribe_rate, subscribe_burst,
@@ -389,6 +396,8 @@ pub struct RedisSettings {
     pub url: String,
     /// Key and channel prefix.
     pub prefix: String,
+    /// Channel partitions.
+    pub partitions: usize,
     /// Pub/sub receiver capacity.
     pub pubsub_capacity: usize,
     /// Position check interval.
@@ -465,14 +474,25 @@ impl Config {
         let redis = match s.redis_url.clone().filter(|u| !u.is_empty()) {
             None => None,
             Some(url) => {
-                if url.starts_with("rediss://") {
+                if url.starts_with("rediss://") || url.starts_with("rediss-cluster://") {
                     bail!("--redis-url: TLS (rediss://) is not supported by this build");
                 }
-                if !url.starts_with("redis://") {
-                    bail!("--redis-url {url:?}: expected redis://host:port");
+                if !url.starts_with("redis://") && !url.starts_with("redis-cluster://") {
+                    bail!(
+                        "--redis-url {url:?}: expected redis://host:port or \
+                         redis-cluster://host:port?node=host:port"
+                    );
+                }
+                let partitions = s.redis_partitions.unwrap_or(16);
+                if !(1..=fanout::redis::MAX_PARTITIONS).contains(&partitions) {
+                    bail!(
+                        "--redis-partitions {partitions}: expected 1 to {}",
+                        fanout::redis::MAX_PARTITIONS
+                    );
                 }
                 Some(RedisSettings {
                     url,
+                    partitions,
                     prefix: s.redis_prefix.clone().unwrap_or_else(|| "gw".into()),
                     pubsub_capacity: s.redis_pubsub_capacity.unwrap_or(4096).max(1),
                     position_check: Duration::from_secs(s.position_check_secs.unwrap_or(5).max(1)),

@@ -59,6 +59,7 @@ pub fn record_delivery_stats(stats: fanout::DeliveryStats) {
     counter!("gateway_broker_lagged_total").absolute(stats.lagged);
     counter!("gateway_broker_lost_total").absolute(stats.lost);
     counter!("gateway_broker_bad_envelopes_total").absolute(stats.bad_envelopes);
+    counter!("gateway_broker_moved_total").absolute(stats.moved);
     metrics().history_bytes.set(stats.history_bytes as f64);
 }
 

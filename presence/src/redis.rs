@@ -1,19 +1,23 @@
 //! Presence and the node registry in Redis, kept alive by TTL heartbeats.
 //!
-//! Presence counts connections per (node, user) in each channel (`<prefix>:{<channel>}:pn`),
-//! with a per-user total across nodes (`:pu`, which makes the first-in / last-out answer one
-//! atomic script), display names (`:pm`), the users in id order (`:pz`, a sorted set that
-//! pages by range) and the channel's connection count (`:pc`, for O(1) stats). Each node keeps an index of the channels where
-//! it has entries (`<prefix>:pnode:<node>`) and a liveness key (`<prefix>:palive:<node>`,
-//! expiring after three heartbeat intervals). A live node's heartbeat finds nodes whose
-//! liveness key is gone and removes their entries channel by channel; the script returns the
-//! users who thereby left, exactly once, so that `leave` is pushed for each.
+//! Presence counts connections per (node, user) in each channel (`<prefix>:{<tag>}:pn:<channel>`,
+//! in the channel's partition, see [`Keyspace`]), with a per-user total across nodes (`pu`,
+//! which makes the first-in / last-out answer one atomic script), display names (`pm`), the
+//! users in id order (`pz`, a sorted set that pages by range) and the channel's connection
+//! count (`pc`, for O(1) stats). Each node keeps, per partition, an index of the channels
+//! where it has entries (`<prefix>:{<tag>}:pnode:<node>`; with the partition's set of nodes
+//! that have entries, `pnodes`, in the same slot, so that one script keeps them all on a
+//! Redis Cluster), and a liveness key (`<prefix>:palive:<node>`, expiring after three
+//! heartbeat intervals). A live node's heartbeat finds nodes whose liveness key is gone and
+//! removes their entries channel by channel; the script returns the users who thereby left,
+//! exactly once, so that `leave` is pushed for each.
 //!
 //! The registry is one hash (`<prefix>:nodes`): node id → expiry, connections and URL.
 
 use crate::{
     Change, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError, Stats,
 };
+use fanout::redis::Keyspace;
 use fred::clients::Client;
 use fred::interfaces::{HashesInterface, KeysInterface, SetsInterface};
 use fred::types::Value;
@@ -52,7 +56,7 @@ type OwnEntry = (u32, Option<String>);
 /// [`Presence`] in Redis for one node of a cluster.
 pub struct RedisPresence {
     client: Client,
-    prefix: String,
+    keys: Keyspace,
     node: String,
     heartbeat: Duration,
     add: Script,
@@ -71,13 +75,13 @@ impl RedisPresence {
     /// left by an earlier process with the same node id are removed first.
     pub async fn start(
         client: Client,
-        prefix: &str,
+        keys: Keyspace,
         node: &str,
         heartbeat: Duration,
     ) -> Result<(Self, Vec<Change>), PresenceError> {
         let presence = Self {
             client,
-            prefix: prefix.to_owned(),
+            keys,
             node: node.to_owned(),
             heartbeat,
             add: Script::from_lua(ADD_LUA),
@@ -96,33 +100,36 @@ impl RedisPresence {
     /// Per channel: node|user → connections, user → connections, user → name, users in id
     /// order (for paging), connections in all.
     fn channel_keys(&self, channel: &str) -> [String; 5] {
-        let p = &self.prefix;
+        let k = &self.keys;
         [
-            format!("{p}:{{{channel}}}:pn"),
-            format!("{p}:{{{channel}}}:pu"),
-            format!("{p}:{{{channel}}}:pm"),
-            format!("{p}:{{{channel}}}:pz"),
-            format!("{p}:{{{channel}}}:pc"),
+            k.channel_key(channel, "pn"),
+            k.channel_key(channel, "pu"),
+            k.channel_key(channel, "pm"),
+            k.channel_key(channel, "pz"),
+            k.channel_key(channel, "pc"),
         ]
     }
 
     /// The keys of add.lua, remove.lua and restore.lua, in their order.
     fn change_keys(&self, channel: &str) -> Vec<String> {
         let [pn, pu, pm, pz, pc] = self.channel_keys(channel);
-        let node = self.node_key(&self.node);
-        vec![pn, pu, pm, node, self.nodes_key(), pz, pc]
+        let p = self.keys.partition(channel);
+        let node = self.node_key(p, &self.node);
+        vec![pn, pu, pm, node, self.nodes_key(p), pz, pc]
     }
 
-    fn node_key(&self, node: &str) -> String {
-        format!("{}:pnode:{node}", self.prefix)
+    /// The channels of partition `p` where `node` has entries.
+    fn node_key(&self, p: usize, node: &str) -> String {
+        self.keys.partition_key(p, &format!("pnode:{node}"))
     }
 
     fn alive_key(&self, node: &str) -> String {
-        format!("{}:palive:{node}", self.prefix)
+        self.keys.global_key(&format!("palive:{node}"))
     }
 
-    fn nodes_key(&self) -> String {
-        format!("{}:pnodes", self.prefix)
+    /// The nodes with entries in partition `p`.
+    fn nodes_key(&self, p: usize) -> String {
+        self.keys.partition_key(p, "pnodes")
     }
 
     /// Refreshes this node's liveness key; returns whether it was still there.
@@ -174,41 +181,36 @@ impl RedisPresence {
         Ok(joined)
     }
 
-    /// Removes every entry of `node`; returns who left.
+    /// Removes every entry of `node`, partition by partition; returns who left.
     async fn reap_node(&self, node: &str) -> Result<Vec<Change>, PresenceError> {
-        let channels: Vec<String> = self
-            .client
-            .hkeys(self.node_key(node))
-            .await
-            .map_err(unavailable)?;
         let mut departures = Vec::new();
-        for channel in channels {
-            let [pn, pu, pm, pz, pc] = self.channel_keys(&channel);
-            let gone: Vec<String> = self
-                .reap
-                .evalsha_with_reload(
-                    &self.client,
-                    vec![pn, pu, pm, self.node_key(node), pz, pc],
-                    vec![node.to_owned(), channel.clone()],
-                )
-                .await
-                .map_err(unavailable)?;
-            departures.extend(gone.into_iter().map(|user| Change::Left {
-                channel: channel.clone(),
-                user,
-            }));
-        }
-        let left: i64 = self
-            .client
-            .hlen(self.node_key(node))
-            .await
-            .map_err(unavailable)?;
-        if left == 0 && node != self.node {
-            let _: i64 = self
-                .client
-                .srem(self.nodes_key(), node)
-                .await
-                .map_err(unavailable)?;
+        for p in 0..self.keys.partitions() {
+            let node_key = self.node_key(p, node);
+            let channels: Vec<String> = self.client.hkeys(&node_key).await.map_err(unavailable)?;
+            for channel in channels {
+                let [pn, pu, pm, pz, pc] = self.channel_keys(&channel);
+                let gone: Vec<String> = self
+                    .reap
+                    .evalsha_with_reload(
+                        &self.client,
+                        vec![pn, pu, pm, node_key.clone(), pz, pc],
+                        vec![node.to_owned(), channel.clone()],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                departures.extend(gone.into_iter().map(|user| Change::Left {
+                    channel: channel.clone(),
+                    user,
+                }));
+            }
+            let left: i64 = self.client.hlen(&node_key).await.map_err(unavailable)?;
+            if left == 0 && node != self.node {
+                let _: i64 = self
+                    .client
+                    .srem(self.nodes_key(p), node)
+                    .await
+                    .map_err(unavailable)?;
+            }
         }
         Ok(departures)
     }
@@ -318,11 +320,14 @@ impl Presence for RedisPresence {
             // reaped. Put our entries back.
             changes = self.restore_own().await?;
         }
-        let nodes: Vec<String> = self
-            .client
-            .smembers(self.nodes_key())
-            .await
-            .map_err(unavailable)?;
+        // Every node with entries in any partition (one pipelined read).
+        let pipeline = self.client.pipeline();
+        for p in 0..self.keys.partitions() {
+            let _: Result<(), _> = pipeline.smembers(self.nodes_key(p)).await;
+        }
+        let per_partition: Vec<Vec<String>> = pipeline.all().await.map_err(unavailable)?;
+        let nodes: std::collections::BTreeSet<String> =
+            per_partition.into_iter().flatten().collect();
         for node in nodes.into_iter().filter(|n| *n != self.node) {
             let alive: i64 = self
                 .client

@@ -160,3 +160,245 @@ impl Drop for RedisServer {
         }
     }
 }
+
+/// A free port `p` whose cluster bus port `p + 10000` is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A real Redis Cluster: `primaries` × (1 + `replicas`) `redis-server --cluster-enabled yes`
+/// processes joined by `redis-cli --cluster create` (slots split evenly over the primaries),
+/// every one killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    servers: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three primaries without replicas.
+    pub async fn start() -> RedisCluster {
+        Self::start_with(3, 0).await
+    }
+
+    /// Starts `primaries` primaries with `replicas` replicas each and waits until every node
+    /// reports `cluster_state:ok`.
+    pub async fn start_with(primaries: usize, replicas: usize) -> RedisCluster {
+        let mut servers = Vec::new();
+        for _ in 0..primaries * (1 + replicas) {
+            let port = free_cluster_port();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: TempDir::new("redis-cluster"),
+                extra: [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+            };
+            server.spawn().await;
+            servers.push(server);
+        }
+        let cluster = RedisCluster { servers };
+        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(
+            cluster
+                .servers
+                .iter()
+                .map(|s| format!("127.0.0.1:{}", s.port)),
+        );
+        args.extend([
+            "--cluster-replicas".into(),
+            replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        let out = tokio::process::Command::new(&cli)
+            .args(&args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running {cli} (install redis-tools): {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_ok(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and every replica is in sync.
+    pub async fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut ok = true;
+            for s in self.servers.iter().filter(|s| s.child.is_some()) {
+                ok &= s.command("CLUSTER INFO").await.contains("cluster_state:ok");
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster is not ok within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `redis-cluster://<first>?node=<second>&node=…` (fred's form).
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.servers[0].port);
+        for (i, s) in self.servers.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", s.port));
+        }
+        url
+    }
+
+    /// Every server, primaries and replicas.
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
+    /// The live server that is the primary of `slot` now, as the cluster says.
+    pub async fn primary_of(&self, slot: u16) -> &RedisServer {
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            if s.command("ROLE").await.contains("master") {
+                let nodes = s.command("CLUSTER NODES").await;
+                let me = nodes.lines().find(|l| l.contains("myself"));
+                if me.is_some_and(|l| owns(l, slot)) {
+                    return s;
+                }
+            }
+        }
+        panic!("no live primary owns slot {slot}");
+    }
+
+    /// Moves `slots` hash slots from primary `from` to primary `to` with `redis-cli --cluster
+    /// reshard` (the lowest of `from`'s slots first; their keys migrate while the cluster
+    /// serves), then waits until the cluster is ok.
+    pub async fn reshard(&self, slots: usize, from: &RedisServer, to: &RedisServer) {
+        let from_id = bulk(&from.command("CLUSTER MYID").await).to_owned();
+        let to_id = bulk(&to.command("CLUSTER MYID").await).to_owned();
+        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
+        let out = tokio::process::Command::new(&cli)
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", from.port)])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("running {cli}: {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_ok(Duration::from_secs(30)).await;
+    }
+
+    /// Kills the primary of `slot` (SIGKILL) and promotes one of its replicas with
+    /// `CLUSTER FAILOVER TAKEOVER`; returns the new primary's port.
+    pub async fn kill_primary_and_promote(&mut self, slot: u16) -> u16 {
+        let port = self.primary_of(slot).await.port;
+        let id = bulk(&self.primary_of(slot).await.command("CLUSTER MYID").await).to_owned();
+        let mut replica = None;
+        for s in self.servers.iter().filter(|s| s.port != port) {
+            let role = s.command("ROLE").await;
+            if role.contains("slave")
+                && s.command("CLUSTER NODES")
+                    .await
+                    .lines()
+                    .any(|l| l.contains("myself") && l.split(' ').nth(3) == Some(id.as_str()))
+            {
+                replica = Some(s.port);
+            }
+        }
+        let replica = replica.unwrap_or_else(|| panic!("slot {slot}'s primary has no replica"));
+        let dead = self.servers.iter_mut().find(|s| s.port == port).unwrap();
+        if let Some(mut child) = dead.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let new = self.servers.iter().find(|s| s.port == replica).unwrap();
+        let reply = new.command("CLUSTER FAILOVER TAKEOVER").await;
+        assert!(reply.starts_with("+OK"), "failover: {reply}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !new.command("ROLE").await.contains("master") {
+            assert!(Instant::now() < deadline, "replica not promoted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replica
+    }
+
+    /// The primary `i` of the cluster in `redis-cli --cluster create` order (the first
+    /// `primaries` servers).
+    pub fn server(&self, i: usize) -> &RedisServer {
+        &self.servers[i]
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
+fn owns(line: &str, slot: u16) -> bool {
+    line.split(' ').skip(8).any(|range| {
+        let mut parts = range.splitn(2, '-');
+        match (
+            parts.next().and_then(|a| a.parse::<u16>().ok()),
+            parts.next().map(|b| b.parse::<u16>().ok()),
+        ) {
+            (Some(a), None) => a == slot,
+            (Some(a), Some(Some(b))) => (a..=b).contains(&slot),
+            _ => false,
+        }
+    })
+}
+
+/// The text of a one-line bulk string reply (`$40\r\n<text>\r\n`).
+fn bulk(reply: &str) -> &str {
+    reply.lines().nth(1).unwrap_or("").trim()
+}
+
+/// The Redis the cross-node tests run on: one `redis-server`, or with `E2E_REDIS_CLUSTER`
+/// set, a three-primary Redis Cluster.
+#[derive(Debug)]
+pub enum Redis {
+    /// One server.
+    Single(RedisServer),
+    /// A Redis Cluster.
+    Cluster(RedisCluster),
+}
+
+/// The variable that makes [`Redis::start`] start a Redis Cluster.
+pub const REDIS_CLUSTER_ENV: &str = "E2E_REDIS_CLUSTER";
+
+impl Redis {
+    /// One server, or a three-primary cluster with [`REDIS_CLUSTER_ENV`] set.
+    pub async fn start() -> Redis {
+        if std::env::var_os(REDIS_CLUSTER_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+            Redis::Cluster(RedisCluster::start().await)
+        } else {
+            Redis::Single(RedisServer::start().await)
+        }
+    }
+
+    /// The URL for `--redis-url`.
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Single(s) => s.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Clustered mode's archive path: the publish script appends every archived publication to
-//! one Redis stream (`<prefix>:archive`); every node runs a consumer of the `archivers` group
-//! on it, commits what it reads to the database, then acknowledges and deletes the entries.
+//! its partition's Redis stream (`<prefix>:{<tag>}:archive`, in the channel's hash slot);
+//! every node runs a consumer of the `archivers` group on each, commits what it reads to the
+//! database, then acknowledges and deletes the entries. A node reads the partitions it
+//! published to at once and sweeps every partition twice a second.
 //!
 //! - Several nodes share the work without doing it twice: the group hands each entry to one
 //!   consumer.
@@ -8,8 +10,8 @@
 //!   mid-batch leaves its entries pending; another node claims them (`XAUTOCLAIM`) once they
 //!   have been idle for [`CLAIM_IDLE`], and writing them again is harmless (the archive is
 //!   idempotent).
-//! - The stream is bounded by the publish script (`--archive-queue` entries): past it, publish
-//!   answers `unavailable` and nothing accepted is dropped.
+//! - Each stream is bounded by the publish script (`--archive-queue` entries per partition):
+//!   past it, publish answers `unavailable` and nothing accepted is dropped.
 
 use super::envelope::{self, Envelope};
 use crate::Publication;
@@ -18,20 +20,45 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::streams::XReadResponse;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The consumer group of the archive stream.
 const GROUP: &str = "archivers";
 /// How long an entry stays pending with a consumer before another may claim it.
 pub const CLAIM_IDLE: Duration = Duration::from_secs(10);
-/// Wait between reads when the stream had nothing new.
+/// Wait between reads when no partition had anything new.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often every partition's stream is read, not only those this node published to (what
+/// other nodes published and did not archive themselves).
+const SWEEP: Duration = Duration::from_millis(500);
 
-/// One node's consumer of the archive stream.
+/// Partitions with archived publishes that this node's archiver has not read since: what the
+/// node publishes it reads at once, the rest in sweeps.
+#[derive(Debug)]
+pub(crate) struct HotPartitions(Vec<AtomicBool>);
+
+impl HotPartitions {
+    pub(crate) fn new(partitions: usize) -> Self {
+        Self((0..partitions).map(|_| AtomicBool::new(false)).collect())
+    }
+
+    pub(crate) fn mark(&self, partition: usize) {
+        if let Some(flag) = self.0.get(partition) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn take(&self, partition: usize) -> bool {
+        self.0[partition].swap(false, Ordering::Relaxed)
+    }
+}
+
+/// One node's consumer of the archive streams (one per partition).
 pub struct StreamArchiver {
     pub(crate) client: Client,
-    pub(crate) key: String,
+    pub(crate) keys: Vec<String>,
+    pub(crate) hot: Arc<HotPartitions>,
     pub(crate) consumer: String,
     pub(crate) archive: Arc<dyn Archive>,
     pub(crate) config: ArchiverConfig,
@@ -43,54 +70,75 @@ type Entries = Vec<(String, std::collections::HashMap<String, Bytes>)>;
 impl StreamArchiver {
     /// Runs for as long as the process does.
     pub async fn run(self) {
-        let mut group_ready = false;
-        let mut last_claim = Instant::now();
-        let mut last_stats = Instant::now() - Duration::from_secs(60);
+        let n = self.keys.len();
+        let mut group_ready = vec![false; n];
         // First what this consumer left pending in an earlier life (same node id).
-        let mut backlog = true;
+        let mut backlog = vec![true; n];
+        let mut last_claim = Instant::now();
+        let mut last_sweep = Instant::now() - SWEEP;
+        let mut last_stats = Instant::now() - Duration::from_secs(60);
         loop {
             if last_stats.elapsed() >= Duration::from_millis(500) {
                 last_stats = Instant::now();
                 self.update_stats().await;
             }
-            if !group_ready {
-                group_ready = self.create_group().await;
-                if !group_ready {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+            let claim = last_claim.elapsed() >= CLAIM_IDLE / 2;
+            if claim {
+                last_claim = Instant::now();
+            }
+            let sweep = last_sweep.elapsed() >= SWEEP;
+            if sweep {
+                last_sweep = Instant::now();
+            }
+            let mut busy = false;
+            for p in 0..n {
+                let hot = self.hot.take(p);
+                if !(hot || sweep || claim || backlog[p]) {
                     continue;
                 }
+                if !group_ready[p] {
+                    group_ready[p] = self.create_group(&self.keys[p]).await;
+                    if !group_ready[p] {
+                        continue;
+                    }
+                }
+                let key = &self.keys[p];
+                let read = if claim {
+                    self.claim(key).await
+                } else {
+                    self.read(key, if backlog[p] { "0" } else { ">" }).await
+                };
+                match read {
+                    Ok(entries) if entries.is_empty() => backlog[p] = false,
+                    Ok(entries) => {
+                        if entries.len() >= self.config.batch {
+                            // More may be waiting: read this partition again next turn.
+                            self.hot.mark(p);
+                        }
+                        self.commit(key, entries).await;
+                        busy = true;
+                    }
+                    Err(e) => {
+                        if e.details().contains("NOGROUP") {
+                            // Redis lost the stream (a restart without persistence): start over.
+                            group_ready[p] = false;
+                            self.hot.mark(p);
+                        } else {
+                            tracing::warn!(error = %e, "archive stream read failed");
+                            self.hot.mark(p);
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
             }
-            let read = if last_claim.elapsed() >= CLAIM_IDLE / 2 {
-                last_claim = Instant::now();
-                self.claim().await
-            } else {
-                self.read(if backlog { "0" } else { ">" }).await
-            };
-            match read {
-                Ok(entries) if entries.is_empty() => {
-                    if backlog {
-                        backlog = false;
-                    } else {
-                        tokio::time::sleep(IDLE_POLL).await;
-                    }
-                }
-                Ok(entries) => self.commit(entries).await,
-                Err(e) => {
-                    if e.details().contains("NOGROUP") {
-                        // Redis lost the stream (a restart without persistence): start over.
-                        group_ready = false;
-                    } else {
-                        tracing::warn!(error = %e, "archive stream read failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
+            if !busy {
+                tokio::time::sleep(IDLE_POLL).await;
             }
         }
     }
 
-    async fn create_group(&self) -> bool {
-        let created: Result<Value, _> =
-            self.client.xgroup_create(&self.key, GROUP, "0", true).await;
+    async fn create_group(&self, key: &str) -> bool {
+        let created: Result<Value, _> = self.client.xgroup_create(key, GROUP, "0", true).await;
         match created {
             Ok(_) => true,
             Err(e) if e.details().contains("BUSYGROUP") => true,
@@ -101,7 +149,7 @@ impl StreamArchiver {
         }
     }
 
-    async fn read(&self, id: &str) -> Result<Entries, Error> {
+    async fn read(&self, key: &str, id: &str) -> Result<Entries, Error> {
         let response: XReadResponse<String, String, String, Bytes> = self
             .client
             .xreadgroup_map(
@@ -110,7 +158,7 @@ impl StreamArchiver {
                 Some(self.config.batch as u64),
                 None,
                 false,
-                &self.key,
+                key,
                 id,
             )
             .await?;
@@ -118,11 +166,11 @@ impl StreamArchiver {
     }
 
     /// Takes over entries idle with any consumer (a dead node's) for [`CLAIM_IDLE`].
-    async fn claim(&self) -> Result<Entries, Error> {
+    async fn claim(&self, key: &str) -> Result<Entries, Error> {
         let (_, entries): (String, Entries) = self
             .client
             .xautoclaim_values(
-                &self.key,
+                key,
                 GROUP,
                 &self.consumer,
                 CLAIM_IDLE.as_millis() as u64,
@@ -135,7 +183,7 @@ impl StreamArchiver {
     }
 
     /// Commits the publications of `entries`, then acknowledges and deletes them.
-    async fn commit(&self, entries: Entries) {
+    async fn commit(&self, key: &str, entries: Entries) {
         let mut ids = Vec::with_capacity(entries.len());
         let mut publications: Vec<Arc<Publication>> = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
@@ -152,42 +200,45 @@ impl StreamArchiver {
             &self.stats,
         )
         .await;
-        let acked: Result<Value, _> = self.client.xack(&self.key, GROUP, ids.clone()).await;
+        let acked: Result<Value, _> = self.client.xack(key, GROUP, ids.clone()).await;
         if let Err(e) = acked {
             // Still pending: claimed and written again later, harmlessly.
             tracing::warn!(error = %e, "archive stream ack failed");
             return;
         }
-        let deleted: Result<Value, _> = self.client.xdel(&self.key, ids).await;
+        let deleted: Result<Value, _> = self.client.xdel(key, ids).await;
         if let Err(e) = deleted {
             tracing::warn!(error = %e, "archive stream delete failed");
         }
     }
 
-    /// Pending = entries in the stream; lag = age of the oldest.
+    /// Pending = entries in the streams; lag = age of the oldest.
     async fn update_stats(&self) {
-        if let Ok(len) = self.client.xlen::<u64, _>(&self.key).await {
-            self.stats.pending.store(len, Ordering::Relaxed);
-            if len == 0 {
-                self.stats.oldest_ms.store(0, Ordering::Relaxed);
+        let mut pending = 0;
+        let mut oldest = 0u64;
+        for key in &self.keys {
+            let Ok(len) = self.client.xlen::<u64, _>(key).await else {
                 return;
+            };
+            pending += len;
+            if len == 0 {
+                continue;
             }
-        }
-        let first: Result<Vec<(String, std::collections::HashMap<String, Bytes>)>, _> = self
-            .client
-            .xrange_values(&self.key, "-", "+", Some(1))
-            .await;
-        if let Ok(first) = first {
-            let ts = first
-                .first()
-                .and_then(|(_, fields)| fields.get("e"))
-                .and_then(|raw| match envelope::decode(raw) {
-                    Ok(Envelope::Publication(p)) => Some(p.ts),
-                    _ => None,
-                });
+            let first: Result<Entries, _> = self.client.xrange_values(key, "-", "+", Some(1)).await;
+            let ts = first.ok().and_then(|first| {
+                first
+                    .first()
+                    .and_then(|(_, fields)| fields.get("e"))
+                    .and_then(|raw| match envelope::decode(raw) {
+                        Ok(Envelope::Publication(p)) => Some(p.ts.max(1)),
+                        _ => None,
+                    })
+            });
             if let Some(ts) = ts {
-                self.stats.oldest_ms.store(ts.max(1), Ordering::Relaxed);
+                oldest = if oldest == 0 { ts } else { oldest.min(ts) };
             }
         }
+        self.stats.pending.store(pending, Ordering::Relaxed);
+        self.stats.oldest_ms.store(oldest, Ordering::Relaxed);
     }
 }

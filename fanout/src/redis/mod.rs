@@ -3,9 +3,13 @@
 //! - **Publish** is one round trip: a Lua script on the channel's hash-tagged keys does the
 //!   dedup check, the offset increment, the append to the channel's history stream (bounded
 //!   by count, expiring with the history TTL) and the PUBLISH of one MessagePack envelope.
-//! - **Subscribe per node**: the node SUBSCRIBEs on a channel's first local subscriber and
-//!   UNSUBSCRIBEs after its last, on one dedicated subscriber connection; each envelope is
-//!   decoded once per node.
+//! - **Subscribe per node**: the node SSUBSCRIBEs (sharded pub/sub) on a channel's first local
+//!   subscriber and SUNSUBSCRIBEs after its last, on a dedicated subscriber client (one
+//!   connection per Redis primary on a Redis Cluster); each envelope is decoded once per node.
+//! - **One layout for one Redis and a Redis Cluster** ([`Keyspace`]): channels map onto hash-
+//!   tagged partitions, so a script touches one slot. On a cluster the node watches which
+//!   primary owns each partition; after a slot move or a failover it subscribes the
+//!   partition's channels again and heals them by offset.
 //! - **Gap healing in the node**: a [`Track`] per subscribed channel remembers the last offset
 //!   handed to the dispatcher. An envelope after a gap, a reconnect, a lagging receiver or a
 //!   periodic position check (the channel's top offset against the node's) makes the node read
@@ -14,7 +18,10 @@
 
 mod archiver;
 mod envelope;
+mod keyspace;
 mod track;
+
+pub use keyspace::{Keyspace, MAX_PARTITIONS};
 
 use crate::archive::{Archive, ArchiveStats, ArchiverConfig, complete_page};
 use crate::broker::{
@@ -45,6 +52,10 @@ const HEAL_BATCH: usize = 1000;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Channels per pipelined position check.
 const POSITION_BATCH: usize = 500;
+/// Channels per SSUBSCRIBE when subscribing again.
+const RESUBSCRIBE_BATCH: usize = 500;
+/// How often a node on a Redis Cluster re-reads the slot map.
+const SLOT_CHECK: Duration = Duration::from_secs(1);
 
 /// Decodes a pub/sub envelope as a node does on receipt (for fuzzing): `Ok` when it is
 /// well-formed, and then its publication, if it is one, survives a re-encoding unchanged.
@@ -64,8 +75,8 @@ pub fn check_envelope(raw: &[u8]) -> Result<(), String> {
 /// Settings of the Redis broker.
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
-    /// Prefix of every key and pub/sub channel.
-    pub prefix: String,
+    /// Key names (prefix and partitions).
+    pub keyspace: Keyspace,
     /// Most messages kept per channel.
     pub history_size: usize,
     /// Longest time a message stays in history.
@@ -144,6 +155,33 @@ pub async fn connect(
     Ok((client, subscriber))
 }
 
+/// Records the key layout (the partition count) in Redis on the first node's start, and
+/// refuses another one: nodes with different counts would look for a channel in different
+/// places.
+pub async fn claim_layout(client: &Client, keyspace: &Keyspace) -> Result<(), BrokerError> {
+    let key = keyspace.global_key("partitions");
+    let wanted = keyspace.partitions().to_string();
+    let _: Value = client
+        .set(
+            &key,
+            wanted.as_str(),
+            None,
+            Some(fred::types::SetOptions::NX),
+            false,
+        )
+        .await
+        .map_err(unavailable)?;
+    let current: Option<String> = client.get(&key).await.map_err(unavailable)?;
+    match current {
+        Some(c) if c != wanted => Err(BrokerError::Backend(format!(
+            "the nodes on this Redis (prefix {:?}) use {c} partitions, this node {wanted}: \
+             give every node the same --redis-partitions",
+            keyspace.prefix()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn unavailable(e: fred::error::Error) -> BrokerError {
     use fred::error::ErrorKind;
     match e.kind() {
@@ -188,6 +226,8 @@ pub(crate) struct RedisBrokerStats {
     pub lost: AtomicU64,
     /// Envelopes that could not be decoded.
     pub bad_envelopes: AtomicU64,
+    /// Partitions found on another Redis primary (slot moves, failovers) and resubscribed.
+    pub moved: AtomicU64,
 }
 
 /// What one run of the publish script gave.
@@ -212,6 +252,10 @@ pub struct RedisBroker {
     control_channel: String,
     stats: RedisBrokerStats,
     archive: Option<(Arc<dyn Archive>, Arc<ArchiveStats>, usize)>,
+    /// Partitions with archived publishes the archiver has not read yet.
+    hot: Arc<archiver::HotPartitions>,
+    /// On a Redis Cluster, each partition's primary when the node last subscribed there.
+    owners: Mutex<Vec<Option<String>>>,
 }
 
 impl RedisBroker {
@@ -224,8 +268,11 @@ impl RedisBroker {
         dispatcher: Arc<dyn Dispatcher>,
         archive: Option<RedisArchive>,
     ) -> Result<Arc<Self>, BrokerError> {
-        let control_channel = format!("{}:ctl", config.prefix);
-        let archive_key = format!("{}:archive", config.prefix);
+        let control_channel = config.keyspace.control_channel();
+        let archive_keys: Vec<String> = (0..config.keyspace.partitions())
+            .map(|p| config.keyspace.partition_key(p, "archive"))
+            .collect();
+        let hot = Arc::new(archiver::HotPartitions::new(archive_keys.len()));
         let stats = Arc::new(ArchiveStats::default());
         let broker = Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -241,6 +288,8 @@ impl RedisBroker {
             archive: archive
                 .as_ref()
                 .map(|a| (a.archive.clone(), stats.clone(), a.config.capacity)),
+            hot: hot.clone(),
+            owners: Mutex::default(),
             config,
         });
         broker
@@ -255,13 +304,14 @@ impl RedisBroker {
             .map_err(unavailable)?;
         let messages = broker.subscriber.message_rx();
         let reconnects = broker.subscriber.reconnect_rx();
-        // fred resubscribes the tracked channels after a reconnect (the task runs detached).
-        drop(broker.subscriber.manage_subscriptions());
         broker
             .subscriber
-            .subscribe(broker.control_channel.clone())
+            .ssubscribe(broker.control_channel.clone())
             .await
             .map_err(unavailable)?;
+        if broker.subscriber.is_clustered() {
+            *broker.owners.lock() = broker.partition_owners();
+        }
         let weak = Arc::downgrade(&broker);
         tokio::spawn(read_loop(weak.clone(), messages));
         tokio::spawn(reconnect_loop(weak.clone(), reconnects));
@@ -269,7 +319,8 @@ impl RedisBroker {
         if let Some(archive) = archive {
             let archiver = StreamArchiver {
                 client: broker.client.clone(),
-                key: archive_key,
+                keys: archive_keys,
+                hot,
                 consumer: archive.consumer,
                 archive: archive.archive,
                 config: archive.config,
@@ -284,9 +335,10 @@ impl RedisBroker {
         self.me.upgrade()
     }
 
-    fn key(&self, channel: &str, suffix: &str) -> String {
-        // The hash tag keeps a channel's keys in one slot (one script on a Redis Cluster).
-        format!("{}:{{{channel}}}:{suffix}", self.config.prefix)
+    fn key(&self, channel: &str, kind: &str) -> String {
+        // The partition's hash tag keeps a channel's keys in one slot (one script on a Redis
+        // Cluster), with its partition's archive stream.
+        self.config.keyspace.channel_key(channel, kind)
     }
 
     /// One run of the publish script; `resume` is the channel's archived position when an
@@ -327,7 +379,9 @@ impl RedisBroker {
             self.key(channel, "h"),
             self.key(channel, "i"),
             self.key(channel, "iz"),
-            self.archive_key(),
+            self.config
+                .keyspace
+                .partition_key(self.config.keyspace.partition(channel), "archive"),
         ];
         let result: Result<Vec<Value>, _> = self
             .publish_script
@@ -336,6 +390,9 @@ impl RedisBroker {
         let result = result.map_err(unavailable);
         self.mark(result.as_ref().map(|_| ()));
         let values = result?;
+        if archived {
+            self.hot.mark(self.config.keyspace.partition(channel));
+        }
         let (status, offset, epoch) = match values.as_slice() {
             [s, o, e] => (
                 s.as_u64(),
@@ -363,10 +420,6 @@ impl RedisBroker {
         }
     }
 
-    fn archive_key(&self) -> String {
-        format!("{}:archive", self.config.prefix)
-    }
-
     /// A channel's archived position, to resume it when Redis has no state for it.
     async fn archived_position(&self, channel: &str) -> (Arc<str>, u64) {
         let archive = self.archive.as_ref().map(|(a, _, _)| a.clone());
@@ -386,7 +439,76 @@ impl RedisBroker {
     }
 
     fn pubsub_channel(&self, channel: &str) -> String {
-        format!("{}:c:{channel}", self.config.prefix)
+        self.config.keyspace.pubsub_channel(channel)
+    }
+
+    /// On a Redis Cluster: the primary that owns each partition's slot, as the subscriber
+    /// client last learned it.
+    fn partition_owners(&self) -> Vec<Option<String>> {
+        let state = fred::interfaces::ClusterInterface::cached_cluster_state(&self.subscriber);
+        let keyspace = &self.config.keyspace;
+        (0..keyspace.partitions())
+            .map(|p| {
+                state
+                    .as_ref()
+                    .and_then(|s| s.get_server(keyspace.slot(p)))
+                    .map(|server| server.to_string())
+            })
+            .collect()
+    }
+
+    /// Subscribes again, partition by partition, to every channel this node follows in
+    /// `partitions` (all of them when `None`), and to the control channel with partition 0;
+    /// returns whether every subscription went through.
+    async fn resubscribe(&self, partitions: Option<&[usize]>) -> bool {
+        let keyspace = &self.config.keyspace;
+        let mut groups: Vec<Vec<String>> = vec![Vec::new(); keyspace.partitions()];
+        groups[0].push(self.control_channel.clone());
+        for channel in self.tracks.read().keys() {
+            groups[keyspace.partition(channel)].push(self.pubsub_channel(channel));
+        }
+        let mut ok = true;
+        for (p, channels) in groups.into_iter().enumerate() {
+            if partitions.is_some_and(|wanted| !wanted.contains(&p)) {
+                continue;
+            }
+            for chunk in channels.chunks(RESUBSCRIBE_BATCH) {
+                let result = self.subscriber.ssubscribe(chunk.to_vec()).await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, partition = p, "resubscribing failed");
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    /// On a Redis Cluster: re-reads the slot map; for every partition whose primary changed
+    /// (a slot move or a failover: Redis drops the shard subscriptions of a moved slot),
+    /// subscribes its channels again on the new owner, then heals every channel.
+    async fn follow_slots(self: &Arc<Self>) {
+        if let Err(e) = fred::interfaces::ClusterInterface::sync_cluster(&self.subscriber).await {
+            tracing::debug!(error = %e, "cluster slot map not refreshed");
+            return;
+        }
+        let now = self.partition_owners();
+        let moved: Vec<usize> = {
+            let before = self.owners.lock();
+            (0..now.len())
+                .filter(|p| before.get(*p) != now.get(*p))
+                .collect()
+        };
+        if moved.is_empty() {
+            return;
+        }
+        tracing::info!(partitions = ?moved, "partitions moved to another Redis primary; resubscribing");
+        self.stats
+            .moved
+            .fetch_add(moved.len() as u64, Ordering::Relaxed);
+        if self.resubscribe(Some(&moved)).await {
+            *self.owners.lock() = now;
+        }
+        self.check_positions().await;
     }
 
     fn mark(&self, result: Result<(), &BrokerError>) {
@@ -494,7 +616,10 @@ impl RedisBroker {
                 let count = self.dispatcher.dispatch_command(&command);
                 let broker = self.clone();
                 tokio::spawn(async move {
-                    let key = format!("{}:reply:{request}", broker.config.prefix);
+                    let key = broker
+                        .config
+                        .keyspace
+                        .global_key(&format!("reply:{request}"));
                     let pushed: Result<(), _> = broker.client.rpush(&key, count as i64).await;
                     let expire: Result<(), _> = broker.client.expire(&key, 30, None).await;
                     if let Err(e) = pushed.and(expire) {
@@ -665,9 +790,24 @@ async fn reconnect_loop(
         let Some(broker) = broker.upgrade() else {
             break;
         };
-        tracing::info!("redis subscriber reconnected; checking every channel for gaps");
-        // fred resubscribes on its own; give it a moment, then heal what was missed.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tracing::info!("redis subscriber reconnected; subscribing again and healing gaps");
+        // Subscribe again to every followed channel (on a cluster, on whichever primary owns
+        // each partition now), retrying until it went through, then heal what was missed.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if broker.subscriber.is_clustered() {
+                let _ = fred::interfaces::ClusterInterface::sync_cluster(&broker.subscriber).await;
+            }
+            let owners = broker.partition_owners();
+            if broker.resubscribe(None).await {
+                if broker.subscriber.is_clustered() {
+                    *broker.owners.lock() = owners;
+                }
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
         broker.check_positions().await;
     }
 }
@@ -678,6 +818,7 @@ async fn check_loop(broker: Weak<RedisBroker>) {
         None => return,
     };
     let mut last_check = Instant::now();
+    let mut last_slots = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
@@ -686,6 +827,10 @@ async fn check_loop(broker: Weak<RedisBroker>) {
         };
         let ping: Result<(), _> = broker.client.ping(None).await;
         broker.healthy.store(ping.is_ok(), Ordering::Relaxed);
+        if broker.subscriber.is_clustered() && last_slots.elapsed() >= SLOT_CHECK {
+            last_slots = Instant::now();
+            broker.follow_slots().await;
+        }
         if ping.is_ok() && last_check.elapsed() >= interval {
             last_check = Instant::now();
             broker.check_positions().await;
@@ -740,7 +885,7 @@ impl Broker for RedisBroker {
         self.tracks.write().insert(channel.into(), track.clone());
         let subscribed = self
             .subscriber
-            .subscribe(self.pubsub_channel(channel))
+            .ssubscribe(self.pubsub_channel(channel))
             .await
             .map_err(unavailable);
         if let Err(e) = subscribed {
@@ -766,7 +911,7 @@ impl Broker for RedisBroker {
                 self.tracks.write().remove(channel);
                 let _ = self
                     .subscriber
-                    .unsubscribe(self.pubsub_channel(channel))
+                    .sunsubscribe(self.pubsub_channel(channel))
                     .await;
                 Err(e)
             }
@@ -776,7 +921,7 @@ impl Broker for RedisBroker {
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         self.tracks.write().remove(channel);
         self.subscriber
-            .unsubscribe(self.pubsub_channel(channel))
+            .sunsubscribe(self.pubsub_channel(channel))
             .await
             .map_err(unavailable)
     }
@@ -785,7 +930,7 @@ impl Broker for RedisBroker {
         let channel = self.pubsub_channel(event.channel());
         let result: Result<(), _> = self
             .client
-            .publish(channel, Value::Bytes(envelope::control(&event)))
+            .spublish(channel, Value::Bytes(envelope::control(&event)))
             .await;
         result.map_err(unavailable)
     }
@@ -794,13 +939,13 @@ impl Broker for RedisBroker {
         let request = new_epoch();
         let receivers: i64 = self
             .client
-            .publish(
+            .spublish(
                 self.control_channel.clone(),
                 Value::Bytes(envelope::command(&request, &command)),
             )
             .await
             .map_err(unavailable)?;
-        let key = format!("{}:reply:{request}", self.config.prefix);
+        let key = self.config.keyspace.global_key(&format!("reply:{request}"));
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
             let replies: Vec<i64> = self.client.lrange(&key, 0, -1).await.map_err(unavailable)?;
@@ -832,6 +977,7 @@ impl Broker for RedisBroker {
             lost: s.lost.load(Ordering::Relaxed),
             bad_envelopes: s.bad_envelopes.load(Ordering::Relaxed),
             history_bytes: 0,
+            moved: s.moved.load(Ordering::Relaxed),
         }
     }
 

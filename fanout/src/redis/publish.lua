@@ -1,9 +1,10 @@
 -- Accepts one publication on a channel, atomically: dedup by idempotency key, next offset,
 -- append to the recent-history stream (bounded by count; the key expires with the history
--- TTL), and PUBLISH of the envelope to every subscribed node.
+-- TTL), and SPUBLISH (sharded pub/sub, in the channel's slot) of the envelope to every
+-- subscribed node.
 -- KEYS: 1 meta hash {e = epoch, o = offset}, 2 history stream, 3 idem hash (key -> offset),
---       4 idem zset (key -> expiry ms), 5 archive stream
--- ARGV: 1 pub/sub channel, 2 channel, 3 from, 4 payload tag, 5 payload, 6 now ms,
+--       4 idem zset (key -> expiry ms), 5 the partition's archive stream
+-- ARGV: 1 shard channel, 2 channel, 3 from, 4 payload tag, 5 payload, 6 now ms,
 --       7 idem key ('' for none), 8 epoch to use if the channel has none, 9 history size,
 --       10 history ttl s, 11 meta ttl s, 12 dedup window ms, 13 dedup max keys,
 --       14 '1' to append to the archive stream, 15 archive stream bound,
@@ -54,5 +55,5 @@ end
 if ARGV[14] == '1' then
   redis.call('XADD', KEYS[5], '*', 'e', envelope)
 end
-redis.call('PUBLISH', ARGV[1], envelope)
+redis.call('SPUBLISH', ARGV[1], envelope)
 return {0, offset, epoch}

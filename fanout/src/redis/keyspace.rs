@@ -1,0 +1,181 @@
+//! Where a channel's state lives in Redis: the same layout on one Redis and on a Redis Cluster.
+//!
+//! Channels are mapped onto a fixed number of **partitions** (`--redis-partitions`, the same
+//! on every node). Every key of a channel, its sharded pub/sub channel, and its partition's
+//! archive stream and presence indexes carry the partition's hash tag, so that one script
+//! touches one hash slot and a node's subscriptions group by slot. Why partitions, not a tag
+//! per channel:
+//!
+//! - the publish script appends to an archive stream atomically with the offset increment,
+//!   and the archivers must be able to enumerate the streams: one per partition;
+//! - presence scripts keep a per-node index of the channels where the node has entries (what
+//!   the reaper walks when the node dies): one per node and partition;
+//! - a slot move or failover is handled per partition (resubscribe its channels, heal them).
+//!
+//! Each partition's tag is chosen so that partition `i` of `P` hashes into the `i`-th of `P`
+//! equal slot ranges: `redis-cli --cluster create` gives each primary an equal range, so the
+//! partitions spread evenly over the primaries (and a partition's channels are still spread
+//! over the cluster by the partitions themselves).
+
+use fred::util::redis_keyslot;
+
+/// Hash slots in a Redis Cluster.
+const SLOTS: u32 = 16384;
+/// Most partitions a keyspace may have.
+pub const MAX_PARTITIONS: usize = 1024;
+
+/// Key names of one gateway cluster (one prefix).
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    prefix: String,
+    /// Per partition, the `<prefix>:{<tag>}` every key of the partition starts with.
+    heads: Vec<String>,
+    slots: Vec<u16>,
+}
+
+impl Keyspace {
+    /// The keyspace of `prefix` with `partitions` partitions (1 ..= [`MAX_PARTITIONS`]).
+    pub fn new(prefix: &str, partitions: usize) -> Self {
+        let partitions = partitions.clamp(1, MAX_PARTITIONS);
+        let mut heads = Vec::with_capacity(partitions);
+        let mut slots = Vec::with_capacity(partitions);
+        for i in 0..partitions {
+            let (tag, slot) = tag_for(i, partitions);
+            heads.push(format!("{prefix}:{{{tag}}}"));
+            slots.push(slot);
+        }
+        Self {
+            prefix: prefix.to_owned(),
+            heads,
+            slots,
+        }
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// The partition of `channel` (FNV-1a of its name).
+    pub fn partition(&self, channel: &str) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in channel.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % self.heads.len() as u64) as usize
+    }
+
+    /// The hash slot of partition `p`.
+    pub fn slot(&self, p: usize) -> u16 {
+        self.slots[p]
+    }
+
+    /// A key of `channel`: `<prefix>:{<tag>}:<kind>:<channel>`.
+    pub fn channel_key(&self, channel: &str, kind: &str) -> String {
+        let head = &self.heads[self.partition(channel)];
+        let mut key = String::with_capacity(head.len() + kind.len() + channel.len() + 2);
+        key.push_str(head);
+        key.push(':');
+        key.push_str(kind);
+        key.push(':');
+        key.push_str(channel);
+        key
+    }
+
+    /// A key of partition `p`: `<prefix>:{<tag>}:<name>`.
+    pub fn partition_key(&self, p: usize, name: &str) -> String {
+        format!("{}:{name}", self.heads[p])
+    }
+
+    /// A key outside every partition: `<prefix>:<name>`.
+    pub fn global_key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// The sharded pub/sub channel of `channel`.
+    pub fn pubsub_channel(&self, channel: &str) -> String {
+        self.channel_key(channel, "c")
+    }
+
+    /// The sharded pub/sub channel of node commands.
+    pub fn control_channel(&self) -> String {
+        self.partition_key(0, "ctl")
+    }
+}
+
+/// A hash tag for partition `i` of `n` whose slot falls in the `i`-th of `n` equal ranges.
+fn tag_for(i: usize, n: usize) -> (String, u16) {
+    let low = (i as u32 * SLOTS / n as u32) as u16;
+    let high = ((i as u32 + 1) * SLOTS / n as u32) as u16;
+    let slot_of = |tag: &str| redis_keyslot(format!("{{{tag}}}").as_bytes());
+    for k in 0..1_000_000u32 {
+        let tag = if k == 0 {
+            format!("{i}")
+        } else {
+            format!("{i}.{k}")
+        };
+        let slot = slot_of(&tag);
+        if slot >= low && slot < high.max(low + 1) {
+            return (tag, slot);
+        }
+    }
+    let tag = format!("{i}");
+    let slot = slot_of(&tag);
+    (tag, slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_evenly_over_slot_ranges() {
+        for n in [1, 3, 16, 64, 1024] {
+            let ks = Keyspace::new("gw", n);
+            assert_eq!(ks.partitions(), n);
+            for p in 0..n {
+                let slot = u32::from(ks.slot(p));
+                assert!(
+                    slot >= p as u32 * SLOTS / n as u32,
+                    "n={n} p={p} slot={slot}"
+                );
+                assert!(slot < (p as u32 + 1) * SLOTS / n as u32, "n={n} p={p}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_channel_hashes_to_its_partition_slot() {
+        let ks = Keyspace::new("gw", 16);
+        for channel in ["room:lobby", "user:alice", "a{b}c", "{x}", "", "ünï:cödé"] {
+            let p = ks.partition(channel);
+            let slot = ks.slot(p);
+            for kind in ["m", "h", "i", "iz", "pn", "pu", "c"] {
+                let key = ks.channel_key(channel, kind);
+                assert_eq!(redis_keyslot(key.as_bytes()), slot, "{key}");
+            }
+            assert_eq!(
+                redis_keyslot(ks.partition_key(p, "archive").as_bytes()),
+                slot
+            );
+        }
+        assert!(ks.channel_key("room:x", "m").starts_with("gw:{"));
+        assert_eq!(ks.global_key("nodes"), "gw:nodes");
+    }
+
+    #[test]
+    fn channels_spread_over_partitions() {
+        let ks = Keyspace::new("gw", 16);
+        let mut counts = [0usize; 16];
+        for i in 0..16_000 {
+            counts[ks.partition(&format!("room:{i}"))] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+}

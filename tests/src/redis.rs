@@ -402,3 +402,44 @@ impl Redis {
         }
     }
 }
+
+impl Redis {
+    /// Sends one command to every server (each primary and replica of a cluster); returns
+    /// their replies.
+    pub async fn command_all(&self, line: &str) -> Vec<String> {
+        match self {
+            Redis::Single(s) => vec![s.command(line).await],
+            Redis::Cluster(c) => {
+                let mut out = Vec::new();
+                for s in c.servers() {
+                    out.push(s.command(line).await);
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Anything a gateway can be pointed at with `--redis-url`.
+pub trait RedisUrl {
+    /// The URL.
+    fn redis_url(&self) -> String;
+}
+
+impl RedisUrl for RedisServer {
+    fn redis_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl RedisUrl for RedisCluster {
+    fn redis_url(&self) -> String {
+        self.url()
+    }
+}
+
+impl RedisUrl for Redis {
+    fn redis_url(&self) -> String {
+        self.url()
+    }
+}

@@ -45,6 +45,7 @@ use track::Track;
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
 const HISTORY_LUA: &str = include_str!("history.lua");
+const REWIND_LUA: &str = include_str!("rewind.lua");
 
 /// Most messages one gap-healing read asks for.
 const HEAL_BATCH: usize = 1000;
@@ -184,6 +185,22 @@ pub async fn claim_layout(client: &Client, keyspace: &Keyspace) -> Result<(), Br
 
 fn unavailable(e: fred::error::Error) -> BrokerError {
     use fred::error::ErrorKind;
+    // A Redis Cluster mid-move or mid-failover (MOVED/ASK followed too often, TRYAGAIN on a
+    // script whose keys are half migrated, CLUSTERDOWN): the client may retry.
+    let cluster = matches!(e.kind(), ErrorKind::Cluster)
+        || [
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MOVED",
+            "ASK",
+            "LOADING",
+            "MASTERDOWN",
+        ]
+        .iter()
+        .any(|p| e.details().starts_with(p));
+    if cluster {
+        return BrokerError::Unavailable(e.to_string());
+    }
     match e.kind() {
         ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
             BrokerError::Unavailable(e.to_string())
@@ -204,6 +221,10 @@ fn value_bytes(value: Value) -> Option<Bytes> {
 fn new_epoch() -> String {
     let n: u64 = rand::random();
     format!("{n:016x}")
+}
+
+fn e_str(epoch: &Option<String>) -> &str {
+    epoch.as_deref().unwrap_or("")
 }
 
 fn unix_millis() -> u64 {
@@ -247,6 +268,7 @@ pub struct RedisBroker {
     dispatcher: Arc<dyn Dispatcher>,
     publish_script: Script,
     history_script: Script,
+    rewind_script: Script,
     tracks: RwLock<HashMap<Arc<str>, Arc<Mutex<Track>>>>,
     healthy: AtomicBool,
     control_channel: String,
@@ -281,6 +303,7 @@ impl RedisBroker {
             dispatcher,
             publish_script: Script::from_lua(PUBLISH_LUA),
             history_script: Script::from_lua(HISTORY_LUA),
+            rewind_script: Script::from_lua(REWIND_LUA),
             tracks: RwLock::default(),
             healthy: AtomicBool::new(true),
             control_channel,
@@ -299,6 +322,11 @@ impl RedisBroker {
             .map_err(unavailable)?;
         broker
             .history_script
+            .load(&broker.client)
+            .await
+            .map_err(unavailable)?;
+        broker
+            .rewind_script
             .load(&broker.client)
             .await
             .map_err(unavailable)?;
@@ -483,32 +511,94 @@ impl RedisBroker {
         ok
     }
 
-    /// On a Redis Cluster: re-reads the slot map; for every partition whose primary changed
-    /// (a slot move or a failover: Redis drops the shard subscriptions of a moved slot),
-    /// subscribes its channels again on the new owner, then heals every channel.
-    async fn follow_slots(self: &Arc<Self>) {
-        if let Err(e) = fred::interfaces::ClusterInterface::sync_cluster(&self.subscriber).await {
-            tracing::debug!(error = %e, "cluster slot map not refreshed");
-            return;
+    /// Brings the node's subscriptions in line with Redis: on a Redis Cluster re-reads the
+    /// slot map and finds the partitions whose primary changed (a slot move, or a failover:
+    /// Redis drops the shard subscriptions of a moved slot, and a promoted replica may lack
+    /// the last writes); subscribes again (every channel after a reconnect, else those of the
+    /// changed partitions), checks the changed partitions' channels for lost writes, then
+    /// heals every channel. Returns false when a subscription failed (call again).
+    async fn resync(self: &Arc<Self>, reconnected: bool) -> bool {
+        let clustered = self.subscriber.is_clustered();
+        if clustered {
+            if let Err(e) = fred::interfaces::ClusterInterface::sync_cluster(&self.subscriber).await
+            {
+                tracing::debug!(error = %e, "cluster slot map not refreshed");
+                return false;
+            }
         }
         let now = self.partition_owners();
-        let moved: Vec<usize> = {
+        let changed: Vec<usize> = if clustered {
             let before = self.owners.lock();
             (0..now.len())
                 .filter(|p| before.get(*p) != now.get(*p))
                 .collect()
+        } else {
+            Vec::new()
         };
-        if moved.is_empty() {
-            return;
+        if !reconnected && changed.is_empty() {
+            return true;
         }
-        tracing::info!(partitions = ?moved, "partitions moved to another Redis primary; resubscribing");
-        self.stats
-            .moved
-            .fetch_add(moved.len() as u64, Ordering::Relaxed);
-        if self.resubscribe(Some(&moved)).await {
+        if !changed.is_empty() {
+            tracing::info!(partitions = ?changed, "partitions on another Redis primary; resubscribing");
+            self.stats
+                .moved
+                .fetch_add(changed.len() as u64, Ordering::Relaxed);
+        }
+        let subscribed = if reconnected {
+            self.resubscribe(None).await
+        } else {
+            self.resubscribe(Some(&changed)).await
+        };
+        if !subscribed {
+            return false;
+        }
+        if clustered {
             *self.owners.lock() = now;
         }
+        let suspects: Vec<(Arc<str>, Arc<Mutex<Track>>)> = self
+            .tracks
+            .read()
+            .iter()
+            .filter(|(c, _)| changed.contains(&self.config.keyspace.partition(c)))
+            .map(|(c, t)| (c.clone(), t.clone()))
+            .collect();
+        for (channel, track) in suspects {
+            self.verify(&channel, &track).await;
+        }
         self.check_positions().await;
+        true
+    }
+
+    /// Checks that Redis still holds the publication this node delivered last on `channel`
+    /// (after a failover): if its offset is now missing or another publication's, Redis lost
+    /// acknowledged writes, and the channel starts a new epoch (subscribers reload).
+    async fn verify(self: &Arc<Self>, channel: &Arc<str>, track: &Arc<Mutex<Track>>) {
+        let (epoch, last, mark) = {
+            let t = track.lock();
+            (t.epoch.clone(), t.last, t.mark)
+        };
+        let (Some(epoch), Some(mark)) = (epoch, mark) else {
+            return;
+        };
+        let Ok(page) = self.read(channel, Some(last - 1), None, 1).await else {
+            return;
+        };
+        if page.epoch != epoch {
+            return;
+        }
+        let lost = page.offset < last
+            || page
+                .publications
+                .first()
+                .is_some_and(|p| p.offset == last && track::fingerprint(p) != mark);
+        if lost && self.rewind(channel, &epoch, last.max(page.offset)).await {
+            let mut t = track.lock();
+            if !t.healing {
+                t.healing = true;
+                drop(t);
+                self.spawn_heal(channel.clone(), track.clone(), None, true);
+            }
+        }
     }
 
     fn mark(&self, result: Result<(), &BrokerError>) {
@@ -692,6 +782,39 @@ impl RedisBroker {
         }
     }
 
+    /// Starts a new epoch for a channel whose offset went backwards below `last` in `epoch`
+    /// (see rewind.lua); returns whether the channel's epoch is no longer `epoch`.
+    async fn rewind(&self, channel: &str, epoch: &str, last: u64) -> bool {
+        tracing::warn!(
+            %channel, %epoch, last,
+            "the channel's offset went backwards in Redis (a failover lost acknowledged \
+             writes): new epoch, subscribers reload"
+        );
+        let keys = vec![
+            self.key(channel, "m"),
+            self.key(channel, "h"),
+            self.key(channel, "i"),
+            self.key(channel, "iz"),
+        ];
+        let args: Vec<Value> = vec![
+            epoch.into(),
+            (last as i64).into(),
+            new_epoch().into(),
+            (self.config.meta_ttl.as_secs().max(1) as i64).into(),
+        ];
+        let done: Result<i64, _> = self
+            .rewind_script
+            .evalsha_with_reload(&self.client, keys, args)
+            .await;
+        match done {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, %channel, "rewinding failed; retried at the next check");
+                false
+            }
+        }
+    }
+
     /// Position check: every subscribed channel's top offset against the node's.
     async fn check_positions(self: &Arc<Self>) {
         let channels: Vec<(Arc<str>, Arc<Mutex<Track>>)> = self
@@ -701,6 +824,15 @@ impl RedisBroker {
             .map(|(c, t)| (c.clone(), t.clone()))
             .collect();
         for batch in channels.chunks(POSITION_BATCH) {
+            // What each track had delivered before the read: Redis's top cannot be below it
+            // unless Redis lost writes.
+            let delivered: Vec<(Option<Arc<str>>, u64)> = batch
+                .iter()
+                .map(|(_, t)| {
+                    let t = t.lock();
+                    (t.epoch.clone(), t.last)
+                })
+                .collect();
             let pipeline = self.client.pipeline();
             for (channel, _) in batch {
                 let _: Result<(), _> = fred::interfaces::HashesInterface::hmget(
@@ -721,7 +853,9 @@ impl RedisBroker {
                     return;
                 }
             };
-            for ((channel, track), value) in batch.iter().zip(results) {
+            for (((channel, track), value), (seen_epoch, seen_last)) in
+                batch.iter().zip(results).zip(delivered)
+            {
                 let (epoch, top) = match value.into_array().as_slice() {
                     [e, o] => (
                         e.as_bytes_str().map(|s| s.to_string()),
@@ -741,6 +875,12 @@ impl RedisBroker {
                         }
                     }
                 };
+                let regressed = match &epoch {
+                    Some(e) => seen_epoch.as_deref() == Some(e.as_str()) && top < seen_last,
+                    None => false,
+                };
+                let moved =
+                    moved || (regressed && self.rewind(channel, e_str(&epoch), seen_last).await);
                 if behind || moved {
                     self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                     let mut t = track.lock();
@@ -794,21 +934,10 @@ async fn reconnect_loop(
         // Subscribe again to every followed channel (on a cluster, on whichever primary owns
         // each partition now), retrying until it went through, then heal what was missed.
         let mut delay = Duration::from_millis(100);
-        loop {
-            if broker.subscriber.is_clustered() {
-                let _ = fred::interfaces::ClusterInterface::sync_cluster(&broker.subscriber).await;
-            }
-            let owners = broker.partition_owners();
-            if broker.resubscribe(None).await {
-                if broker.subscriber.is_clustered() {
-                    *broker.owners.lock() = owners;
-                }
-                break;
-            }
+        while !broker.resync(true).await {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
         }
-        broker.check_positions().await;
     }
 }
 
@@ -829,7 +958,7 @@ async fn check_loop(broker: Weak<RedisBroker>) {
         broker.healthy.store(ping.is_ok(), Ordering::Relaxed);
         if broker.subscriber.is_clustered() && last_slots.elapsed() >= SLOT_CHECK {
             last_slots = Instant::now();
-            broker.follow_slots().await;
+            broker.resync(false).await;
         }
         if ping.is_ok() && last_check.elapsed() >= interval {
             last_check = Instant::now();

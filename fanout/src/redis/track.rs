@@ -19,6 +19,10 @@ pub(super) struct Track {
     pub(super) epoch: Option<Arc<str>>,
     /// Last offset handed to the dispatcher.
     pub(super) last: u64,
+    /// What the publication at `last` looked like (acceptance time, payload length), when
+    /// this node delivered it: a failover that lost it and reused its offset shows as a
+    /// different publication there.
+    pub(super) mark: Option<(u64, usize)>,
     /// Live publications after a gap, by offset.
     pending: BTreeMap<u64, Arc<Publication>>,
     /// A healing task runs for this channel.
@@ -33,6 +37,7 @@ impl Track {
             channel,
             epoch: None,
             last: 0,
+            mark: None,
             pending: BTreeMap::new(),
             healing: false,
             target: 0,
@@ -49,6 +54,7 @@ impl Track {
     ) -> bool {
         self.epoch = Some(epoch.clone());
         self.last = offset;
+        self.mark = None;
         self.pending.retain(|_, p| p.epoch == *epoch);
         self.drain(dispatcher);
         self.claim_heal()
@@ -74,7 +80,7 @@ impl Track {
         }
         if publication.offset == self.last + 1 {
             dispatcher.dispatch(&publication);
-            self.last += 1;
+            self.delivered(&publication);
             self.drain(dispatcher);
             return self.claim_heal();
         }
@@ -113,12 +119,13 @@ impl Track {
             }
             dispatcher.dispatch(&publication);
             stats.healed.fetch_add(1, Ordering::Relaxed);
-            self.last = publication.offset;
+            self.delivered(&publication);
         }
         if complete && self.last < page.offset {
             // Nothing more in the stream, yet the channel is further on: expired or trimmed.
             self.lose(dispatcher, stats);
             self.last = page.offset;
+            self.mark = None;
         }
         self.drain(dispatcher);
     }
@@ -134,6 +141,7 @@ impl Track {
         }
         self.epoch = Some(epoch.clone());
         self.last = 0;
+        self.mark = None;
         self.target = 0;
         self.pending.retain(|_, p| p.epoch == epoch);
     }
@@ -157,12 +165,18 @@ impl Track {
             if offset <= self.last {
                 entry.remove();
             } else if offset == self.last + 1 {
-                dispatcher.dispatch(&entry.remove());
-                self.last = offset;
+                let publication = entry.remove();
+                dispatcher.dispatch(&publication);
+                self.delivered(&publication);
             } else {
                 break;
             }
         }
+    }
+
+    fn delivered(&mut self, publication: &Publication) {
+        self.last = publication.offset;
+        self.mark = Some(fingerprint(publication));
     }
 
     /// True once per gap: the caller starts the healing task.
@@ -173,4 +187,9 @@ impl Track {
         self.healing = true;
         true
     }
+}
+
+/// What tells two publications at one offset apart: acceptance time and payload length.
+pub(super) fn fingerprint(publication: &Publication) -> (u64, usize) {
+    (publication.ts, publication.data.bytes().len())
 }

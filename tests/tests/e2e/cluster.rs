@@ -1,18 +1,21 @@
 //! Clustered mode: several gateway processes on one real `redis-server` behave as one node.
+//! The cross-node tests run on [`Redis::start`]: with `E2E_REDIS_CLUSTER` set, on a real
+//! three-primary Redis Cluster instead (`scripts/test` runs them both ways); those that pause,
+//! kill or empty the one server stay on one server (the cluster's own in `redis_cluster`).
 
 use std::time::Duration;
 
 use e2e::{
-    Client, Gateway, RedisServer, Token, api_get, api_post, as_str, as_u64, assert_clean, http,
-    metric, run_loadgen_urls, secs,
+    Client, Gateway, Redis, RedisServer, RedisUrl, Token, api_get, api_post, as_str, as_u64,
+    assert_clean, http, metric, run_loadgen_urls, secs,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 /// A gateway node on `redis`, with short heartbeats so that tests see expiry quickly.
-async fn node(redis: &RedisServer, extra: &[(&str, &str)]) -> Gateway {
+pub(crate) async fn node(redis: &impl RedisUrl, extra: &[(&str, &str)]) -> Gateway {
     let mut builder = Gateway::builder()
-        .arg("--redis-url", redis.url())
+        .arg("--redis-url", redis.redis_url())
         .arg("--publish-rate", 100_000)
         .arg("--publish-burst", 100_000);
     for (k, v) in extra {
@@ -21,7 +24,7 @@ async fn node(redis: &RedisServer, extra: &[(&str, &str)]) -> Gateway {
     builder.start().await
 }
 
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
+pub(crate) async fn nodes(redis: &impl RedisUrl, n: usize) -> Vec<Gateway> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(node(redis, &[]).await);
@@ -29,13 +32,18 @@ async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
     out
 }
 
-fn tok(user: &str) -> String {
+pub(crate) fn tok(user: &str) -> String {
     Token::new(user).name(user).hs256()
 }
 
 /// Reads pushes until `n` messages on `channel` arrived. Presence pushes (`room:` has
 /// presence) are checked to be about `channel` and passed over; any other push fails.
-async fn messages(c: &mut Client, channel: &str, n: usize, timeout: Duration) -> Vec<Value> {
+pub(crate) async fn messages(
+    c: &mut Client,
+    channel: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<Value> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < n {
@@ -56,13 +64,13 @@ async fn messages(c: &mut Client, channel: &str, n: usize, timeout: Duration) ->
     out
 }
 
-fn offsets(ms: &[Value]) -> Vec<u64> {
+pub(crate) fn offsets(ms: &[Value]) -> Vec<u64> {
     ms.iter().map(|m| as_u64(&m["offset"])).collect()
 }
 
 #[tokio::test]
 async fn messages_cross_nodes_in_order_with_contiguous_offsets() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let gws = nodes(&redis, 3).await;
     let mut subs = Vec::new();
     for (i, gw) in gws.iter().enumerate() {
@@ -122,7 +130,7 @@ async fn messages_cross_nodes_in_order_with_contiguous_offsets() {
 
 #[tokio::test]
 async fn recovery_on_another_node_is_exact() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let gws = nodes(&redis, 3).await;
     let mut c = Client::connect(gws[0].addr(), &tok("ann")).await;
     let mut p = Client::connect(gws[1].addr(), &tok("pete")).await;
@@ -180,7 +188,7 @@ async fn presence_push(c: &mut Client, timeout: Duration) -> Value {
 
 #[tokio::test]
 async fn presence_is_global_and_join_leave_cross_nodes_once() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let gws = nodes(&redis, 3).await;
     let mut ann = Client::connect(gws[0].addr(), &tok("ann")).await;
     ann.subscribe("room:p").await;
@@ -220,7 +228,7 @@ async fn presence_is_global_and_join_leave_cross_nodes_once() {
 
 #[tokio::test]
 async fn a_killed_nodes_users_leave_presence_by_themselves() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let a = node(&redis, &[("--presence-heartbeat-secs", "1")]).await;
     let b = node(&redis, &[("--presence-heartbeat-secs", "1")]).await;
     let mut ann = Client::connect(a.addr(), &tok("ann")).await;
@@ -286,7 +294,7 @@ async fn a_killed_nodes_users_leave_presence_by_themselves() {
 
 #[tokio::test]
 async fn api_disconnect_and_unsubscribe_reach_every_node() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let gws = nodes(&redis, 2).await;
     let mut bob = Client::connect(gws[1].addr(), &tok("bob")).await;
     bob.subscribe("room:u").await;
@@ -422,7 +430,7 @@ async fn redis_paused_means_unavailable_fast_and_not_ready_then_recovers() {
 
 #[tokio::test]
 async fn a_lagging_pubsub_receiver_is_healed_from_history() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     // A receiver of 1 message lags at once under a burst.
     let slow = node(&redis, &[("--redis-pubsub-capacity", "1")]).await;
     let fast = node(&redis, &[]).await;
@@ -455,7 +463,7 @@ async fn a_lagging_pubsub_receiver_is_healed_from_history() {
 
 #[tokio::test]
 async fn loadgen_broadcast_across_nodes_audits_clean() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let gws = nodes(&redis, 3).await;
     // Subscribers on the first two nodes, publishers on the third: every delivery crosses.
     let publisher_url = format!("ws://{}/ws", gws[2].addr());
@@ -523,7 +531,7 @@ async fn presence_comes_back_after_redis_restarts_empty() {
 
 #[tokio::test]
 async fn messages_published_while_a_node_reconnects_arrive_in_order() {
-    let redis = RedisServer::start().await;
+    let redis = Redis::start().await;
     let gws = nodes(&redis, 2).await;
     let mut sub = Client::connect(gws[0].addr(), &tok("sid")).await;
     sub.subscribe("room:b").await;
@@ -545,8 +553,9 @@ async fn messages_published_while_a_node_reconnects_arrive_in_order() {
     // Cut every node's pub/sub connection in the middle of the stream: what is published
     // before they are back never reaches them by pub/sub.
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let killed = redis.command("CLIENT KILL TYPE pubsub").await;
-    assert!(killed.starts_with(':'), "CLIENT KILL answered {killed:?}");
+    for killed in redis.command_all("CLIENT KILL TYPE pubsub").await {
+        assert!(killed.starts_with(':'), "CLIENT KILL answered {killed:?}");
+    }
     publisher.await.unwrap();
     let got = messages(&mut sub, "room:b", total, secs(30)).await;
     assert_eq!(offsets(&got), (1..=total as u64).collect::<Vec<_>>());

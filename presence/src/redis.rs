@@ -34,28 +34,10 @@ const PAGE_LUA: &str = include_str!("redis/page.lua");
 const STATS_LUA: &str = include_str!("redis/stats.lua");
 
 fn unavailable(e: fred::error::Error) -> PresenceError {
-    use fred::error::ErrorKind;
-    // A Redis Cluster mid-move or mid-failover (MOVED/ASK followed too often, TRYAGAIN on a
-    // script whose keys are half migrated, CLUSTERDOWN): the client may retry.
-    let cluster = matches!(e.kind(), ErrorKind::Cluster)
-        || [
-            "TRYAGAIN",
-            "CLUSTERDOWN",
-            "MOVED",
-            "ASK",
-            "LOADING",
-            "MASTERDOWN",
-        ]
-        .iter()
-        .any(|p| e.details().starts_with(p));
-    if cluster {
-        return PresenceError::Unavailable(e.to_string());
-    }
-    match e.kind() {
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
-            PresenceError::Unavailable(e.to_string())
-        }
-        _ => PresenceError::Backend(e.to_string()),
+    if fanout::redis::is_transient(&e) {
+        PresenceError::Unavailable(e.to_string())
+    } else {
+        PresenceError::Backend(e.to_string())
     }
 }
 

@@ -70,6 +70,11 @@ impl RedisServer {
         panic!("redis-server on port {} did not answer PING", self.port);
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -237,6 +242,46 @@ impl RedisCluster {
         );
         cluster.wait_ok(Duration::from_secs(30)).await;
         cluster
+            .wait_replicas(primaries, Duration::from_secs(30))
+            .await;
+        cluster
+    }
+
+    /// Waits until `primaries` live servers are primaries and every other live one is a
+    /// replica whose link to its primary is up.
+    pub async fn wait_replicas(&self, primaries: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut masters = 0;
+            let mut linked = true;
+            for s in self.servers.iter().filter(|s| s.child.is_some()) {
+                let info = s.command("INFO replication").await;
+                if info.contains("role:master") {
+                    masters += 1;
+                } else {
+                    linked &= info.contains("master_link_status:up");
+                }
+            }
+            if masters == primaries && linked {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replication not up within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The live primaries.
+    pub async fn primaries(&self) -> Vec<&RedisServer> {
+        let mut out = Vec::new();
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            if s.command("ROLE").await.contains("master") {
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// Waits until every live node says `cluster_state:ok` and every replica is in sync.
@@ -310,44 +355,115 @@ impl RedisCluster {
         self.wait_ok(Duration::from_secs(30)).await;
     }
 
-    /// Kills the primary of `slot` (SIGKILL) and promotes one of its replicas with
-    /// `CLUSTER FAILOVER TAKEOVER`; returns the new primary's port.
+    /// Kills the primary of `slot` (SIGKILL) and promotes its replica with `CLUSTER FAILOVER
+    /// TAKEOVER` (what the cluster would do by itself after the node timeout, at once);
+    /// returns the new primary's port once the cluster is ok again.
     pub async fn kill_primary_and_promote(&mut self, slot: u16) -> u16 {
-        let port = self.primary_of(slot).await.port;
-        let id = bulk(&self.primary_of(slot).await.command("CLUSTER MYID").await).to_owned();
-        let mut replica = None;
-        for s in self.servers.iter().filter(|s| s.port != port) {
-            let role = s.command("ROLE").await;
-            if role.contains("slave")
-                && s.command("CLUSTER NODES")
-                    .await
-                    .lines()
-                    .any(|l| l.contains("myself") && l.split(' ').nth(3) == Some(id.as_str()))
-            {
-                replica = Some(s.port);
-            }
-        }
-        let replica = replica.unwrap_or_else(|| panic!("slot {slot}'s primary has no replica"));
+        let primary = self.primary_of(slot).await;
+        let port = primary.port;
+        let replica = self.replica_of(primary).await.port;
         let dead = self.servers.iter_mut().find(|s| s.port == port).unwrap();
         if let Some(mut child) = dead.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         let new = self.servers.iter().find(|s| s.port == replica).unwrap();
-        let reply = new.command("CLUSTER FAILOVER TAKEOVER").await;
-        assert!(reply.starts_with("+OK"), "failover: {reply}");
+        // A stopped replica (the test may have frozen it) must run to take over.
+        new.resume();
         let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let reply = new.command("CLUSTER FAILOVER TAKEOVER").await;
+            if reply.starts_with("+OK") || new.command("ROLE").await.contains("master") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "failover refused: {reply}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         while !new.command("ROLE").await.contains("master") {
             assert!(Instant::now() < deadline, "replica not promoted");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.wait_ok(Duration::from_secs(30)).await;
         replica
     }
 
-    /// The primary `i` of the cluster in `redis-cli --cluster create` order (the first
-    /// `primaries` servers).
-    pub fn server(&self, i: usize) -> &RedisServer {
-        &self.servers[i]
+    /// A coordinated failover: the replica of the primary of `slot` catches up, then takes
+    /// over (`CLUSTER FAILOVER`); the old primary becomes its replica. Returns the new
+    /// primary's port.
+    pub async fn manual_failover(&self, slot: u16) -> u16 {
+        let primary = self.primary_of(slot).await;
+        let replica = self.replica_of(primary).await;
+        let reply = replica.command("CLUSTER FAILOVER").await;
+        assert!(reply.starts_with("+OK"), "CLUSTER FAILOVER: {reply}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica.command("ROLE").await.contains("master") {
+            assert!(Instant::now() < deadline, "replica not promoted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_ok(Duration::from_secs(30)).await;
+        replica.port
+    }
+
+    /// The live primary holding a key that matches `pattern` (a `SCAN` pattern), with the
+    /// key and its slot.
+    pub async fn find_key(&self, pattern: &str) -> Option<(&RedisServer, String, u16)> {
+        for s in self.servers.iter().filter(|s| s.child.is_some()) {
+            if !s.command("ROLE").await.contains("master") {
+                continue;
+            }
+            let reply = s
+                .command(&format!("SCAN 0 MATCH {pattern} COUNT 100000"))
+                .await;
+            // *2 $<n> <cursor> *<k> ($<n> <key>)…
+            let key = reply
+                .lines()
+                .skip(3)
+                .find(|l| !l.starts_with('$') && !l.starts_with('*') && !l.is_empty());
+            if let Some(key) = key {
+                let slot = s.command(&format!("CLUSTER KEYSLOT {key}")).await;
+                let slot = slot.trim().trim_start_matches(':').parse().ok()?;
+                return Some((s, key.to_owned(), slot));
+            }
+        }
+        None
+    }
+
+    /// The slot ranges `server` serves as a primary.
+    pub async fn slots_of(&self, server: &RedisServer) -> Vec<(u16, u16)> {
+        let nodes = server.command("CLUSTER NODES").await;
+        let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+            return Vec::new();
+        };
+        me.split(' ')
+            .skip(8)
+            .filter_map(|range| {
+                let mut parts = range.splitn(2, '-');
+                let a = parts.next()?.parse().ok()?;
+                let b = parts.next().map_or(Some(a), |b| b.parse().ok())?;
+                Some((a, b))
+            })
+            .collect()
+    }
+
+    /// The replica of the primary `primary`, as the primary's `CLUSTER NODES` says (the
+    /// replica itself may be frozen).
+    pub async fn replica_of(&self, primary: &RedisServer) -> &RedisServer {
+        let id = bulk(&primary.command("CLUSTER MYID").await).to_owned();
+        let nodes = primary.command("CLUSTER NODES").await;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() > 3 && fields[3] == id && fields[2].contains("slave") {
+                let port = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.split('@').next())
+                    .and_then(|p| p.parse::<u16>().ok());
+                if let Some(s) = self.servers.iter().find(|s| Some(s.port) == port) {
+                    return s;
+                }
+            }
+        }
+        panic!("primary {} ({id}) has no replica: {nodes}", primary.port)
     }
 }
 

@@ -129,6 +129,7 @@ pub async fn connect(
     options: &RedisConnectOptions,
 ) -> Result<(Client, SubscriberClient), BrokerError> {
     let config = Config::from_url(url).map_err(|e| BrokerError::Backend(e.to_string()))?;
+    let clustered = config.server.is_clustered();
     let mut builder = Builder::from_config(config);
     let timeout = options.command_timeout;
     let capacity = options.pubsub_capacity;
@@ -140,7 +141,11 @@ pub async fn connect(
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 1;
+            // One attempt fails fast when Redis is down; a Redis Cluster also redirects
+            // (MOVED/ASK) during slot moves, which counts as an attempt. The command timeout
+            // bounds the whole.
+            c.max_command_attempts = if clustered { 4 } else { 1 };
+            c.max_redirections = 8;
             c.unresponsive.max_timeout = Some(Duration::from_secs(3));
             c.unresponsive.interval = Duration::from_millis(500);
         })
@@ -183,29 +188,31 @@ pub async fn claim_layout(client: &Client, keyspace: &Keyspace) -> Result<(), Br
     }
 }
 
-fn unavailable(e: fred::error::Error) -> BrokerError {
+/// Whether a Redis error is passing: Redis unreachable or slow, or a Redis Cluster mid-move
+/// or mid-failover (MOVED/ASK followed too often, TRYAGAIN on a script whose keys are half
+/// migrated, CLUSTERDOWN, a replica still loading). The caller may retry the same command.
+pub fn is_transient(e: &fred::error::Error) -> bool {
     use fred::error::ErrorKind;
-    // A Redis Cluster mid-move or mid-failover (MOVED/ASK followed too often, TRYAGAIN on a
-    // script whose keys are half migrated, CLUSTERDOWN): the client may retry.
-    let cluster = matches!(e.kind(), ErrorKind::Cluster)
-        || [
-            "TRYAGAIN",
-            "CLUSTERDOWN",
-            "MOVED",
-            "ASK",
-            "LOADING",
-            "MASTERDOWN",
-        ]
+    let details = e.details();
+    matches!(
+        e.kind(),
+        ErrorKind::IO
+            | ErrorKind::Timeout
+            | ErrorKind::Canceled
+            | ErrorKind::Routing
+            | ErrorKind::Cluster
+    ) || ["TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "LOADING", "MASTERDOWN"]
         .iter()
-        .any(|p| e.details().starts_with(p));
-    if cluster {
-        return BrokerError::Unavailable(e.to_string());
-    }
-    match e.kind() {
-        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
-            BrokerError::Unavailable(e.to_string())
-        }
-        _ => BrokerError::Backend(e.to_string()),
+        .any(|p| details.starts_with(p))
+        // fred's word for a command redirected or retried past its attempts.
+        || details.contains("Too many failed write attempts")
+}
+
+fn unavailable(e: fred::error::Error) -> BrokerError {
+    if is_transient(&e) {
+        BrokerError::Unavailable(e.to_string())
+    } else {
+        BrokerError::Backend(e.to_string())
     }
 }
 

@@ -8,6 +8,7 @@ mod cluster;
 mod commands;
 mod config;
 mod contract;
+mod failover;
 mod hardening;
 mod http_api;
 mod lifecycle;
@@ -16,4 +17,5 @@ mod loadgen_smoke;
 mod offsets;
 mod presence;
 mod recovery;
+
 mod slow_consumer;

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub http_refused: Counter,
     /// Payload bytes held in the embedded engine's history.
     pub history_bytes: Gauge,
+    /// Connections accepted whose user's home node (`/v1/route`) is another live node.
+    pub misrouted: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -48,6 +50,7 @@ pub fn metrics() -> &'static Metrics {
         queue_overflows: counter!("gateway_outbound_queue_overflows_total"),
         publish_to_write: histogram!("gateway_publish_to_write_seconds"),
         http_refused: counter!("gateway_http_refused_total"),
+        misrouted: counter!("gateway_misrouted_connections_total"),
         history_bytes: gauge!("gateway_history_bytes"),
     })
 }

@@ -84,6 +84,9 @@ pub struct Node {
     /// Prometheus renderer, when the recorder is installed.
     pub prometheus: Option<PrometheusHandle>,
     locks: ChannelLocks,
+    /// The live nodes as the registry last listed them (refreshed with each heartbeat), for
+    /// counting misrouted connections without a registry read per handshake.
+    peers: parking_lot::RwLock<Vec<NodeInfo>>,
     draining: AtomicBool,
     next_conn_id: AtomicU64,
     sessions: AtomicUsize,
@@ -108,6 +111,7 @@ impl Node {
             public_url,
             prometheus,
             locks: ChannelLocks::new(),
+            peers: parking_lot::RwLock::default(),
             draining: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             sessions: AtomicUsize::new(0),
@@ -152,12 +156,24 @@ impl Node {
         self.hub.close_all(CloseReason::Shutdown);
     }
 
+    /// Counts a connection of `user` as misrouted when its home node, among the nodes the
+    /// registry last listed, is another one.
+    pub fn note_route(&self, user: &str) {
+        let peers = self.peers.read();
+        if let Some(home) = crate::routing::home_node(user, &peers)
+            && home.id != self.config.node_id
+        {
+            metrics().misrouted.increment(1);
+        }
+    }
+
     /// This node as the registry lists it.
     pub fn info(&self) -> NodeInfo {
         NodeInfo {
             id: self.config.node_id.clone(),
             url: self.public_url.clone(),
             connections: self.hub.connection_count() as u64,
+            capacity: self.config.limits.max_connections as u64,
         }
     }
 
@@ -316,6 +332,9 @@ impl Node {
                 && let Err(e) = self.registry.heartbeat(self.info()).await
             {
                 tracing::warn!(error = %e, "node registry heartbeat failed");
+            }
+            if let Ok(nodes) = self.registry.nodes().await {
+                *self.peers.write() = nodes;
             }
             if let Some(handle) = &self.prometheus {
                 handle.run_upkeep();

@@ -19,11 +19,17 @@ fn weight(node_id: &str, user: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The node that `user` should connect to, among `nodes`.
+/// The node that `user` should connect to, among `nodes`: the highest weight among those
+/// with room (a full node's users go to their next choice, and come back when it has room
+/// again), or among all when every node is full.
 pub fn home_node<'a>(user: &str, nodes: &'a [NodeInfo]) -> Option<&'a NodeInfo> {
-    nodes
-        .iter()
-        .max_by_key(|n| (weight(&n.id, user), n.id.as_str()))
+    let pick = |room: bool| {
+        nodes
+            .iter()
+            .filter(|n| !room || !n.is_full())
+            .max_by_key(|n| (weight(&n.id, user), n.id.as_str()))
+    };
+    pick(true).or_else(|| pick(false))
 }
 
 #[cfg(test)]
@@ -36,6 +42,7 @@ mod tests {
                 id: format!("node-{i}"),
                 url: format!("ws://10.0.0.{i}/ws"),
                 connections: 0,
+                capacity: 10,
             })
             .collect()
     }
@@ -58,5 +65,28 @@ mod tests {
             }
         }
         assert!(home_node("x", &[]).is_none());
+    }
+
+    #[test]
+    fn a_full_nodes_users_go_to_their_next_choice() {
+        let mut three = nodes(3);
+        let users: Vec<String> = (0..300).map(|i| format!("user{i}")).collect();
+        let before: Vec<String> = users
+            .iter()
+            .map(|u| home_node(u, &three).unwrap().id.clone())
+            .collect();
+        three[1].connections = 10;
+        for (u, was) in users.iter().zip(&before) {
+            let now = &home_node(u, &three).unwrap().id;
+            if was == "node-1" {
+                assert_ne!(now, "node-1");
+            } else {
+                assert_eq!(now, was, "only the full node's users move");
+            }
+        }
+        for n in three.iter_mut() {
+            n.connections = 10;
+        }
+        assert_eq!(home_node("user1", &three).unwrap().id, before[1]);
     }
 }

@@ -12,7 +12,8 @@
 //! removes their entries channel by channel; the script returns the users who thereby left,
 //! exactly once, so that `leave` is pushed for each.
 //!
-//! The registry is one hash (`<prefix>:nodes`): node id → expiry, connections and URL.
+//! The registry is one hash (`<prefix>:nodes`): node id → expiry, connections, capacity and
+//! URL.
 
 use crate::{
     Change, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError, Stats,
@@ -370,7 +371,10 @@ fn registry_error(e: fred::error::Error) -> RegistryError {
 impl NodeRegistry for RedisRegistry {
     async fn heartbeat(&self, node: NodeInfo) -> Result<(), RegistryError> {
         let expires = unix_millis() + self.ttl.as_millis() as u64;
-        let value = format!("{expires} {} {}", node.connections, node.url);
+        let value = format!(
+            "{expires} {} {} {}",
+            node.connections, node.capacity, node.url
+        );
         let result: Result<(), _> = self.client.hset(&self.key, (node.id, value)).await;
         result.map_err(registry_error)
     }
@@ -390,15 +394,25 @@ impl NodeRegistry for RedisRegistry {
         let mut live = Vec::new();
         let mut expired = Vec::new();
         for (id, value) in entries {
-            let mut parts = value.splitn(3, ' ');
+            let mut parts = value.splitn(4, ' ');
             let expires = parts.next().and_then(|v| v.parse::<u64>().ok());
             let connections = parts.next().and_then(|v| v.parse::<u64>().ok());
-            match (expires, connections, parts.next()) {
-                (Some(e), Some(connections), Some(url)) if e > now => live.push(NodeInfo {
-                    id,
-                    url: url.to_owned(),
-                    connections,
-                }),
+            // "<expires> <connections> <capacity> <url>"; a node of an older build writes no
+            // capacity.
+            let (capacity, url) = match (parts.next(), parts.next()) {
+                (Some(c), Some(url)) => (c.parse::<u64>().ok(), Some(url.to_owned())),
+                (Some(url), None) => (Some(0), Some(url.to_owned())),
+                _ => (None, None),
+            };
+            match (expires, connections, capacity, url) {
+                (Some(e), Some(connections), Some(capacity), Some(url)) if e > now => {
+                    live.push(NodeInfo {
+                        id,
+                        url,
+                        connections,
+                        capacity,
+                    })
+                }
                 _ => expired.push(id),
             }
         }

@@ -12,6 +12,15 @@ pub struct NodeInfo {
     pub url: String,
     /// Connections it holds.
     pub connections: u64,
+    /// Connections it takes at most (`--max-connections`): with `connections`, its load.
+    pub capacity: u64,
+}
+
+impl NodeInfo {
+    /// Whether it takes no more connections.
+    pub fn is_full(&self) -> bool {
+        self.capacity > 0 && self.connections >= self.capacity
+    }
 }
 
 /// Why a registry call failed.
@@ -96,6 +105,7 @@ mod tests {
             id: id.into(),
             url: format!("ws://{id}/ws"),
             connections,
+            capacity: 100,
         }
     }
 

@@ -40,6 +40,7 @@ pub struct Connect {
     addr: String,
     path: String,
     query_token: Option<String>,
+    query: Vec<(String, String)>,
     bearer: Option<String>,
     protocols: Option<String>,
     headers: Vec<(String, String)>,
@@ -63,6 +64,7 @@ impl Connect {
             addr: addr.to_string(),
             path: "/ws".into(),
             query_token: None,
+            query: Vec::new(),
             bearer: None,
             protocols: None,
             headers: Vec::new(),
@@ -78,6 +80,12 @@ impl Connect {
     /// Sends the token as the `token` query parameter.
     pub fn token(mut self, token: &str) -> Connect {
         self.query_token = Some(token.to_string());
+        self
+    }
+
+    /// Adds a query parameter (`user=<id>`, which a load balancer may hash on).
+    pub fn query(mut self, name: &str, value: &str) -> Connect {
+        self.query.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -100,9 +108,18 @@ impl Connect {
 
     fn url(&self) -> String {
         let mut url = format!("ws://{}{}", self.addr, self.path);
+        let mut sep = '?';
         if let Some(t) = &self.query_token {
             url.push_str("?token=");
             url.push_str(t);
+            sep = '&';
+        }
+        for (name, value) in &self.query {
+            url.push(sep);
+            url.push_str(name);
+            url.push('=');
+            url.push_str(value);
+            sep = '&';
         }
         url
     }

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod http;
 pub mod jwt;
 pub mod loadgen;
+pub mod nginx;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
@@ -25,6 +26,7 @@ pub use http::{
 };
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
+pub use nginx::Nginx;
 pub use postgres::PgDatabase;
 pub use proxy::TcpProxy;
 pub use redis::{REDIS_CLUSTER_ENV, Redis, RedisCluster, RedisServer, RedisUrl};

@@ -526,12 +526,11 @@ impl RedisBroker {
     /// heals every channel. Returns false when a subscription failed (call again).
     async fn resync(self: &Arc<Self>, reconnected: bool) -> bool {
         let clustered = self.subscriber.is_clustered();
-        if clustered {
-            if let Err(e) = fred::interfaces::ClusterInterface::sync_cluster(&self.subscriber).await
-            {
-                tracing::debug!(error = %e, "cluster slot map not refreshed");
-                return false;
-            }
+        if clustered
+            && let Err(e) = fred::interfaces::ClusterInterface::sync_cluster(&self.subscriber).await
+        {
+            tracing::debug!(error = %e, "cluster slot map not refreshed");
+            return false;
         }
         let now = self.partition_owners();
         let changed: Vec<usize> = if clustered {

@@ -271,7 +271,14 @@ pub async fn nodes(
     }
     let list: Vec<_> = nodes
         .iter()
-        .map(|n| json!({"id": n.id, "url": n.url, "connections": n.connections}))
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "url": n.url,
+                "connections": n.connections,
+                "capacity": n.capacity,
+            })
+        })
         .collect();
     Ok(Json(json!({ "nodes": list })))
 }

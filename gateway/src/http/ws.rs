@@ -95,6 +95,7 @@ pub async fn upgrade(
         }
     };
     let limits = &node.config.limits;
+    node.note_route(&claims.sub);
     if node.hub.connection_count() >= limits.max_connections {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -125,7 +125,7 @@ async fn a_slot_move_under_publishing_loses_nothing() {
     let quiet = [("--position-check-secs", "3600")];
     let a = node(&cluster, &quiet).await;
     let b = node(&cluster, &quiet).await;
-    let mut subs = vec![subscriber(&a, "ann").await, subscriber(&b, "bob").await];
+    let mut subs = [subscriber(&a, "ann").await, subscriber(&b, "bob").await];
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = publisher(&b, stop.clone(), "mv");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -194,7 +194,7 @@ async fn a_coordinated_failover_under_publishing_loses_nothing() {
     let quiet = [("--position-check-secs", "3600")];
     let a = node(&cluster, &quiet).await;
     let b = node(&cluster, &quiet).await;
-    let mut subs = vec![subscriber(&a, "ann").await, subscriber(&b, "bob").await];
+    let mut subs = [subscriber(&a, "ann").await, subscriber(&b, "bob").await];
     let stop = Arc::new(AtomicBool::new(false));
     let publishing = publisher(&a, stop.clone(), "fo");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -239,8 +239,7 @@ async fn until_told_to_reload(c: &mut Client, ch: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_failover_that_lost_acknowledged_writes_makes_subscribers_reload() {
-    let cluster_owned = RedisCluster::start_with(3, 1).await;
-    let mut cluster = cluster_owned;
+    let mut cluster = RedisCluster::start_with(3, 1).await;
     let quiet = [("--position-check-secs", "3600")];
     let a = node(&cluster, &quiet).await;
     let b = node(&cluster, &quiet).await;

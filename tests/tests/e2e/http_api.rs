@@ -221,6 +221,7 @@ async fn nodes_and_route() {
     assert_eq!(nodes[0]["id"], "node-e2e", "{v}");
     assert_eq!(nodes[0]["url"], url, "{v}");
     assert_eq!(as_u64(&nodes[0]["connections"]), 2, "{v}");
+    assert!(as_u64(&nodes[0]["capacity"]) >= 2, "{v}");
 
     let user = format!("Bearer {}", token("carol"));
     let r = http(

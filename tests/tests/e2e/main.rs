@@ -14,6 +14,7 @@ mod http_api;
 mod lifecycle;
 mod limits;
 mod loadgen_smoke;
+mod nginx;
 mod offsets;
 mod presence;
 mod recovery;

@@ -138,14 +138,19 @@ export function randomId(bytes = 12) {
 }
 
 /** `exp` (Unix seconds) of a JWT, or 0 when it cannot be read. */
-function jwtExp(token) {
+/** A JWT's claims, unverified (the gateway verifies; the client only reads them). */
+function jwtClaims(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const exp = JSON.parse(atob(part)).exp;
-    return typeof exp === 'number' ? exp : 0;
+    return JSON.parse(atob(part)) || {};
   } catch {
-    return 0;
+    return {};
   }
+}
+
+function jwtExp(token) {
+  const exp = jwtClaims(token).exp;
+  return typeof exp === 'number' ? exp : 0;
 }
 
 function normalizeToken(t) {
@@ -156,7 +161,8 @@ function normalizeToken(t) {
   throw new GatewayError('unauthorized', 'getToken() returned no token');
 }
 
-/** `url` with `token` as query parameter; a path is taken relative to the page's origin. */
+/** `url` with `token` (and `user`) as query parameters; a path is taken relative to the
+ * page's origin. */
 function socketUrl(url, token) {
   const base = typeof location !== 'undefined'
     ? `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/`
@@ -165,6 +171,10 @@ function socketUrl(url, token) {
   if (u.protocol === 'http:') u.protocol = 'ws:';
   if (u.protocol === 'https:') u.protocol = 'wss:';
   u.searchParams.set('token', token);
+  // The user id (the token's subject), for a load balancer that keeps a user's connections
+  // on one node by hashing on it (deploy/nginx.conf); the gateway itself ignores it.
+  const sub = jwtClaims(token).sub;
+  if (typeof sub === 'string' && sub) u.searchParams.set('user', sub);
   return u.toString();
 }
 

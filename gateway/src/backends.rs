@@ -74,7 +74,7 @@ pub async fn clustered(
     .context("starting the Redis broker")?;
     let (presence, departures) = RedisPresence::start(
         client.clone(),
-        keyspace,
+        keyspace.clone(),
         &config.node_id,
         config.presence_heartbeat,
     )
@@ -83,7 +83,7 @@ pub async fn clustered(
     let backends = Backends {
         broker,
         presence: Arc::new(presence),
-        registry: Arc::new(RedisRegistry::new(client, &redis.prefix, REGISTRY_TTL)),
+        registry: Arc::new(RedisRegistry::new(client, &keyspace, REGISTRY_TTL)),
     };
     Ok((backends, departures))
 }

@@ -177,20 +177,27 @@ pub fn connect_cause(e: &anyhow::Error) -> String {
 }
 
 impl Dialer {
-    /// Connects connection number `index` with `token` and waits for `welcome`; a
-    /// `publisher` goes to the publisher nodes when there are any.
+    /// Connects connection number `index` of `user` with `token` and waits for `welcome`; a
+    /// `publisher` goes to the publisher nodes when there are any. The URL carries `user` for
+    /// a load balancer that hashes on it.
     pub async fn connect(
         &self,
         index: usize,
+        user: &str,
         token: &str,
         publisher: bool,
     ) -> anyhow::Result<Connection> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(index, token, publisher)).await?
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.connect_inner(index, user, token, publisher),
+        )
+        .await?
     }
 
     async fn connect_inner(
         &self,
         index: usize,
+        user: &str,
         token: &str,
         publisher: bool,
     ) -> anyhow::Result<Connection> {
@@ -206,7 +213,7 @@ impl Dialer {
             None => &self.urls[index % self.urls.len()],
         };
         let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}token={token}");
+        let url = format!("{base}{sep}token={token}&user={user}");
         let mut request = url.as_str().into_client_request()?;
         if self.protocol == Protocol::V1 && self.encoding == Encoding::Msgpack {
             request.headers_mut().insert(

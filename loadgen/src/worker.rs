@@ -205,7 +205,7 @@ impl Worker {
                 return None;
             }
         };
-        match self.dialer.connect(n, &token, publisher).await {
+        match self.dialer.connect(n, name, &token, publisher).await {
             Ok(conn) => {
                 let _ = local.handshake.record(started.elapsed().as_nanos() as u64);
                 local.connected += 1;

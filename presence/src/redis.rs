@@ -351,10 +351,10 @@ pub struct RedisRegistry {
 
 impl RedisRegistry {
     /// A registry whose entries expire `ttl` after their last heartbeat.
-    pub fn new(client: Client, prefix: &str, ttl: Duration) -> Self {
+    pub fn new(client: Client, keys: &Keyspace, ttl: Duration) -> Self {
         Self {
             client,
-            key: format!("{prefix}:nodes"),
+            key: keys.global_key("nodes"),
             ttl,
         }
     }

@@ -76,12 +76,13 @@ impl StreamArchiver {
         let mut backlog = vec![true; n];
         let mut last_claim = Instant::now();
         let mut last_sweep = Instant::now() - SWEEP;
-        let mut last_stats = Instant::now() - Duration::from_secs(60);
+        // The counters go on while a commit waits out a database outage.
+        tokio::spawn(stats_loop(
+            self.client.clone(),
+            self.keys.clone(),
+            self.stats.clone(),
+        ));
         loop {
-            if last_stats.elapsed() >= Duration::from_millis(500) {
-                last_stats = Instant::now();
-                self.update_stats().await;
-            }
             let claim = last_claim.elapsed() >= CLAIM_IDLE / 2;
             if claim {
                 last_claim = Instant::now();
@@ -211,34 +212,42 @@ impl StreamArchiver {
             tracing::warn!(error = %e, "archive stream delete failed");
         }
     }
+}
 
-    /// Pending = entries in the streams; lag = age of the oldest.
-    async fn update_stats(&self) {
-        let mut pending = 0;
-        let mut oldest = 0u64;
-        for key in &self.keys {
-            let Ok(len) = self.client.xlen::<u64, _>(key).await else {
-                return;
-            };
-            pending += len;
-            if len == 0 {
-                continue;
-            }
-            let first: Result<Entries, _> = self.client.xrange_values(key, "-", "+", Some(1)).await;
-            let ts = first.ok().and_then(|first| {
-                first
-                    .first()
-                    .and_then(|(_, fields)| fields.get("e"))
-                    .and_then(|raw| match envelope::decode(raw) {
-                        Ok(Envelope::Publication(p)) => Some(p.ts.max(1)),
-                        _ => None,
-                    })
-            });
-            if let Some(ts) = ts {
-                oldest = if oldest == 0 { ts } else { oldest.min(ts) };
-            }
-        }
-        self.stats.pending.store(pending, Ordering::Relaxed);
-        self.stats.oldest_ms.store(oldest, Ordering::Relaxed);
+/// Every 500 ms: pending = entries in the streams; lag = age of the oldest.
+async fn stats_loop(client: Client, keys: Vec<String>, stats: Arc<ArchiveStats>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        update_stats(&client, &keys, &stats).await;
     }
+}
+
+async fn update_stats(client: &Client, keys: &[String], stats: &ArchiveStats) {
+    let mut pending = 0;
+    let mut oldest = 0u64;
+    for key in keys {
+        let Ok(len) = client.xlen::<u64, _>(key).await else {
+            return;
+        };
+        pending += len;
+        if len == 0 {
+            continue;
+        }
+        let first: Result<Entries, _> = client.xrange_values(key, "-", "+", Some(1)).await;
+        let ts = first.ok().and_then(|first| {
+            first
+                .first()
+                .and_then(|(_, fields)| fields.get("e"))
+                .and_then(|raw| match envelope::decode(raw) {
+                    Ok(Envelope::Publication(p)) => Some(p.ts.max(1)),
+                    _ => None,
+                })
+        });
+        if let Some(ts) = ts {
+            oldest = if oldest == 0 { ts } else { oldest.min(ts) };
+        }
+    }
+    stats.pending.store(pending, Ordering::Relaxed);
+    stats.oldest_ms.store(oldest, Ordering::Relaxed);
 }

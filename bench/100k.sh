@@ -122,6 +122,16 @@ for mode in $MODES; do
   pid_args=()
   for p in "${node_pids[@]}"; do pid_args+=(--pid "$p"); done
   rss_before=$(rss_kib)
+  # A timeline for the plot: seconds, open connections, summed RSS of the nodes (KiB).
+  (
+    t0=$(date +%s.%N)
+    while true; do
+      echo "$(echo "$(date +%s.%N) - $t0" | bc),$(connections),$(rss_kib)"
+      sleep 2
+    done
+  ) >"$OUT/$mode-timeline.csv" 2>/dev/null &
+  sampler=$!
+  pids+=($sampler)
   # The idle connections, held until the chat is over.
   hold=$((HOLD + CHAT_SECS + 30))
   timeout $((CONNS / 500 + hold + 120)) $B/loadgen flood --secret "$SECRET" --connections "$CONNS" \
@@ -160,6 +170,7 @@ for mode in $MODES; do
   echo "   chat: Redis ($chat_top)"
   open_after=$(connections)
   wait "$flood" || echo "flood exited with $?" >&2
+  kill "$sampler" 2>/dev/null || true
   {
     echo "mode=$mode open=$open connect_secs=$connect_secs rss_before_kib=$rss_before rss_idle_kib=$rss_idle"
     echo "idle: calls=$idle_calls cpu_secs=$idle_cpu top=$idle_top"
@@ -186,3 +197,4 @@ EOF
   sleep 1
 done
 cat "$summary"
+python3 bench/plot100k.py "$OUT" || true

@@ -562,3 +562,119 @@ async fn messages_published_while_a_node_reconnects_arrive_in_order() {
     // What pub/sub missed came from the stream.
     assert!(metric(gws[0].addr(), "gateway_broker_healed_total").await > Some(0.0));
 }
+
+/// The node `/v1/route` on `gw` names for `user`.
+async fn route(gw: &Gateway, user: &str) -> String {
+    let r = http(
+        gw.addr(),
+        "GET",
+        &format!("/v1/route?token={}", tok(user)),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    as_str(&r.json()["node"]).to_owned()
+}
+
+/// Waits until `gw`'s `/api/nodes` shows `check` true of its node list.
+async fn until_nodes(gw: &Gateway, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + secs(20);
+    loop {
+        let r = api_get(gw.addr(), "/api/nodes").await;
+        let nodes = r.json()["nodes"].as_array().cloned().unwrap_or_default();
+        if check(&nodes) {
+            return nodes;
+        }
+        assert!(Instant::now() < deadline, "{what}: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misrouted() {
+    let redis = Redis::start().await;
+    let a = node(&redis, &[]).await;
+    let b = node(&redis, &[("--max-connections", "3")]).await;
+    let nodes = until_nodes(&a, "both nodes listed", |n| n.len() == 2).await;
+    let id = |gw: &Gateway| {
+        let port = gw.addr().rsplit(':').next().unwrap().to_owned();
+        nodes
+            .iter()
+            .find(|n| as_str(&n["url"]).contains(&format!(":{port}/")))
+            .map(|n| as_str(&n["id"]).to_owned())
+            .unwrap()
+    };
+    let (ida, idb) = (id(&a), id(&b));
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n["id"] == idb.as_str() && n["capacity"] == 3)
+    );
+    // Every node answers alike, and users spread over both.
+    let users: Vec<String> = (0..40).map(|i| format!("rt{i}")).collect();
+    let mut home = std::collections::BTreeMap::new();
+    for u in &users {
+        let h = route(&a, u).await;
+        assert_eq!(route(&b, u).await, h, "{u}");
+        home.insert(u.clone(), h);
+    }
+    let on_b: Vec<&String> = users.iter().filter(|u| home[*u] == idb).collect();
+    let on_a: Vec<&String> = users.iter().filter(|u| home[*u] == ida).collect();
+    assert!(on_a.len() >= 5 && on_b.len() >= 5, "{home:?}");
+
+    // A connection whose home is another node counts as misrouted there (once each node
+    // has read the registry with both nodes: its heartbeat, every 5 s).
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let misrouted = || async { metric(a.addr(), "gateway_misrouted_connections_total").await };
+    let before = misrouted().await.unwrap_or(0.0);
+    let _home = Client::connect(a.addr(), &tok(on_a[0])).await;
+    assert_eq!(misrouted().await.unwrap_or(0.0), before, "a user at home");
+    let _away = Client::connect(a.addr(), &tok(on_b[0])).await;
+    assert_eq!(
+        misrouted().await.unwrap_or(0.0),
+        before + 1.0,
+        "a user away"
+    );
+
+    // Node b full (3 of 3): its users are routed to a until it has room again.
+    let mut held = Vec::new();
+    for u in on_b.iter().take(3) {
+        held.push(Client::connect(b.addr(), &tok(u)).await);
+    }
+    until_nodes(&a, "b full in the registry", |n| {
+        n.iter()
+            .any(|n| n["id"] == idb.as_str() && n["connections"] == 3)
+    })
+    .await;
+    for u in &on_b {
+        assert_eq!(route(&a, u).await, ida, "{u} while b is full");
+    }
+    for u in &on_a {
+        assert_eq!(route(&a, u).await, ida, "{u}");
+    }
+    held.pop().unwrap().close().await;
+    until_nodes(&a, "b with room again", |n| {
+        n.iter()
+            .any(|n| n["id"] == idb.as_str() && n["connections"] == 2)
+    })
+    .await;
+    assert_eq!(route(&a, on_b[3]).await, idb);
+
+    // Draining, b leaves the registry at once (no wait for its entry to expire).
+    b.send_signal("TERM");
+    let deadline = Instant::now() + secs(2);
+    for u in on_b.iter().cycle() {
+        if route(&a, u).await == ida {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route still names b after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for u in &users {
+        assert_eq!(route(&a, u).await, ida, "{u}");
+    }
+}

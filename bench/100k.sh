@@ -5,7 +5,8 @@
 #   2. loadgen opens CONNS idle connections round-robin over the nodes, from several
 #      127.0.0.x source addresses and worker processes, and holds them;
 #   3. after HOLD seconds idle, a chat load (2,000 users in rooms of 20 spread over all six
-#      nodes, so most deliveries cross nodes) runs while the 100,000 stay open;
+#      nodes, so most deliveries cross nodes, CHAT_RATE messages/s each) runs while the
+#      100,000 stay open;
 #   4. Redis's commands and CPU during the idle minute and during the chat are read.
 # Prints a summary table and writes the loadgen reports, Redis stats and the table to
 # bench/results/<date>-100k/. Bounded: every loadgen run has a duration and a timeout;
@@ -22,8 +23,13 @@ CONNS=${CONNS:-100000}
 NODES=${NODES:-6}
 HOLD=${HOLD:-60}
 CHAT_SECS=${CHAT_SECS:-30}
-RATE=${RATE:-4000}
+# Messages per second per chat user: 2,000 users in rooms of 20 at 0.5 msg/s are 1,000
+# publishes/s and about 20,000 deliveries/s, next to 100,000 idle connections on two cores.
+CHAT_RATE=${CHAT_RATE:-0.5}
+RATE=${RATE:-1500}
 SOURCES=${SOURCES:-5}
+# The nodes' --idle-timeout-secs (the gateway's default is 60).
+IDLE_TIMEOUT=${IDLE_TIMEOUT:-60}
 OUT=${OUT:-bench/results/$(date +%Y-%m-%d)-100k}
 SECRET=$(openssl rand -hex 32)
 BASE_PORT=${BASE_PORT:-8400}
@@ -71,7 +77,7 @@ start_redis() { # mode
 redis_reset() { for p in "${redis_ports[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done; }
 redis_calls() { # total command calls since the last reset
   for p in "${redis_ports[@]}"; do redis-cli -p "$p" info commandstats; done |
-    sed -n 's/.*calls=\([0-9]*\),.*/\1/p' | awk '{ s += $1 } END { print s + 0 }'
+    sed -n 's/^cmdstat_[^:]*:calls=\([0-9]*\),.*/\1/p' | awk '{ s += $1 } END { print s + 0 }'
 }
 redis_cpu() { # user+sys CPU seconds of every Redis server
   for p in "${redis_ports[@]}"; do redis-cli -p "$p" info cpu; done |
@@ -113,7 +119,7 @@ for mode in $MODES; do
     $B/gateway --jwt-secret "$SECRET" --listen "127.0.0.1:$port" --node-id "node-$i" \
       --redis-url "$REDIS_URL" --max-connections 20000 --max-connections-per-user 10 \
       --max-http-connections 20000 --publish-rate 1000000 --publish-burst 1000000 \
-      --database-url off --log warn >"$work/node-$i.log" 2>&1 &
+      --idle-timeout-secs "$IDLE_TIMEOUT" --database-url off --log warn >"$work/node-$i.log" 2>&1 &
     pids+=($!)
     node_pids+=($!)
     urls+=(--url "ws://127.0.0.1:$port/ws")
@@ -135,7 +141,7 @@ for mode in $MODES; do
   # The idle connections, held until the chat is over.
   hold=$((HOLD + CHAT_SECS + 30))
   timeout $((CONNS / 500 + hold + 120)) $B/loadgen flood --secret "$SECRET" --connections "$CONNS" \
-    --rate "$RATE" --duration "$hold" --source-addrs "$SOURCES" "${urls[@]}" "${pid_args[@]}" \
+    --rate "$RATE" --hold "$hold" --source-addrs "$SOURCES" "${urls[@]}" "${pid_args[@]}" \
     --no-progress --json "$OUT/$mode-flood.json" >"$OUT/$mode-flood.txt" 2>&1 &
   flood=$!
   started=$(date +%s.%N)
@@ -157,11 +163,11 @@ for mode in $MODES; do
   idle_cpu=$(echo "$(redis_cpu) - $cpu0" | bc)
   idle_top=$(redis_commands)
   rss_idle=$(rss_kib)
-  per_conn=$(echo "scale=2; ($rss_idle - $rss_before) / $open" | bc)
+  per_conn=$(echo "scale=2; ($rss_idle - $rss_before) / ($open + 1)" | bc)
   echo "   idle: ${per_conn} KiB per connection, Redis $((idle_calls / HOLD)) calls/s, ${idle_cpu} s CPU in ${HOLD} s ($idle_top)"
   redis_reset
   cpu0=$(redis_cpu)
-  timeout $((CHAT_SECS + 120)) $B/loadgen chat --secret "$SECRET" --users 2000 --room-size 20 --rate 2 \
+  timeout $((CHAT_SECS + 120)) $B/loadgen chat --secret "$SECRET" --users 2000 --room-size 20 --rate "$CHAT_RATE" \
     --duration "$CHAT_SECS" --channel-prefix bench: "${urls[@]}" "${pid_args[@]}" --no-progress \
     --json "$OUT/$mode-chat.json" >"$OUT/$mode-chat.txt" 2>&1 || echo "chat exited with $?" >&2
   chat_calls=$(redis_calls)
@@ -169,12 +175,19 @@ for mode in $MODES; do
   chat_top=$(redis_commands)
   echo "   chat: Redis ($chat_top)"
   open_after=$(connections)
+  timeouts=0
+  for i in $(seq 1 "$NODES"); do
+    t=$(curl -s "127.0.0.1:$((BASE_PORT + i))/metrics" |
+      awk '/^gateway_disconnects_total\{code="heartbeat_timeout"\}/ { print $2 }')
+    timeouts=$((timeouts + ${t:-0}))
+  done
+  echo "   still open after the chat: $open_after; heartbeat timeouts: $timeouts"
   wait "$flood" || echo "flood exited with $?" >&2
   kill "$sampler" 2>/dev/null || true
   {
     echo "mode=$mode open=$open connect_secs=$connect_secs rss_before_kib=$rss_before rss_idle_kib=$rss_idle"
     echo "idle: calls=$idle_calls cpu_secs=$idle_cpu top=$idle_top"
-    echo "chat: calls=$chat_calls cpu_secs=$chat_cpu top=$chat_top open_after=$open_after"
+    echo "chat: calls=$chat_calls cpu_secs=$chat_cpu top=$chat_top open_after=$open_after heartbeat_timeouts=$timeouts"
   } >"$OUT/$mode-redis.txt"
   python3 - "$OUT/$mode-chat.json" "$mode" "$open" "$connect_secs" "$per_conn" "$idle_calls" \
     "$HOLD" "$idle_cpu" "$chat_calls" "$chat_cpu" >>"$summary" <<'EOF'

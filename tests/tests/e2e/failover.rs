@@ -22,6 +22,21 @@ fn channel(i: usize) -> String {
     format!("room:rc{i}")
 }
 
+/// Publishes `body` through `addr`'s API, again with its idempotency key while the cluster
+/// answers 503 (a slot mid-move, a failover), for at most 20 s; returns the ack.
+async fn publish_until_accepted(addr: &str, body: Value) -> Value {
+    let deadline = Instant::now() + secs(20);
+    loop {
+        let r = api_post(addr, "/api/publish", body.clone()).await;
+        if r.status == 200 {
+            return r.json();
+        }
+        assert_eq!(r.status, 503, "publish: {r:?}");
+        assert!(Instant::now() < deadline, "no publish for 20 s: {r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Publishes `data: 0, 1, …` on every channel through `gw`'s API, round-robin, each publish
 /// retried with its idempotency key until accepted (a cluster mid-move answers 503 for a
 /// moment), until `stop`; returns how many each channel got.
@@ -33,16 +48,7 @@ fn publisher(gw: &Gateway, stop: Arc<AtomicBool>, tag: &'static str) -> JoinHand
             for (i, n) in sent.iter_mut().enumerate() {
                 let body =
                     json!({"channel": channel(i), "data": *n, "idem": format!("{tag}-{i}-{n}")});
-                let deadline = Instant::now() + secs(20);
-                loop {
-                    let r = api_post(&addr, "/api/publish", body.clone()).await;
-                    if r.status == 200 {
-                        break;
-                    }
-                    assert_eq!(r.status, 503, "publish: {r:?}");
-                    assert!(Instant::now() < deadline, "no publish for 20 s: {r:?}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                publish_until_accepted(&addr, body).await;
                 *n += 1;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -280,17 +286,7 @@ async fn a_failover_that_lost_acknowledged_writes_makes_subscribers_reload() {
             let mut acks = Vec::new();
             for n in 10..20 {
                 let body = json!({"channel": ch, "data": n, "idem": format!("lost-{n}")});
-                let deadline = Instant::now() + secs(20);
-                loop {
-                    let r = api_post(&addr, "/api/publish", body.clone()).await;
-                    if r.status == 200 {
-                        acks.push(r.json());
-                        break;
-                    }
-                    assert_eq!(r.status, 503, "{r:?}");
-                    assert!(Instant::now() < deadline, "{r:?}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                acks.push(publish_until_accepted(&addr, body).await);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             acks

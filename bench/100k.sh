@@ -30,6 +30,9 @@ RATE=${RATE:-1500}
 SOURCES=${SOURCES:-5}
 # The nodes' --idle-timeout-secs (the gateway's default is 60).
 IDLE_TIMEOUT=${IDLE_TIMEOUT:-60}
+# The nodes' --ping-interval-secs (the gateway's default is 25): keepalive pings are most of
+# an idle connection's CPU.
+PING_INTERVAL=${PING_INTERVAL:-25}
 OUT=${OUT:-bench/results/$(date +%Y-%m-%d)-100k}
 SECRET=$(openssl rand -hex 32)
 BASE_PORT=${BASE_PORT:-8400}
@@ -119,7 +122,7 @@ for mode in $MODES; do
     $B/gateway --jwt-secret "$SECRET" --listen "127.0.0.1:$port" --node-id "node-$i" \
       --redis-url "$REDIS_URL" --max-connections 20000 --max-connections-per-user 10 \
       --max-http-connections 20000 --publish-rate 1000000 --publish-burst 1000000 \
-      --idle-timeout-secs "$IDLE_TIMEOUT" --database-url off --log warn >"$work/node-$i.log" 2>&1 &
+      --idle-timeout-secs "$IDLE_TIMEOUT" --ping-interval-secs "$PING_INTERVAL" --database-url off --log warn >"$work/node-$i.log" 2>&1 &
     pids+=($!)
     node_pids+=($!)
     urls+=(--url "ws://127.0.0.1:$port/ws")

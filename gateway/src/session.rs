@@ -176,9 +176,8 @@ impl Session {
         }
         // The client's idle time counts from here: a join slowed by a busy backend (Redis
         // under a connect burst) is not the client's silence.
-        let now = Instant::now();
-        self.last_seen = self.last_seen.max(now);
-        self.next_ping = now + self.node.config.limits.ping_interval;
+        self.last_seen = Instant::now();
+        self.next_ping = self.last_seen + self.node.config.limits.ping_interval;
         // One timer, re-armed lazily: only when the deadline comes earlier than the armed one.
         // A later deadline (the client sent a frame) needs nothing: the timer fires early, and
         // `on_timer` finds nothing due and re-arms. Re-arming touches tokio's timer wheel, which

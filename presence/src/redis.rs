@@ -98,21 +98,14 @@ impl RedisPresence {
 
     /// Per channel: node|user → connections, user → connections, user → name, users in id
     /// order (for paging), connections in all.
-    fn channel_keys(&self, channel: &str) -> [String; 5] {
-        let k = &self.keys;
-        [
-            k.channel_key(channel, "pn"),
-            k.channel_key(channel, "pu"),
-            k.channel_key(channel, "pm"),
-            k.channel_key(channel, "pz"),
-            k.channel_key(channel, "pc"),
-        ]
+    fn channel_keys(&self, p: usize, channel: &str) -> [String; 5] {
+        ["pn", "pu", "pm", "pz", "pc"].map(|kind| self.keys.key_in(p, channel, kind))
     }
 
     /// The keys of add.lua, remove.lua and restore.lua, in their order.
     fn change_keys(&self, channel: &str) -> Vec<String> {
-        let [pn, pu, pm, pz, pc] = self.channel_keys(channel);
         let p = self.keys.partition(channel);
+        let [pn, pu, pm, pz, pc] = self.channel_keys(p, channel);
         let node = self.node_key(p, &self.node);
         vec![pn, pu, pm, node, self.nodes_key(p), pz, pc]
     }
@@ -187,7 +180,7 @@ impl RedisPresence {
             let node_key = self.node_key(p, node);
             let channels: Vec<String> = self.client.hkeys(&node_key).await.map_err(unavailable)?;
             for channel in channels {
-                let [pn, pu, pm, pz, pc] = self.channel_keys(&channel);
+                let [pn, pu, pm, pz, pc] = self.channel_keys(p, &channel);
                 let gone: Vec<String> = self
                     .reap
                     .evalsha_with_reload(
@@ -277,7 +270,7 @@ impl Presence for RedisPresence {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Member>, PresenceError> {
-        let [_, pu, pm, pz, _] = self.channel_keys(channel);
+        let [_, pu, pm, pz, _] = self.channel_keys(self.keys.partition(channel), channel);
         let flat: Vec<String> = self
             .page
             .evalsha_with_reload(
@@ -300,7 +293,7 @@ impl Presence for RedisPresence {
     }
 
     async fn stats(&self, channel: &str) -> Result<Stats, PresenceError> {
-        let [_, pu, _, _, pc] = self.channel_keys(channel);
+        let [_, pu, _, _, pc] = self.channel_keys(self.keys.partition(channel), channel);
         let (users, conns): (i64, i64) = self
             .stats
             .evalsha_with_reload(&self.client, vec![pu, pc], ())

@@ -216,8 +216,7 @@ impl RedisCluster {
             servers.push(server);
         }
         let cluster = RedisCluster { servers };
-        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        let mut args: Vec<String> = vec!["create".into()];
         args.extend(
             cluster
                 .servers
@@ -229,17 +228,8 @@ impl RedisCluster {
             replicas.to_string(),
             "--cluster-yes".into(),
         ]);
-        let out = tokio::process::Command::new(&cli)
-            .args(&args)
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {cli} (install redis-tools): {e}"));
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis_cli_cluster(&args).await;
         cluster.wait_ok(Duration::from_secs(30)).await;
         cluster
             .wait_replicas(primaries, Duration::from_secs(30))
@@ -320,13 +310,10 @@ impl RedisCluster {
 
     /// The live server that is the primary of `slot` now, as the cluster says.
     pub async fn primary_of(&self, slot: u16) -> &RedisServer {
-        for s in self.servers.iter().filter(|s| s.child.is_some()) {
-            if s.command("ROLE").await.contains("master") {
-                let nodes = s.command("CLUSTER NODES").await;
-                let me = nodes.lines().find(|l| l.contains("myself"));
-                if me.is_some_and(|l| owns(l, slot)) {
-                    return s;
-                }
+        for s in self.primaries().await {
+            let ranges = self.slots_of(s).await;
+            if ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot)) {
+                return s;
             }
         }
         panic!("no live primary owns slot {slot}");
@@ -338,20 +325,20 @@ impl RedisCluster {
     pub async fn reshard(&self, slots: usize, from: &RedisServer, to: &RedisServer) {
         let from_id = bulk(&from.command("CLUSTER MYID").await).to_owned();
         let to_id = bulk(&to.command("CLUSTER MYID").await).to_owned();
-        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
-        let out = tokio::process::Command::new(&cli)
-            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", from.port)])
-            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
-            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("running {cli}: {e}"));
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster reshard failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let node = format!("127.0.0.1:{}", from.port);
+        let slots = slots.to_string();
+        redis_cli_cluster(&[
+            "reshard",
+            &node,
+            "--cluster-from",
+            &from_id,
+            "--cluster-to",
+            &to_id,
+            "--cluster-slots",
+            &slots,
+            "--cluster-yes",
+        ])
+        .await;
         self.wait_ok(Duration::from_secs(30)).await;
     }
 
@@ -467,19 +454,22 @@ impl RedisCluster {
     }
 }
 
-/// Whether a `CLUSTER NODES` line lists `slot` among its ranges.
-fn owns(line: &str, slot: u16) -> bool {
-    line.split(' ').skip(8).any(|range| {
-        let mut parts = range.splitn(2, '-');
-        match (
-            parts.next().and_then(|a| a.parse::<u16>().ok()),
-            parts.next().map(|b| b.parse::<u16>().ok()),
-        ) {
-            (Some(a), None) => a == slot,
-            (Some(a), Some(Some(b))) => (a..=b).contains(&slot),
-            _ => false,
-        }
-    })
+/// Runs `redis-cli --cluster <args>`, failing the test with its output when it fails.
+async fn redis_cli_cluster(args: &[&str]) {
+    let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
+    let out = tokio::process::Command::new(&cli)
+        .arg("--cluster")
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {cli} (install redis-tools): {e}"));
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster {} failed: {}{}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The text of a one-line bulk string reply (`$40\r\n<text>\r\n`).

@@ -92,6 +92,7 @@ impl StreamArchiver {
                 last_sweep = Instant::now();
             }
             let mut busy = false;
+            let mut failed = false;
             for p in 0..n {
                 let hot = self.hot.take(p);
                 if !(hot || sweep || claim || backlog[p]) {
@@ -110,7 +111,8 @@ impl StreamArchiver {
                     self.read(key, if backlog[p] { "0" } else { ">" }).await
                 };
                 match read {
-                    Ok(entries) if entries.is_empty() => backlog[p] = false,
+                    // An empty claim says nothing of this consumer's own backlog.
+                    Ok(entries) if entries.is_empty() => backlog[p] &= claim,
                     Ok(entries) => {
                         if entries.len() >= self.config.batch {
                             // More may be waiting: read this partition again next turn.
@@ -125,14 +127,18 @@ impl StreamArchiver {
                             group_ready[p] = false;
                             self.hot.mark(p);
                         } else {
+                            // Redis unreachable: the rest waits for the next turn.
                             tracing::warn!(error = %e, "archive stream read failed");
                             self.hot.mark(p);
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            failed = true;
+                            break;
                         }
                     }
                 }
             }
-            if !busy {
+            if failed {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            } else if !busy {
                 tokio::time::sleep(IDLE_POLL).await;
             }
         }
@@ -151,9 +157,11 @@ impl StreamArchiver {
     }
 
     async fn read(&self, key: &str, id: &str) -> Result<Entries, Error> {
-        let response: XReadResponse<String, String, String, Bytes> = self
+        // Nothing new is a nil reply, which fred's map form does not take: read the raw
+        // reply and convert it only when there is one.
+        let reply: Value = self
             .client
-            .xreadgroup_map(
+            .xreadgroup(
                 GROUP,
                 &self.consumer,
                 Some(self.config.batch as u64),
@@ -163,6 +171,10 @@ impl StreamArchiver {
                 id,
             )
             .await?;
+        if reply.is_null() {
+            return Ok(Entries::new());
+        }
+        let response: XReadResponse<String, String, String, Bytes> = reply.into_xread_response()?;
         Ok(response.into_values().next().unwrap_or_default())
     }
 
@@ -224,16 +236,17 @@ async fn stats_loop(client: Client, keys: Vec<String>, stats: Arc<ArchiveStats>)
 }
 
 async fn update_stats(client: &Client, keys: &[String], stats: &ArchiveStats) {
-    let mut pending = 0;
-    let mut oldest = 0u64;
+    // Every stream's length in one round trip; the oldest entry only of those not empty.
+    let pipeline = client.pipeline();
     for key in keys {
-        let Ok(len) = client.xlen::<u64, _>(key).await else {
-            return;
-        };
-        pending += len;
-        if len == 0 {
-            continue;
-        }
+        let _: Result<(), _> = pipeline.xlen(key).await;
+    }
+    let Ok(lengths) = pipeline.all::<Vec<u64>>().await else {
+        return;
+    };
+    let pending = lengths.iter().sum();
+    let mut oldest = 0u64;
+    for (key, _) in keys.iter().zip(&lengths).filter(|(_, len)| **len > 0) {
         let first: Result<Entries, _> = client.xrange_values(key, "-", "+", Some(1)).await;
         let ts = first.ok().and_then(|first| {
             first

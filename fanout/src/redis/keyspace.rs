@@ -78,7 +78,13 @@ impl Keyspace {
 
     /// A key of `channel`: `<prefix>:{<tag>}:<kind>:<channel>`.
     pub fn channel_key(&self, channel: &str, kind: &str) -> String {
-        let head = &self.heads[self.partition(channel)];
+        self.key_in(self.partition(channel), channel, kind)
+    }
+
+    /// [`channel_key`](Self::channel_key) for a channel of partition `p` (known already:
+    /// callers building several keys of one channel hash its name once).
+    pub fn key_in(&self, p: usize, channel: &str, kind: &str) -> String {
+        let head = &self.heads[p];
         let mut key = String::with_capacity(head.len() + kind.len() + channel.len() + 2);
         key.push_str(head);
         key.push(':');
@@ -121,7 +127,7 @@ fn tag_for(i: usize, n: usize) -> (String, u16) {
             format!("{i}.{k}")
         };
         let slot = slot_of(&tag);
-        if slot >= low && slot < high.max(low + 1) {
+        if slot >= low && slot < high {
             return (tag, slot);
         }
     }

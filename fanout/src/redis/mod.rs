@@ -167,17 +167,17 @@ pub async fn connect(
 pub async fn claim_layout(client: &Client, keyspace: &Keyspace) -> Result<(), BrokerError> {
     let key = keyspace.global_key("partitions");
     let wanted = keyspace.partitions().to_string();
-    let _: Value = client
+    // SET NX GET: records the count unless one is there, and answers the one there.
+    let current: Option<String> = client
         .set(
             &key,
             wanted.as_str(),
             None,
             Some(fred::types::SetOptions::NX),
-            false,
+            true,
         )
         .await
         .map_err(unavailable)?;
-    let current: Option<String> = client.get(&key).await.map_err(unavailable)?;
     match current {
         Some(c) if c != wanted => Err(BrokerError::Backend(format!(
             "the nodes on this Redis (prefix {:?}) use {c} partitions, this node {wanted}: \
@@ -228,10 +228,6 @@ fn value_bytes(value: Value) -> Option<Bytes> {
 fn new_epoch() -> String {
     let n: u64 = rand::random();
     format!("{n:016x}")
-}
-
-fn e_str(epoch: &Option<String>) -> &str {
-    epoch.as_deref().unwrap_or("")
 }
 
 fn unix_millis() -> u64 {
@@ -409,14 +405,14 @@ impl RedisBroker {
             flag(ask),
             (base as i64).into(),
         ];
+        let keyspace = &self.config.keyspace;
+        let p = keyspace.partition(channel);
         let keys = vec![
-            self.key(channel, "m"),
-            self.key(channel, "h"),
-            self.key(channel, "i"),
-            self.key(channel, "iz"),
-            self.config
-                .keyspace
-                .partition_key(self.config.keyspace.partition(channel), "archive"),
+            keyspace.key_in(p, channel, "m"),
+            keyspace.key_in(p, channel, "h"),
+            keyspace.key_in(p, channel, "i"),
+            keyspace.key_in(p, channel, "iz"),
+            keyspace.partition_key(p, "archive"),
         ];
         let result: Result<Vec<Value>, _> = self
             .publish_script
@@ -426,7 +422,7 @@ impl RedisBroker {
         self.mark(result.as_ref().map(|_| ()));
         let values = result?;
         if archived {
-            self.hot.mark(self.config.keyspace.partition(channel));
+            self.hot.mark(p);
         }
         let (status, offset, epoch) = match values.as_slice() {
             [s, o, e] => (
@@ -532,14 +528,16 @@ impl RedisBroker {
             tracing::debug!(error = %e, "cluster slot map not refreshed");
             return false;
         }
-        let now = self.partition_owners();
-        let changed: Vec<usize> = if clustered {
+        let now = if clustered {
+            self.partition_owners()
+        } else {
+            Vec::new()
+        };
+        let changed: Vec<usize> = {
             let before = self.owners.lock();
             (0..now.len())
                 .filter(|p| before.get(*p) != now.get(*p))
                 .collect()
-        } else {
-            Vec::new()
         };
         if !reconnected && changed.is_empty() {
             return true;
@@ -558,9 +556,7 @@ impl RedisBroker {
         if !subscribed {
             return false;
         }
-        if clustered {
-            *self.owners.lock() = now;
-        }
+        *self.owners.lock() = now;
         let suspects: Vec<(Arc<str>, Arc<Mutex<Track>>)> = self
             .tracks
             .read()
@@ -577,8 +573,9 @@ impl RedisBroker {
 
     /// Checks that Redis still holds the publication this node delivered last on `channel`
     /// (after a failover): if its offset is now missing or another publication's, Redis lost
-    /// acknowledged writes, and the channel starts a new epoch (subscribers reload).
-    async fn verify(self: &Arc<Self>, channel: &Arc<str>, track: &Arc<Mutex<Track>>) {
+    /// acknowledged writes, and the channel starts a new epoch; the position check that
+    /// follows finds the new epoch and tells subscribers to reload.
+    async fn verify(&self, channel: &str, track: &Mutex<Track>) {
         let (epoch, last, mark) = {
             let t = track.lock();
             (t.epoch.clone(), t.last, t.mark)
@@ -597,13 +594,8 @@ impl RedisBroker {
                 .publications
                 .first()
                 .is_some_and(|p| p.offset == last && track::fingerprint(p) != mark);
-        if lost && self.rewind(channel, &epoch, last.max(page.offset)).await {
-            let mut t = track.lock();
-            if !t.healing {
-                t.healing = true;
-                drop(t);
-                self.spawn_heal(channel.clone(), track.clone(), None, true);
-            }
+        if lost {
+            self.rewind(channel, &epoch, last.max(page.offset)).await;
         }
     }
 
@@ -881,12 +873,14 @@ impl RedisBroker {
                         }
                     }
                 };
-                let regressed = match &epoch {
-                    Some(e) => seen_epoch.as_deref() == Some(e.as_str()) && top < seen_last,
-                    None => false,
+                // Redis's top below what this node delivered in the same epoch: lost writes.
+                let regressed = epoch
+                    .as_deref()
+                    .filter(|e| seen_epoch.as_deref() == Some(*e) && top < seen_last);
+                let moved = match regressed {
+                    Some(e) => moved || self.rewind(channel, e, seen_last).await,
+                    None => moved,
                 };
-                let moved =
-                    moved || (regressed && self.rewind(channel, e_str(&epoch), seen_last).await);
                 if behind || moved {
                     self.stats.gaps.fetch_add(1, Ordering::Relaxed);
                     let mut t = track.lock();

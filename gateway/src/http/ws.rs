@@ -95,7 +95,6 @@ pub async fn upgrade(
         }
     };
     let limits = &node.config.limits;
-    node.note_route(&claims.sub);
     if node.hub.connection_count() >= limits.max_connections {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -121,6 +120,7 @@ pub async fn upgrade(
         );
     }
     let registration = Registration::new(node.clone(), conn);
+    node.note_route(&claims.sub);
     if chosen.is_some() {
         upgrade.set_selected_protocol(HeaderValue::from_static(encoding.subprotocol()));
     }

@@ -678,3 +678,24 @@ async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misr
         assert_eq!(route(&a, u).await, ida, "{u}");
     }
 }
+
+#[tokio::test]
+async fn a_node_with_another_partition_count_refuses_to_start() {
+    let redis = Redis::start().await;
+    let _first = node(&redis, &[]).await;
+    // Nodes with different counts would look for a channel in different places.
+    let (status, out) = Gateway::builder()
+        .arg("--redis-url", redis.redis_url())
+        .arg("--redis-partitions", 8)
+        .run_to_exit(secs(15))
+        .await;
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("16 partitions") && out.contains("--redis-partitions"),
+        "{out}"
+    );
+    // The same count as the first node is fine.
+    let again = node(&redis, &[("--redis-partitions", "16")]).await;
+    let r = api_get(again.addr(), "/api/nodes").await;
+    assert_eq!(r.json()["nodes"].as_array().unwrap().len(), 2, "{r:?}");
+}

@@ -123,18 +123,65 @@ async fn locate(cluster: &RedisCluster, channel: &str) -> (u16, u16) {
     (server.port(), slot)
 }
 
+/// Two nodes on `cluster` with no periodic position check (after a move, only the nodes'
+/// resubscription and the healing it starts can deliver the moved channels' messages), a
+/// subscriber to every channel on each, and a publisher through node `via`.
+struct Traffic {
+    nodes: [Gateway; 2],
+    subs: [Client; 2],
+    stop: Arc<AtomicBool>,
+    publishing: JoinHandle<Vec<u64>>,
+}
+
+impl Traffic {
+    async fn start(cluster: &RedisCluster, via: usize, tag: &'static str) -> Traffic {
+        let quiet = [("--position-check-secs", "3600")];
+        let nodes = [node(cluster, &quiet).await, node(cluster, &quiet).await];
+        let subs = [
+            subscriber(&nodes[0], "ann").await,
+            subscriber(&nodes[1], "bob").await,
+        ];
+        let stop = Arc::new(AtomicBool::new(false));
+        let publishing = publisher(&nodes[via], stop.clone(), tag);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Traffic {
+            nodes,
+            subs,
+            stop,
+            publishing,
+        }
+    }
+
+    /// Publishing goes on for 1.5 s more, then stops; every subscriber's audit must be
+    /// clean and both nodes must have followed a partition to another primary. Returns what
+    /// each channel got, and the nodes.
+    async fn finish(self) -> (Vec<u64>, [Gateway; 2]) {
+        let Traffic {
+            nodes,
+            mut subs,
+            stop,
+            publishing,
+        } = self;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stop.store(true, Ordering::Relaxed);
+        let sent = publishing.await.unwrap();
+        for c in subs.iter_mut() {
+            audit(c, &sent).await;
+        }
+        for gw in &nodes {
+            assert!(
+                metric(gw.addr(), "gateway_broker_moved_total").await >= Some(1.0),
+                "the node followed the move"
+            );
+        }
+        (sent, nodes)
+    }
+}
+
 #[tokio::test]
 async fn a_slot_move_under_publishing_loses_nothing() {
     let cluster = RedisCluster::start().await;
-    // No periodic position check: after the move, only the nodes' resubscription (and the
-    // healing it starts) can bring the moved channels' messages.
-    let quiet = [("--position-check-secs", "3600")];
-    let a = node(&cluster, &quiet).await;
-    let b = node(&cluster, &quiet).await;
-    let mut subs = [subscriber(&a, "ann").await, subscriber(&b, "bob").await];
-    let stop = Arc::new(AtomicBool::new(false));
-    let publishing = publisher(&b, stop.clone(), "mv");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let traffic = Traffic::start(&cluster, 1, "mv").await;
 
     // The channel closest to the start of its primary's slots: reshard moves the lowest
     // slots first, so moving that many slots to the next primary moves it.
@@ -174,19 +221,9 @@ async fn a_slot_move_under_publishing_loses_nothing() {
     );
     assert_eq!(cluster.primary_of(slot).await.port(), to.port());
     assert_eq!(locate(&cluster, &channel(moved_channel)).await.0, to.port());
-    // Publishing goes on past the move, then stops.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = publishing.await.unwrap();
+    let (sent, nodes) = traffic.finish().await;
     assert!(sent.iter().all(|n| *n > 5), "{sent:?}");
-    for c in subs.iter_mut() {
-        audit(c, &sent).await;
-    }
-    for gw in [&a, &b] {
-        assert!(
-            metric(gw.addr(), "gateway_broker_moved_total").await >= Some(1.0),
-            "the node followed the move"
-        );
+    for gw in &nodes {
         assert_eq!(
             metric(gw.addr(), "gateway_broker_lost_total").await,
             Some(0.0)
@@ -197,25 +234,11 @@ async fn a_slot_move_under_publishing_loses_nothing() {
 #[tokio::test]
 async fn a_coordinated_failover_under_publishing_loses_nothing() {
     let cluster = RedisCluster::start_with(3, 1).await;
-    let quiet = [("--position-check-secs", "3600")];
-    let a = node(&cluster, &quiet).await;
-    let b = node(&cluster, &quiet).await;
-    let mut subs = [subscriber(&a, "ann").await, subscriber(&b, "bob").await];
-    let stop = Arc::new(AtomicBool::new(false));
-    let publishing = publisher(&a, stop.clone(), "fo");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let traffic = Traffic::start(&cluster, 0, "fo").await;
     let (_, slot) = locate(&cluster, &channel(0)).await;
     let new = cluster.manual_failover(slot).await;
     assert_eq!(cluster.primary_of(slot).await.port(), new);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = publishing.await.unwrap();
-    for c in subs.iter_mut() {
-        audit(c, &sent).await;
-    }
-    for gw in [&a, &b] {
-        assert!(metric(gw.addr(), "gateway_broker_moved_total").await >= Some(1.0));
-    }
+    traffic.finish().await;
 }
 
 /// Reads `c`'s pushes on `ch` until an `unsubscribe` with `resubscribe: true`, checking that

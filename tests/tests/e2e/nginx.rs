@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use e2e::{Client, Connect, Nginx, Redis, api_post, as_str, as_u64, http, secs};
+use e2e::{Client, Connect, Nginx, Redis, api_post, as_str, as_u64, secs};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -52,8 +52,6 @@ async fn nginx_keeps_users_on_one_node_and_moves_a_dead_nodes_users_without_loss
     let ids: Vec<String> = {
         let mut ids = Vec::new();
         for gw in &gws {
-            let r = http(gw.addr(), "GET", "/healthz", &[], None).await;
-            assert_eq!(r.status, 200);
             let c = Client::connect(gw.addr(), &tok("probe")).await;
             ids.push(node_of(&c));
         }
@@ -180,9 +178,4 @@ async fn nginx_keeps_users_on_one_node_and_moves_a_dead_nodes_users_without_loss
         let c = connect(&nginx, u).await;
         assert_eq!(node_of(&c), home[u], "{u}");
     }
-    assert!(
-        !nginx.error_log().contains("[emerg]"),
-        "{}",
-        nginx.error_log()
-    );
 }

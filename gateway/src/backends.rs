@@ -66,6 +66,7 @@ pub async fn clustered(
             dedup_window: config.dedup_window,
             dedup_max_keys: config.dedup_max_keys,
             position_check_interval: redis.position_check,
+            position_sweep_interval: redis.position_sweep,
         },
         hub,
         archive,

@@ -70,10 +70,14 @@ pub struct Settings {
     /// behind heals from history [default: 4096].
     #[arg(long, env = "GATEWAY_REDIS_PUBSUB_CAPACITY")]
     pub redis_pubsub_capacity: Option<usize>,
-    /// Seconds between checks of subscribed channels' positions against Redis (finds a lost
-    /// last message in a quiet channel) [default: 5].
+    /// Seconds between checks of the positions of subscribed channels with recent traffic
+    /// against Redis (finds a lost last message of a burst) [default: 5].
     #[arg(long, env = "GATEWAY_POSITION_CHECK_SECS")]
     pub position_check_secs: Option<u64>,
+    /// Seconds over which every subscribed channel's position, quiet ones included, is
+    /// checked once, a slice at each check [default: 60].
+    #[arg(long, env = "GATEWAY_POSITION_SWEEP_SECS")]
+    pub position_sweep_secs: Option<u64>,
     /// Seconds between presence heartbeats; a dead node's users leave after about three
     /// [default: 10].
     #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS")]
@@ -224,7 +228,7 @@ impl Settings {
         self.dev |= file.dev;
         merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
             jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
-            redis_prefix, redis_partitions, redis_pubsub_capacity, position_check_secs, presence_heartbeat_secs,
+            redis_prefix, redis_partitions, redis_pubsub_capacity, position_check_secs, position_sweep_secs, presence_heartbeat_secs,
             presence_diff_interval_ms, presence_diff_max,
             database_url, data_dir, archive_queue, archive_retention_days, log_format, log, max_connections, max_connections_per_user,
             max_subscriptions, publish_rate, publish_burst, subscribe_rate, subscribe_burst,
@@ -402,6 +406,8 @@ pub struct RedisSettings {
     pub pubsub_capacity: usize,
     /// Position check interval.
     pub position_check: Duration,
+    /// Period of the sweep over every subscribed channel's position.
+    pub position_sweep: Duration,
 }
 
 /// Browser origins allowed to open `/ws`, besides the node's own (`Origin` whose host is the
@@ -496,6 +502,7 @@ impl Config {
                     prefix: s.redis_prefix.clone().unwrap_or_else(|| "gw".into()),
                     pubsub_capacity: s.redis_pubsub_capacity.unwrap_or(4096).max(1),
                     position_check: Duration::from_secs(s.position_check_secs.unwrap_or(5).max(1)),
+                    position_sweep: Duration::from_secs(s.position_sweep_secs.unwrap_or(60).max(1)),
                 })
             }
         };

@@ -355,22 +355,32 @@ impl Worker {
             let worker = self.clone();
             let mut stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                let mut local = Stats::default();
-                let conn = worker.connect(&format!("lg-idle{n}"), n, false, &mut local).await;
-                worker.flush(&mut local).await;
+                // The counts (two histograms, tens of KiB) live only while connecting: an
+                // idle connection holds its socket and nothing else.
+                let conn = {
+                    let mut local = Stats::default();
+                    let conn = worker.connect(&format!("lg-idle{n}"), n, false, &mut local).await;
+                    worker.flush(&mut local).await;
+                    conn
+                };
                 let Some(mut conn) = conn else { return };
+                let mut cause = None;
                 loop {
                     tokio::select! {
                         _ = stop.changed() => break,
                         frame = conn.next() => match frame {
                             Ok(Incoming::Frame(_) | Incoming::Message(_)) => {}
-                            Ok(Incoming::Closed(code)) => { local.error(format!("close_{code}")); break; }
-                            Err(_) => { local.error("read_error"); break; }
+                            Ok(Incoming::Closed(code)) => { cause = Some(format!("close_{code}")); break; }
+                            Err(_) => { cause = Some("read_error".to_string()); break; }
                         }
                     }
                 }
                 worker.shared.open.fetch_sub(1, Ordering::Relaxed);
-                worker.flush(&mut local).await;
+                if let Some(cause) = cause {
+                    let mut local = Stats::default();
+                    local.error(cause);
+                    worker.flush(&mut local).await;
+                }
                 conn.close().await;
             }));
         }

@@ -12,13 +12,15 @@
 //!   partition's channels again and heals them by offset.
 //! - **Gap healing in the node**: a [`Track`] per subscribed channel remembers the last offset
 //!   handed to the dispatcher. An envelope after a gap, a reconnect, a lagging receiver or a
-//!   periodic position check (the channel's top offset against the node's) makes the node read
+//!   periodic position check (the channel's top offset against the node's: every few seconds
+//!   for channels with recent traffic, once a sweep period for quiet ones) makes the node read
 //!   the missing range from the stream and deliver it in order; what the stream no longer holds
 //!   is reported with [`Dispatcher::lost`].
 
 mod archiver;
 mod envelope;
 mod keyspace;
+mod subscriptions;
 mod track;
 
 pub use keyspace::{Keyspace, MAX_PARTITIONS};
@@ -38,9 +40,10 @@ use fred::types::Value;
 use fred::types::scripts::Script;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use subscriptions::Subscriptions;
 use track::Track;
 
 const PUBLISH_LUA: &str = include_str!("publish.lua");
@@ -88,8 +91,12 @@ pub struct RedisBrokerConfig {
     pub dedup_window: Duration,
     /// Most idempotency keys remembered per channel.
     pub dedup_max_keys: usize,
-    /// How often the node compares its subscribed channels' positions with Redis.
+    /// How often the node compares the positions of its subscribed channels that had
+    /// traffic lately (within the sweep period) with Redis.
     pub position_check_interval: Duration,
+    /// The period over which every subscribed channel, quiet ones too, is compared once (a
+    /// slice of them at each check).
+    pub position_sweep_interval: Duration,
 }
 
 /// The archive of a Redis broker: the database, and this node's consumer of the archive
@@ -267,6 +274,8 @@ pub struct RedisBroker {
     me: Weak<RedisBroker>,
     client: Client,
     subscriber: SubscriberClient,
+    /// Channel subscriptions, batched.
+    subscriptions: Subscriptions,
     config: RedisBrokerConfig,
     dispatcher: Arc<dyn Dispatcher>,
     publish_script: Script,
@@ -281,6 +290,20 @@ pub struct RedisBroker {
     hot: Arc<archiver::HotPartitions>,
     /// On a Redis Cluster, each partition's primary when the node last subscribed there.
     owners: Mutex<Vec<Option<String>>>,
+    /// Sweep slices handed to new tracks, round robin.
+    next_slice: AtomicU32,
+    /// Short-interval position checks so far.
+    check_round: AtomicU32,
+}
+
+/// Which channels a position check reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckScope {
+    /// Every subscribed channel (after a reconnect, a slot move or a lagging receiver).
+    All,
+    /// The periodic check: channels with recent traffic or an open gap, and one slice of
+    /// the quiet ones.
+    Due,
 }
 
 impl RedisBroker {
@@ -302,6 +325,7 @@ impl RedisBroker {
         let broker = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             client,
+            subscriptions: Subscriptions::start(subscriber.clone()),
             subscriber,
             dispatcher,
             publish_script: Script::from_lua(PUBLISH_LUA),
@@ -316,6 +340,8 @@ impl RedisBroker {
                 .map(|a| (a.archive.clone(), stats.clone(), a.config.capacity)),
             hot: hot.clone(),
             owners: Mutex::default(),
+            next_slice: AtomicU32::new(0),
+            check_round: AtomicU32::new(0),
             config,
         });
         broker
@@ -567,7 +593,7 @@ impl RedisBroker {
         for (channel, track) in suspects {
             self.verify(&channel, &track).await;
         }
-        self.check_positions().await;
+        self.check_positions(CheckScope::All).await;
         true
     }
 
@@ -813,12 +839,35 @@ impl RedisBroker {
         }
     }
 
-    /// Position check: every subscribed channel's top offset against the node's.
-    async fn check_positions(self: &Arc<Self>) {
+    /// Checks in one sweep period: a quiet channel is read at one of them.
+    fn sweep_rounds(&self) -> u32 {
+        let check = self.config.position_check_interval.as_millis().max(1);
+        let sweep = self.config.position_sweep_interval.as_millis();
+        sweep.div_ceil(check).clamp(1, u128::from(u8::MAX)) as u32
+    }
+
+    /// Position check: subscribed channels' top offsets against the node's. Pub/sub loses
+    /// nothing on a live connection, and a reconnect, a slot move or a lagging receiver checks
+    /// every channel at once, so the periodic check (`CheckScope::Due`) is a safety net sized
+    /// to traffic: channels that delivered within the last sweep period every interval, quiet
+    /// ones (an idle user's personal channel) once per sweep period.
+    async fn check_positions(self: &Arc<Self>, scope: CheckScope) {
+        let rounds = self.sweep_rounds();
+        let round = match scope {
+            CheckScope::All => 0,
+            CheckScope::Due => self.check_round.fetch_add(1, Ordering::Relaxed) % rounds,
+        };
         let channels: Vec<(Arc<str>, Arc<Mutex<Track>>)> = self
             .tracks
             .read()
             .iter()
+            .filter(|(_, t)| match scope {
+                CheckScope::All => true,
+                CheckScope::Due => {
+                    let mut t = t.lock();
+                    t.due(rounds as u8) || t.slice % rounds == round
+                }
+            })
             .map(|(c, t)| (c.clone(), t.clone()))
             .collect();
         for batch in channels.chunks(POSITION_BATCH) {
@@ -915,7 +964,7 @@ async fn read_loop(
             Err(RecvError::Lagged(n)) => {
                 broker.stats.lagged.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(missed = n, "pub/sub receiver lagged; healing every channel");
-                broker.check_positions().await;
+                broker.check_positions(CheckScope::All).await;
             }
             Err(RecvError::Closed) => break,
         }
@@ -962,7 +1011,7 @@ async fn check_loop(broker: Weak<RedisBroker>) {
         }
         if ping.is_ok() && last_check.elapsed() >= interval {
             last_check = Instant::now();
-            broker.check_positions().await;
+            broker.check_positions(CheckScope::Due).await;
         }
     }
 }
@@ -1010,11 +1059,13 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let track = Arc::new(Mutex::new(Track::new(channel.into())));
+        let slice = self.next_slice.fetch_add(1, Ordering::Relaxed);
+        let track = Arc::new(Mutex::new(Track::new(channel.into(), slice)));
         self.tracks.write().insert(channel.into(), track.clone());
+        let partition = self.config.keyspace.partition(channel);
         let subscribed = self
-            .subscriber
-            .ssubscribe(self.pubsub_channel(channel))
+            .subscriptions
+            .subscribe(partition, self.pubsub_channel(channel))
             .await
             .map_err(unavailable);
         if let Err(e) = subscribed {
@@ -1039,8 +1090,8 @@ impl Broker for RedisBroker {
             Err(e) => {
                 self.tracks.write().remove(channel);
                 let _ = self
-                    .subscriber
-                    .sunsubscribe(self.pubsub_channel(channel))
+                    .subscriptions
+                    .unsubscribe(partition, self.pubsub_channel(channel))
                     .await;
                 Err(e)
             }
@@ -1049,8 +1100,11 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         self.tracks.write().remove(channel);
-        self.subscriber
-            .sunsubscribe(self.pubsub_channel(channel))
+        self.subscriptions
+            .unsubscribe(
+                self.config.keyspace.partition(channel),
+                self.pubsub_channel(channel),
+            )
             .await
             .map_err(unavailable)
     }

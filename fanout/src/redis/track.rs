@@ -29,10 +29,17 @@ pub(super) struct Track {
     pub(super) healing: bool,
     /// Deliver at least up to here (set when a new epoch was found: read it from its start).
     target: u64,
+    /// Something was delivered since the last position check.
+    touched: bool,
+    /// Short-interval position checks left that read this channel since its last traffic (a
+    /// quiet channel is read only by the slow sweep).
+    active: u8,
+    /// Which slice of the slow sweep reads this channel.
+    pub(super) slice: u32,
 }
 
 impl Track {
-    pub(super) fn new(channel: Arc<str>) -> Self {
+    pub(super) fn new(channel: Arc<str>, slice: u32) -> Self {
         Self {
             channel,
             epoch: None,
@@ -41,7 +48,22 @@ impl Track {
             pending: BTreeMap::new(),
             healing: false,
             target: 0,
+            touched: false,
+            active: 0,
+            slice,
         }
+    }
+
+    /// Whether this short-interval position check should read the channel: it had traffic
+    /// within the last `rounds` checks (a lost last message of a burst is found within one
+    /// interval), or a gap is open. Counts one check down.
+    pub(super) fn due(&mut self, rounds: u8) -> bool {
+        if std::mem::take(&mut self.touched) {
+            self.active = rounds;
+        }
+        let due = self.active > 0 || self.healing || !self.pending.is_empty();
+        self.active = self.active.saturating_sub(1);
+        due
     }
 
     /// The node's subscription is live and the channel was at `offset`: deliver from there.
@@ -175,6 +197,7 @@ impl Track {
     }
 
     fn delivered(&mut self, publication: &Publication) {
+        self.touched = true;
         self.last = publication.offset;
         self.mark = Some(fingerprint(publication));
     }

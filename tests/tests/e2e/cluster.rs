@@ -699,3 +699,119 @@ async fn a_node_with_another_partition_count_refuses_to_start() {
     let r = api_get(again.addr(), "/api/nodes").await;
     assert_eq!(r.json()["nodes"].as_array().unwrap().len(), 2, "{r:?}");
 }
+
+/// Connects `n` users (`<prefix><i>`) to `gw` at once.
+async fn connect_burst(gw: &Gateway, prefix: &str, n: usize) -> Vec<Client> {
+    futures_util::future::join_all(
+        (0..n).map(
+            |i| async move { Client::connect(gw.addr(), &tok(&format!("{prefix}{i}"))).await },
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_connect_burst_subscribes_every_personal_channel() {
+    let redis = Redis::start().await;
+    let gws = nodes(&redis, 2).await;
+    // The personal channels' subscriptions of a burst go out batched (on a cluster, one
+    // batch per partition): each still reaches its user, from the other node.
+    let n = 200;
+    let mut users = connect_burst(&gws[0], "burst", n).await;
+    for i in 0..n {
+        let r = api_post(
+            gws[1].addr(),
+            "/api/publish",
+            json!({"channel": format!("user:burst{i}"), "data": i}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    for (i, user) in users.iter_mut().enumerate() {
+        let got = messages(user, &format!("user:burst{i}"), 1, secs(10)).await;
+        assert_eq!(got[0]["data"], i, "{got:?}");
+    }
+    // And a burst of disconnects unsubscribes them, batched too: a publish to a gone user's
+    // channel reaches nobody and breaks nothing.
+    for user in users {
+        user.close().await;
+    }
+    let mut late = Client::connect(gws[0].addr(), &tok("burst7")).await;
+    let r = api_post(
+        gws[1].addr(),
+        "/api/publish",
+        json!({"channel": "user:burst7", "data": "again"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = messages(&mut late, "user:burst7", 1, secs(10)).await;
+    assert_eq!(got[0]["data"], "again");
+}
+
+/// Redis commands of one kind (`cmdstat_<name>`) since the last `CONFIG RESETSTAT`, over
+/// every server.
+async fn redis_calls(redis: &Redis, name: &str) -> u64 {
+    let prefix = format!("cmdstat_{name}:calls=");
+    redis
+        .command_all("INFO commandstats")
+        .await
+        .iter()
+        .flat_map(|reply| reply.lines())
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn quiet_channels_are_checked_once_a_sweep_and_a_lost_state_is_still_found() {
+    let redis = Redis::start().await;
+    // A check a second for channels with traffic, every channel once in 4 s.
+    let gw = node(
+        &redis,
+        &[
+            ("--position-check-secs", "1"),
+            ("--position-sweep-secs", "4"),
+        ],
+    )
+    .await;
+    let n = 100;
+    let _idle = connect_burst(&gw, "idle", n).await;
+    let mut sub = Client::connect(gw.addr(), &tok("quinn")).await;
+    sub.subscribe("room:q").await;
+    let r = api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:q", "data": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    messages(&mut sub, "room:q", 1, secs(5)).await;
+    // Once the room has been quiet for a sweep period, over 4 s every one of the 102 channels
+    // is read about once (four or five slices), where a check of every channel each second
+    // would read each of them about four times.
+    tokio::time::sleep(secs(6)).await;
+    redis.command_all("CONFIG RESETSTAT").await;
+    tokio::time::sleep(secs(4)).await;
+    let reads = redis_calls(&redis, "hmget").await;
+    assert!(
+        (50..250).contains(&reads),
+        "{reads} position reads of {} channels in 4 s",
+        n + 2
+    );
+    // Redis loses the quiet room's state: the sweep still finds it, and its subscriber is
+    // told to reload.
+    redis.command_all("FLUSHALL").await;
+    let push = sub
+        .next_push_of("unsubscribe", secs(15))
+        .await
+        .expect("a resubscribe notice");
+    assert_eq!(
+        (
+            as_str(&push["channel"]),
+            as_str(&push["code"]),
+            push["resubscribe"].clone()
+        ),
+        ("room:q", "insufficient_state", json!(true)),
+        "{push}"
+    );
+}

@@ -164,8 +164,19 @@ pub struct Connection {
 /// Why a connect failed, as a short cause for the error table.
 pub fn connect_cause(e: &anyhow::Error) -> String {
     use tokio_tungstenite::tungstenite::Error as WsError;
-    if let Some(WsError::Http(response)) = e.downcast_ref::<WsError>() {
-        return format!("connect_http_{}", response.status().as_u16());
+    match e.downcast_ref::<WsError>() {
+        Some(WsError::Http(response)) => {
+            return format!("connect_http_{}", response.status().as_u16());
+        }
+        Some(WsError::Io(io)) => return format!("connect_io_{:?}", io.kind()).to_lowercase(),
+        Some(WsError::Protocol(_)) => return "connect_ws_protocol".into(),
+        Some(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+            return "connect_ws_closed".into();
+        }
+        _ => {}
+    }
+    if let Some(closed) = e.downcast_ref::<ClosedBeforeWelcome>() {
+        return format!("connect_close_{}", closed.0);
     }
     if e.downcast_ref::<tokio::time::error::Elapsed>().is_some() {
         return "connect_timeout".into();
@@ -234,6 +245,7 @@ impl Dialer {
             TcpSocket::new_v6()?
         };
         if let Some(source) = self.source {
+            bind_address_no_port(&socket);
             socket.bind(SocketAddr::new(source, 0))?;
         }
         // Client sockets as lean as the server's: small buffers.
@@ -256,10 +268,47 @@ impl Dialer {
             match conn.next().await? {
                 Incoming::Frame(f) if f["op"] == "welcome" => return Ok(conn),
                 Incoming::Frame(_) | Incoming::Message(_) => continue,
-                Incoming::Closed(code) => bail!("closed with {code} before welcome"),
+                Incoming::Closed(code) => return Err(ClosedBeforeWelcome(code).into()),
             }
         }
     }
+}
+
+/// The server closed the socket (with this close code, 0 for none) before `welcome`.
+#[derive(Debug)]
+struct ClosedBeforeWelcome(u16);
+
+impl std::fmt::Display for ClosedBeforeWelcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "closed with {} before welcome", self.0)
+    }
+}
+
+impl std::error::Error for ClosedBeforeWelcome {}
+
+/// Leaves the choice of the source port to `connect` (Linux `IP_BIND_ADDRESS_NO_PORT`):
+/// a port bound before `connect` is reserved for every destination, so one source address
+/// holds at most the ephemeral range (about 28,000 ports) over all the nodes, and the kernel's
+/// search for a free one gets slower as the range fills (a worker near the limit spends its
+/// time in the kernel); chosen at `connect`, a port is unique per destination instead.
+fn bind_address_no_port(socket: &TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and an option value of the size given.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
 }
 
 impl Connection {

@@ -57,6 +57,24 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+impl HistoryQuery {
+    /// The same query, reading only the position when no offset can lie between the bounds
+    /// (`since` at `u64::MAX`, `before` at 0, or `before` at most `since + 1`): a client's
+    /// extreme offsets must not reach arithmetic or a backend's range syntax.
+    pub fn clamped(self) -> HistoryQuery {
+        let lowest = self.since.map_or(Some(1), |s| s.checked_add(1));
+        let empty = match (lowest, self.before) {
+            (None, _) => true,
+            (Some(lowest), Some(before)) => before <= lowest,
+            (Some(_), None) => false,
+        };
+        HistoryQuery {
+            limit: if empty { 0 } else { self.limit },
+            ..self
+        }
+    }
+}
+
 /// A slice of a channel's recent history.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
@@ -94,7 +112,7 @@ impl RecoveryOutcome {
             };
         }
         let covered = match page.publications.first() {
-            Some(first) => first.offset == since + 1,
+            Some(first) => Some(first.offset) == since.checked_add(1),
             None => page.offset == since,
         };
         let complete = page
@@ -234,7 +252,9 @@ pub trait Dispatcher: Send + Sync + 'static {
 pub trait Broker: Send + Sync + 'static {
     /// Accepts a message: assigns its offset, records it in history and hands it to fan-out.
     async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError>;
-    /// Reads recent history (see the contract: a barrier on subscribed channels).
+    /// Reads recent history (see the contract: a barrier on subscribed channels). Any
+    /// `since` and `before` are accepted: bounds that no offset lies between read only the
+    /// position ([`HistoryQuery::clamped`]).
     async fn history(&self, channel: &str, query: HistoryQuery)
     -> Result<HistoryPage, BrokerError>;
     /// This node wants `channel`'s publications (its first local subscriber arrived).
@@ -263,5 +283,31 @@ pub trait Broker: Send + Sync + 'static {
     /// many are still pending (0 without an archive).
     async fn flush_archive(&self, _deadline: std::time::Instant) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HistoryQuery;
+
+    #[test]
+    fn extreme_bounds_read_only_the_position() {
+        let q = |since, before| {
+            HistoryQuery {
+                since,
+                before,
+                limit: 10,
+            }
+            .clamped()
+            .limit
+        };
+        assert_eq!(q(Some(u64::MAX), None), 0);
+        assert_eq!(q(None, Some(0)), 0);
+        assert_eq!(q(None, Some(1)), 0);
+        assert_eq!(q(Some(4), Some(5)), 0);
+        assert_eq!(q(Some(4), Some(6)), 10);
+        assert_eq!(q(None, Some(2)), 10);
+        assert_eq!(q(Some(u64::MAX - 1), None), 10);
+        assert_eq!(q(None, None), 10);
     }
 }

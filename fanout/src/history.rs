@@ -96,7 +96,7 @@ impl History {
         let end = before.map_or(len, |b| (b.saturating_sub(front.offset) as usize).min(len));
         let start = match since {
             None => end.saturating_sub(limit),
-            Some(since) => ((since + 1).saturating_sub(front.offset) as usize).min(end),
+            Some(since) => (since.saturating_add(1).saturating_sub(front.offset) as usize).min(end),
         };
         self.entries
             .range(start..end)

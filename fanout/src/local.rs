@@ -339,6 +339,7 @@ impl Broker for LocalBroker {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
+        let query = query.clamped();
         let state = self.load(channel).await?;
         let page = {
             let mut state = state.lock();

@@ -116,11 +116,11 @@ pub async fn complete_page(
             let contiguous = older
                 .iter()
                 .enumerate()
-                .all(|(i, p)| p.offset == since + 1 + i as u64);
+                .all(|(i, p)| Some(p.offset) == since.checked_add(1 + i as u64));
             let Some(last) = older.last() else {
                 return Ok(page);
             };
-            let reaches = last.offset + 1 == upper;
+            let reaches = last.offset.checked_add(1) == Some(upper);
             if !contiguous || (!reaches && older.len() < query.limit) {
                 return Ok(page);
             }

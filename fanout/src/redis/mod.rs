@@ -1041,6 +1041,7 @@ impl Broker for RedisBroker {
         channel: &str,
         query: HistoryQuery,
     ) -> Result<HistoryPage, BrokerError> {
+        let query = query.clamped();
         let page = self
             .read(channel, query.since, query.before, query.limit)
             .await?;

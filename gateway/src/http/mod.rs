@@ -11,30 +11,80 @@ use crate::protocol::ErrorCode;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::routing::{self, MethodRouter};
 use std::sync::Arc;
 
 pub use error::ApiError;
 
+/// The OpenAPI 3.1 description of [`routes`] (all but the demo page's), served at
+/// `GET /api/openapi.json`; a unit test holds the two together.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// One route: method, path and handler.
+pub struct Route {
+    /// HTTP method, lower case as in OpenAPI (`get`, `post`).
+    pub method: &'static str,
+    /// Path in axum's (and OpenAPI's) form: `/api/history/{channel}`.
+    pub path: &'static str,
+    handler: MethodRouter<Arc<Node>>,
+    /// Part of the demo page, not of the described HTTP API.
+    pub demo: bool,
+}
+
+fn get<H: Handler<T, Arc<Node>>, T: 'static>(path: &'static str, handler: H) -> Route {
+    Route {
+        method: "get",
+        path,
+        handler: routing::get(handler),
+        demo: false,
+    }
+}
+
+fn post<H: Handler<T, Arc<Node>>, T: 'static>(path: &'static str, handler: H) -> Route {
+    Route {
+        method: "post",
+        path,
+        handler: routing::post(handler),
+        demo: false,
+    }
+}
+
+fn demo(route: Route) -> Route {
+    Route {
+        demo: true,
+        ..route
+    }
+}
+
+/// Every route of a node.
+pub fn routes() -> Vec<Route> {
+    vec![
+        get("/ws", ws::upgrade),
+        post("/api/publish", api::publish),
+        get("/api/presence/{channel}", api::presence),
+        get("/api/presence/{channel}/stats", api::presence_stats),
+        get("/api/history/{channel}", api::history),
+        post("/api/disconnect", api::disconnect),
+        post("/api/unsubscribe", api::unsubscribe),
+        get("/api/nodes", api::nodes),
+        get("/api/openapi.json", ops::openapi),
+        get("/v1/route", ops::route),
+        post("/dev/token", ops::dev_token),
+        get("/healthz", ops::healthz),
+        get("/readyz", ops::readyz),
+        get("/metrics", ops::metrics),
+        demo(get("/", ops::index)),
+        demo(get("/assets/{file}", ops::asset)),
+    ]
+}
+
 /// The node's router.
 pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.config.limits.max_frame_size;
-    Router::new()
-        .route("/ws", get(ws::upgrade))
-        .route("/api/publish", post(api::publish))
-        .route("/api/presence/{channel}", get(api::presence))
-        .route("/api/presence/{channel}/stats", get(api::presence_stats))
-        .route("/api/history/{channel}", get(api::history))
-        .route("/api/disconnect", post(api::disconnect))
-        .route("/api/unsubscribe", post(api::unsubscribe))
-        .route("/api/nodes", get(api::nodes))
-        .route("/v1/route", get(ops::route))
-        .route("/dev/token", post(ops::dev_token))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/", get(ops::index))
-        .route("/assets/{file}", get(ops::asset))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(node)
@@ -88,4 +138,63 @@ pub fn request_token(headers: &http::HeaderMap, query: TokenQuery) -> Option<Str
             .filter(|t| !t.is_empty());
     }
     query.token.filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_openapi_document_describes_every_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let described: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, item)| {
+                let methods = item.as_object().expect("a path item");
+                methods
+                    .keys()
+                    .filter(|m| !matches!(m.as_str(), "summary" | "description" | "parameters"))
+                    .map(|m| (m.clone(), path.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> = routes()
+            .iter()
+            .filter(|r| !r.demo)
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        let undescribed: Vec<_> = served.difference(&described).collect();
+        let unserved: Vec<_> = described.difference(&served).collect();
+        assert!(
+            undescribed.is_empty(),
+            "routes without a description: {undescribed:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "described but not served: {unserved:?}"
+        );
+    }
+
+    #[test]
+    fn every_reference_in_the_openapi_document_resolves() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        fn walk(v: &serde_json::Value, doc: &serde_json::Value) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                        let pointer = r.strip_prefix('#').expect("a local reference");
+                        assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+                    }
+                    map.values().for_each(|v| walk(v, doc));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, doc)),
+                _ => {}
+            }
+        }
+        walk(&doc, &doc);
+    }
 }

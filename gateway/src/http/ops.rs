@@ -112,6 +112,12 @@ pub async fn dev_token(
     ))
 }
 
+/// `GET /api/openapi.json`: the OpenAPI description of the node's HTTP endpoints (public,
+/// like the protocol reference).
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
 /// `GET /healthz`: 200 while the process serves.
 pub async fn healthz() -> &'static str {
     "ok"

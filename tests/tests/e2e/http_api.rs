@@ -127,6 +127,59 @@ async fn api_is_closed_without_a_configured_key() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_is_served_without_a_key_and_describes_the_api() {
+    // Served by a node with the API closed too: it is a description, not the API.
+    let gw = Gateway::builder().without("--api-key").start().await;
+    let r = http(gw.addr(), "GET", "/api/openapi.json", &[], None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/api/publish", "post"),
+        ("/api/history/{channel}", "get"),
+        ("/api/nodes", "get"),
+        ("/v1/route", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{path} {method}");
+    }
+}
+
+#[tokio::test]
+async fn history_bounds_at_the_ends_of_the_offset_range_read_nothing() {
+    // Found by the OpenAPI fuzzer: `since` at u64::MAX overflowed (a panic in a debug build),
+    // and `before=0` made Redis refuse the range (a 500).
+    let gw = Gateway::start(&[]).await;
+    let r = api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:x", "data": 1}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for query in [
+        "since=18446744073709551615",
+        "before=0",
+        "before=1",
+        "since=3&before=4",
+        "since=18446744073709551615&before=0&limit=0",
+    ] {
+        let r = api_get(gw.addr(), &format!("/api/history/room:x?{query}")).await;
+        assert_eq!(r.status, 200, "{query}: {r:?}");
+        let page = r.json();
+        assert_eq!(page["messages"], json!([]), "{query}");
+        assert_eq!(page["offset"], 1, "{query}");
+    }
+    let r = api_get(gw.addr(), "/api/history/room:x?before=2").await;
+    assert_eq!(r.json()["messages"][0]["data"], 1, "{r:?}");
+    let mut c = Client::connect(gw.addr(), &token("xena")).await;
+    let ok = c
+        .request_ok("history", json!({"channel": "room:x", "since": u64::MAX}))
+        .await;
+    assert_eq!(ok["messages"], json!([]));
+}
+
+#[tokio::test]
 async fn api_presence_and_history() {
     let gw = Gateway::start(&[]).await;
     let mut a = Client::connect(gw.addr(), &Token::new("alice").name("Alice").hs256()).await;

@@ -80,6 +80,13 @@ pub fn record_archive_stats(stats: &fanout::archive::ArchiveStats) {
     counter!("gateway_archive_refused_total").absolute(stats.refused.load(Relaxed));
 }
 
+/// Sets the health gauges (called before each scrape): `gateway_ready` as `/readyz` answers,
+/// `gateway_broker_up` while the message backend answers.
+pub fn record_health(ready: bool, broker_up: bool) {
+    gauge!("gateway_ready").set(f64::from(u8::from(ready)));
+    gauge!("gateway_broker_up").set(f64::from(u8::from(broker_up)));
+}
+
 /// Counts a refused handshake by result (`unauthorized`, `bad_subprotocol`, ...).
 pub fn handshake_refused(result: &'static str) {
     counter!("gateway_handshakes_total", "result" => result).increment(1);

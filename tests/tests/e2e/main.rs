@@ -16,6 +16,7 @@ mod limits;
 mod loadgen_smoke;
 mod nginx;
 mod offsets;
+mod ops;
 mod presence;
 mod recovery;
 

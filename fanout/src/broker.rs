@@ -157,9 +157,19 @@ impl ControlEvent {
     }
 }
 
-/// A command for every node: each acts on its own connections and counts them.
+/// A command for every node: each acts on its own connections or reports on them, and
+/// answers with a [`CommandReply`]; [`Broker::command`] merges the answers of every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeCommand {
+    /// Report the node's channels whose name contains `filter`, with their local subscriber
+    /// counts (its busiest [`MAX_CHANNELS_PER_NODE`] at most). Personal channels are not
+    /// listed.
+    Channels {
+        /// Substring a channel's name must contain (empty: every channel).
+        filter: String,
+    },
+    /// Report the node's live counters.
+    Stats,
     /// Close every connection of `user` with `disconnected`.
     Disconnect {
         /// User id.
@@ -174,6 +184,134 @@ pub enum NodeCommand {
         /// Channel.
         channel: String,
     },
+}
+
+/// Most channels one node reports to [`NodeCommand::Channels`]: its busiest ones.
+pub const MAX_CHANNELS_PER_NODE: usize = 10_000;
+
+/// One node's live counters ([`NodeCommand::Stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Node id.
+    pub id: String,
+    /// Open connections.
+    pub connections: u64,
+    /// Subscriptions held by its connections (personal channels included).
+    pub subscriptions: u64,
+    /// Channels with at least one local subscriber (personal channels not counted).
+    pub channels: u64,
+    /// Messages accepted by publishes made on this node, since start.
+    pub published: u64,
+    /// Messages written to this node's subscribers, since start.
+    pub delivered: u64,
+}
+
+/// What a node answers to a [`NodeCommand`], and what the answers of every node merge into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandReply {
+    /// Connections or subscriptions acted on ([`NodeCommand::Disconnect`],
+    /// [`NodeCommand::Unsubscribe`]); merged by summing.
+    Count(u64),
+    /// Channels and their subscriber counts, busiest first; merged by summing per channel.
+    Channels(Vec<(String, u64)>),
+    /// Each node's counters; merged by listing them all, by id.
+    Nodes(Vec<NodeStats>),
+}
+
+impl CommandReply {
+    /// The count of a `Count` reply (0 for the others).
+    pub fn count(&self) -> u64 {
+        match self {
+            CommandReply::Count(n) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Merges every node's answer to `command` (an empty list: nothing answered).
+    pub fn merge(command: &NodeCommand, replies: Vec<CommandReply>) -> CommandReply {
+        match command {
+            NodeCommand::Disconnect { .. } | NodeCommand::Unsubscribe { .. } => {
+                CommandReply::Count(replies.iter().map(CommandReply::count).sum())
+            }
+            NodeCommand::Channels { .. } => {
+                let mut sums: std::collections::HashMap<String, u64> = Default::default();
+                for reply in replies {
+                    if let CommandReply::Channels(list) = reply {
+                        for (channel, n) in list {
+                            *sums.entry(channel).or_default() += n;
+                        }
+                    }
+                }
+                let mut list: Vec<(String, u64)> = sums.into_iter().collect();
+                sort_channels(&mut list);
+                CommandReply::Channels(list)
+            }
+            NodeCommand::Stats => {
+                let mut nodes: Vec<NodeStats> = replies
+                    .into_iter()
+                    .flat_map(|r| match r {
+                        CommandReply::Nodes(n) => n,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                nodes.sort_by(|a, b| a.id.cmp(&b.id));
+                CommandReply::Nodes(nodes)
+            }
+        }
+    }
+
+    /// The reply as JSON (how nodes send it to each other).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            CommandReply::Count(n) => serde_json::json!({ "count": n }),
+            CommandReply::Channels(list) => serde_json::json!({ "channels": list }),
+            CommandReply::Nodes(nodes) => serde_json::json!({
+                "nodes": nodes
+                    .iter()
+                    .map(|n| serde_json::json!([
+                        n.id, n.connections, n.subscriptions, n.channels, n.published, n.delivered
+                    ]))
+                    .collect::<Vec<_>>()
+            }),
+        }
+    }
+
+    /// Reads what [`to_json`](Self::to_json) wrote; `None` for anything else.
+    pub fn from_json(value: &serde_json::Value) -> Option<CommandReply> {
+        if let Some(n) = value.get("count") {
+            return n.as_u64().map(CommandReply::Count);
+        }
+        if let Some(list) = value.get("channels") {
+            let list = list
+                .as_array()?
+                .iter()
+                .map(|pair| Some((pair.get(0)?.as_str()?.to_owned(), pair.get(1)?.as_u64()?)))
+                .collect::<Option<Vec<_>>>()?;
+            return Some(CommandReply::Channels(list));
+        }
+        let nodes = value
+            .get("nodes")?
+            .as_array()?
+            .iter()
+            .map(|n| {
+                let field = |i: usize| n.get(i).and_then(serde_json::Value::as_u64);
+                Some(NodeStats {
+                    id: n.get(0)?.as_str()?.to_owned(),
+                    connections: field(1)?,
+                    subscriptions: field(2)?,
+                    channels: field(3)?,
+                    published: field(4)?,
+                    delivered: field(5)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(CommandReply::Nodes(nodes))
+    }
+}
+
+/// Busiest first, then by name.
+pub fn sort_channels(list: &mut [(String, u64)]) {
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
 }
 
 /// How the broker's delivery to this node went, counted since start (all zero for a broker
@@ -207,8 +345,8 @@ pub trait Dispatcher: Send + Sync + 'static {
     fn dispatch(&self, publication: &Arc<Publication>);
     /// Hands a control event to local subscribers of its channel.
     fn dispatch_control(&self, event: &ControlEvent);
-    /// Runs a node command on local connections; returns how many it touched.
-    fn dispatch_command(&self, command: &NodeCommand) -> u64;
+    /// Runs a node command on local connections; returns this node's answer.
+    fn dispatch_command(&self, command: &NodeCommand) -> CommandReply;
     /// The broker lost publications of `channel` that it can no longer deliver (history no
     /// longer holds them, or the channel's epoch changed): local subscribers must recover
     /// on their own (they are unsubscribed and told to resubscribe with `since`).
@@ -264,7 +402,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a control event to every node's subscribers of its channel.
     async fn publish_control(&self, event: ControlEvent) -> Result<(), BrokerError>;
     /// Runs `command` on every live node; returns the sum of their counts.
-    async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError>;
+    async fn command(&self, command: NodeCommand) -> Result<CommandReply, BrokerError>;
     /// Whether the backend is reachable now (readiness).
     fn is_healthy(&self) -> bool {
         true
@@ -309,5 +447,57 @@ mod tests {
         assert_eq!(q(None, Some(2)), 10);
         assert_eq!(q(Some(u64::MAX - 1), None), 10);
         assert_eq!(q(None, None), 10);
+    }
+
+    #[test]
+    fn command_replies_merge_and_cross_nodes_as_json() {
+        use super::{CommandReply, NodeCommand, NodeStats};
+        let channels = NodeCommand::Channels {
+            filter: String::new(),
+        };
+        let merged = CommandReply::merge(
+            &channels,
+            vec![
+                CommandReply::Channels(vec![("a".into(), 2), ("b".into(), 5)]),
+                CommandReply::Channels(vec![("a".into(), 4), ("c".into(), 1)]),
+            ],
+        );
+        assert_eq!(
+            merged,
+            CommandReply::Channels(vec![("a".into(), 6), ("b".into(), 5), ("c".into(), 1)])
+        );
+        let disconnect = NodeCommand::Disconnect {
+            user: "u".into(),
+            reconnect: false,
+        };
+        let count = CommandReply::merge(
+            &disconnect,
+            vec![CommandReply::Count(2), CommandReply::Count(3)],
+        );
+        assert_eq!(count.count(), 5);
+        let node = |id: &str| NodeStats {
+            id: id.into(),
+            connections: 1,
+            subscriptions: 2,
+            channels: 3,
+            published: 4,
+            delivered: u64::MAX,
+        };
+        let nodes = CommandReply::merge(
+            &NodeCommand::Stats,
+            vec![
+                CommandReply::Nodes(vec![node("b")]),
+                CommandReply::Nodes(vec![node("a")]),
+            ],
+        );
+        assert_eq!(nodes, CommandReply::Nodes(vec![node("a"), node("b")]));
+        for reply in [merged, count, nodes] {
+            assert_eq!(CommandReply::from_json(&reply.to_json()), Some(reply));
+        }
+        assert_eq!(CommandReply::from_json(&serde_json::json!({"x": 1})), None);
+        assert_eq!(
+            CommandReply::from_json(&serde_json::json!({"channels": [["a"]]})),
+            None
+        );
     }
 }

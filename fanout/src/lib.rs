@@ -14,8 +14,9 @@ mod publication;
 pub mod redis;
 
 pub use broker::{
-    Broker, BrokerError, ControlEvent, DeliveryStats, Dispatcher, HistoryPage, HistoryQuery,
-    NodeCommand, PublishOutcome, PublishRequest, RecoveryOutcome,
+    Broker, BrokerError, CommandReply, ControlEvent, DeliveryStats, Dispatcher, HistoryPage,
+    HistoryQuery, MAX_CHANNELS_PER_NODE, NodeCommand, NodeStats, PublishOutcome, PublishRequest,
+    RecoveryOutcome, sort_channels,
 };
 pub use local::{LocalBroker, LocalBrokerConfig};
 pub use publication::{Payload, PayloadError, Publication};

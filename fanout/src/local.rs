@@ -5,8 +5,8 @@ use crate::archive::{
     Archive, ArchiveQueue, ArchiveStats, ArchivedPosition, ArchiverConfig, complete_page,
 };
 use crate::broker::{
-    Broker, BrokerError, ControlEvent, Dispatcher, HistoryPage, HistoryQuery, NodeCommand,
-    PublishOutcome, PublishRequest,
+    Broker, BrokerError, CommandReply, ControlEvent, Dispatcher, HistoryPage, HistoryQuery,
+    NodeCommand, PublishOutcome, PublishRequest,
 };
 use crate::dedup::DedupTable;
 use crate::history::History;
@@ -388,8 +388,9 @@ impl Broker for LocalBroker {
         Ok(())
     }
 
-    async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError> {
-        Ok(self.dispatcher.dispatch_command(&command))
+    async fn command(&self, command: NodeCommand) -> Result<CommandReply, BrokerError> {
+        let reply = self.dispatcher.dispatch_command(&command);
+        Ok(CommandReply::merge(&command, vec![reply]))
     }
 
     fn stats(&self) -> crate::DeliveryStats {
@@ -432,8 +433,8 @@ mod tests {
             self.seen.lock().push((p.channel.to_string(), p.offset));
         }
         fn dispatch_control(&self, _: &ControlEvent) {}
-        fn dispatch_command(&self, _: &NodeCommand) -> u64 {
-            0
+        fn dispatch_command(&self, _: &NodeCommand) -> crate::CommandReply {
+            crate::CommandReply::Count(0)
         }
         fn lost(&self, _: &str) {}
     }

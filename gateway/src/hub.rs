@@ -24,12 +24,15 @@ use crate::metrics::metrics;
 use crate::protocol::{CloseReason, UnsubscribeReason, control_frame, presence_diff_frame};
 use bytes::Bytes;
 use dashmap::DashMap;
-use fanout::{ControlEvent, Dispatcher, NodeCommand, Publication};
+use fanout::{
+    CommandReply, ControlEvent, Dispatcher, MAX_CHANNELS_PER_NODE, NodeCommand, NodeStats,
+    Publication, sort_channels,
+};
 use indexmap::{IndexMap, IndexSet};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 struct Subscriber {
     conn: Arc<Conn>,
@@ -76,16 +79,72 @@ pub struct UserLimitReached;
 /// Local subscribers and connections of this node.
 #[derive(Default)]
 pub struct Hub {
+    node_id: String,
     channels: DashMap<Arc<str>, Subscribers>,
     users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
     connections: AtomicUsize,
+    /// Subscriptions held (personal channels included), messages published on this node and
+    /// written to its subscribers: the counters `NodeCommand::Stats` reports (the Prometheus
+    /// series are write-only).
+    subscriptions: AtomicU64,
+    published: AtomicU64,
+    delivered: AtomicU64,
     presence_changes: Mutex<HashMap<Arc<str>, PresenceChanges>>,
 }
 
 impl Hub {
-    /// An empty hub.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty hub of node `node_id`.
+    pub fn new(node_id: &str) -> Self {
+        Self {
+            node_id: node_id.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    fn subscription_added(&self) {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        metrics().subscriptions.increment(1.0);
+    }
+
+    fn subscription_removed(&self) {
+        self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        metrics().subscriptions.decrement(1.0);
+    }
+
+    /// Counts a message accepted by a publish made on this node.
+    pub fn count_published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        metrics().published.increment(1);
+    }
+
+    /// This node's counters.
+    pub fn stats(&self) -> NodeStats {
+        NodeStats {
+            id: self.node_id.clone(),
+            connections: self.connection_count() as u64,
+            subscriptions: self.subscriptions.load(Ordering::Relaxed),
+            channels: self.channels.len() as u64,
+            published: self.published.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Channels whose name contains `filter` with their local subscriber counts, busiest
+    /// first, at most `MAX_CHANNELS_PER_NODE` (personal channels are not listed).
+    pub fn channels(&self, filter: &str) -> Vec<(String, u64)> {
+        let mut list: Vec<(String, u64)> = self
+            .channels
+            .iter()
+            .filter(|e| e.key().contains(filter))
+            .map(|e| (e.key().to_string(), e.value().read().subs.len() as u64))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if list.len() > MAX_CHANNELS_PER_NODE {
+            list.select_nth_unstable_by(MAX_CHANNELS_PER_NODE, |a, b| b.1.cmp(&a.1));
+            list.truncate(MAX_CHANNELS_PER_NODE);
+        }
+        sort_channels(&mut list);
+        list
     }
 
     /// Whether `channel` is `conn`'s own personal channel.
@@ -101,7 +160,7 @@ impl Hub {
     pub fn subscribe(&self, channel: &Arc<str>, conn: &Arc<Conn>, join_leave: JoinLeave) {
         if Self::own_personal(channel, conn) {
             if !conn.set_personal(true) {
-                metrics().subscriptions.increment(1.0);
+                self.subscription_added();
             }
             return;
         }
@@ -116,7 +175,7 @@ impl Hub {
         );
         match old {
             Some(old) => state.count(old.join_leave, false),
-            None => metrics().subscriptions.increment(1.0),
+            None => self.subscription_added(),
         }
         state.count(join_leave, true);
     }
@@ -127,7 +186,7 @@ impl Hub {
             if !conn.set_personal(false) {
                 return false;
             }
-            metrics().subscriptions.decrement(1.0);
+            self.subscription_removed();
             return self.subscriber_count(channel) == 0;
         }
         let mut removed = false;
@@ -136,7 +195,7 @@ impl Hub {
             if let Some(old) = state.subs.swap_remove(&conn.id) {
                 state.count(old.join_leave, false);
                 removed = true;
-                metrics().subscriptions.decrement(1.0);
+                self.subscription_removed();
             }
         }
         removed
@@ -292,6 +351,7 @@ impl Dispatcher for Hub {
         let n = self.for_each_subscriber(&publication.channel, |conn| {
             conn.deliver(delivery.get_or_insert_with(|| Delivery::new(publication.clone())))
         });
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
         metrics().delivered.increment(n as u64);
     }
 
@@ -322,8 +382,12 @@ impl Dispatcher for Hub {
         }
     }
 
-    fn dispatch_command(&self, command: &NodeCommand) -> u64 {
-        match command {
+    fn dispatch_command(&self, command: &NodeCommand) -> CommandReply {
+        CommandReply::Count(match command {
+            NodeCommand::Channels { filter } => {
+                return CommandReply::Channels(self.channels(filter));
+            }
+            NodeCommand::Stats => return CommandReply::Nodes(vec![self.stats()]),
             NodeCommand::Disconnect { user, reconnect } => self.close_user(
                 user,
                 CloseReason::Disconnected {
@@ -341,7 +405,7 @@ impl Dispatcher for Hub {
                 });
                 n
             }
-        }
+        })
     }
 
     fn lost(&self, channel: &str) {

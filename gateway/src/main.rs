@@ -103,7 +103,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let stop = server::shutdown_signal().context("installing signal handlers")?;
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::new(&config.node_id));
     let (backends, changes) = backends::connect(&config, hub.clone()).await?;
     let mode = if config.redis.is_some() {
         "clustered"

@@ -433,7 +433,7 @@ mod tests {
         async fn publish_control(&self, e: ControlEvent) -> Result<(), BrokerError> {
             self.inner.publish_control(e).await
         }
-        async fn command(&self, c: NodeCommand) -> Result<u64, BrokerError> {
+        async fn command(&self, c: NodeCommand) -> Result<fanout::CommandReply, BrokerError> {
             self.inner.command(c).await
         }
         fn history_capacity(&self) -> usize {
@@ -447,7 +447,7 @@ mod tests {
 
     fn node_with(delay: Duration) -> (Arc<Node>, Arc<SlowBroker>) {
         let config = Config::from_settings(Settings::parse_from(["gateway", "--dev"])).unwrap();
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(&config.node_id));
         let broker = Arc::new(SlowBroker {
             delay,
             inner: LocalBroker::new(LocalBrokerConfig::default(), hub.clone()),

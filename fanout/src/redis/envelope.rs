@@ -4,7 +4,8 @@
 //!   script, so that offset and epoch come from the same atomic step; also the stream entry);
 //! - `["j" | "l", channel, user]`: a presence join or leave;
 //! - `["c", request, kind, user, arg]` on the control channel: a node command (`kind` `d`
-//!   disconnect with `arg` "1" to reconnect, `u` unsubscribe from channel `arg`).
+//!   disconnect with `arg` "1" to reconnect, `u` unsubscribe from channel `arg`, `ch` report
+//!   the channels whose name contains `user`, `st` report the node's counters).
 
 use crate::{ControlEvent, NodeCommand, Payload, Publication};
 use bytes::Bytes;
@@ -107,6 +108,8 @@ pub(crate) fn decode(raw: &Bytes) -> Result<Envelope, BadEnvelope> {
                     user,
                     channel: arg.to_owned(),
                 },
+                "ch" => NodeCommand::Channels { filter: user },
+                "st" => NodeCommand::Stats,
                 _ => return Err(BadEnvelope("unknown command")),
             };
             Ok(Envelope::Command { request, command })
@@ -139,9 +142,11 @@ pub(crate) fn control(event: &ControlEvent) -> Bytes {
 pub(crate) fn command(request: &str, command: &NodeCommand) -> Bytes {
     let (what, user, arg) = match command {
         NodeCommand::Disconnect { user, reconnect } => {
-            ("d", user, if *reconnect { "1" } else { "0" })
+            ("d", user.as_str(), if *reconnect { "1" } else { "0" })
         }
-        NodeCommand::Unsubscribe { user, channel } => ("u", user, channel.as_str()),
+        NodeCommand::Unsubscribe { user, channel } => ("u", user.as_str(), channel.as_str()),
+        NodeCommand::Channels { filter } => ("ch", filter.as_str(), ""),
+        NodeCommand::Stats => ("st", "", ""),
     };
     array(&[
         b"c",
@@ -188,17 +193,28 @@ mod tests {
             user: "ann".into(),
         };
         assert_eq!(decode(&control(&join)).unwrap(), Envelope::Control(join));
-        let cmd = NodeCommand::Unsubscribe {
-            user: "ann".into(),
-            channel: "room:b".into(),
-        };
-        assert_eq!(
-            decode(&command("r1", &cmd)).unwrap(),
-            Envelope::Command {
-                request: "r1".into(),
-                command: cmd
-            }
-        );
+        for cmd in [
+            NodeCommand::Unsubscribe {
+                user: "ann".into(),
+                channel: "room:b".into(),
+            },
+            NodeCommand::Disconnect {
+                user: "ann".into(),
+                reconnect: true,
+            },
+            NodeCommand::Channels {
+                filter: "room".into(),
+            },
+            NodeCommand::Stats,
+        ] {
+            assert_eq!(
+                decode(&command("r1", &cmd)).unwrap(),
+                Envelope::Command {
+                    request: "r1".into(),
+                    command: cmd
+                }
+            );
+        }
         assert!(decode(&Bytes::from_static(b"\x91\xa1z")).is_err());
         assert!(decode(&Bytes::from_static(b"")).is_err());
     }

@@ -27,8 +27,8 @@ pub use keyspace::{Keyspace, MAX_PARTITIONS};
 
 use crate::archive::{Archive, ArchiveStats, ArchiverConfig, complete_page};
 use crate::broker::{
-    Broker, BrokerError, ControlEvent, DeliveryStats, Dispatcher, HistoryPage, HistoryQuery,
-    NodeCommand, PublishOutcome, PublishRequest,
+    Broker, BrokerError, CommandReply, ControlEvent, DeliveryStats, Dispatcher, HistoryPage,
+    HistoryQuery, NodeCommand, PublishOutcome, PublishRequest,
 };
 use archiver::StreamArchiver;
 use bytes::Bytes;
@@ -727,14 +727,18 @@ impl RedisBroker {
             }
             Ok(Envelope::Control(event)) => self.dispatcher.dispatch_control(&event),
             Ok(Envelope::Command { request, command }) => {
-                let count = self.dispatcher.dispatch_command(&command);
+                let reply = self
+                    .dispatcher
+                    .dispatch_command(&command)
+                    .to_json()
+                    .to_string();
                 let broker = self.clone();
                 tokio::spawn(async move {
                     let key = broker
                         .config
                         .keyspace
                         .global_key(&format!("reply:{request}"));
-                    let pushed: Result<(), _> = broker.client.rpush(&key, count as i64).await;
+                    let pushed: Result<(), _> = broker.client.rpush(&key, reply).await;
                     let expire: Result<(), _> = broker.client.expire(&key, 30, None).await;
                     if let Err(e) = pushed.and(expire) {
                         tracing::warn!(error = %e, "node command reply not sent");
@@ -1119,7 +1123,7 @@ impl Broker for RedisBroker {
         result.map_err(unavailable)
     }
 
-    async fn command(&self, command: NodeCommand) -> Result<u64, BrokerError> {
+    async fn command(&self, command: NodeCommand) -> Result<CommandReply, BrokerError> {
         let request = new_epoch();
         let receivers: i64 = self
             .client
@@ -1132,7 +1136,8 @@ impl Broker for RedisBroker {
         let key = self.config.keyspace.global_key(&format!("reply:{request}"));
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         loop {
-            let replies: Vec<i64> = self.client.lrange(&key, 0, -1).await.map_err(unavailable)?;
+            let replies: Vec<String> =
+                self.client.lrange(&key, 0, -1).await.map_err(unavailable)?;
             if replies.len() as i64 >= receivers || Instant::now() >= deadline {
                 if (replies.len() as i64) < receivers {
                     tracing::warn!(
@@ -1142,7 +1147,17 @@ impl Broker for RedisBroker {
                     );
                 }
                 let _: Result<(), _> = self.client.del(&key).await;
-                return Ok(replies.iter().map(|n| (*n).max(0) as u64).sum());
+                // A node of an older build answers a bare count.
+                let replies = replies
+                    .iter()
+                    .filter_map(|r| match r.parse::<u64>() {
+                        Ok(n) => Some(CommandReply::Count(n)),
+                        Err(_) => serde_json::from_str(r)
+                            .ok()
+                            .and_then(|v| CommandReply::from_json(&v)),
+                    })
+                    .collect();
+                return Ok(CommandReply::merge(&command, replies));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

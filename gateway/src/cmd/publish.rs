@@ -1,7 +1,6 @@
 //! `publish`: ACL, the connection's token bucket, then the broker.
 
 use crate::acl::Action;
-use crate::metrics::metrics;
 use crate::protocol::ErrorCode;
 use crate::session::{End, Session};
 use fanout::{Payload, PublishRequest};
@@ -39,7 +38,7 @@ pub(super) async fn apply(
     match session.node.broker.publish(request).await {
         Ok(outcome) => {
             if !outcome.duplicate {
-                metrics().published.increment(1);
+                session.node.hub.count_published();
             }
             session.reply(
                 id,

@@ -3,7 +3,6 @@
 use super::ApiError;
 use super::read_body;
 use crate::acl::valid_channel;
-use crate::metrics::metrics;
 use crate::node::Node;
 use crate::protocol::{Encoding, ErrorCode, HistoryReply, history_body};
 use axum::Json;
@@ -11,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use fanout::{HistoryQuery, NodeCommand, Payload, PublishRequest};
+use fanout::{CommandReply, HistoryQuery, NodeCommand, Payload, PublishRequest};
 use http::{HeaderMap, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -114,7 +113,7 @@ pub async fn publish(
         })
         .await?;
     if !outcome.duplicate {
-        metrics().published.increment(1);
+        node.hub.count_published();
     }
     Ok(Json(
         json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
@@ -226,7 +225,7 @@ pub async fn disconnect(
             reconnect: body.reconnect,
         })
         .await?;
-    Ok(Json(json!({ "disconnected": count })))
+    Ok(Json(json!({ "disconnected": count.count() })))
 }
 
 #[derive(Deserialize)]
@@ -252,10 +251,11 @@ pub async fn unsubscribe(
             channel: body.channel,
         })
         .await?;
-    Ok(Json(json!({ "unsubscribed": count })))
+    Ok(Json(json!({ "unsubscribed": count.count() })))
 }
 
-/// `GET /api/nodes`.
+/// `GET /api/nodes`: the live nodes (the registry), each with its live counters (asked of
+/// every node at once; a node that does not answer in time shows its registry entry only).
 pub async fn nodes(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -269,16 +269,77 @@ pub async fn nodes(
         None if !node.is_draining() => nodes.push(me),
         None => {}
     }
+    let stats = match node.broker.command(NodeCommand::Stats).await? {
+        CommandReply::Nodes(stats) => stats,
+        _ => Vec::new(),
+    };
     let list: Vec<_> = nodes
         .iter()
         .map(|n| {
-            json!({
+            let mut entry = json!({
                 "id": n.id,
                 "url": n.url,
                 "connections": n.connections,
                 "capacity": n.capacity,
-            })
+            });
+            if let Some(s) = stats.iter().find(|s| s.id == n.id) {
+                entry["connections"] = json!(s.connections);
+                entry["subscriptions"] = json!(s.subscriptions);
+                entry["channels"] = json!(s.channels);
+                entry["published"] = json!(s.published);
+                entry["delivered"] = json!(s.delivered);
+            }
+            entry
         })
         .collect();
     Ok(Json(json!({ "nodes": list })))
+}
+
+#[derive(Deserialize)]
+pub struct ChannelsParams {
+    filter: Option<String>,
+    limit: Option<u64>,
+}
+
+/// Most channels one `GET /api/channels` lists.
+const MAX_CHANNELS_LISTED: u64 = 1000;
+
+/// `GET /api/channels?filter=&limit=`: channels with subscribers anywhere in the cluster and
+/// their subscriber counts, busiest first (personal channels are not listed).
+pub async fn channels(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    params: Result<Query<ChannelsParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=MAX_CHANNELS_LISTED).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("limit must be 1 to {MAX_CHANNELS_LISTED}"),
+        ));
+    }
+    let filter = params.filter.unwrap_or_default();
+    if filter.len() > 128 {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "filter must be at most 128 bytes",
+        ));
+    }
+    let list = match node
+        .broker
+        .command(NodeCommand::Channels { filter })
+        .await?
+    {
+        CommandReply::Channels(list) => list,
+        _ => Vec::new(),
+    };
+    let total = list.len();
+    let channels: Vec<_> = list
+        .into_iter()
+        .take(limit as usize)
+        .map(|(channel, subscribers)| json!({ "channel": channel, "subscribers": subscribers }))
+        .collect();
+    Ok(Json(json!({ "channels": channels, "total": total })))
 }

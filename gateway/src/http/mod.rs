@@ -68,6 +68,7 @@ pub fn routes() -> Vec<Route> {
         post("/api/disconnect", api::disconnect),
         post("/api/unsubscribe", api::unsubscribe),
         get("/api/nodes", api::nodes),
+        get("/api/channels", api::channels),
         get("/api/openapi.json", ops::openapi),
         get("/v1/route", ops::route),
         post("/dev/token", ops::dev_token),

@@ -815,3 +815,79 @@ async fn quiet_channels_are_checked_once_a_sweep_and_a_lost_state_is_still_found
         "{push}"
     );
 }
+
+#[tokio::test]
+async fn channels_and_node_counters_are_answered_for_the_whole_cluster() {
+    let redis = Redis::start().await;
+    let gws = [
+        node(&redis, &[("--node-id", "node-a")]).await,
+        node(&redis, &[("--node-id", "node-b")]).await,
+    ];
+    let mut clients = Vec::new();
+    for (i, gw) in [0, 0, 0, 1, 1].into_iter().enumerate() {
+        let mut c = Client::connect(gws[gw].addr(), &tok(&format!("ch{i}"))).await;
+        c.subscribe("room:busy").await;
+        clients.push(c);
+    }
+    let mut quiet = Client::connect(gws[1].addr(), &tok("chq")).await;
+    quiet.subscribe("room:quiet").await;
+    let r = api_get(gws[0].addr(), "/api/channels").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"channels": [
+            {"channel": "room:busy", "subscribers": 5},
+            {"channel": "room:quiet", "subscribers": 1},
+        ], "total": 2}),
+        "personal channels are not listed"
+    );
+    let r = api_get(gws[1].addr(), "/api/channels?filter=qui&limit=1").await;
+    assert_eq!(
+        r.json(),
+        json!({"channels": [{"channel": "room:quiet", "subscribers": 1}], "total": 1})
+    );
+    let r = api_get(gws[1].addr(), "/api/channels?limit=1").await;
+    assert_eq!(r.json()["channels"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json()["total"], 2);
+    for bad in ["limit=0", "limit=1001", "limit=x"] {
+        let r = api_get(gws[0].addr(), &format!("/api/channels?{bad}")).await;
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+    }
+    // One message through node 1's API reaches five subscribers on two nodes.
+    let r = api_post(
+        gws[1].addr(),
+        "/api/publish",
+        json!({"channel": "room:busy", "data": "hi"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for c in &mut clients {
+        messages(c, "room:busy", 1, secs(5)).await;
+    }
+    let r = api_get(gws[0].addr(), "/api/nodes").await;
+    let list = r.json()["nodes"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{r:?}");
+    let by_id = |id: &str| list.iter().find(|n| n["id"] == id).unwrap().clone();
+    let (a, b) = (by_id("node-a"), by_id("node-b"));
+    assert_eq!(
+        (a["connections"].clone(), b["connections"].clone()),
+        (json!(3), json!(3))
+    );
+    // Subscriptions count the personal channels too: 3 + 3 there, 3 + 3 rooms.
+    assert_eq!(
+        (a["subscriptions"].clone(), b["subscriptions"].clone()),
+        (json!(6), json!(6))
+    );
+    assert_eq!(
+        (a["channels"].clone(), b["channels"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(
+        (a["published"].clone(), b["published"].clone()),
+        (json!(0), json!(1))
+    );
+    assert_eq!(
+        (a["delivered"].clone(), b["delivered"].clone()),
+        (json!(3), json!(2))
+    );
+}

@@ -10,84 +10,16 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { mkdir } from 'node:fs/promises';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { API_KEY, ARTIFACTS, launchBrowser, startGateway, stopGateway } from './harness.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '../..');
-const GATEWAY_BIN = process.env.GATEWAY_BIN || path.join(repo, 'target/debug/gateway');
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const ARTIFACTS = path.join(repo, 'tests/artifacts');
-const API_KEY = `browser-test-${randomBytes(8).toString('hex')}`;
 const WAIT = 20_000; // generous: the machine may be busy
 const STEP_TIMEOUT = 90_000;
 
 let gateway; // {proc, addr, base, log}
 let browser;
 const pages = {}; // name -> {context, page, errors, sockets, sent, received, routeRequests}
-
-// ---------------------------------------------------------------------------------------------
-// Gateway process
-
-function startGateway(extraArgs = []) {
-  // Each node its own archive (an embedded node locks its data directory).
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'browser-gw-'));
-  return new Promise((resolve, reject) => {
-    const proc = spawn(
-      GATEWAY_BIN,
-      ['--dev', '--listen', '127.0.0.1:0', '--log-format', 'json', '--api-key', API_KEY,
-        '--data-dir', dataDir, ...extraArgs],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    const log = [];
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error(`gateway did not log "listening" within 20 s:\n${log.join('\n')}`));
-    }, 20_000);
-    proc.on('error', (err) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot start ${GATEWAY_BIN}: ${err.message} (build it: cargo build -p gateway)`));
-    });
-    proc.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`gateway exited early (${code ?? signal}):\n${log.join('\n')}`));
-    });
-    // Keep reading stderr for the whole run, so that the pipe never fills up.
-    createInterface({ input: proc.stderr }).on('line', (line) => {
-      log.push(line);
-      if (log.length > 2000) log.shift();
-      let entry;
-      try {
-        entry = JSON.parse(line);
-      } catch {
-        return;
-      }
-      if (entry?.fields?.message === 'listening' && entry.fields.addr) {
-        clearTimeout(timer);
-        proc.removeAllListeners('exit');
-        resolve({ proc, addr: entry.fields.addr, base: `http://${entry.fields.addr}`, log });
-      }
-    });
-  });
-}
-
-async function stopGateway(gw) {
-  if (!gw) return;
-  const { proc } = gw;
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise((resolve) => proc.once('exit', resolve));
-  proc.kill('SIGTERM');
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(timer);
-}
 
 async function api(pathname, body, base = gateway.base) {
   const res = await fetch(`${base}${pathname}`, {
@@ -214,13 +146,7 @@ function step(name, fn) {
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });
   gateway = await startGateway();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM_BIN,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-    ],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {

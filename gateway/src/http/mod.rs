@@ -28,7 +28,7 @@ pub struct Route {
     /// Path in axum's (and OpenAPI's) form: `/api/history/{channel}`.
     pub path: &'static str,
     handler: MethodRouter<Arc<Node>>,
-    /// Part of the demo page, not of the described HTTP API.
+    /// A page (the demo, the admin page) or its assets, not part of the described HTTP API.
     pub demo: bool,
 }
 
@@ -76,6 +76,7 @@ pub fn routes() -> Vec<Route> {
         get("/readyz", ops::readyz),
         get("/metrics", ops::metrics),
         demo(get("/", ops::index)),
+        demo(get("/admin", ops::admin)),
         demo(get("/assets/{file}", ops::asset)),
     ]
 }

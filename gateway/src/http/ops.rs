@@ -17,9 +17,21 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The demo page and its assets, embedded into the binary (no build step, nothing fetched).
+/// The demo page, the admin page and their assets, embedded into the binary (no build step,
+/// nothing fetched).
 const INDEX_HTML: &str = include_str!("../../../web-demo/index.html");
+const ADMIN_HTML: &str = include_str!("../../../web-demo/admin.html");
 const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web-demo/admin.js"),
+    ),
+    (
+        "admin.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web-demo/admin.css"),
+    ),
     (
         "client.js",
         "text/javascript; charset=utf-8",
@@ -157,6 +169,11 @@ pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
 /// `GET /`: the demo chat page.
 pub async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+/// `GET /admin`: the admin page (it signs in with the API key and reads the `/api/`).
+pub async fn admin() -> Html<&'static str> {
+    Html(ADMIN_HTML)
 }
 
 /// `GET /assets/{file}`: the demo page's scripts and styles.

@@ -1,0 +1,122 @@
+// What the browser tests share: gateway and redis-server processes, and the browser.
+//
+// Environment: GATEWAY_BIN (default <repo>/target/debug/gateway), CHROMIUM_BIN (default
+// /usr/bin/chromium). Screenshots go to <repo>/tests/artifacts/.
+
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { mkdtempSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '../..');
+const GATEWAY_BIN = process.env.GATEWAY_BIN || path.join(repo, 'target/debug/gateway');
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+export const ARTIFACTS = path.join(repo, 'tests/artifacts');
+export const API_KEY = `browser-test-${randomBytes(8).toString('hex')}`;
+
+/**
+ * Starts a dev-mode gateway on a free port with the shared API key; resolves once it logs
+ * "listening", with {proc, addr, base, log} (log: its last stderr lines).
+ */
+export function startGateway(extraArgs = []) {
+  // Each node its own archive (an embedded node locks its data directory).
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'browser-gw-'));
+  return new Promise((resolve, reject) => {
+    const proc = spawn(
+      GATEWAY_BIN,
+      ['--dev', '--listen', '127.0.0.1:0', '--log-format', 'json', '--api-key', API_KEY,
+        '--data-dir', dataDir, ...extraArgs],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    const log = [];
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`gateway did not log "listening" within 20 s:\n${log.join('\n')}`));
+    }, 20_000);
+    proc.on('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${GATEWAY_BIN}: ${err.message} (build it: cargo build -p gateway)`));
+    });
+    proc.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`gateway exited early (${code ?? signal}):\n${log.join('\n')}`));
+    });
+    // Keep reading stderr for the whole run, so that the pipe never fills up.
+    createInterface({ input: proc.stderr }).on('line', (line) => {
+      log.push(line);
+      if (log.length > 2000) log.shift();
+      let entry;
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (entry?.fields?.message === 'listening' && entry.fields.addr) {
+        clearTimeout(timer);
+        proc.removeAllListeners('exit');
+        resolve({ proc, addr: entry.fields.addr, base: `http://${entry.fields.addr}`, log });
+      }
+    });
+  });
+}
+
+/** Stops a process politely (SIGTERM), then for good after 5 s. */
+export async function stopGateway(gw) {
+  if (!gw) return;
+  const { proc } = gw;
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise((resolve) => proc.once('exit', resolve));
+  proc.kill('SIGTERM');
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** A free TCP port on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts a private redis-server (no persistence); resolves once it answers. */
+export async function startRedis() {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'browser-redis-'));
+  const proc = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir],
+    { stdio: 'ignore' });
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const up = await new Promise((resolve) => {
+      const socket = connect({ host: '127.0.0.1', port });
+      socket.once('connect', () => { socket.destroy(); resolve(true); });
+      socket.once('error', () => resolve(false));
+    });
+    if (up) break;
+    if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not start`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return { proc, port, url: `redis://127.0.0.1:${port}` };
+}
+
+/** Headless Debian Chromium. */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: CHROMIUM_BIN,
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+    ],
+  });
+}

@@ -6,12 +6,12 @@
 // Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
 //   node --test tests/browser/admin.test.mjs
 
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { API_KEY, ARTIFACTS, launchBrowser, startGateway, startRedis, stopGateway } from './harness.mjs';
+import { API_KEY, ARTIFACTS, launchBrowser, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000;
 const STEP_TIMEOUT = 90_000;
@@ -38,26 +38,16 @@ async function open(url) {
 
 const shot = (who, file) => who.page.screenshot({ path: path.join(ARTIFACTS, file), fullPage: true });
 
-let failed = false;
-function step(name, fn) {
-  test(name, { timeout: STEP_TIMEOUT }, async (t) => {
-    if (failed) {
-      t.skip('an earlier step failed');
-      return;
-    }
-    try {
-      await fn();
-    } catch (err) {
-      failed = true;
-      if (admin) await shot(admin, 'failure-admin.png').catch(() => {});
-      if (dora) await shot(dora, 'failure-admin-dora.png').catch(() => {});
-      const errors = [...(admin?.errors ?? []), ...(dora?.errors ?? [])];
-      if (errors.length) err.message += `\nconsole errors:\n${errors.join('\n')}`;
-      for (const node of nodes) err.message += `\n${node.addr}:\n${node.log.slice(-10).join('\n')}`;
-      throw err;
-    }
-  });
-}
+const step = scenario({
+  timeout: STEP_TIMEOUT,
+  onFailure: async (err) => {
+    if (admin) await shot(admin, 'failure-admin.png').catch(() => {});
+    if (dora) await shot(dora, 'failure-admin-dora.png').catch(() => {});
+    const errors = [...(admin?.errors ?? []), ...(dora?.errors ?? [])];
+    if (errors.length) err.message += `\nconsole errors:\n${errors.join('\n')}`;
+    for (const node of nodes) err.message += `\n${node.addr}:\n${node.log.slice(-10).join('\n')}`;
+  },
+});
 
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });

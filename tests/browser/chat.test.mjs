@@ -8,11 +8,11 @@
 // The steps share one gateway, one browser and the users' pages, and run in order; after a
 // failing step the later ones are skipped (and a screenshot of every page is saved).
 
-import { test, before, after } from 'node:test';
+import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { API_KEY, ARTIFACTS, launchBrowser, startGateway, stopGateway } from './harness.mjs';
+import { API_KEY, ARTIFACTS, launchBrowser, scenario, startGateway, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000; // generous: the machine may be busy
 const STEP_TIMEOUT = 90_000;
@@ -120,28 +120,18 @@ async function screenshot(page, file) {
   await page.screenshot({ path: path.join(ARTIFACTS, file) });
 }
 
-let failed = false;
 /** A step of the scenario: skipped after an earlier failure, screenshots on failure. */
-function step(name, fn) {
-  test(name, { timeout: STEP_TIMEOUT }, async (t) => {
-    if (failed) {
-      t.skip('an earlier step failed');
-      return;
+const step = scenario({
+  timeout: STEP_TIMEOUT,
+  onFailure: async (err) => {
+    for (const [who, { page }] of Object.entries(pages)) {
+      await screenshot(page, `failure-${who.toLowerCase()}.png`).catch(() => {});
     }
-    try {
-      await fn(t);
-    } catch (err) {
-      failed = true;
-      for (const [who, { page }] of Object.entries(pages)) {
-        await screenshot(page, `failure-${who.toLowerCase()}.png`).catch(() => {});
-      }
-      const errors = Object.entries(pages).flatMap(([who, u]) => u.errors.map((e) => `${who}: ${e}`));
-      if (errors.length) err.message += `\nconsole errors so far:\n${errors.join('\n')}`;
-      err.message += `\nlast gateway log lines:\n${gateway.log.slice(-15).join('\n')}`;
-      throw err;
-    }
-  });
-}
+    const errors = Object.entries(pages).flatMap(([who, u]) => u.errors.map((e) => `${who}: ${e}`));
+    if (errors.length) err.message += `\nconsole errors so far:\n${errors.join('\n')}`;
+    err.message += `\nlast gateway log lines:\n${gateway.log.slice(-15).join('\n')}`;
+  },
+});
 
 before(async () => {
   await mkdir(ARTIFACTS, { recursive: true });

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -119,4 +120,27 @@ export function launchBrowser() {
       '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
     ],
   });
+}
+
+/**
+ * Steps of one scenario, run in order: after a failing step the later ones are skipped, and
+ * `onFailure(err)` runs first (screenshots, console errors, log lines added to the message).
+ */
+export function scenario({ timeout, onFailure }) {
+  let failed = false;
+  return function step(name, fn) {
+    test(name, { timeout }, async (t) => {
+      if (failed) {
+        t.skip('an earlier step failed');
+        return;
+      }
+      try {
+        await fn(t);
+      } catch (err) {
+        failed = true;
+        await onFailure(err).catch(() => {});
+        throw err;
+      }
+    });
+  };
 }

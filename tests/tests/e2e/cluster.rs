@@ -577,6 +577,22 @@ async fn route(gw: &Gateway, user: &str) -> String {
     as_str(&r.json()["node"]).to_owned()
 }
 
+/// Waits until `gw` routes `user` to node `id`.
+async fn until_route(gw: &Gateway, user: &str, id: &str, what: &str) {
+    let deadline = Instant::now() + secs(20);
+    loop {
+        let home = route(gw, user).await;
+        if home == id {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {user} still routed to {home}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until `gw`'s `/api/nodes` shows `check` true of its node list.
 async fn until_nodes(gw: &Gateway, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + secs(20);
@@ -642,11 +658,14 @@ async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misr
     for u in on_b.iter().take(3) {
         held.push(Client::connect(b.addr(), &tok(u)).await);
     }
-    until_nodes(&a, "b full in the registry", |n| {
+    // `/api/nodes` shows the live count at once; routing follows the registry, which has it
+    // after b's next heartbeat.
+    until_nodes(&a, "b full", |n| {
         n.iter()
             .any(|n| n["id"] == idb.as_str() && n["connections"] == 3)
     })
     .await;
+    until_route(&a, on_b[0], &ida, "b full in the registry").await;
     for u in &on_b {
         assert_eq!(route(&a, u).await, ida, "{u} while b is full");
     }
@@ -654,12 +673,7 @@ async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misr
         assert_eq!(route(&a, u).await, ida, "{u}");
     }
     held.pop().unwrap().close().await;
-    until_nodes(&a, "b with room again", |n| {
-        n.iter()
-            .any(|n| n["id"] == idb.as_str() && n["connections"] == 2)
-    })
-    .await;
-    assert_eq!(route(&a, on_b[3]).await, idb);
+    until_route(&a, on_b[3], &idb, "b with room again in the registry").await;
 
     // Draining, b leaves the registry at once (no wait for its entry to expire).
     b.send_signal("TERM");

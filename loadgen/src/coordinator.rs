@@ -6,7 +6,7 @@ use crate::cli::Cli;
 use crate::report::{Report, ServerSample};
 use crate::server;
 use crate::stats::{Stats, WireStats};
-use crate::wire::Dialer;
+use crate::wire::{Dialer, SourcePorts};
 use crate::worker::{Phase, Tokens, Worker};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,12 @@ fn worker_for(
         protocol: c.protocol,
         encoding: c.encoding,
         source: source_addr(index, c.source_addrs),
+        // Workers sharing a source address (index ≡ same modulo the address count) pick
+        // their ports from disjoint slices.
+        ports: source_addr(index, c.source_addrs).map(|_| {
+            let sources = usize::from(c.source_addrs);
+            Arc::new(SourcePorts::slice(index / sources, count.div_ceil(sources)))
+        }),
         route: c.route.clone(),
     };
     let tokens = Tokens::new(c.secret.as_deref(), c.tokens.as_deref())?;

@@ -5,7 +5,9 @@ use crate::cli::{Encoding, Protocol};
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -41,8 +43,49 @@ pub struct Dialer {
     pub encoding: Encoding,
     /// Local address to connect from.
     pub source: Option<IpAddr>,
+    /// With `source`: the source ports this worker picks itself (see [`SourcePorts`]).
+    pub ports: Option<Arc<SourcePorts>>,
     /// Base URL (`http://host:port`) of a node whose `/v1/route` names each user's node.
     pub route: Option<String>,
+}
+
+/// Source ports a worker picks itself, per destination, from its own slice of the port space
+/// (workers sharing a source address get disjoint slices). Left to the kernel, a bound
+/// socket's source port is searched for in `connect()` (`IP_BIND_ADDRESS_NO_PORT`), and that
+/// search grows with the connections already open: at 100,000 it took most of the load
+/// workers' CPU. A port taken (a listener, a socket from elsewhere, a lingering TIME_WAIT)
+/// is passed over.
+#[derive(Debug)]
+pub struct SourcePorts {
+    low: u16,
+    high: u16,
+    next: Mutex<HashMap<SocketAddr, u16>>,
+}
+
+impl SourcePorts {
+    /// Slice `slice` of `slices` of the ports 1024..=65535.
+    pub fn slice(slice: usize, slices: usize) -> SourcePorts {
+        let span = (65_536 - 1024) / slices.max(1);
+        let low = 1024 + span * slice.min(slices.max(1) - 1);
+        SourcePorts {
+            low: low as u16,
+            high: (low + span - 1) as u16,
+            next: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The next port to try towards `to`.
+    fn take(&self, to: SocketAddr) -> u16 {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let port = next.entry(to).or_insert(self.low);
+        let taken = *port;
+        *port = if taken >= self.high {
+            self.low
+        } else {
+            taken + 1
+        };
+        taken
+    }
 }
 
 /// Asks `base`'s `/v1/route` for the home node of the token's user; returns its WebSocket URL.
@@ -239,18 +282,17 @@ impl Dialer {
             .await?
             .next()
             .context("host did not resolve")?;
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
+        let stream = match (self.source, &self.ports) {
+            (Some(source), Some(ports)) => connect_from(source, ports, addr).await?,
+            (source, _) => {
+                let socket = new_socket(addr)?;
+                if let Some(source) = source {
+                    bind_address_no_port(&socket);
+                    socket.bind(SocketAddr::new(source, 0))?;
+                }
+                socket.connect(addr).await?
+            }
         };
-        if let Some(source) = self.source {
-            bind_address_no_port(&socket);
-            socket.bind(SocketAddr::new(source, 0))?;
-        }
-        // Client sockets as lean as the server's: small buffers.
-        let _ = socket.set_recv_buffer_size(64 * 1024);
-        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4096)
@@ -285,6 +327,45 @@ impl std::fmt::Display for ClosedBeforeWelcome {
 }
 
 impl std::error::Error for ClosedBeforeWelcome {}
+
+/// A client socket as lean as the server's: small buffers.
+fn new_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let _ = socket.set_recv_buffer_size(64 * 1024);
+    Ok(socket)
+}
+
+/// Connects from `source` on a port of `ports`, passing over ports taken.
+async fn connect_from(
+    source: IpAddr,
+    ports: &SourcePorts,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+    let mut last = None;
+    for _ in 0..256 {
+        let socket = new_socket(addr)?;
+        socket.set_reuseaddr(true)?;
+        match socket.bind(SocketAddr::new(source, ports.take(addr))) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => {
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(AddrNotAvailable)))
+}
 
 /// Leaves the choice of the source port to `connect` (Linux `IP_BIND_ADDRESS_NO_PORT`):
 /// a port bound before `connect` is reserved for every destination, so one source address
@@ -447,5 +528,22 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn source_port_slices_are_disjoint_and_cycle_per_destination() {
+        let a = SourcePorts::slice(0, 2);
+        let b = SourcePorts::slice(1, 2);
+        assert!(a.high < b.low && a.low >= 1024);
+        let x: SocketAddr = "127.0.0.1:8401".parse().unwrap();
+        let y: SocketAddr = "127.0.0.1:8402".parse().unwrap();
+        assert_eq!(a.take(x), a.low);
+        assert_eq!(a.take(x), a.low + 1);
+        // Each destination has its own sequence: the same port serves both.
+        assert_eq!(a.take(y), a.low);
+        let one = SourcePorts::slice(0, 1);
+        assert_eq!((one.low, one.high), (1024, 65_535));
+        let last = SourcePorts::slice(5, 3);
+        assert_eq!((last.low, last.high), (44_032, 65_535));
     }
 }

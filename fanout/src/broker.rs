@@ -2,6 +2,7 @@
 //! implementation keeps.
 
 use crate::{Payload, Publication};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// Why a broker call failed.
@@ -190,7 +191,7 @@ pub enum NodeCommand {
 pub const MAX_CHANNELS_PER_NODE: usize = 10_000;
 
 /// One node's live counters ([`NodeCommand::Stats`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStats {
     /// Node id.
     pub id: String,
@@ -207,7 +208,10 @@ pub struct NodeStats {
 }
 
 /// What a node answers to a [`NodeCommand`], and what the answers of every node merge into.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Between nodes it travels as JSON: `{"count": n}`, `{"channels": [[name, n], ...]}`,
+/// `{"nodes": [{...}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CommandReply {
     /// Connections or subscriptions acted on ([`NodeCommand::Disconnect`],
     /// [`NodeCommand::Unsubscribe`]); merged by summing.
@@ -262,50 +266,12 @@ impl CommandReply {
 
     /// The reply as JSON (how nodes send it to each other).
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            CommandReply::Count(n) => serde_json::json!({ "count": n }),
-            CommandReply::Channels(list) => serde_json::json!({ "channels": list }),
-            CommandReply::Nodes(nodes) => serde_json::json!({
-                "nodes": nodes
-                    .iter()
-                    .map(|n| serde_json::json!([
-                        n.id, n.connections, n.subscriptions, n.channels, n.published, n.delivered
-                    ]))
-                    .collect::<Vec<_>>()
-            }),
-        }
+        serde_json::to_value(self).expect("a reply serializes")
     }
 
     /// Reads what [`to_json`](Self::to_json) wrote; `None` for anything else.
     pub fn from_json(value: &serde_json::Value) -> Option<CommandReply> {
-        if let Some(n) = value.get("count") {
-            return n.as_u64().map(CommandReply::Count);
-        }
-        if let Some(list) = value.get("channels") {
-            let list = list
-                .as_array()?
-                .iter()
-                .map(|pair| Some((pair.get(0)?.as_str()?.to_owned(), pair.get(1)?.as_u64()?)))
-                .collect::<Option<Vec<_>>>()?;
-            return Some(CommandReply::Channels(list));
-        }
-        let nodes = value
-            .get("nodes")?
-            .as_array()?
-            .iter()
-            .map(|n| {
-                let field = |i: usize| n.get(i).and_then(serde_json::Value::as_u64);
-                Some(NodeStats {
-                    id: n.get(0)?.as_str()?.to_owned(),
-                    connections: field(1)?,
-                    subscriptions: field(2)?,
-                    channels: field(3)?,
-                    published: field(4)?,
-                    delivered: field(5)?,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(CommandReply::Nodes(nodes))
+        CommandReply::deserialize(value).ok()
     }
 }
 

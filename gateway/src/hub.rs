@@ -20,7 +20,6 @@
 
 use crate::acl::{JoinLeave, PERSONAL_PREFIX};
 use crate::conn::{Conn, Delivery};
-use crate::metrics::metrics;
 use crate::protocol::{CloseReason, UnsubscribeReason, control_frame, presence_diff_frame};
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -84,8 +83,8 @@ pub struct Hub {
     users: DashMap<Arc<str>, Vec<Arc<Conn>>>,
     connections: AtomicUsize,
     /// Subscriptions held (personal channels included), messages published on this node and
-    /// written to its subscribers: the counters `NodeCommand::Stats` reports (the Prometheus
-    /// series are write-only).
+    /// written to its subscribers: what `NodeCommand::Stats` reports and, copied at each
+    /// scrape, the Prometheus series.
     subscriptions: AtomicU64,
     published: AtomicU64,
     delivered: AtomicU64,
@@ -103,18 +102,15 @@ impl Hub {
 
     fn subscription_added(&self) {
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-        metrics().subscriptions.increment(1.0);
     }
 
     fn subscription_removed(&self) {
         self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        metrics().subscriptions.decrement(1.0);
     }
 
     /// Counts a message accepted by a publish made on this node.
     pub fn count_published(&self) {
         self.published.fetch_add(1, Ordering::Relaxed);
-        metrics().published.increment(1);
     }
 
     /// This node's counters.
@@ -296,7 +292,6 @@ impl Hub {
         }
         conns.push(conn.clone());
         self.connections.fetch_add(1, Ordering::Relaxed);
-        metrics().connections.increment(1.0);
         Ok(())
     }
 
@@ -313,7 +308,6 @@ impl Hub {
             .remove_if(&conn.user, |_, conns| conns.is_empty());
         if found {
             self.connections.fetch_sub(1, Ordering::Relaxed);
-            metrics().connections.decrement(1.0);
         }
     }
 
@@ -352,7 +346,6 @@ impl Dispatcher for Hub {
             conn.deliver(delivery.get_or_insert_with(|| Delivery::new(publication.clone())))
         });
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
-        metrics().delivered.increment(n as u64);
     }
 
     fn dispatch_control(&self, event: &ControlEvent) {
@@ -383,17 +376,16 @@ impl Dispatcher for Hub {
     }
 
     fn dispatch_command(&self, command: &NodeCommand) -> CommandReply {
-        CommandReply::Count(match command {
-            NodeCommand::Channels { filter } => {
-                return CommandReply::Channels(self.channels(filter));
-            }
-            NodeCommand::Stats => return CommandReply::Nodes(vec![self.stats()]),
-            NodeCommand::Disconnect { user, reconnect } => self.close_user(
+        match command {
+            NodeCommand::Channels { filter } => CommandReply::Channels(self.channels(filter)),
+            NodeCommand::Stats => CommandReply::Nodes(vec![self.stats()]),
+            NodeCommand::Disconnect { user, reconnect } => CommandReply::Count(self.close_user(
                 user,
                 CloseReason::Disconnected {
                     reconnect: *reconnect,
                 },
-            ) as u64,
+            )
+                as u64),
             NodeCommand::Unsubscribe { user, channel } => {
                 let channel: Arc<str> = channel.as_str().into();
                 let mut n = 0;
@@ -403,9 +395,9 @@ impl Dispatcher for Hub {
                         n += 1;
                     }
                 });
-                n
+                CommandReply::Count(n)
             }
-        })
+        }
     }
 
     fn lost(&self, channel: &str) {

@@ -6,18 +6,10 @@ use std::sync::OnceLock;
 
 /// Handles to the gateway's series, resolved once.
 pub struct Metrics {
-    /// Open WebSocket connections.
-    pub connections: Gauge,
-    /// Channel subscriptions held by connections.
-    pub subscriptions: Gauge,
     /// 1 while draining.
     pub draining: Gauge,
     /// Handshakes accepted.
     pub handshakes_ok: Counter,
-    /// Messages accepted by publish.
-    pub published: Counter,
-    /// Message pushes queued to subscribers.
-    pub delivered: Counter,
     /// Payload bytes received from clients.
     pub bytes_in: Counter,
     /// Payload bytes written to clients.
@@ -39,12 +31,8 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 /// The series handles (no-ops until [`install`] ran).
 pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics {
-        connections: gauge!("gateway_connections"),
-        subscriptions: gauge!("gateway_subscriptions"),
         draining: gauge!("gateway_draining"),
         handshakes_ok: counter!("gateway_handshakes_total", "result" => "ok"),
-        published: counter!("gateway_messages_published_total"),
-        delivered: counter!("gateway_messages_delivered_total"),
         bytes_in: counter!("gateway_bytes_in_total"),
         bytes_out: counter!("gateway_bytes_out_total"),
         queue_overflows: counter!("gateway_outbound_queue_overflows_total"),
@@ -53,6 +41,16 @@ pub fn metrics() -> &'static Metrics {
         misrouted: counter!("gateway_misrouted_connections_total"),
         history_bytes: gauge!("gateway_history_bytes"),
     })
+}
+
+/// Copies the hub's counters into their series (called before each scrape): the hub's atomics
+/// are the one count of connections, subscriptions, publishes and deliveries, read also by
+/// `NodeCommand::Stats`.
+pub fn record_node_stats(stats: &fanout::NodeStats) {
+    gauge!("gateway_connections").set(stats.connections as f64);
+    gauge!("gateway_subscriptions").set(stats.subscriptions as f64);
+    counter!("gateway_messages_published_total").absolute(stats.published);
+    counter!("gateway_messages_delivered_total").absolute(stats.delivered);
 }
 
 /// Copies the broker's delivery counters into their series (called before each scrape).
@@ -108,6 +106,5 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     metrics().draining.set(0.0);
-    metrics().connections.set(0.0);
     Ok(handle)
 }

@@ -6,7 +6,7 @@ use crate::cli::Cli;
 use crate::report::{Report, ServerSample};
 use crate::server;
 use crate::stats::{Stats, WireStats};
-use crate::wire::{Dialer, SourcePorts};
+use crate::wire::{Dialer, SourceAddr};
 use crate::worker::{Phase, Tokens, Worker};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -84,12 +84,15 @@ fn worker_for(
         publisher_urls: c.publisher_urls.clone(),
         protocol: c.protocol,
         encoding: c.encoding,
-        source: source_addr(index, c.source_addrs),
         // Workers sharing a source address (index ≡ same modulo the address count) pick
         // their ports from disjoint slices.
-        ports: source_addr(index, c.source_addrs).map(|_| {
+        source: source_addr(index, c.source_addrs).map(|addr| {
             let sources = usize::from(c.source_addrs);
-            Arc::new(SourcePorts::slice(index / sources, count.div_ceil(sources)))
+            Arc::new(SourceAddr::new(
+                addr,
+                index / sources,
+                count.div_ceil(sources),
+            ))
         }),
         route: c.route.clone(),
     };

@@ -41,33 +41,32 @@ pub struct Dialer {
     pub protocol: Protocol,
     /// Encoding (v1).
     pub encoding: Encoding,
-    /// Local address to connect from.
-    pub source: Option<IpAddr>,
-    /// With `source`: the source ports this worker picks itself (see [`SourcePorts`]).
-    pub ports: Option<Arc<SourcePorts>>,
+    /// Local address and ports to connect from (else the kernel's choice).
+    pub source: Option<Arc<SourceAddr>>,
     /// Base URL (`http://host:port`) of a node whose `/v1/route` names each user's node.
     pub route: Option<String>,
 }
 
-/// Source ports a worker picks itself, per destination, from its own slice of the port space
-/// (workers sharing a source address get disjoint slices). Left to the kernel, a bound
-/// socket's source port is searched for in `connect()` (`IP_BIND_ADDRESS_NO_PORT`), and that
-/// search grows with the connections already open: at 100,000 it took most of the load
-/// workers' CPU. A port taken (a listener, a socket from elsewhere, a lingering TIME_WAIT)
-/// is passed over.
+/// A worker's source address, and the source ports it picks itself, per destination, from
+/// its own slice of the port space (workers sharing an address get disjoint slices). Left to
+/// the kernel, a source port is searched for in `connect()`, and that search grows with the
+/// connections already open: at 100,000 it took most of the load workers' CPU. A port taken
+/// (a listener, a socket from elsewhere, a lingering TIME_WAIT) is passed over.
 #[derive(Debug)]
-pub struct SourcePorts {
+pub struct SourceAddr {
+    addr: IpAddr,
     low: u16,
     high: u16,
     next: Mutex<HashMap<SocketAddr, u16>>,
 }
 
-impl SourcePorts {
-    /// Slice `slice` of `slices` of the ports 1024..=65535.
-    pub fn slice(slice: usize, slices: usize) -> SourcePorts {
+impl SourceAddr {
+    /// `addr` with slice `slice` of `slices` of the ports 1024..=65535.
+    pub fn new(addr: IpAddr, slice: usize, slices: usize) -> SourceAddr {
         let span = (65_536 - 1024) / slices.max(1);
         let low = 1024 + span * slice.min(slices.max(1) - 1);
-        SourcePorts {
+        SourceAddr {
+            addr,
             low: low as u16,
             high: (low + span - 1) as u16,
             next: Mutex::new(HashMap::new()),
@@ -85,6 +84,30 @@ impl SourcePorts {
             taken + 1
         };
         taken
+    }
+
+    /// Connects to `addr` from this address, on the next free port of the slice.
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+        let mut last = None;
+        for _ in 0..256 {
+            let socket = new_socket(addr)?;
+            socket.set_reuseaddr(true)?;
+            match socket.bind(SocketAddr::new(self.addr, self.take(addr))) {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => {
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            match socket.connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::from(AddrNotAvailable)))
     }
 }
 
@@ -282,16 +305,9 @@ impl Dialer {
             .await?
             .next()
             .context("host did not resolve")?;
-        let stream = match (self.source, &self.ports) {
-            (Some(source), Some(ports)) => connect_from(source, ports, addr).await?,
-            (source, _) => {
-                let socket = new_socket(addr)?;
-                if let Some(source) = source {
-                    bind_address_no_port(&socket);
-                    socket.bind(SocketAddr::new(source, 0))?;
-                }
-                socket.connect(addr).await?
-            }
+        let stream = match &self.source {
+            Some(source) => source.connect(addr).await?,
+            None => new_socket(addr)?.connect(addr).await?,
         };
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default()
@@ -317,16 +333,9 @@ impl Dialer {
 }
 
 /// The server closed the socket (with this close code, 0 for none) before `welcome`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("closed with {0} before welcome")]
 struct ClosedBeforeWelcome(u16);
-
-impl std::fmt::Display for ClosedBeforeWelcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "closed with {} before welcome", self.0)
-    }
-}
-
-impl std::error::Error for ClosedBeforeWelcome {}
 
 /// A client socket as lean as the server's: small buffers.
 fn new_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
@@ -337,59 +346,6 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     };
     let _ = socket.set_recv_buffer_size(64 * 1024);
     Ok(socket)
-}
-
-/// Connects from `source` on a port of `ports`, passing over ports taken.
-async fn connect_from(
-    source: IpAddr,
-    ports: &SourcePorts,
-    addr: SocketAddr,
-) -> std::io::Result<TcpStream> {
-    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
-    let mut last = None;
-    for _ in 0..256 {
-        let socket = new_socket(addr)?;
-        socket.set_reuseaddr(true)?;
-        match socket.bind(SocketAddr::new(source, ports.take(addr))) {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => {
-                last = Some(e);
-                continue;
-            }
-            Err(e) => return Err(e),
-        }
-        match socket.connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) if matches!(e.kind(), AddrInUse | AddrNotAvailable) => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::from(AddrNotAvailable)))
-}
-
-/// Leaves the choice of the source port to `connect` (Linux `IP_BIND_ADDRESS_NO_PORT`):
-/// a port bound before `connect` is reserved for every destination, so one source address
-/// holds at most the ephemeral range (about 28,000 ports) over all the nodes, and the kernel's
-/// search for a free one gets slower as the range fills (a worker near the limit spends its
-/// time in the kernel); chosen at `connect`, a port is unique per destination instead.
-fn bind_address_no_port(socket: &TcpSocket) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor and an option value of the size given.
-        let _ = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = socket;
 }
 
 impl Connection {
@@ -532,8 +488,9 @@ mod tests {
 
     #[test]
     fn source_port_slices_are_disjoint_and_cycle_per_destination() {
-        let a = SourcePorts::slice(0, 2);
-        let b = SourcePorts::slice(1, 2);
+        let here: IpAddr = "127.0.0.2".parse().unwrap();
+        let a = SourceAddr::new(here, 0, 2);
+        let b = SourceAddr::new(here, 1, 2);
         assert!(a.high < b.low && a.low >= 1024);
         let x: SocketAddr = "127.0.0.1:8401".parse().unwrap();
         let y: SocketAddr = "127.0.0.1:8402".parse().unwrap();
@@ -541,9 +498,9 @@ mod tests {
         assert_eq!(a.take(x), a.low + 1);
         // Each destination has its own sequence: the same port serves both.
         assert_eq!(a.take(y), a.low);
-        let one = SourcePorts::slice(0, 1);
+        let one = SourceAddr::new(here, 0, 1);
         assert_eq!((one.low, one.high), (1024, 65_535));
-        let last = SourcePorts::slice(5, 3);
+        let last = SourceAddr::new(here, 5, 3);
         assert_eq!((last.low, last.high), (44_032, 65_535));
     }
 }

@@ -642,7 +642,6 @@ mod tests {
             protocol: Protocol::V1,
             encoding: Encoding::Json,
             source: None,
-            ports: None,
             route: None,
         };
         let (_tx, rx) = watch::channel(None);

@@ -162,6 +162,19 @@ pub async fn api_post(addr: &str, path: &str, body: serde_json::Value) -> HttpRe
     http(addr, "POST", path, &[API_AUTH], Some(&body.to_string())).await
 }
 
+/// Publishes `data` to `channel` through `/api/publish`; asserts it was accepted and returns
+/// the reply (`offset`, `epoch`).
+pub async fn api_publish(addr: &str, channel: &str, data: serde_json::Value) -> serde_json::Value {
+    let r = api_post(
+        addr,
+        "/api/publish",
+        serde_json::json!({"channel": channel, "data": data}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "publish to {channel}: {r:?}");
+    r.json()
+}
+
 /// The value of the first sample of series `name` (with or without labels) in Prometheus
 /// text.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {

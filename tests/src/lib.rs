@@ -21,8 +21,8 @@ pub mod redis;
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
 pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
 pub use http::{
-    API_AUTH, HttpResponse, api_get, api_post, assert_api_error, http, metric, metric_value,
-    parse_response,
+    API_AUTH, HttpResponse, api_get, api_post, api_publish, assert_api_error, http, metric,
+    metric_value, parse_response,
 };
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};

@@ -106,7 +106,12 @@ impl Keyspace {
 
     /// The sharded pub/sub channel of `channel`.
     pub fn pubsub_channel(&self, channel: &str) -> String {
-        self.channel_key(channel, "c")
+        self.pubsub_channel_in(self.partition(channel), channel)
+    }
+
+    /// [`pubsub_channel`](Self::pubsub_channel) for a channel of partition `p`.
+    pub fn pubsub_channel_in(&self, p: usize, channel: &str) -> String {
+        self.key_in(p, channel, "c")
     }
 
     /// The sharded pub/sub channel of node commands.

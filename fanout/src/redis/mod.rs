@@ -522,7 +522,8 @@ impl RedisBroker {
         let mut groups: Vec<Vec<String>> = vec![Vec::new(); keyspace.partitions()];
         groups[0].push(self.control_channel.clone());
         for channel in self.tracks.read().keys() {
-            groups[keyspace.partition(channel)].push(self.pubsub_channel(channel));
+            let p = keyspace.partition(channel);
+            groups[p].push(keyspace.pubsub_channel_in(p, channel));
         }
         let mut ok = true;
         for (p, channels) in groups.into_iter().enumerate() {
@@ -1067,10 +1068,11 @@ impl Broker for RedisBroker {
         let slice = self.next_slice.fetch_add(1, Ordering::Relaxed);
         let track = Arc::new(Mutex::new(Track::new(channel.into(), slice)));
         self.tracks.write().insert(channel.into(), track.clone());
-        let partition = self.config.keyspace.partition(channel);
+        let keyspace = &self.config.keyspace;
+        let partition = keyspace.partition(channel);
         let subscribed = self
             .subscriptions
-            .subscribe(partition, self.pubsub_channel(channel))
+            .subscribe(partition, keyspace.pubsub_channel_in(partition, channel))
             .await
             .map_err(unavailable);
         if let Err(e) = subscribed {
@@ -1096,7 +1098,7 @@ impl Broker for RedisBroker {
                 self.tracks.write().remove(channel);
                 let _ = self
                     .subscriptions
-                    .unsubscribe(partition, self.pubsub_channel(channel))
+                    .unsubscribe(partition, keyspace.pubsub_channel_in(partition, channel))
                     .await;
                 Err(e)
             }
@@ -1105,11 +1107,10 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError> {
         self.tracks.write().remove(channel);
+        let keyspace = &self.config.keyspace;
+        let partition = keyspace.partition(channel);
         self.subscriptions
-            .unsubscribe(
-                self.config.keyspace.partition(channel),
-                self.pubsub_channel(channel),
-            )
+            .unsubscribe(partition, keyspace.pubsub_channel_in(partition, channel))
             .await
             .map_err(unavailable)
     }

@@ -154,6 +154,7 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
     crate::metrics::record_health(node.is_ready(), node.broker.is_healthy());
+    crate::metrics::record_node_stats(&node.hub.stats());
     crate::metrics::record_delivery_stats(node.broker.stats());
     if let Some(stats) = node.broker.archive_stats() {
         crate::metrics::record_archive_stats(&stats);

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use e2e::{
-    Client, Gateway, Redis, RedisServer, RedisUrl, Token, api_get, api_post, as_str, as_u64,
-    assert_clean, http, metric, run_loadgen_urls, secs,
+    Client, Gateway, Redis, RedisServer, RedisUrl, Token, api_get, api_post, api_publish, as_str,
+    as_u64, assert_clean, http, metric, run_loadgen_urls, secs,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -733,13 +733,7 @@ async fn a_connect_burst_subscribes_every_personal_channel() {
     let n = 200;
     let mut users = connect_burst(&gws[0], "burst", n).await;
     for i in 0..n {
-        let r = api_post(
-            gws[1].addr(),
-            "/api/publish",
-            json!({"channel": format!("user:burst{i}"), "data": i}),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{r:?}");
+        api_publish(gws[1].addr(), &format!("user:burst{i}"), json!(i)).await;
     }
     for (i, user) in users.iter_mut().enumerate() {
         let got = messages(user, &format!("user:burst{i}"), 1, secs(10)).await;
@@ -751,13 +745,7 @@ async fn a_connect_burst_subscribes_every_personal_channel() {
         user.close().await;
     }
     let mut late = Client::connect(gws[0].addr(), &tok("burst7")).await;
-    let r = api_post(
-        gws[1].addr(),
-        "/api/publish",
-        json!({"channel": "user:burst7", "data": "again"}),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    api_publish(gws[1].addr(), "user:burst7", json!("again")).await;
     let got = messages(&mut late, "user:burst7", 1, secs(10)).await;
     assert_eq!(got[0]["data"], "again");
 }
@@ -792,13 +780,7 @@ async fn quiet_channels_are_checked_once_a_sweep_and_a_lost_state_is_still_found
     let _idle = connect_burst(&gw, "idle", n).await;
     let mut sub = Client::connect(gw.addr(), &tok("quinn")).await;
     sub.subscribe("room:q").await;
-    let r = api_post(
-        gw.addr(),
-        "/api/publish",
-        json!({"channel": "room:q", "data": 1}),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    api_publish(gw.addr(), "room:q", json!(1)).await;
     messages(&mut sub, "room:q", 1, secs(5)).await;
     // Once the room has been quiet for a sweep period, over 4 s every one of the 102 channels
     // is read about once (four or five slices), where a check of every channel each second
@@ -868,13 +850,7 @@ async fn channels_and_node_counters_are_answered_for_the_whole_cluster() {
         assert_eq!(r.status, 400, "{bad}: {r:?}");
     }
     // One message through node 1's API reaches five subscribers on two nodes.
-    let r = api_post(
-        gws[1].addr(),
-        "/api/publish",
-        json!({"channel": "room:busy", "data": "hi"}),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    api_publish(gws[1].addr(), "room:busy", json!("hi")).await;
     for c in &mut clients {
         messages(c, "room:busy", 1, secs(5)).await;
     }
@@ -883,25 +859,18 @@ async fn channels_and_node_counters_are_answered_for_the_whole_cluster() {
     assert_eq!(list.len(), 2, "{r:?}");
     let by_id = |id: &str| list.iter().find(|n| n["id"] == id).unwrap().clone();
     let (a, b) = (by_id("node-a"), by_id("node-b"));
-    assert_eq!(
-        (a["connections"].clone(), b["connections"].clone()),
-        (json!(3), json!(3))
-    );
     // Subscriptions count the personal channels too: 3 + 3 there, 3 + 3 rooms.
-    assert_eq!(
-        (a["subscriptions"].clone(), b["subscriptions"].clone()),
-        (json!(6), json!(6))
-    );
-    assert_eq!(
-        (a["channels"].clone(), b["channels"].clone()),
-        (json!(1), json!(2))
-    );
-    assert_eq!(
-        (a["published"].clone(), b["published"].clone()),
-        (json!(0), json!(1))
-    );
-    assert_eq!(
-        (a["delivered"].clone(), b["delivered"].clone()),
-        (json!(3), json!(2))
-    );
+    for (field, on_a, on_b) in [
+        ("connections", 3, 3),
+        ("subscriptions", 6, 6),
+        ("channels", 1, 2),
+        ("published", 0, 1),
+        ("delivered", 3, 2),
+    ] {
+        assert_eq!(
+            (&a[field], &b[field]),
+            (&json!(on_a), &json!(on_b)),
+            "{field}"
+        );
+    }
 }

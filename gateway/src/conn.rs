@@ -7,7 +7,6 @@
 
 use crate::metrics::metrics;
 use crate::protocol::{CloseReason, Encoding, UnsubscribeReason, message_frame};
-use axum::extract::ws::Message;
 use bytes::Bytes;
 use fanout::Publication;
 use parking_lot::Mutex;
@@ -16,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A publication as this node delivers it: the broker's [`Publication`] plus what only this
 /// node needs, the instant it arrived here and its frames, encoded at most once per encoding
@@ -179,6 +179,12 @@ impl Conn {
         requests.push((channel, reason));
         self.unsubscribe_pending.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Whether the node asked to drop subscriptions since the last
+    /// [`Conn::take_unsubscribe_requests`] (an atomic load, no lock).
+    pub fn unsubscribe_requested(&self) -> bool {
+        self.unsubscribe_pending.load(Ordering::Acquire)
     }
 
     /// Takes the unsubscribe requests made since the last call (none without a lock when

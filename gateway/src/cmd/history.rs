@@ -23,15 +23,15 @@ pub(super) async fn apply(
         before,
         limit: limit as usize,
     };
-    match session.node.broker.history(channel, query).await {
-        Ok(page) => session.conn.push_frame(history_reply_frame(
-            session.conn.encoding,
+    match session.reg.node.broker.history(channel, query).await {
+        Ok(page) => session.reg.conn.push_frame(history_reply_frame(
+            session.reg.conn.encoding,
             id,
             HistoryReply {
                 publications: &page.publications,
                 offset: page.offset,
                 epoch: &page.epoch,
-                max_bytes: session.node.config.limits.max_reply_bytes(),
+                max_bytes: session.reg.node.config.limits.max_reply_bytes(),
                 keep_newest: since.is_none(),
             },
         )),

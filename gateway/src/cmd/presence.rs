@@ -16,7 +16,7 @@ const PAGE: usize = 1000;
 fn refusal(session: &Session, channel: &str) -> Option<(ErrorCode, &'static str)> {
     if !session.allowed(channel, Action::Subscribe) {
         Some((ErrorCode::Forbidden, "not allowed on this channel"))
-    } else if !session.node.acl.presence_enabled(channel) {
+    } else if !session.reg.node.acl.presence_enabled(channel) {
         Some((
             ErrorCode::BadRequest,
             "presence is not enabled for this channel's namespace",
@@ -37,7 +37,7 @@ pub(super) async fn apply(
         session.error(id, code, why);
         return None;
     }
-    match page(&*session.node.presence, channel, limit, cursor).await {
+    match page(&*session.reg.node.presence, channel, limit, cursor).await {
         Ok(body) => session.reply(id, &body),
         Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
     }
@@ -49,7 +49,7 @@ pub(super) async fn stats(session: &mut Session, id: i64, channel: &str) -> Opti
         session.error(id, code, why);
         return None;
     }
-    match session.node.presence.stats(channel).await {
+    match session.reg.node.presence.stats(channel).await {
         Ok(s) => session.reply(id, &json!({ "users": s.users, "conns": s.conns })),
         Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
     }

@@ -23,22 +23,22 @@ pub(super) async fn apply(
         return None;
     }
     let now = Instant::now();
-    let limits = &session.node.config.limits;
+    let limits = &session.reg.node.config.limits;
     let (rate, burst) = (limits.publish_rate, limits.publish_burst);
     if !session.bucket.try_take(now, rate, burst) {
         return session.rate_limited(id, "publish", now);
     }
     let request = PublishRequest {
-        archive: session.node.acl.archive_enabled(&channel),
+        archive: session.reg.node.acl.archive_enabled(&channel),
         channel: channel.into(),
-        from: session.conn.user.clone(),
+        from: session.reg.conn.user.clone(),
         data,
         idem,
     };
-    match session.node.broker.publish(request).await {
+    match session.reg.node.broker.publish(request).await {
         Ok(outcome) => {
             if !outcome.duplicate {
-                session.node.hub.count_published();
+                session.reg.node.hub.count_published();
             }
             session.reply(
                 id,

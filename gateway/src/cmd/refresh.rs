@@ -10,15 +10,15 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub(super) async fn apply(session: &mut Session, id: i64, token: &str) -> Option<End> {
-    match session.node.verifier.verify(token) {
+    match session.reg.node.verifier.verify(token) {
         Err(e) => session.error(id, ErrorCode::Unauthorized, &e.to_string()),
-        Ok(claims) if *claims.sub != *session.conn.user => session.error(
+        Ok(claims) if *claims.sub != *session.reg.conn.user => session.error(
             id,
             ErrorCode::Forbidden,
             "the new token is for another user",
         ),
         Ok(claims) => {
-            session.expires_at = expiry_instant(&session.node, claims.exp);
+            session.expires_at = expiry_instant(&session.reg.node, claims.exp);
             session.patterns = claims.channels;
             if claims.name.is_some() {
                 session.name = claims.name;
@@ -33,8 +33,8 @@ pub(super) async fn apply(session: &mut Session, id: i64, token: &str) -> Option
                 .collect();
             for channel in revoked {
                 if session.leave(&channel).await {
-                    session.conn.push_frame(unsubscribe_frame(
-                        session.conn.encoding,
+                    session.reg.conn.push_frame(unsubscribe_frame(
+                        session.reg.conn.encoding,
                         &channel,
                         UnsubscribeReason::Forbidden,
                     ));

@@ -32,19 +32,23 @@ pub(super) async fn apply(
         // `join_leave` given changes how presence changes reach this connection.
         Some(channel) => {
             if join_leave.is_some() {
-                let mode = session.node.acl.join_leave(&channel, join_leave);
-                session.node.hub.subscribe(&channel, &session.conn, mode);
+                let mode = session.reg.node.acl.join_leave(&channel, join_leave);
+                session
+                    .reg
+                    .node
+                    .hub
+                    .subscribe(&channel, &session.reg.conn, mode);
             }
-            session.conn.begin_recovery(channel.clone());
+            session.reg.conn.begin_recovery(channel.clone());
             channel
         }
         None => {
-            let max = session.node.config.limits.max_subscriptions;
+            let max = session.reg.node.config.limits.max_subscriptions;
             // The personal channel does not count, whether or not it is still subscribed.
-            let counted = session.subs.len() - usize::from(session.conn.personal());
+            let counted = session.subs.len() - usize::from(session.reg.conn.personal());
             let personal = channel
                 .strip_prefix(PERSONAL_PREFIX)
-                .is_some_and(|user| user == &*session.conn.user);
+                .is_some_and(|user| user == &*session.reg.conn.user);
             if counted >= max && !personal {
                 session.error(
                     id,
@@ -55,18 +59,18 @@ pub(super) async fn apply(
             }
             let channel: Arc<str> = channel.into();
             // Buffer live publications before the hub can deliver any (join registers).
-            session.conn.begin_recovery(channel.clone());
+            session.reg.conn.begin_recovery(channel.clone());
             if let Err(e) = session.join(channel.clone(), join_leave).await {
-                session.conn.abort_recovery(&channel);
+                session.reg.conn.abort_recovery(&channel);
                 session.broker_error(id, e);
                 return None;
             }
             channel
         }
     };
-    let node = session.node.clone();
+    let node = session.reg.node.clone();
     if let Err(e) = node
-        .recover(&session.conn, id, &channel, since, epoch.as_deref())
+        .recover(&session.reg.conn, id, &channel, since, epoch.as_deref())
         .await
     {
         session.broker_error(id, e);

@@ -4,6 +4,7 @@
 mod api;
 mod error;
 mod ops;
+mod upgrade;
 mod ws;
 
 use crate::node::Node;

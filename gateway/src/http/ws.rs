@@ -1,18 +1,19 @@
 //! `GET /ws`: checks before the upgrade (draining, subprotocol, token, limits), then hands the
 //! socket to a session.
 
+use super::upgrade::{Upgrade, UpgradeRejection};
 use super::{TokenQuery, request_token};
 use crate::conn::Conn;
 use crate::metrics::handshake_refused;
 use crate::node::Node;
 use crate::protocol::Encoding;
-use crate::session::{self, Registration};
+use crate::session::{self, Registration, Start};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Bytes of frames gathered before a socket write; a batch of small pushes goes out in one
 /// syscall while an idle connection keeps little.
@@ -41,9 +42,9 @@ pub async fn upgrade(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     query: Result<Query<TokenQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, UpgradeRejection>,
 ) -> Response {
-    let mut upgrade = match upgrade {
+    let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
             handshake_refused("not_websocket");
@@ -121,15 +122,19 @@ pub async fn upgrade(
     }
     let registration = Registration::new(node.clone(), conn);
     node.note_route(&claims.sub);
-    if chosen.is_some() {
-        upgrade.set_selected_protocol(HeaderValue::from_static(encoding.subprotocol()));
-    }
     let max = limits.max_frame_size;
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(limits.read_buffer_size)
         .write_buffer_size(WRITE_BUFFER_SIZE)
         .max_write_buffer_size(limits.max_write_buffer())
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(socket, node, registration, claims))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let (response, on_upgrade) = upgrade.accept(chosen.map(Encoding::subprotocol));
+    session::spawn(Box::new(Start {
+        on_upgrade,
+        registration,
+        claims,
+        config,
+    }));
+    response
 }

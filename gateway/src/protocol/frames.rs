@@ -2,11 +2,11 @@
 //! publication; history replies splice those cached frames instead of re-encoding them.
 
 use super::{CloseReason, Encoding, ErrorCode, UnsubscribeReason};
-use axum::extract::ws::{Message, Utf8Bytes};
 use bytes::Bytes;
 use fanout::{ControlEvent, Publication};
 use serde::Serialize;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
     let bytes = match encoding {

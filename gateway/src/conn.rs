@@ -306,19 +306,27 @@ impl Conn {
         state.tidy();
     }
 
-    /// Moves up to `max` queued items into `batch`. Returns the close request, if any.
-    pub fn take_batch(&self, batch: &mut Vec<Outbound>, max: usize) -> Option<CloseReason> {
+    /// Takes everything queued: swaps the queue with `batch`, which must be empty, so that the
+    /// two share one allocation between them (the session writes from one while deliveries go
+    /// into the other) and an idle connection keeps at most one. Returns the close request,
+    /// if any.
+    pub fn take_batch(&self, batch: &mut VecDeque<Outbound>) -> Option<CloseReason> {
+        debug_assert!(batch.is_empty());
         let mut state = self.state.lock();
         if let Some(reason) = state.closing {
             return Some(reason);
         }
-        let n = state.items.len().min(max);
-        batch.extend(state.items.drain(..n));
-        if state.items.is_empty() && state.items.capacity() > 64 {
-            // Give a burst's memory back once the queue drains.
+        std::mem::swap(&mut state.items, batch);
+        None
+    }
+
+    /// Frees the queue's allocation if nothing is in it (the session calls this when the
+    /// connection has been quiet for a ping interval).
+    pub fn release_idle_queue(&self) {
+        let mut state = self.state.lock();
+        if state.items.is_empty() {
             state.items = VecDeque::new();
         }
-        None
     }
 
     /// Waits until something is queued or a close is requested.

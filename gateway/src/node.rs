@@ -594,12 +594,8 @@ mod tests {
 
             /// Messages queued for `slot` since the last call, by channel.
             fn drain(&self, slot: usize) -> Vec<String> {
-                let mut batch = Vec::new();
-                assert!(
-                    self.conns[slot]
-                        .take_batch(&mut batch, usize::MAX)
-                        .is_none()
-                );
+                let mut batch = std::collections::VecDeque::new();
+                assert!(self.conns[slot].take_batch(&mut batch).is_none());
                 batch
                     .into_iter()
                     .filter_map(|item| match item {

@@ -20,6 +20,7 @@ use fanout::BrokerError;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,8 +33,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 /// The socket a session speaks through: tungstenite's stream over hyper's upgraded connection.
 pub(crate) type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Most queued items written per flush.
-const BATCH: usize = 64;
+/// A write batch's allocation (items) kept for the next one; a burst's bigger one is freed.
+const BATCH_KEEP: usize = 64;
 /// How long the server waits to deliver `disconnect` and the close frame, and then for the
 /// client's close reply.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -285,7 +286,7 @@ impl Session {
             // timer wheel, which is not free on every delivery.
             let sleep = sleep_until(self.deadline().into());
             tokio::pin!(sleep);
-            let mut batch: Vec<Outbound> = Vec::new();
+            let mut batch: VecDeque<Outbound> = VecDeque::new();
             loop {
                 if self.reg.conn.unsubscribe_requested() {
                     Box::pin(self.on_unsubscribe_requests()).await;
@@ -307,7 +308,7 @@ impl Session {
                         }
                     }
                     _ = &mut sleep => {
-                        if let Some(end) = Box::pin(self.on_timer(ws)).await {
+                        if let Some(end) = Box::pin(self.on_timer(ws, &mut batch)).await {
                             return end;
                         }
                     }
@@ -321,7 +322,11 @@ impl Session {
         self.next_ping.min(idle).min(self.expires_at)
     }
 
-    async fn on_timer(&mut self, ws: &mut WebSocket) -> Option<End> {
+    async fn on_timer(
+        &mut self,
+        ws: &mut WebSocket,
+        batch: &mut VecDeque<Outbound>,
+    ) -> Option<End> {
         let now = Instant::now();
         if now >= self.expires_at {
             return Some(End::Close(CloseReason::TokenExpired));
@@ -331,6 +336,12 @@ impl Session {
         }
         if now >= self.next_ping {
             self.next_ping = now + self.reg.node.config.limits.ping_interval;
+            // Once per ping, the queue's allocation is given back if nothing is waiting: a
+            // quiet connection keeps none, a busy one takes it again at its next delivery.
+            if batch.is_empty() {
+                *batch = VecDeque::new();
+            }
+            self.reg.conn.release_idle_queue();
             if ws.send(Message::Ping(Bytes::new())).await.is_err() {
                 return Some(End::Gone);
             }
@@ -342,11 +353,11 @@ impl Session {
     async fn write_pending(
         &self,
         ws: &mut WebSocket,
-        batch: &mut Vec<Outbound>,
+        batch: &mut VecDeque<Outbound>,
     ) -> Result<(), End> {
         let encoding = self.reg.conn.encoding;
         loop {
-            if let Some(reason) = self.reg.conn.take_batch(batch, BATCH) {
+            if let Some(reason) = self.reg.conn.take_batch(batch) {
                 return Err(End::Close(reason));
             }
             if batch.is_empty() {
@@ -384,6 +395,10 @@ impl Session {
                     }
                 }
                 reason = closed => return Err(End::Close(reason)),
+            }
+            if batch.capacity() > BATCH_KEEP {
+                // Give a burst's memory back.
+                *batch = VecDeque::new();
             }
             metrics().bytes_out.increment(bytes);
             if let Some(at) = oldest {
@@ -505,6 +520,10 @@ impl Session {
             .node
             .join(&self.reg.conn, &channel, self.name.as_deref(), join_leave)
             .await?;
+        if self.subs.is_empty() {
+            // Most connections stay on their personal channel alone: room for one, not four.
+            self.subs.reserve_exact(1);
+        }
         self.subs.push(channel);
         Ok(())
     }

@@ -196,6 +196,11 @@ pub struct Settings {
     /// Whether any user may publish to another's `user:<id>` channel [default: true].
     #[arg(long, env = "GATEWAY_DIRECT_MESSAGES")]
     pub direct_messages: Option<bool>,
+    /// Runtime worker threads [default: one per CPU]. One worker writes more deliveries per
+    /// socket write and wakes no other thread (BENCHMARKS.md, "Worker threads"); more use
+    /// more cores.
+    #[arg(long, env = "GATEWAY_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// WebSocket read buffer per connection, bytes [default: 512].
     #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE")]
     pub read_buffer_size: Option<usize>,
@@ -235,7 +240,7 @@ impl Settings {
             max_rate_limited_per_minute, max_bad_frames_per_minute, max_frame_size,
             outbound_queue, ping_interval_secs, idle_timeout_secs, max_http_connections,
             request_timeout_secs, allowed_origins, handshake_timeout_secs, drain_timeout_secs,
-            history_size, history_max_bytes, history_node_max_bytes, history_ttl_secs, dedup_window_secs, dedup_max_keys, direct_messages, read_buffer_size, namespaces);
+            history_size, history_max_bytes, history_node_max_bytes, history_ttl_secs, dedup_window_secs, dedup_max_keys, direct_messages, read_buffer_size, worker_threads, namespaces);
     }
 }
 
@@ -344,6 +349,8 @@ pub struct Config {
     pub generated_api_key: bool,
     /// Development mode.
     pub dev: bool,
+    /// Runtime worker threads (`None`: one per CPU).
+    pub worker_threads: Option<usize>,
     /// Log format is JSON.
     pub log_json: bool,
     /// Log filter.
@@ -571,7 +578,11 @@ impl Config {
             request_timeout: Duration::from_secs(s.request_timeout_secs.unwrap_or(10).max(1)),
         };
         let allowed_origins = AllowedOrigins::parse(s.allowed_origins.as_deref().unwrap_or(""))?;
+        if s.worker_threads == Some(0) {
+            bail!("--worker-threads must be at least 1");
+        }
         Ok(Config {
+            worker_threads: s.worker_threads,
             listen,
             node_id: s
                 .node_id

@@ -9,12 +9,13 @@ use crate::metrics::metrics;
 use crate::protocol::{CloseReason, Encoding, UnsubscribeReason, message_frame};
 use bytes::Bytes;
 use fanout::Publication;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Instant;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A publication as this node delivers it: the broker's [`Publication`] plus what only this
@@ -117,7 +118,11 @@ pub struct Conn {
     /// loop turn without taking the queue lock.
     unsubscribe_pending: AtomicBool,
     state: Mutex<QueueState>,
-    wake: Notify,
+    /// Set when something was queued (or a close or unsubscribe asked for) since the session
+    /// last looked; with `waker`, a one-permit signal like `Notify::notify_one`, without its
+    /// waiter list and lock: only the session task ever waits.
+    signal: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Conn {
@@ -131,7 +136,8 @@ impl Conn {
             personal: AtomicBool::new(false),
             unsubscribe_pending: AtomicBool::new(false),
             state: Mutex::new(QueueState::default()),
-            wake: Notify::new(),
+            signal: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -178,7 +184,7 @@ impl Conn {
         }
         requests.push((channel, reason));
         self.unsubscribe_pending.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.notify();
     }
 
     /// Whether the node asked to drop subscriptions since the last
@@ -221,7 +227,7 @@ impl Conn {
         let was_empty = state.items.is_empty();
         state.items.push_back(item);
         if was_empty {
-            self.wake.notify_one();
+            self.notify();
         }
     }
 
@@ -230,7 +236,7 @@ impl Conn {
         state.items = VecDeque::new();
         state.occasional = None;
         state.closing = Some(CloseReason::SlowConsumer);
-        self.wake.notify_one();
+        self.notify();
     }
 
     /// Asks the session to close with `reason` (the first request wins). Queued items are
@@ -240,7 +246,7 @@ impl Conn {
         if state.closing.is_none() {
             state.closing = Some(reason);
             state.items = VecDeque::new();
-            self.wake.notify_one();
+            self.notify();
         }
     }
 
@@ -329,8 +335,26 @@ impl Conn {
         }
     }
 
-    /// Waits until something is queued or a close is requested.
+    /// Wakes the session (or lets its next wait return at once).
+    fn notify(&self) {
+        self.signal.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Waits until something is queued or a close is requested. One waiter only: the
+    /// connection's session task.
     pub async fn wait(&self) {
-        self.wake.notified().await;
+        std::future::poll_fn(|cx| {
+            if self.signal.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.signal.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 }

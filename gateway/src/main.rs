@@ -63,10 +63,11 @@ fn main() -> ExitCode {
         eprintln!("gateway: configuration error: {e:#}");
         return ExitCode::from(CONFIG_ERROR);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("gateway: starting the runtime: {e}");

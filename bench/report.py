@@ -17,16 +17,20 @@ import math
 import sys
 from pathlib import Path
 
-SERVER_ORDER = ["before", "gateway", "bun", "socketio"]
+SERVER_ORDER = ["before", "before-1w", "gateway", "gateway-1w", "bun", "socketio"]
 SERVER_LABEL = {
     "before": "gateway (before)",
+    "before-1w": "gateway (before), 1 worker",
     "gateway": "gateway",
+    "gateway-1w": "gateway, 1 worker",
     "bun": "Bun",
     "socketio": "socket.io",
 }
 SERVER_COLOR = {
     "before": "#fdae61",
+    "before-1w": "#fee08b",
     "gateway": "#d95f02",
+    "gateway-1w": "#e7298a",
     "bun": "#7570b3",
     "socketio": "#1b9e77",
 }

@@ -13,6 +13,9 @@
 #               that a change is measured before and after in one run
 #               gw-<label>: the gateway binary $GATEWAY_VARIANTS/gw-<label> (experiments: an
 #               allocator, a scheduling change), same flags
+#               <any gateway server>-1w: the same with one runtime worker thread
+#               (TOKIO_WORKER_THREADS=1, which builds without --worker-threads also read), as
+#               one-threaded as the Bun peer
 #   SCENARIOS   subset of: flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k
 #               broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off
 #                                                                (default: all)
@@ -158,14 +161,14 @@ EOF
 # --- servers ---------------------------------------------------------------------------------
 server_url() {
   case $1 in
-    gateway | before | gw-*) echo "ws://127.0.0.1:8080/ws" ;;
+    gateway* | before* | gw-*) echo "ws://127.0.0.1:8080/ws" ;;
     bun) echo "ws://127.0.0.1:9001/ws" ;;
     socketio) echo "ws://127.0.0.1:9002/socket.io/?EIO=4&transport=websocket" ;;
   esac
 }
 server_health() {
   case $1 in
-    gateway | before | gw-*) echo "http://127.0.0.1:8080/healthz" ;;
+    gateway* | before* | gw-*) echo "http://127.0.0.1:8080/healthz" ;;
     bun) echo "http://127.0.0.1:9001/healthz" ;;
     socketio) echo "http://127.0.0.1:9002/healthz" ;;
   esac
@@ -181,8 +184,12 @@ start_server() {
     return 1
   fi
   case $server in
-    gateway | before | gw-*)
-      local bin=$GATEWAY
+    gateway | before | gw-* | *-1w)
+      local bin=$GATEWAY workers=""
+      if [ "${server%-1w}" != "$server" ]; then
+        workers=1
+        server=${server%-1w}
+      fi
       if [ "$server" = before ]; then
         [ -x "$GATEWAY_BEFORE" ] || { log "before: set GATEWAY_BEFORE to an earlier gateway binary"; return 1; }
         bin=$GATEWAY_BEFORE
@@ -191,7 +198,8 @@ start_server() {
         [ -x "$bin" ] || { log "$server: no executable $bin (set GATEWAY_VARIANTS)"; return 1; }
       fi
       # No archive: the peers store nothing either (bench/archive.sh measures its cost).
-      "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn --database-url off \
+      env ${workers:+TOKIO_WORKER_THREADS=$workers} \
+        "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn --database-url off \
         --publish-rate 1000000 --publish-burst 1000000 \
         --max-connections-per-user 100000 --max-connections 200000 >"$logfile" 2>&1 &
       ;;

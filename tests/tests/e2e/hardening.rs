@@ -536,3 +536,119 @@ async fn history_too_big_for_one_frame_comes_in_pages() {
     assert_eq!(body["truncated"], true);
     assert!(r.body.len() <= 1 << 20, "{} bytes", r.body.len());
 }
+
+/// Sends `request` on a fresh socket; returns the response (head, and the body its
+/// `Content-Length` announces) and the bytes that came after it.
+async fn exchange_head(addr: &str, request: &str) -> (e2e::HttpResponse, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + secs(5);
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body_len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("content-length"));
+            if raw.len() >= end + 4 + body_len {
+                let whole = parse_response(&raw[..end + 4 + body_len]).expect("response");
+                return (whole, raw[end + 4 + body_len..].to_vec());
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no complete response in 5 s: {raw:?}"))
+            .expect("read");
+        assert!(n > 0, "closed before a complete response: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn handshakes_are_checked_by_the_rfc_and_answered_exactly() {
+    let gw = Gateway::start(&[]).await;
+    let t = token("alice");
+    let request = |method: &str, headers: &str| {
+        format!("{method} /ws?token={t} HTTP/1.1\r\nHost: x\r\n{headers}\r\n")
+    };
+    const GOOD: &str = "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    // RFC 6455 §1.3's own example: the accept key is the SHA-1 of the key and the GUID.
+    let (r, after) = exchange_head(
+        gw.addr(),
+        &request("GET", &format!("{GOOD}Sec-WebSocket-Protocol: v1.json\r\n")),
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    assert_eq!(r.header("sec-websocket-protocol"), Some("v1.json"));
+    assert_eq!(
+        r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
+        Some("websocket")
+    );
+    // The welcome follows at once: an unmasked text frame (FIN + opcode 1).
+    if let Some(first) = after.first() {
+        assert_eq!(*first, 0x81, "first frame byte");
+    }
+    // No subprotocol offered: none chosen, JSON spoken.
+    let (r, _) = exchange_head(gw.addr(), &request("GET", GOOD)).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    assert_eq!(r.header("sec-websocket-protocol"), None);
+
+    let refused = [
+        ("POST", GOOD.to_string(), 405),
+        (
+            "GET",
+            GOOD.replace("keep-alive, Upgrade", "keep-alive"),
+            400,
+        ),
+        ("GET", GOOD.replace("keep-alive, Upgrade", "upgraded"), 400),
+        (
+            "GET",
+            GOOD.replace("Upgrade: WebSocket", "Upgrade: h2c"),
+            400,
+        ),
+        (
+            "GET",
+            GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+            400,
+        ),
+        (
+            "GET",
+            GOOD.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+            400,
+        ),
+    ];
+    for (method, headers, status) in refused {
+        let (r, after) = exchange_head(gw.addr(), &request(method, &headers)).await;
+        assert_eq!(r.status, status, "{method} with {headers:?}: {r:?}");
+        if status == 405 {
+            // The router answers a method the route lacks, naming the ones it has.
+            assert!(
+                r.header("allow").is_some_and(|a| a.contains("GET")),
+                "{r:?}"
+            );
+        } else {
+            assert!(!r.body.is_empty(), "the refusal says why: {r:?}");
+        }
+        assert!(after.is_empty(), "nothing after a refusal: {after:?}");
+    }
+    let refused_total = metric(
+        gw.addr(),
+        "gateway_handshakes_total{result=\"not_websocket\"}",
+    )
+    .await;
+    assert_eq!(
+        refused_total,
+        Some(5.0),
+        "each request that is not a handshake, counted"
+    );
+    // The node serves on.
+    let mut c = Client::connect(gw.addr(), &token("bob")).await;
+    c.subscribe("room:after").await;
+}

@@ -1,9 +1,9 @@
 //! The part of a connection that others touch: its bounded outbound queue, its recovery
 //! buffers and its close request. The session task owns the socket and drains the queue.
 //!
-//! The queue is a `VecDeque` behind a mutex that is never held across an `.await`; an idle
-//! connection's queue holds no allocation at all (a tokio `mpsc` would allocate a block of 32
-//! slots up front).
+//! The queue is a `VecDeque` behind a mutex that is never held across an `.await`; it and the
+//! session's write batch swap one buffer, which a quiet connection gives back at its next ping
+//! (a tokio `mpsc` would keep a block of 32 slots).
 
 use crate::metrics::metrics;
 use crate::protocol::{CloseReason, Encoding, UnsubscribeReason, message_frame};

@@ -23,44 +23,55 @@ pub(crate) struct History {
 
 impl History {
     /// Appends `publication` and drops the oldest entries past `max_len` or `max_bytes` (the
-    /// newest one always stays). Returns the bytes it added minus the bytes it dropped.
+    /// newest one always stays), but none with an offset above `keep_after` (not archived
+    /// yet: see [`crate::archive::ArchiveMark`]). Returns the bytes it added minus the bytes
+    /// it dropped.
     pub(crate) fn push(
         &mut self,
         at: Instant,
         publication: Arc<Publication>,
         max_len: usize,
         max_bytes: usize,
+        keep_after: u64,
     ) -> isize {
         let added = cost(&publication);
         self.entries.push_back((at, publication));
         self.bytes += added;
         let mut dropped = 0;
         while self.entries.len() > max_len || (self.bytes > max_bytes && self.entries.len() > 1) {
-            dropped += self.pop_front();
+            match self.pop_front(keep_after) {
+                0 => break,
+                cost => dropped += cost,
+            }
         }
         added as isize - dropped as isize
     }
 
-    /// Drops the oldest entry; returns its cost (0 when empty).
-    pub(crate) fn pop_front(&mut self) -> usize {
-        match self.entries.pop_front() {
-            Some((_, p)) => {
-                let c = cost(&p);
+    /// Drops the oldest entry unless its offset is above `keep_after`; returns its cost (0
+    /// when nothing was dropped).
+    pub(crate) fn pop_front(&mut self, keep_after: u64) -> usize {
+        match self.entries.front() {
+            Some((_, p)) if p.offset <= keep_after => {
+                let c = cost(p);
+                self.entries.pop_front();
                 self.bytes -= c;
                 c
             }
-            None => 0,
+            _ => 0,
         }
     }
 
-    /// Drops entries accepted more than `ttl` before `now`; returns the bytes dropped.
-    pub(crate) fn expire(&mut self, now: Instant, ttl: Duration) -> usize {
+    /// Drops entries accepted more than `ttl` before `now` (none with an offset above
+    /// `keep_after`); returns the bytes dropped.
+    pub(crate) fn expire(&mut self, now: Instant, ttl: Duration, keep_after: u64) -> usize {
         let mut dropped = 0;
         while let Some((at, _)) = self.entries.front() {
-            if now.duration_since(*at) > ttl {
-                dropped += self.pop_front();
-            } else {
+            if now.duration_since(*at) <= ttl {
                 break;
+            }
+            match self.pop_front(keep_after) {
+                0 => break,
+                cost => dropped += cost,
             }
         }
         if self.entries.is_empty() && self.entries.capacity() > 16 {
@@ -129,7 +140,7 @@ mod tests {
         let mut h = History::default();
         let per = 1000 + ENTRY_OVERHEAD;
         for offset in 1..=10 {
-            h.push(now, publication(offset, 1000), 100, 3 * per);
+            h.push(now, publication(offset, 1000), 100, 3 * per, u64::MAX);
         }
         assert_eq!(h.len(), 3);
         assert_eq!(h.bytes, 3 * per);
@@ -142,11 +153,36 @@ mod tests {
         assert_eq!(offsets(h.read(None, Some(8), 10)), Vec::<u64>::new());
         assert_eq!(offsets(h.read(Some(20), None, 10)), Vec::<u64>::new());
         // One message over the bound on its own is still kept.
-        let delta = h.push(now, publication(11, 10_000), 100, 3 * per);
+        let delta = h.push(now, publication(11, 10_000), 100, 3 * per, u64::MAX);
         assert_eq!(h.len(), 1);
         assert_eq!(delta, (10_000 + ENTRY_OVERHEAD) as isize - 3 * per as isize);
-        let dropped = h.expire(now + Duration::from_secs(2), Duration::from_secs(1));
+        let dropped = h.expire(
+            now + Duration::from_secs(2),
+            Duration::from_secs(1),
+            u64::MAX,
+        );
         assert_eq!(dropped, 10_000 + ENTRY_OVERHEAD);
         assert!(h.is_empty() && h.bytes == 0);
+    }
+
+    #[test]
+    fn keeps_what_the_archive_does_not_hold_yet() {
+        let now = Instant::now();
+        let mut h = History::default();
+        let offsets = |v: Vec<Arc<Publication>>| v.iter().map(|p| p.offset).collect::<Vec<_>>();
+        // Archived through 3: 4 and later stay past the count bound.
+        for offset in 1..=8 {
+            h.push(now, publication(offset, 10), 2, usize::MAX, 3);
+        }
+        assert_eq!(offsets(h.read(Some(0), None, 100)), [4, 5, 6, 7, 8]);
+        // Nor does age drop them.
+        let later = now + Duration::from_secs(10);
+        assert_eq!(h.expire(later, Duration::from_secs(1), 3), 0);
+        assert_eq!(h.len(), 5);
+        // Once archived, the bounds apply again at the next push or expiry.
+        h.push(now, publication(9, 10), 2, usize::MAX, u64::MAX);
+        assert_eq!(offsets(h.read(Some(0), None, 100)), [8, 9]);
+        assert!(h.expire(later, Duration::from_secs(1), u64::MAX) > 0);
+        assert!(h.is_empty());
     }
 }

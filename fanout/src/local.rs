@@ -2,7 +2,8 @@
 
 use crate::Publication;
 use crate::archive::{
-    Archive, ArchiveQueue, ArchiveStats, ArchivedPosition, ArchiverConfig, complete_page,
+    Archive, ArchiveMark, ArchiveQueue, ArchiveStats, ArchivedPosition, ArchiverConfig,
+    complete_page,
 };
 use crate::broker::{
     Broker, BrokerError, CommandReply, ControlEvent, Dispatcher, HistoryPage, HistoryQuery,
@@ -14,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SHARDS: usize = 64;
@@ -57,9 +58,10 @@ struct ChannelState {
     offset: u64,
     history: History,
     dedup: DedupTable,
-    /// Publications of the channel queued for the archive and not yet committed: while any
-    /// are, the channel's state is kept (a reload from the archive would see an old offset).
-    unarchived: Arc<AtomicU32>,
+    /// How far the channel's publications have reached the archive: while any wait, the
+    /// channel's state is kept (a reload from the archive would see an old offset), and
+    /// history keeps what the archive does not hold yet (recovery never falls between them).
+    mark: Arc<ArchiveMark>,
     /// When the state was created: the sweep spares young states, so that a caller between
     /// looking a channel up and locking it never holds a forgotten one.
     created: Instant,
@@ -81,15 +83,13 @@ impl ChannelState {
             offset,
             history: History::default(),
             dedup: DedupTable::default(),
-            unarchived: Arc::default(),
+            mark: Arc::default(),
             created: Instant::now(),
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.history.is_empty()
-            && self.dedup.is_empty()
-            && self.unarchived.load(Ordering::Relaxed) == 0
+        self.history.is_empty() && self.dedup.is_empty() && self.mark.pending() == 0
     }
 }
 
@@ -250,7 +250,10 @@ impl LocalBroker {
             let Shard { states, interest } = &mut *guard;
             states.retain(|channel, state| {
                 let mut state = state.lock();
-                let dropped = state.history.expire(now, self.config.history_ttl);
+                let keep_after = state.mark.keep_after();
+                let dropped = state
+                    .history
+                    .expire(now, self.config.history_ttl, keep_after);
                 self.account(-(dropped as isize));
                 state.dedup.expire(now, self.config.dedup_window);
                 let keep = !state.is_empty()
@@ -303,26 +306,33 @@ impl Broker for LocalBroker {
             data: request.data,
             ts: unix_millis(),
         });
-        let mut delta = -(state.history.expire(now, self.config.history_ttl) as isize);
+        // What the archive does not hold yet stays in history whatever the bounds (the
+        // archive queue holds it in memory anyway, and bounds it).
+        let keep_after = state.mark.keep_after();
+        let mut delta = -(state
+            .history
+            .expire(now, self.config.history_ttl, keep_after) as isize);
         delta += state.history.push(
             now,
             publication.clone(),
             self.config.history_size,
             self.config.history_max_bytes,
+            keep_after,
         );
         self.account(delta);
         // Past the node's bound, this channel gives back its oldest first (its newest
         // message included, when it is all there is: recovery then says so).
-        while self.history_bytes() > self.config.history_node_max_bytes && !state.history.is_empty()
-        {
-            let dropped = state.history.pop_front();
-            self.account(-(dropped as isize));
+        while self.history_bytes() > self.config.history_node_max_bytes {
+            match state.history.pop_front(keep_after) {
+                0 => break,
+                dropped => self.account(-(dropped as isize)),
+            }
         }
         if let Some(key) = request.idem {
             state.dedup.insert(key, publication.offset, now);
         }
         if let Some(permit) = permit {
-            permit.send(publication.clone(), &state.unarchived);
+            permit.send(publication.clone(), &state.mark);
         }
         // Dispatch under the channel lock: that is what keeps delivery in offset order and
         // makes every history read a barrier (the contract's recovery guarantee).
@@ -343,9 +353,10 @@ impl Broker for LocalBroker {
         let state = self.load(channel).await?;
         let page = {
             let mut state = state.lock();
+            let keep_after = state.mark.keep_after();
             let dropped = state
                 .history
-                .expire(Instant::now(), self.config.history_ttl);
+                .expire(Instant::now(), self.config.history_ttl, keep_after);
             self.account(-(dropped as isize));
             HistoryPage {
                 publications: state.history.read(query.since, query.before, query.limit),

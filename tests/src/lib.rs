@@ -27,7 +27,7 @@ pub use http::{
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
 pub use nginx::Nginx;
-pub use postgres::PgDatabase;
+pub use postgres::{ArchivedRow, PgDatabase};
 pub use proxy::TcpProxy;
 pub use redis::{REDIS_CLUSTER_ENV, Redis, RedisCluster, RedisServer, RedisUrl};
 

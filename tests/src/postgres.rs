@@ -79,6 +79,32 @@ impl PgDatabase {
     }
 }
 
+/// One archived message: channel, epoch, offset and the payload's bytes.
+pub type ArchivedRow = (String, String, i64, Vec<u8>);
+
+impl PgDatabase {
+    /// Every archived message, ordered by channel, epoch and offset.
+    pub async fn messages(&self) -> Vec<ArchivedRow> {
+        let mut conn = PgConnection::connect(&self.url()).await.expect("connect");
+        sqlx::query(
+            "SELECT channel, epoch, seq, data FROM gw_messages ORDER BY channel, epoch, seq",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("read gw_messages")
+        .into_iter()
+        .map(|row| {
+            (
+                row.get::<String, _>(0),
+                row.get::<String, _>(1),
+                row.get::<i64, _>(2),
+                row.get::<Vec<u8>, _>(3),
+            )
+        })
+        .collect()
+    }
+}
+
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();

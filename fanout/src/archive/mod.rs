@@ -11,7 +11,7 @@ mod queue;
 mod sql;
 
 pub(crate) use queue::store_with_retry;
-pub use queue::{ArchivePermit, ArchiveQueue, ArchiveStats, Archiver, ArchiverConfig};
+pub use queue::{ArchiveMark, ArchivePermit, ArchiveQueue, ArchiveStats, Archiver, ArchiverConfig};
 pub use sql::SqlArchive;
 
 use crate::Publication;
@@ -151,4 +151,40 @@ pub async fn complete_page(
         }
     }
     Ok(page)
+}
+
+/// Whether a page read with `since` holds what follows `since` (or `since` is the top).
+fn covers(page: &crate::HistoryPage, since: u64) -> bool {
+    match page.publications.first() {
+        Some(first) => Some(first.offset) == since.checked_add(1),
+        None => since >= page.offset,
+    }
+}
+
+/// [`complete_page`], waiting up to `wait` while the page does not reach back to `since`
+/// and `pending()` says publications are still on their way to the archive. Where several
+/// archivers share the work (clustered mode), one may commit later offsets of a channel
+/// before another commits earlier ones; for that moment the earlier ones are in neither
+/// recent history nor the archive. A real hole (retention, an opted-out namespace) answers
+/// as soon as nothing is pending.
+pub async fn complete_page_waiting(
+    archive: &dyn Archive,
+    channel: &str,
+    query: crate::HistoryQuery,
+    page: crate::HistoryPage,
+    pending: impl Fn() -> bool,
+    wait: std::time::Duration,
+) -> Result<crate::HistoryPage, ArchiveError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let completed = complete_page(archive, channel, query, page.clone()).await?;
+        let done = match query.since {
+            Some(since) => covers(&completed, since),
+            None => true,
+        };
+        if done || !pending() || tokio::time::Instant::now() >= deadline {
+            return Ok(completed);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -12,8 +12,45 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
-/// One queued publication and its channel's count of messages not yet archived.
-type Item = (Arc<Publication>, Arc<AtomicU32>);
+/// One queued publication and its channel's [`ArchiveMark`].
+type Item = (Arc<Publication>, Arc<ArchiveMark>);
+
+/// How far one channel's publications have reached the archive, shared by the channel's
+/// state and the queue: the broker keeps in recent history every publication the archive
+/// does not hold yet, so that a recovery never falls into the window between the two.
+#[derive(Debug, Default)]
+pub struct ArchiveMark {
+    /// Publications queued and not yet committed.
+    pending: AtomicU32,
+    /// The highest offset committed (the queue is first in, first out and commits in order,
+    /// so every queued offset up to it is committed too).
+    through: AtomicU64,
+}
+
+impl ArchiveMark {
+    /// Messages with an offset above this one may not be in the archive yet and must stay in
+    /// recent history; `u64::MAX` when nothing of the channel is waiting.
+    pub fn keep_after(&self) -> u64 {
+        // `through` is raised before `pending` falls: when nothing is pending, every
+        // committed offset is visible, and while something is, `through` may only lag
+        // (which keeps more, never less).
+        if self.pending.load(Ordering::Acquire) == 0 {
+            u64::MAX
+        } else {
+            self.through.load(Ordering::Acquire)
+        }
+    }
+
+    /// Publications of the channel queued and not yet committed.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    fn committed(&self, offset: u64) {
+        self.through.fetch_max(offset, Ordering::AcqRel);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Settings of the archive queue and its writer.
 #[derive(Debug, Clone)]
@@ -101,11 +138,11 @@ pub struct ArchivePermit<'a> {
 }
 
 impl ArchivePermit<'_> {
-    /// Queues `publication`; `pending` is its channel's count of unarchived messages.
-    pub fn send(self, publication: Arc<Publication>, pending: &Arc<AtomicU32>) {
-        pending.fetch_add(1, Ordering::Relaxed);
+    /// Queues `publication`; `mark` is its channel's.
+    pub fn send(self, publication: Arc<Publication>, mark: &Arc<ArchiveMark>) {
+        mark.pending.fetch_add(1, Ordering::AcqRel);
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
-        self.permit.send((publication, pending.clone()));
+        self.permit.send((publication, mark.clone()));
     }
 }
 
@@ -201,8 +238,8 @@ impl Archiver {
         )
         .await;
         let n = batch.len() as u64;
-        for (_, pending) in batch.drain(..) {
-            pending.fetch_sub(1, Ordering::Relaxed);
+        for (publication, mark) in batch.drain(..) {
+            mark.committed(publication.offset);
         }
         self.stats.pending.fetch_sub(n, Ordering::Relaxed);
     }

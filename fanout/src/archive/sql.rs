@@ -189,9 +189,9 @@ const UPSERT_POSITION: &str = " ON CONFLICT (channel) DO UPDATE SET epoch = excl
     excluded.top > gw_channels.top) OR (gw_channels.epoch <> excluded.epoch AND \
     excluded.ts >= gw_channels.ts)";
 
-#[async_trait::async_trait]
-impl Archive for SqlArchive {
-    async fn store(&self, batch: &[Arc<Publication>]) -> Result<(), ArchiveError> {
+/// The statements, unbounded in time: [`Archive`] bounds each call.
+impl SqlArchive {
+    async fn store_unbounded(&self, batch: &[Arc<Publication>]) -> Result<(), ArchiveError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -229,7 +229,10 @@ impl Archive for SqlArchive {
         })
     }
 
-    async fn position(&self, channel: &str) -> Result<Option<ArchivedPosition>, ArchiveError> {
+    async fn position_unbounded(
+        &self,
+        channel: &str,
+    ) -> Result<Option<ArchivedPosition>, ArchiveError> {
         with_pool!(self, pool, Db => {
             let mut query = QueryBuilder::<Db>::new("SELECT epoch, top FROM gw_channels WHERE channel = ");
             query.push_bind(channel.to_string());
@@ -245,7 +248,10 @@ impl Archive for SqlArchive {
         })
     }
 
-    async fn read(&self, range: ArchiveRange<'_>) -> Result<Vec<Arc<Publication>>, ArchiveError> {
+    async fn read_unbounded(
+        &self,
+        range: ArchiveRange<'_>,
+    ) -> Result<Vec<Arc<Publication>>, ArchiveError> {
         if range.limit == 0 || range.before <= range.after.saturating_add(1) {
             return Ok(Vec::new());
         }
@@ -300,13 +306,50 @@ impl Archive for SqlArchive {
         Ok(publications)
     }
 
-    async fn expire(&self, cutoff_ms: u64) -> Result<u64, ArchiveError> {
+    async fn expire_unbounded(&self, cutoff_ms: u64) -> Result<u64, ArchiveError> {
         with_pool!(self, pool, Db => {
             let mut query = QueryBuilder::<Db>::new("DELETE FROM gw_messages WHERE ts < ");
             query.push_bind(cutoff_ms.min(i64::MAX as u64) as i64);
             let done = query.build().execute(pool).await.map_err(unavailable)?;
             Ok(done.rows_affected())
         })
+    }
+}
+
+/// Longest wait for one archive call. A database behind a black hole (packets dropped, no
+/// reset) would otherwise hold a statement for the kernel's retransmission timeout (many
+/// minutes) on a connection that looks open; past this the call fails and is retried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, ArchiveError>>,
+) -> Result<T, ArchiveError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ArchiveError::Unavailable(format!(
+                "no answer from the database within {} s",
+                CALL_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+#[async_trait::async_trait]
+impl Archive for SqlArchive {
+    async fn store(&self, batch: &[Arc<Publication>]) -> Result<(), ArchiveError> {
+        bounded(self.store_unbounded(batch)).await
+    }
+
+    async fn position(&self, channel: &str) -> Result<Option<ArchivedPosition>, ArchiveError> {
+        bounded(self.position_unbounded(channel)).await
+    }
+
+    async fn read(&self, range: ArchiveRange<'_>) -> Result<Vec<Arc<Publication>>, ArchiveError> {
+        bounded(self.read_unbounded(range)).await
+    }
+
+    async fn expire(&self, cutoff_ms: u64) -> Result<u64, ArchiveError> {
+        bounded(self.expire_unbounded(cutoff_ms)).await
     }
 }
 

@@ -10,18 +10,26 @@
 //!   mid-batch leaves its entries pending; another node claims them (`XAUTOCLAIM`) once they
 //!   have been idle for [`CLAIM_IDLE`], and writing them again is harmless (the archive is
 //!   idempotent).
+//! - After a commit, each channel's meta hash records the highest offset the archive holds
+//!   (`archived.lua`): the publish script keeps in the channel's history whatever lies above
+//!   it, so that a recovery finds every message in history or in the archive, never between.
 //! - Each stream is bounded by the publish script (`--archive-queue` entries per partition):
 //!   past it, publish answers `unavailable` and nothing accepted is dropped.
 
+use super::Keyspace;
 use super::envelope::{self, Envelope};
 use crate::Publication;
 use crate::archive::{Archive, ArchiveStats, ArchiverConfig, store_with_retry};
 use bytes::Bytes;
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use fred::types::streams::XReadResponse;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+const ARCHIVED_LUA: &str = include_str!("archived.lua");
 
 /// The consumer group of the archive stream.
 const GROUP: &str = "archivers";
@@ -57,6 +65,7 @@ impl HotPartitions {
 /// One node's consumer of the archive streams (one per partition).
 pub struct StreamArchiver {
     pub(crate) client: Client,
+    pub(crate) keyspace: Keyspace,
     pub(crate) keys: Vec<String>,
     pub(crate) hot: Arc<HotPartitions>,
     pub(crate) consumer: String,
@@ -65,12 +74,13 @@ pub struct StreamArchiver {
     pub(crate) stats: Arc<ArchiveStats>,
 }
 
-type Entries = Vec<(String, std::collections::HashMap<String, Bytes>)>;
+type Entries = Vec<(String, HashMap<String, Bytes>)>;
 
 impl StreamArchiver {
     /// Runs for as long as the process does.
     pub async fn run(self) {
         let n = self.keys.len();
+        let archived = Script::from_lua(ARCHIVED_LUA);
         let mut group_ready = vec![false; n];
         // First what this consumer left pending in an earlier life (same node id).
         let mut backlog = vec![true; n];
@@ -118,7 +128,7 @@ impl StreamArchiver {
                             // More may be waiting: read this partition again next turn.
                             self.hot.mark(p);
                         }
-                        self.commit(key, entries).await;
+                        self.commit(p, entries, &archived).await;
                         busy = true;
                     }
                     Err(e) => {
@@ -195,8 +205,10 @@ impl StreamArchiver {
         Ok(entries)
     }
 
-    /// Commits the publications of `entries`, then acknowledges and deletes them.
-    async fn commit(&self, key: &str, entries: Entries) {
+    /// Commits the publications of `entries` (of partition `p`), records how far each
+    /// channel is archived, then acknowledges and deletes them.
+    async fn commit(&self, p: usize, entries: Entries, archived: &Script) {
+        let key = &self.keys[p];
         let mut ids = Vec::with_capacity(entries.len());
         let mut publications: Vec<Arc<Publication>> = Vec::with_capacity(entries.len());
         for (id, fields) in entries {
@@ -213,6 +225,7 @@ impl StreamArchiver {
             &self.stats,
         )
         .await;
+        self.mark_archived(p, &publications, archived).await;
         let acked: Result<Value, _> = self.client.xack(key, GROUP, ids.clone()).await;
         if let Err(e) = acked {
             // Still pending: claimed and written again later, harmlessly.
@@ -222,6 +235,35 @@ impl StreamArchiver {
         let deleted: Result<Value, _> = self.client.xdel(key, ids).await;
         if let Err(e) = deleted {
             tracing::warn!(error = %e, "archive stream delete failed");
+        }
+    }
+}
+
+impl StreamArchiver {
+    /// Raises each channel's archived mark to the highest offset of `publications` (all of
+    /// partition `p`, so one script call in one hash slot). A failure only keeps more in
+    /// history until the next commit raises the mark.
+    async fn mark_archived(&self, p: usize, publications: &[Arc<Publication>], script: &Script) {
+        let mut top: HashMap<(&str, &str), u64> = HashMap::new();
+        for publication in publications {
+            let at = top
+                .entry((&publication.channel, &publication.epoch))
+                .or_default();
+            *at = (*at).max(publication.offset);
+        }
+        if top.is_empty() {
+            return;
+        }
+        let mut keys = Vec::with_capacity(top.len());
+        let mut args: Vec<Value> = Vec::with_capacity(2 * top.len());
+        for ((channel, epoch), offset) in top {
+            keys.push(self.keyspace.key_in(p, channel, "m"));
+            args.push(epoch.into());
+            args.push((offset as i64).into());
+        }
+        let raised: Result<Value, _> = script.evalsha_with_reload(&self.client, keys, args).await;
+        if let Err(e) = raised {
+            tracing::warn!(error = %e, "recording the archived offsets failed");
         }
     }
 }

@@ -16,20 +16,24 @@ if not epoch then
   epoch = ARGV[3]
   offset = tonumber(ARGV[8])
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset)
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', offset, 'a', offset)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 else
   offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
 end
+-- Entries the archive does not hold yet (above 'a') are given whatever their age.
+local archived = tonumber(redis.call('HGET', KEYS[1], 'a') or offset)
 local out = {offset, epoch}
 local limit = tonumber(ARGV[2])
 if limit > 0 then
   local oldest = tonumber(ARGV[5])
-  -- Entries are {id, {'t', ts, 'e', envelope}}; those older than the TTL are left out.
+  -- Entries are {id = '<offset>-0', {'t', ts, 'e', envelope}}; those older than the TTL
+  -- are left out, unless the archive does not hold them yet.
   local function collect(entries, first, last, step)
     for i = first, last, step do
       local fields = entries[i][2]
-      if tonumber(fields[2]) >= oldest then
+      if tonumber(fields[2]) >= oldest
+          or tonumber(string.match(entries[i][1], '^%d+')) > archived then
         out[#out + 1] = fields[4]
       end
     end

@@ -25,7 +25,7 @@ mod track;
 
 pub use keyspace::{Keyspace, MAX_PARTITIONS};
 
-use crate::archive::{Archive, ArchiveStats, ArchiverConfig, complete_page};
+use crate::archive::{Archive, ArchiveStats, ArchiverConfig, complete_page_waiting};
 use crate::broker::{
     Broker, BrokerError, CommandReply, ControlEvent, DeliveryStats, Dispatcher, HistoryPage,
     HistoryQuery, NodeCommand, PublishOutcome, PublishRequest,
@@ -50,6 +50,9 @@ const PUBLISH_LUA: &str = include_str!("publish.lua");
 const HISTORY_LUA: &str = include_str!("history.lua");
 const REWIND_LUA: &str = include_str!("rewind.lua");
 
+/// How long a recovery waits for the archive when its range is in neither recent history nor
+/// the archive while archivers are still writing ([`complete_page_waiting`]).
+const ARCHIVE_RACE_WAIT: Duration = Duration::from_secs(2);
 /// Most messages one gap-healing read asks for.
 const HEAL_BATCH: usize = 1000;
 /// How long a node command waits for every node's answer.
@@ -376,6 +379,7 @@ impl RedisBroker {
         if let Some(archive) = archive {
             let archiver = StreamArchiver {
                 client: broker.client.clone(),
+                keyspace: broker.config.keyspace.clone(),
                 keys: archive_keys,
                 hot,
                 consumer: archive.consumer,
@@ -1057,9 +1061,16 @@ impl Broker for RedisBroker {
             self.heal(channel, &track, Some(page.offset), moved).await?;
         }
         match &self.archive {
-            Some((archive, _, _)) => complete_page(archive.as_ref(), channel, query, page)
-                .await
-                .map_err(|e| BrokerError::Unavailable(e.to_string())),
+            Some((archive, stats, _)) => complete_page_waiting(
+                archive.as_ref(),
+                channel,
+                query,
+                page,
+                || stats.pending.load(Ordering::Relaxed) > 0,
+                ARCHIVE_RACE_WAIT,
+            )
+            .await
+            .map_err(|e| BrokerError::Unavailable(e.to_string())),
             None => Ok(page),
         }
     }

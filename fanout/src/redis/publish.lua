@@ -2,7 +2,8 @@
 -- append to the recent-history stream (bounded by count; the key expires with the history
 -- TTL), and SPUBLISH (sharded pub/sub, in the channel's slot) of the envelope to every
 -- subscribed node.
--- KEYS: 1 meta hash {e = epoch, o = offset}, 2 history stream, 3 idem hash (key -> offset),
+-- KEYS: 1 meta hash {e = epoch, o = offset, a = highest offset of the epoch the archive
+--       holds}, 2 history stream, 3 idem hash (key -> offset),
 --       4 idem zset (key -> expiry ms), 5 the partition's archive stream
 -- ARGV: 1 shard channel, 2 channel, 3 from, 4 payload tag, 5 payload, 6 now ms,
 --       7 idem key ('' for none), 8 epoch to use if the channel has none, 9 history size,
@@ -10,6 +11,8 @@
 --       14 '1' to append to the archive stream, 15 archive stream bound,
 --       16 '1' to ask for the archived position when the channel has none,
 --       17 offset to start from when the channel has none (its archived top)
+-- History keeps every entry the archive does not hold yet (offset above 'a'), past the
+-- history size (up to the archive stream bound): recovery never falls between the two.
 -- Returns {status, offset, epoch}: status 0 published, 1 duplicate, 2 dedup table full,
 -- 3 the channel has no state (call again with its archived position), 4 archive stream full.
 local epoch = redis.call('HGET', KEYS[1], 'e')
@@ -19,7 +22,7 @@ if not epoch then
   end
   epoch = ARGV[8]
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', tonumber(ARGV[17]))
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', tonumber(ARGV[17]), 'a', tonumber(ARGV[17]))
 end
 local now = tonumber(ARGV[6])
 local idem = ARGV[7]
@@ -43,7 +46,12 @@ if ARGV[14] == '1' and redis.call('XLEN', KEYS[5]) >= tonumber(ARGV[15]) then
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 local envelope = cmsgpack.pack({'m', ARGV[2], offset, epoch, ARGV[3], now, ARGV[4], ARGV[5]})
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], offset .. '-0', 't', now, 'e', envelope)
+local keep = tonumber(ARGV[9])
+if ARGV[14] == '1' then
+  local unarchived = offset - tonumber(redis.call('HGET', KEYS[1], 'a') or '0')
+  keep = math.max(keep, math.min(unarchived, tonumber(ARGV[15])))
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', keep, offset .. '-0', 't', now, 'e', envelope)
 redis.call('EXPIRE', KEYS[2], ARGV[10])
 redis.call('EXPIRE', KEYS[1], ARGV[11])
 if idem ~= '' then

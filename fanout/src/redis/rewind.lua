@@ -13,6 +13,6 @@ if epoch ~= ARGV[1] then
 end
 local offset = math.max(tonumber(redis.call('HGET', KEYS[1], 'o') or '0'), tonumber(ARGV[2]))
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-redis.call('HSET', KEYS[1], 'e', ARGV[3], 'o', offset)
+redis.call('HSET', KEYS[1], 'e', ARGV[3], 'o', offset, 'a', offset)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1

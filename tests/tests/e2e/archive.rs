@@ -4,8 +4,8 @@
 //! anything.
 
 use e2e::{
-    Client, Gateway, GatewayBuilder, PgDatabase, RedisServer, TcpProxy, TempDir, api_get, as_u64,
-    error_code, metric, secs, token,
+    ArchivedRow, Client, Gateway, GatewayBuilder, PgDatabase, RedisServer, TcpProxy, TempDir,
+    api_get, as_u64, error_code, metric, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -529,4 +529,145 @@ async fn two_embedded_nodes_cannot_share_one_archive() {
     let (status, output) = embedded(&data).run_to_exit(secs(20)).await;
     assert!(!status.success(), "{output}");
     assert!(output.contains("its own --data-dir"), "{output}");
+}
+
+// Recovery while the archive is behind: what is accepted and not yet stored is still found.
+
+/// A reader that saw offset 1 of `channel` misses `n` messages published back to back, then
+/// resubscribes at once: it must be told `recovered: true` and get every message once, in
+/// order, with its payload (and nothing more within 3 s, where a duplicate would show). With
+/// `hole`, the database behind that proxy is a black hole from before the burst until after
+/// the recovery; the node must still be waiting on it then (the fault took effect).
+async fn miss_then_recover(gw: &Gateway, channel: &str, n: u64, hole: Option<&TcpProxy>) {
+    let mut w = Client::connect(gw.addr(), &token("writer")).await;
+    let first = w
+        .request_ok("publish", json!({"channel": channel, "data": {"n": 0}}))
+        .await;
+    assert_eq!(as_u64(&first["offset"]), 1, "{first}");
+    let epoch = first["epoch"].clone();
+    if let Some(proxy) = hole {
+        archived(gw).await;
+        proxy.black_hole();
+    }
+    for i in 1..=n {
+        assert_eq!(w.publish(channel, json!({"n": i})).await, i + 1);
+    }
+    let mut r = Client::connect(gw.addr(), &token("reader")).await;
+    let ok = r
+        .request_ok(
+            "subscribe",
+            json!({"channel": channel, "since": 1, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(
+        (&ok["recovered"], as_u64(&ok["offset"]), &ok["epoch"]),
+        (&json!(true), n + 1, &epoch),
+        "nothing was lost: {ok}"
+    );
+    for i in 1..=n {
+        let m = r.expect_message(channel, secs(10)).await;
+        assert_eq!(
+            (as_u64(&m["offset"]), &m["data"], &m["epoch"]),
+            (i + 1, &json!({"n": i}), &epoch),
+            "{m}"
+        );
+    }
+    let late = r.next_push_of("message", secs(3)).await;
+    assert!(late.is_none(), "a message after the recovery: {late:?}");
+    if hole.is_some() {
+        let pending = metric(gw.addr(), "gateway_archive_pending").await;
+        assert!(
+            pending.unwrap_or(0.0) > 0.0,
+            "the database was reachable after all (pending {pending:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_burst_past_recent_history_is_recovered_at_once_from_an_embedded_node() {
+    let data = TempDir::new("archive");
+    let gw = embedded(&data)
+        .arg("--history-size", 10)
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await;
+    miss_then_recover(&gw, "room:burst", 40, None).await;
+}
+
+#[tokio::test]
+async fn a_burst_past_recent_history_is_recovered_at_once_from_clustered_nodes() {
+    let redis = RedisServer::start().await;
+    let db = PgDatabase::create().await;
+    let gw = Gateway::builder()
+        .arg("--redis-url", redis.url())
+        .arg("--database-url", db.url())
+        .arg("--history-size", 10)
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await;
+    miss_then_recover(&gw, "room:burst", 40, None).await;
+}
+
+/// Every message `channel` acknowledged (offsets 1..=n+1, payloads `{"n": offset - 1}` in
+/// `epoch`) is archived exactly once, and nothing else.
+fn assert_archived_exactly(rows: &[ArchivedRow], channel: &str, n: u64) {
+    let epoch = rows.first().map(|r| r.1.clone()).unwrap_or_default();
+    let got: Vec<(String, String, i64, Value)> = rows
+        .iter()
+        .map(|(c, e, o, d)| {
+            let v = serde_json::from_slice(d).unwrap_or_else(|e| panic!("row {o}: {e}"));
+            (c.clone(), e.clone(), *o, v)
+        })
+        .collect();
+    let want: Vec<(String, String, i64, Value)> = (0..=n)
+        .map(|i| {
+            (
+                channel.to_string(),
+                epoch.clone(),
+                i as i64 + 1,
+                json!({"n": i}),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), want.len(), "rows stored");
+    assert_eq!(got, want, "every acknowledged message once, nothing else");
+}
+
+#[tokio::test]
+async fn an_embedded_node_recovers_past_recent_history_while_postgres_is_a_black_hole() {
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let gw = Gateway::builder()
+        .embedded()
+        .arg("--database-url", db.url_via(proxy.addr()))
+        .arg("--history-size", 10)
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await;
+    miss_then_recover(&gw, "room:hole", 500, Some(&proxy)).await;
+    proxy.restore();
+    archived(&gw).await;
+    assert_archived_exactly(&db.messages().await, "room:hole", 500);
+}
+
+#[tokio::test]
+async fn clustered_nodes_recover_past_recent_history_while_postgres_is_a_black_hole() {
+    let redis = RedisServer::start().await;
+    let db = PgDatabase::create().await;
+    let proxy = TcpProxy::start(db.host_port()).await;
+    let gw = Gateway::builder()
+        .arg("--redis-url", redis.url())
+        .arg("--database-url", db.url_via(proxy.addr()))
+        .arg("--history-size", 10)
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+        .start()
+        .await;
+    miss_then_recover(&gw, "room:hole", 500, Some(&proxy)).await;
+    proxy.restore();
+    stream_archived(&redis).await;
+    assert_archived_exactly(&db.messages().await, "room:hole", 500);
 }

@@ -120,13 +120,18 @@ const NO_RECONNECT_CLOSE = new Set([1000, 1008, 1009]);
 /** Publish errors worth retrying with the same idempotency key. */
 const RETRYABLE = new Set(['timeout', 'disconnected', 'rate_limited', 'unavailable']);
 
-/** An error from the gateway (`code` is the protocol's error code) or from this client. */
+/**
+ * An error from the gateway (`code` is the protocol's error code) or from this client.
+ * `maybePublished` (publish only): true when the message may still be published (the gateway
+ * said `maybe_published: true`, or a reply never came), false when it surely was not.
+ */
 export class GatewayError extends Error {
-  /** @param {string} code @param {string} [message] */
-  constructor(code, message) {
+  /** @param {string} code @param {string} [message] @param {boolean} [maybePublished] */
+  constructor(code, message, maybePublished) {
     super(message || code);
     this.name = 'GatewayError';
     this.code = code;
+    if (maybePublished !== undefined) this.maybePublished = maybePublished;
   }
 }
 
@@ -445,7 +450,9 @@ export class GatewayClient {
       if (!p) return;
       this._pending.delete(frame.id);
       clearTimeout(p.timer);
-      if (frame.error) p.reject(new GatewayError(frame.error.code, frame.error.message));
+      if (frame.error) {
+        p.reject(new GatewayError(frame.error.code, frame.error.message, frame.error.maybe_published));
+      }
       else p.resolve(frame.ok);
       return;
     }
@@ -749,15 +756,19 @@ export class GatewayClient {
    */
   async publish(channel, data, { idem = randomId(), timeout = this.options.publishTimeout } = {}) {
     const deadline = Date.now() + timeout;
+    // Whether any attempt may have published it: the error given up with says so.
+    let maybe = false;
     for (;;) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new GatewayError('timeout', 'not published in time');
+      if (left <= 0) throw new GatewayError('timeout', 'not published in time', maybe);
       try {
         return await this.request('publish', { channel, data, idem }, {
           timeout: Math.min(left, this.options.requestTimeout),
           liveTimeout: left,
         });
       } catch (error) {
+        maybe ||= error.maybePublished === true || error.code === 'timeout' || error.code === 'disconnected';
+        error.maybePublished = maybe;
         if (!RETRYABLE.has(error.code) || Date.now() >= deadline) throw error;
         if (error.code === 'rate_limited' || error.code === 'unavailable') {
           await new Promise((r) => setTimeout(r, 1000));

@@ -8,9 +8,15 @@ use std::sync::Arc;
 /// Why a broker call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend cannot be reached or did not answer in time; retrying later makes sense.
+    /// The backend cannot be reached, or refused the request; nothing was applied, and
+    /// retrying later makes sense.
     #[error("message backend unavailable: {0}")]
     Unavailable(String),
+    /// The request went to the backend and no answer came in time (the backend is frozen or
+    /// slow, or the connection broke after the request was sent): it may still be applied.
+    /// A publish retried with the same idempotency key is published once.
+    #[error("message backend did not answer; the request may still be applied: {0}")]
+    OutcomeUnknown(String),
     /// The channel's idempotency table holds as many keys as it may (nothing was published;
     /// retrying after the dedup window frees keys makes sense).
     #[error("too many idempotency keys on this channel; retry later")]
@@ -19,6 +25,14 @@ pub enum BrokerError {
     /// mismatch between nodes).
     #[error("message backend error: {0}")]
     Backend(String),
+}
+
+impl BrokerError {
+    /// Whether the request may have been applied all the same ([`BrokerError::OutcomeUnknown`]);
+    /// every other error says it was not.
+    pub fn maybe_applied(&self) -> bool {
+        matches!(self, BrokerError::OutcomeUnknown(_))
+    }
 }
 
 /// A publish to one channel.
@@ -345,7 +359,9 @@ pub trait Dispatcher: Send + Sync + 'static {
 /// - **Reads create the position.** A history read of an unknown channel gives it an epoch
 ///   (offset 0) that later publishes keep, so a subscriber's epoch stays valid.
 /// - **Failures.** A call that cannot reach the backend fails with
-///   [`BrokerError::Unavailable`] within about a second; it never hangs.
+///   [`BrokerError::Unavailable`] within about a second; it never hangs. A publish sent to
+///   the backend that got no answer in time fails with [`BrokerError::OutcomeUnknown`] (it
+///   may be applied later); `Unavailable` from `publish` means it was not and will not be.
 /// - **Archive.** With an archive, every accepted publication with `archive: true` reaches it
 ///   (asynchronously: never on the publish path; a full archive queue makes publish wait
 ///   briefly, then fail with `Unavailable`, and nothing accepted is dropped). History reads

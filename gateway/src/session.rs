@@ -13,7 +13,7 @@ use crate::metrics::{self, metrics};
 use crate::node::Node;
 use crate::protocol::{
     CloseReason, CommandError, Encoding, ErrorCode, decode, disconnect_frame, error_frame,
-    frame_bytes, reply_frame, to_message, unsubscribe_frame, welcome_frame,
+    frame_bytes, publish_error_frame, reply_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 use bytes::Bytes;
 use fanout::BrokerError;
@@ -499,6 +499,13 @@ impl Session {
 
     pub(crate) fn broker_error(&self, id: i64, error: BrokerError) {
         self.error(id, ErrorCode::from(&error), &error.to_string());
+    }
+
+    /// The reply to a failed publish, saying whether the message may still be published.
+    pub(crate) fn publish_error(&self, id: i64, error: &BrokerError) {
+        self.reg
+            .conn
+            .push_frame(publish_error_frame(self.reg.conn.encoding, id, error));
     }
 
     pub(crate) fn allowed(&self, channel: &str, action: Action) -> bool {

@@ -109,22 +109,70 @@ impl RedisServer {
         self.command("PING").await.starts_with("+PONG")
     }
 
-    fn signal(&self, signal: &str) {
-        if let Some(child) = &self.child {
-            let _ = Command::new("kill")
-                .args([&format!("-{signal}"), &child.id().to_string()])
-                .status();
+    /// Sends `signal` to the server; panics when it is not running or the signal fails.
+    fn signal(&self, signal: &str) -> u32 {
+        let child = self.child.as_ref().expect("redis-server is not running");
+        let pid = child.id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+        pid
+    }
+
+    /// Whether the process `pid` is stopped (state `T` in `/proc/<pid>/stat`).
+    fn stopped(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let after = stat.rsplit_once(')')?.1;
+                after.split_whitespace().next().map(|s| s == "T")
+            })
+            .unwrap_or(false)
+    }
+
+    fn wait_state(pid: u32, stopped: bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Self::stopped(pid) != stopped {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server {pid} did not {}",
+                if stopped { "stop" } else { "continue" }
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers. Returns once
+    /// the process is seen stopped.
     pub fn pause(&self) {
-        self.signal("STOP");
+        let pid = self.signal("STOP");
+        Self::wait_state(pid, true);
     }
 
-    /// Thaws a paused server (SIGCONT).
+    /// Thaws a paused server (SIGCONT). Returns once the process is seen running.
     pub fn resume(&self) {
-        self.signal("CONT");
+        let pid = self.signal("CONT");
+        Self::wait_state(pid, false);
+    }
+
+    /// Kills the server with SIGKILL and waits for it to be gone; [`start_again`] brings it
+    /// back on the same port and directory.
+    ///
+    /// [`start_again`]: RedisServer::start_again
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL redis-server");
+            child.wait().expect("reaping redis-server");
+        }
+    }
+
+    /// Starts a killed server again with what its persistence kept.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis-server is still running");
+        self.spawn().await;
     }
 
     /// Kills the server with SIGKILL and starts it again on the same port and directory: it

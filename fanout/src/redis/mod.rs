@@ -444,11 +444,24 @@ impl RedisBroker {
             keyspace.key_in(p, channel, "iz"),
             keyspace.partition_key(p, "archive"),
         ];
+        // Without a connection nothing is sent: the publish is refused for sure. (fred would
+        // also queue the command for a reconnection within the timeout, after which nobody
+        // could say whether it ran.)
+        if !self.client.is_connected() {
+            let e = BrokerError::Unavailable("not connected to Redis; nothing was sent".into());
+            self.mark(Err(&e));
+            return Err(e);
+        }
         let result: Result<Vec<Value>, _> = self
             .publish_script
             .evalsha_with_reload(&self.client, keys, args)
             .await;
-        let result = result.map_err(unavailable);
+        // Sent and unanswered (a frozen or slow Redis, a connection broken mid-request): the
+        // script may still run. The client is told so, and retries with its `idem`.
+        let result = result.map_err(|e| match unavailable(e) {
+            BrokerError::Unavailable(why) => BrokerError::OutcomeUnknown(why),
+            other => other,
+        });
         self.mark(result.as_ref().map(|_| ()));
         let values = result?;
         if archived {
@@ -631,7 +644,10 @@ impl RedisBroker {
     }
 
     fn mark(&self, result: Result<(), &BrokerError>) {
-        let ok = !matches!(result, Err(BrokerError::Unavailable(_)));
+        let ok = !matches!(
+            result,
+            Err(BrokerError::Unavailable(_) | BrokerError::OutcomeUnknown(_))
+        );
         self.healthy.store(ok, Ordering::Relaxed);
     }
 

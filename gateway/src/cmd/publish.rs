@@ -45,7 +45,7 @@ pub(super) async fn apply(
                 &json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
             );
         }
-        Err(e) => session.broker_error(id, e),
+        Err(e) => session.publish_error(id, &e),
     }
     None
 }

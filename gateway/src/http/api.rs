@@ -111,7 +111,8 @@ pub async fn publish(
             data: Payload::Json(Bytes::from(String::from(Box::<str>::from(body.data)))),
             idem: body.idem,
         })
-        .await?;
+        .await
+        .map_err(ApiError::publish)?;
     if !outcome.duplicate {
         node.hub.count_published();
     }

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Human-readable reason.
     pub message: String,
+    /// On a failed publish: whether the message may still be published.
+    pub maybe_published: Option<bool>,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            maybe_published: None,
         }
     }
 
@@ -46,7 +49,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        if let Some(maybe) = self.maybe_published {
+            body["error"]["maybe_published"] = maybe.into();
+        }
         (self.status, Json(body)).into_response()
     }
 }
@@ -54,6 +60,16 @@ impl IntoResponse for ApiError {
 impl From<fanout::BrokerError> for ApiError {
     fn from(e: fanout::BrokerError) -> Self {
         ApiError::new(ErrorCode::from(&e), e.to_string())
+    }
+}
+
+impl ApiError {
+    /// The error of a failed publish, saying whether the message may still be published.
+    pub fn publish(e: fanout::BrokerError) -> Self {
+        let maybe = e.maybe_applied();
+        let mut error = ApiError::from(e);
+        error.maybe_published = Some(maybe);
+        error
     }
 }
 

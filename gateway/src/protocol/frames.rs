@@ -62,6 +62,9 @@ pub fn reply_frame<T: Serialize>(encoding: Encoding, id: i64, ok: &T) -> Bytes {
 struct ErrorBody<'a> {
     code: &'static str,
     message: &'a str,
+    /// On a failed `publish` only: whether the message may still be published.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maybe_published: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +82,23 @@ pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) 
             error: ErrorBody {
                 code: code.as_str(),
                 message,
+                maybe_published: None,
+            },
+        },
+    )
+}
+
+/// The error reply of a failed `publish`: `maybe_published` says whether the message may
+/// still be published (the backend got it and did not answer in time) or surely was not.
+pub fn publish_error_frame(encoding: Encoding, id: i64, error: &fanout::BrokerError) -> Bytes {
+    encode(
+        encoding,
+        &ErrorReply {
+            id,
+            error: ErrorBody {
+                code: ErrorCode::from(error).as_str(),
+                message: &error.to_string(),
+                maybe_published: Some(error.maybe_applied()),
             },
         },
     )

@@ -9,8 +9,8 @@ pub use command::{
 };
 pub use frames::{
     HistoryReply, control_frame, disconnect_frame, error_frame, frame_bytes, history_body,
-    history_reply_frame, members_json, message_frame, presence_diff_frame, reply_frame, to_message,
-    unsubscribe_frame, welcome_frame,
+    history_reply_frame, members_json, message_frame, presence_diff_frame, publish_error_frame,
+    reply_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.
@@ -98,9 +98,9 @@ impl ErrorCode {
 impl From<&fanout::BrokerError> for ErrorCode {
     fn from(error: &fanout::BrokerError) -> Self {
         match error {
-            fanout::BrokerError::Unavailable(_) | fanout::BrokerError::DedupFull => {
-                ErrorCode::Unavailable
-            }
+            fanout::BrokerError::Unavailable(_)
+            | fanout::BrokerError::OutcomeUnknown(_)
+            | fanout::BrokerError::DedupFull => ErrorCode::Unavailable,
             fanout::BrokerError::Backend(_) => ErrorCode::Internal,
         }
     }

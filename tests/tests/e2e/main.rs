@@ -18,6 +18,7 @@ mod nginx;
 mod offsets;
 mod ops;
 mod presence;
+mod publish_outcome;
 mod recovery;
 
 mod slow_consumer;

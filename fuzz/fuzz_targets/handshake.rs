@@ -43,17 +43,47 @@ fuzz_target!(|data: &[u8]| {
             headers.append(name, value);
         }
     }
-    let offered = headers
+    // The chosen subprotocol is one the client offered, by its exact name.
+    let offers: Vec<String> = headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .filter_map(|v| v.to_str().ok());
-    let _ = Encoding::negotiate(offered);
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|h| h.split(',').map(|p| p.trim().to_string()))
+        .filter(|p| !p.is_empty())
+        .collect();
+    match Encoding::negotiate(offers.iter().map(String::as_str)) {
+        Some(Some(Encoding::Json)) => assert!(offers.iter().any(|p| p == "v1.json"), "{offers:?}"),
+        Some(Some(Encoding::MsgPack)) => {
+            assert!(offers.iter().any(|p| p == "v1.msgpack"), "{offers:?}")
+        }
+        Some(None) => assert!(offers.is_empty(), "{offers:?}"),
+        None => assert!(
+            !offers.is_empty() && !offers.iter().any(|p| p == "v1.json" || p == "v1.msgpack"),
+            "{offers:?}"
+        ),
+    }
+    // A foreign Origin is never accepted: same-origin takes only `http(s)://<Host>`, and a
+    // list only its own entries besides.
     if let Some(origin) = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()) {
         let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
-        let _ = AllowedOrigins::SameOrigin.allows(origin, host);
-        if let Ok(list) = AllowedOrigins::parse(origin) {
-            let _ = list.allows(origin, host);
-        }
+        let normal = origin.trim().to_ascii_lowercase();
+        let same_origin = host.is_some_and(|host| {
+            let host = host.trim().to_ascii_lowercase();
+            normal == format!("http://{host}") || normal == format!("https://{host}")
+        });
+        assert_eq!(
+            AllowedOrigins::SameOrigin.allows(origin, host),
+            same_origin,
+            "same-origin check of {origin:?} with Host {host:?}"
+        );
+        let list = AllowedOrigins::parse("https://app.example, http://localhost:3000")
+            .expect("a valid list");
+        let listed = normal == "https://app.example" || normal == "http://localhost:3000";
+        assert_eq!(
+            list.allows(origin, host),
+            same_origin || listed,
+            "list check of {origin:?} with Host {host:?}"
+        );
     }
     if let Some(token) = request_token(&headers, query) {
         if let Ok(claims) = verifier().verify(&token) {

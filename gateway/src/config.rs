@@ -222,8 +222,21 @@ impl Settings {
         if let Some(path) = settings.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
-            let file: Settings = toml::from_str(&text)
-                .with_context(|| format!("parsing config file {}", path.display()))?;
+            // toml's own message draws the line with a caret under it over several lines;
+            // a configuration error is one line (docs/protocol.md): position and reason.
+            let file: Settings = toml::from_str(&text).map_err(|e| {
+                let at = e.span().map_or(String::new(), |span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!(" at line {line}, column {column}")
+                });
+                anyhow::anyhow!(
+                    "parsing config file {}{at}: {}",
+                    path.display(),
+                    e.message().trim()
+                )
+            })?;
             settings.merge_from(file);
         }
         Ok(settings)

@@ -233,12 +233,15 @@ impl GatewayBuilder {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let stderr = child.stderr.take().expect("stderr piped");
         let stdout = child.stdout.take().expect("stdout piped");
-        spawn_drain(stderr, logs.clone(), tx.clone());
-        spawn_drain(stdout, logs.clone(), tx);
+        let drains = vec![
+            spawn_drain(stderr, logs.clone(), tx.clone()),
+            spawn_drain(stdout, logs.clone(), tx),
+        ];
         let mut gw = Gateway {
             child,
             addr: String::new(),
             logs,
+            drains,
             args: self.command_line(),
             _dir: dir,
             _redis: redis,
@@ -297,7 +300,54 @@ impl GatewayBuilder {
         .await
         .expect("join");
         drop(dir);
-        child.unwrap_or_else(|| panic!("gateway {args:?} still running after {timeout:?}"))
+        let (status, out) =
+            child.unwrap_or_else(|| panic!("gateway {args:?} still running after {timeout:?}"));
+        // The same rule as for a started gateway: a panic fails the test, whatever it checks.
+        if let Some(line) = out.lines().find(|l| l.contains("panicked")) {
+            panic!("the gateway {args:?} panicked: {line}\n{out}");
+        }
+        (status, out)
+    }
+}
+
+/// Asserts the contract for a configuration error: exit code 2 and exactly one line,
+/// `gateway: configuration error: ...`, that contains each of `needles` (case-insensitive).
+pub fn assert_config_error(status: &ExitStatus, out: &str, needles: &[&str]) {
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "exit code 2 for a configuration error: {out}"
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, no backtrace: {out}");
+    assert!(
+        lines[0].starts_with("gateway: configuration error: "),
+        "{out}"
+    );
+    let lower = lines[0].to_lowercase();
+    for needle in needles {
+        assert!(
+            lower.contains(&needle.to_lowercase()),
+            "{needle:?} in {out}"
+        );
+    }
+}
+
+/// Asserts a start-up failure past the configuration: exit code 1 and a last line
+/// `gateway: ...` that contains each of `needles` (the structured log may come before it).
+pub fn assert_startup_error(status: &ExitStatus, out: &str, needles: &[&str]) {
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit code 1 for a start-up failure: {out}"
+    );
+    let last = out
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    assert!(last.starts_with("gateway: "), "{out}");
+    for needle in needles {
+        assert!(last.contains(needle), "{needle:?} in {out}");
     }
 }
 
@@ -305,7 +355,7 @@ fn spawn_drain(
     stream: impl Read + Send + 'static,
     logs: Arc<Mutex<Vec<String>>>,
     tx: tokio::sync::mpsc::UnboundedSender<String>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
@@ -320,7 +370,7 @@ fn spawn_drain(
                 }
             }
         }
-    });
+    })
 }
 
 async fn wait_listening(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
@@ -360,6 +410,8 @@ pub struct Gateway {
     child: Child,
     addr: String,
     logs: Arc<Mutex<Vec<String>>>,
+    /// The threads that read its output, done when it closed both streams.
+    drains: Vec<std::thread::JoinHandle<()>>,
     args: Vec<String>,
     _dir: TempDir,
     /// The private Redis of a gateway started in clustered mode by [`REDIS_ENV`].
@@ -404,6 +456,23 @@ impl Gateway {
     /// Every line it printed so far (stderr and stdout, in arrival order).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Stops the process (SIGTERM, a drain) and returns every line it printed, to the last:
+    /// its output streams are read to their end. Panics when it does not exit in 30 s.
+    pub async fn stop_and_logs(&mut self) -> Vec<String> {
+        self.send_signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.is_some(), "the gateway did not exit on SIGTERM");
+        let drains = std::mem::take(&mut self.drains);
+        tokio::task::spawn_blocking(move || {
+            for drain in drains {
+                let _ = drain.join();
+            }
+        })
+        .await
+        .expect("join the output readers");
+        self.logs()
     }
 
     /// Sends a signal by name (`"TERM"`, `"INT"`, ...) with the `kill` command.

@@ -5,7 +5,8 @@
 //! ([`http`]), and mints its own JWTs ([`Token`]). Clustered-mode tests start their own
 //! `redis-server` ([`RedisServer`]) that they can pause, kill and restart; with `E2E_REDIS`
 //! set, every gateway runs on a private one. Archive tests get a fresh PostgreSQL database
-//! ([`PgDatabase`]) and can cut it off behind a [`TcpProxy`]. Nothing here knows the gateway's internals: the
+//! ([`PgDatabase`]) and can cut it off, or hold its traffic, behind a [`TcpProxy`]; the chaos
+//! audit drops a port's packets in the kernel ([`partition`]). Nothing here knows the gateway's internals: the
 //! contract is `docs/protocol.md`.
 
 pub mod client;
@@ -14,12 +15,16 @@ pub mod http;
 pub mod jwt;
 pub mod loadgen;
 pub mod nginx;
+pub mod partition;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
 
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
-pub use gateway::{Gateway, GatewayBuilder, TempDir, gateway_bin, loadgen_bin};
+pub use gateway::{
+    Gateway, GatewayBuilder, TempDir, assert_config_error, assert_startup_error, gateway_bin,
+    loadgen_bin,
+};
 pub use http::{
     API_AUTH, HttpResponse, api_get, api_post, api_publish, assert_api_error, http, metric,
     metric_value, parse_response,

@@ -5,7 +5,7 @@
 
 use e2e::{
     ArchivedRow, Client, Gateway, GatewayBuilder, PgDatabase, RedisServer, TcpProxy, TempDir,
-    api_get, as_u64, error_code, metric, secs, token,
+    api_get, as_u64, assert_startup_error, error_code, metric, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -428,6 +428,23 @@ async fn clustered_nodes_archive_every_message_once_through_a_postgres_outage() 
     assert_eq!(offsets(&h), (1..=500).collect::<Vec<_>>());
 }
 
+/// Entries of the archive streams pending with `consumer` (XPENDING's summary lists each
+/// consumer's count as `name`, then the count as a bulk string).
+async fn pending_with(redis: &RedisServer, consumer: &str) -> u64 {
+    let mut total = 0;
+    for key in archive_streams(redis).await {
+        let reply = redis.command(&format!("XPENDING {key} archivers")).await;
+        let lines: Vec<&str> = reply.lines().collect();
+        if let Some(i) = lines.iter().position(|l| *l == consumer) {
+            total += lines
+                .get(i + 2)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("a count after {consumer} in {reply:?}"));
+        }
+    }
+    total
+}
+
 #[tokio::test]
 async fn a_killed_archiver_leaves_its_entries_to_another_node() {
     let redis = RedisServer::start().await;
@@ -436,32 +453,38 @@ async fn a_killed_archiver_leaves_its_entries_to_another_node() {
     let url = db.url_via(proxy.addr());
     let mut a = clustered(&redis, &url).await;
     let b = clustered(&redis, &url).await;
+    let node_a = Client::connect(a.addr(), &token("probe")).await.welcome["node"]
+        .as_str()
+        .expect("a node id in the welcome")
+        .to_owned();
     let mut c = Client::connect(b.addr(), &token("alice")).await;
     proxy.cut();
     for i in 0..600u64 {
-        c.publish("room:claim", json!(i)).await;
+        c.publish("room:claim", json!({"n": i})).await;
     }
-    // Both consumers hold entries they cannot write; one of them dies with its share.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut pending = 0;
-    for key in archive_streams(&redis).await {
-        // XPENDING's summary: *4, then the count of pending entries.
-        let reply = redis.command(&format!("XPENDING {key} archivers")).await;
-        let count = reply.lines().nth(1).unwrap_or("");
-        pending += count.trim_start_matches(':').parse::<u64>().unwrap_or(0);
+    // Node a's archiver holds entries it cannot write (its sweep reads what b published).
+    let deadline = Instant::now() + secs(20);
+    while pending_with(&redis, &node_a).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "node a's archiver never took entries"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(pending > 0, "no entries are pending");
+    // It dies with its share.
     a.send_signal("KILL");
-    a.wait_exit(secs(10)).await;
+    assert!(a.wait_exit(secs(10)).await.is_some(), "node a did not die");
+    assert!(pending_with(&redis, &node_a).await > 0);
     proxy.restore();
-    // The survivor claims what the dead node held once it has been idle long enough.
+    // The survivor claims what the dead node held once it has been idle long enough, and
+    // every message is stored once.
     stream_archived(&redis).await;
-    assert_eq!(db.scalar("SELECT COUNT(*) FROM gw_messages").await, 600);
     assert_eq!(
-        db.scalar("SELECT COUNT(DISTINCT seq) FROM gw_messages")
-            .await,
-        600
+        pending_with(&redis, &node_a).await,
+        0,
+        "node a's entries were claimed"
     );
+    assert_archived_exactly(&db.messages().await, "room:claim", 599);
 }
 
 #[tokio::test]
@@ -527,8 +550,7 @@ async fn two_embedded_nodes_cannot_share_one_archive() {
     let data = TempDir::new("archive");
     let _first = embedded(&data).start().await;
     let (status, output) = embedded(&data).run_to_exit(secs(20)).await;
-    assert!(!status.success(), "{output}");
-    assert!(output.contains("its own --data-dir"), "{output}");
+    assert_startup_error(&status, &output, &["its own --data-dir"]);
 }
 
 // Recovery while the archive is behind: what is accepted and not yet stored is still found.

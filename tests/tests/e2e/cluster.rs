@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::{
     Client, Gateway, Redis, RedisServer, RedisUrl, Token, api_get, api_post, api_publish, as_str,
-    as_u64, assert_clean, http, metric, run_loadgen_urls, secs,
+    as_u64, assert_clean, assert_startup_error, http, metric, run_loadgen_urls, secs,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -223,7 +223,7 @@ async fn presence_is_global_and_join_leave_cross_nodes_once() {
         presence_push(&mut ann, secs(5)).await,
         json!({"op": "leave", "channel": "room:p", "user": "bob"})
     );
-    assert!(ann.next_push(secs(1)).await.is_none(), "one leave only");
+    assert!(ann.next_push(secs(3)).await.is_none(), "one leave only");
 }
 
 #[tokio::test]
@@ -639,19 +639,34 @@ async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misr
     let on_a: Vec<&String> = users.iter().filter(|u| home[*u] == ida).collect();
     assert!(on_a.len() >= 5 && on_b.len() >= 5, "{home:?}");
 
-    // A connection whose home is another node counts as misrouted there (once each node
-    // has read the registry with both nodes: its heartbeat, every 5 s).
-    tokio::time::sleep(Duration::from_millis(5500)).await;
-    let misrouted = || async { metric(a.addr(), "gateway_misrouted_connections_total").await };
-    let before = misrouted().await.unwrap_or(0.0);
+    // A connection whose home is another node counts as misrouted there, once the node has
+    // read the registry with both nodes (at its heartbeat, every 5 s): connect away users
+    // until one counts, then every later one counts exactly once and a user at home never.
+    let misrouted = || async {
+        metric(a.addr(), "gateway_misrouted_connections_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + secs(20);
+    loop {
+        let before = misrouted().await;
+        let away = Client::connect(a.addr(), &tok(on_b[0])).await;
+        if misrouted().await > before {
+            away.close().await;
+            break;
+        }
+        away.close().await;
+        assert!(
+            Instant::now() < deadline,
+            "node a never counted a misrouted connection"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = misrouted().await;
     let _home = Client::connect(a.addr(), &tok(on_a[0])).await;
-    assert_eq!(misrouted().await.unwrap_or(0.0), before, "a user at home");
+    assert_eq!(misrouted().await, before, "a user at home");
     let _away = Client::connect(a.addr(), &tok(on_b[0])).await;
-    assert_eq!(
-        misrouted().await.unwrap_or(0.0),
-        before + 1.0,
-        "a user away"
-    );
+    assert_eq!(misrouted().await, before + 1.0, "a user away");
 
     // Node b full (3 of 3): its users are routed to a until it has room again.
     let mut held = Vec::new();
@@ -675,9 +690,10 @@ async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misr
     held.pop().unwrap().close().await;
     until_route(&a, on_b[3], &idb, "b with room again in the registry").await;
 
-    // Draining, b leaves the registry at once (no wait for its entry to expire).
+    // Draining, b leaves the registry at once (no wait for its entry to expire, which takes
+    // 15 s: the deadline is well short of that, and generous for a loaded machine).
     b.send_signal("TERM");
-    let deadline = Instant::now() + secs(2);
+    let deadline = Instant::now() + secs(10);
     for u in on_b.iter().cycle() {
         if route(&a, u).await == ida {
             break;
@@ -703,11 +719,7 @@ async fn a_node_with_another_partition_count_refuses_to_start() {
         .arg("--redis-partitions", 8)
         .run_to_exit(secs(15))
         .await;
-    assert!(!status.success(), "{out}");
-    assert!(
-        out.contains("16 partitions") && out.contains("--redis-partitions"),
-        "{out}"
-    );
+    assert_startup_error(&status, &out, &["16 partitions", "--redis-partitions"]);
     // The same count as the first node is fine.
     let again = node(&redis, &[("--redis-partitions", "16")]).await;
     let r = api_get(again.addr(), "/api/nodes").await;
@@ -785,13 +797,18 @@ async fn quiet_channels_are_checked_once_a_sweep_and_a_lost_state_is_still_found
     // Once the room has been quiet for a sweep period, over 4 s every one of the 102 channels
     // is read about once (four or five slices), where a check of every channel each second
     // would read each of them about four times.
+    // Counted over the time really measured (a loaded machine's sleeps run long): reads per
+    // channel per 4 s sweep is about 1 with the sweep and about 4 without it.
     tokio::time::sleep(secs(6)).await;
     redis.command_all("CONFIG RESETSTAT").await;
-    tokio::time::sleep(secs(4)).await;
+    let counting = Instant::now();
+    tokio::time::sleep(secs(8)).await;
     let reads = redis_calls(&redis, "hmget").await;
+    let sweeps = counting.elapsed().as_secs_f64() / 4.0;
+    let per_channel_per_sweep = reads as f64 / (n + 2) as f64 / sweeps;
     assert!(
-        (50..250).contains(&reads),
-        "{reads} position reads of {} channels in 4 s",
+        (0.25..2.5).contains(&per_channel_per_sweep),
+        "{reads} position reads of {} channels in {sweeps:.2} sweeps",
         n + 2
     );
     // Redis loses the quiet room's state: the sweep still finds it, and its subscriber is

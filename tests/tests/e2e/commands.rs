@@ -1,6 +1,6 @@
 //! Commands and pushes, in both encodings.
 
-use e2e::{Client, Encoding, Gateway, Token, as_str, as_u64, error_code, millis, secs, token};
+use e2e::{Client, Encoding, Gateway, Token, as_str, as_u64, error_code, secs, token};
 use serde_json::{Value, json};
 
 fn now_ms() -> i64 {
@@ -119,13 +119,10 @@ async fn unsubscribe_stops_delivery() {
     let got = alice.expect_message("user:alice", secs(10)).await;
     assert_eq!(got["data"], "marker");
     assert_eq!(got["from"], "bob");
-    tokio::time::sleep(millis(500)).await;
-    let stray = alice.next_push_of("message", millis(500)).await;
+    // Messages of different channels need not keep their order across Redis: any message
+    // within 3 s more would show (next_push_of returns every message push).
+    let stray = alice.next_push_of("message", secs(3)).await;
     assert!(stray.is_none(), "message after unsubscribe: {stray:?}");
-    assert!(
-        alice.take_pushes().iter().all(|p| p["channel"] != "room:u"),
-        "message on room:u after unsubscribe"
-    );
     assert_eq!(
         alice
             .request_err("unsubscribe", json!({"channel": "room:u"}))

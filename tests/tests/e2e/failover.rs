@@ -108,10 +108,7 @@ async fn audit(c: &mut Client, sent: &[u64]) {
         );
         assert!(ms.iter().all(|m| m["epoch"] == ms[0]["epoch"]), "one epoch");
     }
-    assert!(
-        c.next_push(Duration::from_millis(300)).await.is_none(),
-        "nothing more"
-    );
+    assert!(c.next_push(secs(3)).await.is_none(), "nothing more");
 }
 
 /// Where `channel`'s state lives: its primary's port and its slot.

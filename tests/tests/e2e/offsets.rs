@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use e2e::{Client, Gateway, as_u64, millis, secs, token};
+use e2e::{Client, Gateway, as_u64, secs, token};
 use serde_json::json;
 
 const PUBLISHERS: usize = 4;
@@ -23,7 +23,7 @@ async fn offsets_are_contiguous_under_concurrent_publishers() {
             offsets.push(as_u64(&m["offset"]));
         }
         // Nothing beyond the last publish.
-        let extra = sub.next_push_of("message", millis(500)).await;
+        let extra = sub.next_push_of("message", secs(3)).await;
         assert!(extra.is_none(), "unexpected extra message: {extra:?}");
         offsets
     });
@@ -123,7 +123,7 @@ async fn idempotent_publish() {
         "the repeated publish must not be delivered again: {m2}"
     );
     assert_eq!(m2["data"], "two");
-    let extra = sub.next_push_of("message", millis(500)).await;
+    let extra = sub.next_push_of("message", secs(3)).await;
     assert!(extra.is_none(), "unexpected extra message: {extra:?}");
 
     // An idempotency key over 128 bytes.

@@ -219,6 +219,9 @@ pub fn is_transient(e: &fred::error::Error) -> bool {
         .any(|p| details.starts_with(p))
         // fred's word for a command redirected or retried past its attempts.
         || details.contains("Too many failed write attempts")
+        // fred's word (an `Unknown` error) for a command it had no live connection to write
+        // to: Redis went away under it.
+        || details.contains("Failed to route command")
 }
 
 fn unavailable(e: fred::error::Error) -> BrokerError {

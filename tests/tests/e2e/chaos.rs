@@ -62,10 +62,8 @@ type Ws =
 /// Dials that failed, every client together (a dead node refuses the connection).
 static FAILED_DIALS: AtomicUsize = AtomicUsize::new(0);
 
-/// Dials `addrs[attempt % len]`. A client that lost its connection dials the same address
-/// again first (as one behind a fixed URL does), and moves on to the next after a failure.
-async fn connect(addrs: &Addrs, user: &str, attempt: usize) -> Option<Ws> {
-    let addr = pick(addrs, attempt);
+/// Dials `addr` and reads the welcome.
+async fn dial(addr: &str, user: &str) -> Option<Ws> {
     let url = format!("ws://{addr}/ws?token={}", token(user));
     let dialed = async {
         let (mut ws, _) = tokio::time::timeout(secs(3), tokio_tungstenite::connect_async(url))
@@ -83,6 +81,41 @@ async fn connect(addrs: &Addrs, user: &str, attempt: usize) -> Option<Ws> {
         FAILED_DIALS.fetch_add(1, Ordering::SeqCst);
     }
     ws
+}
+
+/// Where a client dials: the address it was last connected to first (as a client behind a
+/// fixed URL does: so it dials a node that died under it), then, after a failed dial, the
+/// next address of the list.
+#[derive(Debug)]
+struct Dialer {
+    addrs: Addrs,
+    next: usize,
+    last: Option<String>,
+}
+
+impl Dialer {
+    fn new(addrs: Addrs, start: usize) -> Self {
+        Self {
+            addrs,
+            next: start,
+            last: None,
+        }
+    }
+
+    async fn connect(&mut self, user: &str) -> Option<Ws> {
+        let addr = match self.last.take() {
+            Some(addr) => addr,
+            None => {
+                self.next += 1;
+                pick(&self.addrs, self.next - 1)
+            }
+        };
+        let ws = dial(&addr, user).await;
+        if ws.is_some() {
+            self.last = Some(addr);
+        }
+        ws
+    }
 }
 
 fn backoff(attempt: usize) -> Duration {
@@ -118,14 +151,13 @@ async fn subscriber(index: usize, addrs: Addrs, stop: watch::Receiver<u64>) -> S
         top > 0 && last.as_ref().is_some_and(|(_, o)| *o >= top)
     };
     // Spread over the nodes: each client starts on another one.
-    let mut attempt = index;
+    let mut dialer = Dialer::new(addrs, index);
     let mut failures = 0;
     loop {
         if done(&last) {
             return seen;
         }
-        let Some(mut ws) = connect(&addrs, &name, attempt).await else {
-            attempt += 1;
+        let Some(mut ws) = dialer.connect(&name).await else {
             failures += 1;
             tokio::time::sleep(backoff(failures)).await;
             continue;
@@ -199,7 +231,7 @@ async fn publisher(index: usize, addrs: Addrs, stop: watch::Receiver<u64>) -> Ac
     let name = format!("pub{index}");
     let mut acks = Vec::new();
     let mut ws: Option<Ws> = None;
-    let mut attempt = index;
+    let mut dialer = Dialer::new(addrs, index);
     let mut failures = 0;
     let mut id = 0i64;
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / RATE));
@@ -215,9 +247,8 @@ async fn publisher(index: usize, addrs: Addrs, stop: watch::Receiver<u64>) -> Ac
                 "{name}: publish {n} not acknowledged within {PUBLISH_DEADLINE:?}"
             );
             if ws.is_none() {
-                ws = connect(&addrs, &name, attempt).await;
+                ws = dialer.connect(&name).await;
                 if ws.is_none() {
-                    attempt += 1;
                     failures += 1;
                     tokio::time::sleep(backoff(failures)).await;
                     continue;
@@ -319,6 +350,22 @@ impl Cluster {
         }
     }
 
+    /// A node with clients on it, drawn by `rng` (its clients then dial it while it is dead).
+    async fn busy_node(&self, rng: &mut StdRng) -> usize {
+        let mut busy = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if metric(node.addr(), "gateway_connections")
+                .await
+                .unwrap_or(0.0)
+                > 0.0
+            {
+                busy.push(i);
+            }
+        }
+        assert!(!busy.is_empty(), "no node has a client");
+        busy[rng.random_range(0..busy.len())]
+    }
+
     /// Kills node `i` and checks the process is gone; its address stays in the list.
     async fn kill(&mut self, i: usize) {
         let node = &mut self.nodes[i];
@@ -351,7 +398,7 @@ impl Cluster {
         eprintln!("chaos: {name}");
         match fault {
             Fault::KillNode => {
-                let i = rng.random_range(0..NODES);
+                let i = self.busy_node(rng).await;
                 let dials = FAILED_DIALS.load(Ordering::SeqCst);
                 self.kill(i).await;
                 tokio::time::sleep(secs(2)).await;
@@ -367,7 +414,7 @@ impl Cluster {
                 self.restart(i).await;
             }
             Fault::FreezeRedisAndKillNode => {
-                let i = rng.random_range(0..NODES);
+                let i = self.busy_node(rng).await;
                 self.redis.pause();
                 tokio::time::sleep(secs(1)).await;
                 self.kill(i).await;

@@ -7,14 +7,14 @@
 # faults, acked, delivered, lost, duplicated, reordered, archived rows. CI runs one round
 # (about 45 s) in ./scripts/test.
 #
-#   bench/chaos.sh                  # 13 rounds, about 10 minutes, a random seed (printed)
+#   bench/chaos.sh                  # 19 rounds, about 10 minutes, a random seed (printed)
 #   ROUNDS=2 SEED=7 bench/chaos.sh  # replay a run
 #
 # Needs a PostgreSQL server: E2E_POSTGRES_URL (./scripts/test starts a private one; here the
 # default is the machine's, postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${ROUNDS:-13}"
+rounds="${ROUNDS:-19}"
 seed="${SEED:-$RANDOM}"
 echo "chaos: ROUNDS=$rounds SEED=$seed"
 cargo build -q -p gateway

@@ -14,7 +14,7 @@
 //! (channel, epoch, offset and payload, row by row), nothing else.
 //!
 //! `CHAOS_ROUNDS` (default 1, about 45 s) repeats the round; `CHAOS_SEED` (default 1) orders
-//! each round's faults and the gaps between them. `bench/chaos.sh` runs it for 10 minutes.
+//! each round's faults and the gaps between them. `bench/chaos.sh` runs it for about 10 minutes (19 rounds).
 //! The figures are printed as one `chaos audit:` line.
 
 use e2e::partition::{self, PortBlackHole};

@@ -5,7 +5,7 @@
 # node is killed, Redis SIGKILLed and restarted, PostgreSQL a black hole, a node partitioned
 # from Redis (kernel packet drops by iptables as root). Ends with one `chaos audit:` line:
 # faults, acked, delivered, lost, duplicated, reordered, archived rows. CI runs one round
-# (about 45 s) in ./scripts/test.
+# (about 35 s) in ./scripts/test.
 #
 #   bench/chaos.sh                  # 19 rounds, about 10 minutes, a random seed (printed)
 #   ROUNDS=2 SEED=7 bench/chaos.sh  # replay a run

@@ -13,7 +13,7 @@
 //! exactly once, in order, with its payload and its epoch, and in the archive exactly once
 //! (channel, epoch, offset and payload, row by row), nothing else.
 //!
-//! `CHAOS_ROUNDS` (default 1, about 45 s) repeats the round; `CHAOS_SEED` (default 1) orders
+//! `CHAOS_ROUNDS` (default 1, about 35 s) repeats the round; `CHAOS_SEED` (default 1) orders
 //! each round's faults and the gaps between them. `bench/chaos.sh` runs it for about 10 minutes (19 rounds).
 //! The figures are printed as one `chaos audit:` line.
 
@@ -496,7 +496,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 async fn chaos_audit_loses_nothing_accepted() {
     let rounds = env_u64("CHAOS_ROUNDS", 1).max(1);
     let seed = env_u64("CHAOS_SEED", 1);
-    // A round takes about 45 s; the whole run must end well within this.
+    // A round takes about 35 s; the whole run must end well within this.
     let limit = secs(120 + rounds * 90);
     tokio::time::timeout(limit, audit(rounds, seed))
         .await

@@ -101,6 +101,17 @@ pub struct HistoryPage {
     pub epoch: Arc<str>,
 }
 
+impl HistoryPage {
+    /// Whether the page starts right after `since` (or holds nothing because `since` is the
+    /// channel's top): nothing between `since` and the page is missing.
+    pub fn covers(&self, since: u64) -> bool {
+        match self.publications.first() {
+            Some(first) => Some(first.offset) == since.checked_add(1),
+            None => since >= self.offset,
+        }
+    }
+}
+
 /// What a subscribe with `since` can give back.
 #[derive(Debug, Clone)]
 pub struct RecoveryOutcome {
@@ -126,10 +137,7 @@ impl RecoveryOutcome {
                 recovered: false,
             };
         }
-        let covered = match page.publications.first() {
-            Some(first) => Some(first.offset) == since.checked_add(1),
-            None => page.offset == since,
-        };
+        let covered = page.covers(since);
         let complete = page
             .publications
             .last()

@@ -12,6 +12,8 @@ use gateway::protocol::{Encoding, Op, decode};
 use libfuzzer_sys::fuzz_target;
 use std::io::{Cursor, Read, Write};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 /// The client's bytes to read; what the server writes is dropped.
@@ -41,17 +43,15 @@ fn server(bytes: Vec<u8>) -> WebSocket<Stream> {
     WebSocket::from_raw_socket(Stream(Cursor::new(bytes)), Role::Server, Some(config))
 }
 
-/// One client frame: FIN and opcode, a payload under 126 bytes, masked as clients must.
+/// One client frame (masked, as clients must), written by tungstenite's own encoder.
 fn frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8]) {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    out.push(if fin { 0x80 } else { 0 } | opcode);
-    out.push(0x80 | payload.len() as u8);
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut frame = Frame::message(payload.to_vec(), OpCode::from(opcode), fin);
+    frame.header_mut().mask = Some([0x37, 0xfa, 0x21, 0x3d]);
+    frame.format(out).expect("writing to a Vec");
 }
 
 /// Well-formed frames from `data`: each takes a header byte (FIN, opcode among continuation,
-/// text, binary, ping and pong), a length byte and that many payload bytes.
+/// text, binary, ping and pong), a length byte and that many payload bytes (under 126).
 fn shaped(data: &[u8]) -> Vec<u8> {
     const OPCODES: [u8; 5] = [0x0, 0x1, 0x2, 0x9, 0xa];
     let mut out = Vec::new();

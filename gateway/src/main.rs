@@ -49,18 +49,29 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 /// Exit code of a configuration error (clap uses the same for bad flags).
 const CONFIG_ERROR: u8 = 2;
 
+/// `error` and its causes on one line: a cause that spans lines (a parser drawing the input
+/// with a caret under it) has them joined with `; `.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Runs the node. Start-up errors print one line, the cause chain included and never a
 /// backtrace: exit code 2 for the configuration, 1 for the rest.
 fn main() -> ExitCode {
     let config = match Settings::load().and_then(Config::from_settings) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("gateway: configuration error: {e:#}");
+            eprintln!("gateway: configuration error: {}", one_line(&e));
             return ExitCode::from(CONFIG_ERROR);
         }
     };
     if let Err(e) = init_logging(&config) {
-        eprintln!("gateway: configuration error: {e:#}");
+        eprintln!("gateway: configuration error: {}", one_line(&e));
         return ExitCode::from(CONFIG_ERROR);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -78,7 +89,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gateway stopped");
-            eprintln!("gateway: {e:#}");
+            eprintln!("gateway: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -206,6 +206,47 @@ pub fn assert_api_error(r: &HttpResponse, status: u16, code: &str) {
     );
 }
 
+/// Everything the server sends on `s` until it closes the socket, within `wait`; `None` if
+/// the socket is still open then.
+pub async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let mut raw = Vec::new();
+    match tokio::time::timeout(wait, s.read_to_end(&mut raw)).await {
+        Ok(_) => Some(raw),
+        Err(_) => None,
+    }
+}
+
+/// Sends `request` (a whole request head, as written) on a fresh socket; returns the response
+/// (head, and the body its `Content-Length` announces), the bytes that came after it (the
+/// first WebSocket frames after a `101`), and the socket. Panics when no complete response
+/// comes within 5 s.
+pub async fn exchange_head(addr: &str, request: &str) -> (HttpResponse, Vec<u8>, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 2048];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let body_len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().expect("content-length"));
+            if raw.len() >= end + 4 + body_len {
+                let whole = parse_response(&raw[..end + 4 + body_len]).expect("response");
+                return (whole, raw[end + 4 + body_len..].to_vec(), s);
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no complete response in 5 s: {raw:?}"))
+            .expect("read");
+        assert!(n > 0, "closed before a complete response: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

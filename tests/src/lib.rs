@@ -26,8 +26,8 @@ pub use gateway::{
     loadgen_bin,
 };
 pub use http::{
-    API_AUTH, HttpResponse, api_get, api_post, api_publish, assert_api_error, http, metric,
-    metric_value, parse_response,
+    API_AUTH, HttpResponse, api_get, api_post, api_publish, assert_api_error, exchange_head, http,
+    metric, metric_value, parse_response, read_until_closed,
 };
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
@@ -58,4 +58,18 @@ pub fn as_u64(v: &serde_json::Value) -> u64 {
 pub fn as_str(v: &serde_json::Value) -> &str {
     v.as_str()
         .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+/// Waits until `check` holds, asking again every 50 ms; panics naming `what` when it still
+/// does not after `within` (give a deadline far beyond what a loaded machine needs). For the
+/// events a test can only observe by asking (a metric, a Redis count, a process state).
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

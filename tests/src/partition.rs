@@ -20,58 +20,62 @@ pub fn available() -> bool {
 /// Both directions of `port` dropped until this is dropped (the rules are then removed).
 #[derive(Debug)]
 pub struct PortBlackHole {
-    rules: Vec<Vec<String>>,
+    port: u16,
+    /// The rules' comment: this test process's rules, told apart from any other.
+    tag: String,
 }
 
 impl PortBlackHole {
     /// Drops every TCP packet to or from `port` on this machine. Panics when the rules
     /// cannot be set (see [`available`]).
     pub fn new(port: u16) -> PortBlackHole {
-        let tag = format!("gateway-e2e-{}", std::process::id());
-        let rules: Vec<Vec<String>> = ["--dport", "--sport"]
-            .iter()
-            .map(|side| {
-                [
-                    "INPUT",
-                    "-p",
-                    "tcp",
-                    side,
-                    &port.to_string(),
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &tag,
-                    "-j",
-                    "DROP",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-            })
-            .collect();
-        for rule in &rules {
-            iptables("-I", rule);
+        let hole = PortBlackHole {
+            port,
+            tag: format!("gateway-e2e-{}", std::process::id()),
+        };
+        for rule in hole.rules() {
+            iptables("-I", &rule);
         }
-        PortBlackHole { rules }
+        hole
     }
 
-    /// Packets the rules dropped so far (both directions), from `iptables -L -v -x`.
+    /// The two rules: packets to the port, packets from it.
+    fn rules(&self) -> [Vec<String>; 2] {
+        ["--dport", "--sport"].map(|side| {
+            let port = self.port.to_string();
+            [
+                "INPUT",
+                "-p",
+                "tcp",
+                side,
+                &port,
+                "-m",
+                "comment",
+                "--comment",
+                &self.tag,
+                "-j",
+                "DROP",
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+    }
+
+    /// Packets the rules dropped so far (both directions), from `iptables -L -v -x`, where a
+    /// rule shows its port as `dpt:<port>` or `spt:<port>`.
     pub fn dropped_packets(&self) -> u64 {
         let out = Command::new("iptables")
             .args(["-w", "-L", "INPUT", "-v", "-x", "-n"])
             .output()
             .expect("iptables -L");
-        let tag = &self.rules[0][8];
+        let ports = [format!("dpt:{}", self.port), format!("spt:{}", self.port)];
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.contains(tag.as_str()) && l.contains(&self.port_match()))
+            .filter(|l| {
+                l.contains(&self.tag) && l.split_whitespace().any(|w| ports.iter().any(|p| p == w))
+            })
             .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
             .sum()
-    }
-
-    fn port_match(&self) -> String {
-        // `iptables -L` shows the port as `dpt:<port>` / `spt:<port>`.
-        format!("pt:{}", self.rules[0][4])
     }
 }
 
@@ -90,11 +94,11 @@ fn iptables(action: &str, rule: &[String]) {
 
 impl Drop for PortBlackHole {
     fn drop(&mut self) {
-        for rule in &self.rules {
+        for rule in self.rules() {
             let _ = Command::new("iptables")
                 .arg("-w")
                 .arg("-D")
-                .args(rule)
+                .args(&rule)
                 .status();
         }
     }

@@ -79,11 +79,12 @@ impl PgDatabase {
     }
 }
 
-/// One archived message: channel, epoch, offset and the payload's bytes.
-pub type ArchivedRow = (String, String, i64, Vec<u8>);
+/// One archived message: channel, epoch, offset and the payload (JSON, as the tests publish).
+pub type ArchivedRow = (String, String, u64, serde_json::Value);
 
 impl PgDatabase {
-    /// Every archived message, ordered by channel, epoch and offset.
+    /// Every archived message, ordered by channel, epoch and offset. Panics on a payload that
+    /// is not JSON.
     pub async fn messages(&self) -> Vec<ArchivedRow> {
         let mut conn = PgConnection::connect(&self.url()).await.expect("connect");
         sqlx::query(
@@ -94,12 +95,11 @@ impl PgDatabase {
         .expect("read gw_messages")
         .into_iter()
         .map(|row| {
-            (
-                row.get::<String, _>(0),
-                row.get::<String, _>(1),
-                row.get::<i64, _>(2),
-                row.get::<Vec<u8>, _>(3),
-            )
+            let offset = row.get::<i64, _>(2);
+            let data = row.get::<Vec<u8>, _>(3);
+            let data = serde_json::from_slice(&data)
+                .unwrap_or_else(|e| panic!("archived payload at offset {offset}: {e}"));
+            (row.get(0), row.get(1), offset as u64, data)
         })
         .collect()
     }

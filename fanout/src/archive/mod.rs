@@ -153,14 +153,6 @@ pub async fn complete_page(
     Ok(page)
 }
 
-/// Whether a page read with `since` holds what follows `since` (or `since` is the top).
-fn covers(page: &crate::HistoryPage, since: u64) -> bool {
-    match page.publications.first() {
-        Some(first) => Some(first.offset) == since.checked_add(1),
-        None => since >= page.offset,
-    }
-}
-
 /// [`complete_page`], waiting up to `wait` while the page does not reach back to `since`
 /// and `pending()` says publications are still on their way to the archive. Where several
 /// archivers share the work (clustered mode), one may commit later offsets of a channel
@@ -178,10 +170,7 @@ pub async fn complete_page_waiting(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let completed = complete_page(archive, channel, query, page.clone()).await?;
-        let done = match query.since {
-            Some(since) => covers(&completed, since),
-            None => true,
-        };
+        let done = query.since.is_none_or(|since| completed.covers(since));
         if done || !pending() || tokio::time::Instant::now() >= deadline {
             return Ok(completed);
         }

@@ -357,7 +357,7 @@ impl Archive for SqlArchive {
 mod tests {
     use super::*;
     use crate::HistoryQuery;
-    use crate::archive::complete_page;
+    use crate::archive::{complete_page, complete_page_waiting};
 
     fn publication(channel: &str, epoch: &str, offset: u64, ts: u64) -> Arc<Publication> {
         Arc::new(Publication {
@@ -473,6 +473,65 @@ mod tests {
         let page = complete_page(&archive, "c", back, empty).await.unwrap();
         let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
         assert_eq!(offsets, [6, 7]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_waits_for_what_another_archiver_is_still_writing() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (archive, dir) = temp_archive().await;
+        let archive = Arc::new(archive);
+        let all: Vec<_> = (1..=10).map(|o| publication("c", "e", o, o)).collect();
+        // History holds 8..=10; 3..=7 are committed, 1..=2 are still being written.
+        archive.store(&all[2..7]).await.unwrap();
+        let recent = crate::HistoryPage {
+            publications: all[7..].to_vec(),
+            offset: 10,
+            epoch: "e".into(),
+        };
+        let query = HistoryQuery {
+            since: Some(0),
+            before: None,
+            limit: 100,
+        };
+        let offsets = |page: &crate::HistoryPage| -> Vec<u64> {
+            page.publications.iter().map(|p| p.offset).collect()
+        };
+        // Nothing pending: a hole is a hole, answered at once.
+        let wait = std::time::Duration::from_secs(30);
+        let page =
+            complete_page_waiting(archive.as_ref(), "c", query, recent.clone(), || false, wait)
+                .await
+                .unwrap();
+        assert_eq!(offsets(&page), [8, 9, 10]);
+        // Pending: the read that found the hole waits for the commit that fills it (the
+        // writer commits only once the reader has seen the hole and asked).
+        let pending = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let writer = {
+            let (archive, pending, asked) = (archive.clone(), pending.clone(), asked.clone());
+            let first = all[..2].to_vec();
+            tokio::spawn(async move {
+                asked.notified().await;
+                archive.store(&first).await.unwrap();
+                pending.store(false, Ordering::SeqCst);
+            })
+        };
+        let page = complete_page_waiting(
+            archive.as_ref(),
+            "c",
+            query,
+            recent,
+            || {
+                asked.notify_one();
+                pending.load(Ordering::SeqCst)
+            },
+            wait,
+        )
+        .await
+        .unwrap();
+        assert_eq!(offsets(&page), (1..=10).collect::<Vec<_>>());
+        writer.await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -5,7 +5,7 @@
 
 use e2e::{
     ArchivedRow, Client, Gateway, GatewayBuilder, PgDatabase, RedisServer, TcpProxy, TempDir,
-    api_get, as_u64, assert_startup_error, error_code, metric, secs, token,
+    api_get, as_u64, assert_startup_error, error_code, eventually, metric, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -30,6 +30,31 @@ async fn archived(gw: &Gateway) {
         assert!(Instant::now() < deadline, "the archive never caught up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A node whose clients may publish as fast as a test needs (no token bucket in the way).
+fn unthrottled(builder: GatewayBuilder) -> GatewayBuilder {
+    builder
+        .arg("--publish-rate", 100000)
+        .arg("--publish-burst", 100000)
+}
+
+/// An embedded node archiving to `database_url`.
+fn embedded_on(database_url: &str) -> GatewayBuilder {
+    unthrottled(
+        Gateway::builder()
+            .embedded()
+            .arg("--database-url", database_url),
+    )
+}
+
+/// A clustered node on `redis` archiving to `database_url`.
+fn clustered_on(redis: &RedisServer, database_url: &str) -> GatewayBuilder {
+    unthrottled(
+        Gateway::builder()
+            .arg("--redis-url", redis.url())
+            .arg("--database-url", database_url),
+    )
 }
 
 fn embedded(data: &TempDir) -> GatewayBuilder {
@@ -203,12 +228,8 @@ async fn a_postgres_outage_delays_archiving_and_loses_nothing() {
         "[[namespaces]]\nprefix = \"typing:\"\nopen = true\nclient_publish = true\narchive = false\n",
     )
     .expect("config file");
-    let gw = Gateway::builder()
-        .embedded()
-        .arg("--database-url", db.url_via(proxy.addr()))
+    let gw = embedded_on(&db.url_via(proxy.addr()))
         .arg("--config", path.display())
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
         .start()
         .await;
     let mut c = Client::connect(gw.addr(), &token("alice")).await;
@@ -255,13 +276,7 @@ async fn a_postgres_outage_delays_archiving_and_loses_nothing() {
     );
     // The same load on a node without an archive, for comparison (reported, not asserted:
     // this machine is shared and noisy).
-    let plain = Gateway::builder()
-        .embedded()
-        .arg("--database-url", "off")
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
-        .start()
-        .await;
+    let plain = embedded_on("off").start().await;
     let mut c = Client::connect(plain.addr(), &token("alice")).await;
     let off = publish_timed(&mut c, "room:pg", 10_000, 1).await;
     eprintln!(
@@ -303,12 +318,8 @@ async fn publish_timed(c: &mut Client, channel: &str, n: u64, first: u64) -> (f6
 async fn a_full_archive_queue_makes_publish_unavailable_and_loses_nothing() {
     let db = PgDatabase::create().await;
     let proxy = TcpProxy::start(db.host_port()).await;
-    let gw = Gateway::builder()
-        .embedded()
-        .arg("--database-url", db.url_via(proxy.addr()))
+    let gw = embedded_on(&db.url_via(proxy.addr()))
         .arg("--archive-queue", 20)
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
         .start()
         .await;
     let mut c = Client::connect(gw.addr(), &token("alice")).await;
@@ -341,13 +352,7 @@ async fn a_full_archive_queue_makes_publish_unavailable_and_loses_nothing() {
 // Clustered mode: the archive stream in Redis, consumed by every node into PostgreSQL.
 
 async fn clustered(redis: &RedisServer, database_url: &str) -> Gateway {
-    Gateway::builder()
-        .arg("--redis-url", redis.url())
-        .arg("--database-url", database_url)
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
-        .start()
-        .await
+    clustered_on(redis, database_url).start().await
 }
 
 /// Waits until no node reports entries waiting in the archive stream.
@@ -463,14 +468,10 @@ async fn a_killed_archiver_leaves_its_entries_to_another_node() {
         c.publish("room:claim", json!({"n": i})).await;
     }
     // Node a's archiver holds entries it cannot write (its sweep reads what b published).
-    let deadline = Instant::now() + secs(20);
-    while pending_with(&redis, &node_a).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "node a's archiver never took entries"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("node a's archiver takes entries", secs(20), async || {
+        pending_with(&redis, &node_a).await > 0
+    })
+    .await;
     // It dies with its share.
     a.send_signal("KILL");
     assert!(a.wait_exit(secs(10)).await.is_some(), "node a did not die");
@@ -608,10 +609,8 @@ async fn miss_then_recover(gw: &Gateway, channel: &str, n: u64, hole: Option<&Tc
 #[tokio::test]
 async fn a_burst_past_recent_history_is_recovered_at_once_from_an_embedded_node() {
     let data = TempDir::new("archive");
-    let gw = embedded(&data)
+    let gw = unthrottled(embedded(&data))
         .arg("--history-size", 10)
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
         .start()
         .await;
     miss_then_recover(&gw, "room:burst", 40, None).await;
@@ -621,12 +620,8 @@ async fn a_burst_past_recent_history_is_recovered_at_once_from_an_embedded_node(
 async fn a_burst_past_recent_history_is_recovered_at_once_from_clustered_nodes() {
     let redis = RedisServer::start().await;
     let db = PgDatabase::create().await;
-    let gw = Gateway::builder()
-        .arg("--redis-url", redis.url())
-        .arg("--database-url", db.url())
+    let gw = clustered_on(&redis, &db.url())
         .arg("--history-size", 10)
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
         .start()
         .await;
     miss_then_recover(&gw, "room:burst", 40, None).await;
@@ -636,37 +631,20 @@ async fn a_burst_past_recent_history_is_recovered_at_once_from_clustered_nodes()
 /// `epoch`) is archived exactly once, and nothing else.
 fn assert_archived_exactly(rows: &[ArchivedRow], channel: &str, n: u64) {
     let epoch = rows.first().map(|r| r.1.clone()).unwrap_or_default();
-    let got: Vec<(String, String, i64, Value)> = rows
-        .iter()
-        .map(|(c, e, o, d)| {
-            let v = serde_json::from_slice(d).unwrap_or_else(|e| panic!("row {o}: {e}"));
-            (c.clone(), e.clone(), *o, v)
-        })
+    let want: Vec<ArchivedRow> = (0..=n)
+        .map(|i| (channel.to_string(), epoch.clone(), i + 1, json!({"n": i})))
         .collect();
-    let want: Vec<(String, String, i64, Value)> = (0..=n)
-        .map(|i| {
-            (
-                channel.to_string(),
-                epoch.clone(),
-                i as i64 + 1,
-                json!({"n": i}),
-            )
-        })
-        .collect();
-    assert_eq!(got.len(), want.len(), "rows stored");
-    assert_eq!(got, want, "every acknowledged message once, nothing else");
+    assert_eq!(rows.len(), want.len(), "rows stored");
+    assert_eq!(rows, want, "every acknowledged message once, nothing else");
 }
 
-#[tokio::test]
-async fn an_embedded_node_recovers_past_recent_history_while_postgres_is_a_black_hole() {
+/// 500 messages recovered past recent history while PostgreSQL is a black hole, on the node
+/// that `node` builds for a database URL; then, the database back, archived exactly once.
+async fn recovery_through_a_black_hole(node: impl FnOnce(&str) -> GatewayBuilder) {
     let db = PgDatabase::create().await;
     let proxy = TcpProxy::start(db.host_port()).await;
-    let gw = Gateway::builder()
-        .embedded()
-        .arg("--database-url", db.url_via(proxy.addr()))
+    let gw = node(&db.url_via(proxy.addr()))
         .arg("--history-size", 10)
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
         .start()
         .await;
     miss_then_recover(&gw, "room:hole", 500, Some(&proxy)).await;
@@ -676,20 +654,12 @@ async fn an_embedded_node_recovers_past_recent_history_while_postgres_is_a_black
 }
 
 #[tokio::test]
+async fn an_embedded_node_recovers_past_recent_history_while_postgres_is_a_black_hole() {
+    recovery_through_a_black_hole(embedded_on).await;
+}
+
+#[tokio::test]
 async fn clustered_nodes_recover_past_recent_history_while_postgres_is_a_black_hole() {
     let redis = RedisServer::start().await;
-    let db = PgDatabase::create().await;
-    let proxy = TcpProxy::start(db.host_port()).await;
-    let gw = Gateway::builder()
-        .arg("--redis-url", redis.url())
-        .arg("--database-url", db.url_via(proxy.addr()))
-        .arg("--history-size", 10)
-        .arg("--publish-rate", 100000)
-        .arg("--publish-burst", 100000)
-        .start()
-        .await;
-    miss_then_recover(&gw, "room:hole", 500, Some(&proxy)).await;
-    proxy.restore();
-    stream_archived(&redis).await;
-    assert_archived_exactly(&db.messages().await, "room:hole", 500);
+    recovery_through_a_black_hole(|url| clustered_on(&redis, url)).await;
 }

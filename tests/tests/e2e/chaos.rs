@@ -13,19 +13,24 @@
 //! exactly once, in order, with its payload and its epoch, and in the archive exactly once
 //! (channel, epoch, offset and payload, row by row), nothing else.
 //!
-//! `CHAOS_ROUNDS` (default 1, about 35 s) repeats the round; `CHAOS_SEED` (default 1) orders
-//! each round's faults and the gaps between them. `bench/chaos.sh` runs it for about 10 minutes (19 rounds).
-//! The figures are printed as one `chaos audit:` line.
+//! Each fault lasts until it has shown its effect, and the next waits until publishes are
+//! acknowledged again: a round takes as long as the gateway needs (about 15 s here).
+//! `CHAOS_ROUNDS` (default 1) is the least number of rounds, `CHAOS_SECS` (default 0) the
+//! least running time: rounds go on until both are met. `CHAOS_SEED` (default 1) orders each
+//! round's faults and draws the traffic between them. `bench/chaos.sh` runs it for 10
+//! minutes. The figures are printed as one `chaos audit:` line.
 
 use e2e::partition::{self, PortBlackHole};
-use e2e::{Gateway, PgDatabase, RedisServer, TcpProxy, Token, metric, secs};
+use e2e::{
+    ArchivedRow, Gateway, PgDatabase, RedisServer, TcpProxy, Token, eventually, metric, secs,
+};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -58,6 +63,9 @@ fn pick(addrs: &Addrs, attempt: usize) -> String {
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Publishes acknowledged, every publisher together.
+static ACKED: AtomicU64 = AtomicU64::new(0);
 
 /// Dials that failed, every client together (a dead node refuses the connection).
 static FAILED_DIALS: AtomicUsize = AtomicUsize::new(0);
@@ -280,6 +288,7 @@ async fn publisher(index: usize, addrs: Addrs, stop: watch::Receiver<u64>) -> Ac
                     let offset = v["ok"]["offset"].as_u64().expect("offset");
                     let epoch = v["ok"]["epoch"].as_str().unwrap_or_default().to_string();
                     acks.push((offset, epoch, data));
+                    ACKED.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
                 Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -307,16 +316,31 @@ async fn start_node(redis_url: &str, database_url: &str, i: usize) -> Gateway {
 /// The faults of one round.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    /// SIGKILL a node, restart it 2 s later.
+    /// SIGKILL a node with clients; restart it once one of them has dialed it, dead, and
+    /// failed.
     KillNode,
-    /// Freeze Redis for 4 s and, meanwhile, SIGKILL a node (restarted once Redis thaws).
+    /// Freeze Redis; once a node has noticed, SIGKILL a node with clients; thaw Redis and
+    /// restart the node once one of its clients has failed to dial it.
     FreezeRedisAndKillNode,
     /// SIGKILL Redis and restart it from its append-only file.
     KillRedis,
-    /// PostgreSQL a black hole for 5 s.
+    /// PostgreSQL a black hole until an archiver's call to it has failed.
     BlackHolePostgres,
-    /// Node 2 partitioned from Redis for 5 s; its clients still reach it.
+    /// Node 2 partitioned from Redis until it says Redis is down; its clients still reach it.
     PartitionNodeFromRedis,
+}
+
+impl Fault {
+    /// Its name in the closing line, counted.
+    fn label(self) -> &'static str {
+        match self {
+            Fault::KillNode => "node kills",
+            Fault::FreezeRedisAndKillNode => "Redis freezes with a node kill",
+            Fault::KillRedis => "Redis kills",
+            Fault::BlackHolePostgres => "PostgreSQL black holes",
+            Fault::PartitionNodeFromRedis => "node-Redis partitions",
+        }
+    }
 }
 
 /// The deployment under test and the faults' tools.
@@ -393,59 +417,69 @@ impl Cluster {
         }
     }
 
+    /// Sum of a counter over the live nodes.
+    async fn total(&self, counter: &str) -> f64 {
+        let mut total = 0.0;
+        for node in &self.nodes {
+            total += metric(node.addr(), counter).await.unwrap_or(0.0);
+        }
+        total
+    }
+
+    /// Whether some node says Redis is down.
+    async fn a_node_lost_redis(&self) -> bool {
+        for node in &self.nodes {
+            if metric(node.addr(), "gateway_broker_up").await == Some(0.0) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Kills a node with clients, waits until one of them has dialed it dead, and returns it
+    /// (for a restart).
+    async fn kill_a_busy_node(&mut self, rng: &mut StdRng) -> usize {
+        let i = self.busy_node(rng).await;
+        let dials = FAILED_DIALS.load(Ordering::SeqCst);
+        self.kill(i).await;
+        eventually(
+            &format!("a client dials node {i} while it is dead"),
+            secs(20),
+            async || FAILED_DIALS.load(Ordering::SeqCst) > dials,
+        )
+        .await;
+        i
+    }
+
     async fn strike(&mut self, fault: Fault, rng: &mut StdRng) {
-        let name = format!("{fault:?}");
-        eprintln!("chaos: {name}");
+        eprintln!("chaos: {fault:?}");
         match fault {
             Fault::KillNode => {
-                let i = self.busy_node(rng).await;
-                let dials = FAILED_DIALS.load(Ordering::SeqCst);
-                self.kill(i).await;
-                tokio::time::sleep(secs(2)).await;
-                // Its clients dial it again while it is dead, and fail.
-                let deadline = Instant::now() + secs(20);
-                while FAILED_DIALS.load(Ordering::SeqCst) == dials {
-                    assert!(
-                        Instant::now() < deadline,
-                        "no client dialed node {i} while it was dead"
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let i = self.kill_a_busy_node(rng).await;
                 self.restart(i).await;
             }
             Fault::FreezeRedisAndKillNode => {
-                let i = self.busy_node(rng).await;
                 self.redis.pause();
-                tokio::time::sleep(secs(1)).await;
-                self.kill(i).await;
-                tokio::time::sleep(secs(3)).await;
+                eventually("a node notices Redis frozen", secs(20), async || {
+                    self.a_node_lost_redis().await
+                })
+                .await;
+                let i = self.kill_a_busy_node(rng).await;
                 self.redis.resume();
                 self.restart(i).await;
             }
             Fault::KillRedis => self.redis.kill_and_restart().await,
             Fault::BlackHolePostgres => {
-                let failures = || async {
-                    let mut total = 0.0;
-                    for node in &self.nodes {
-                        total += metric(node.addr(), "gateway_archive_failures_total")
-                            .await
-                            .unwrap_or(0.0);
-                    }
-                    total
-                };
-                let before = failures().await;
+                let before = self.total("gateway_archive_failures_total").await;
                 let hole = self.black_hole(&self.pg_proxy);
-                tokio::time::sleep(secs(5)).await;
-                // It took effect: the archivers' calls went unanswered and failed (each call
-                // is bounded at 5 s), packets were dropped.
-                let deadline = Instant::now() + secs(20);
-                while failures().await <= before {
-                    assert!(
-                        Instant::now() < deadline,
-                        "no archive call failed while PostgreSQL was a black hole"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                // It took effect: an archiver's call went unanswered and failed (each call is
+                // bounded at 5 s), and packets were dropped.
+                eventually(
+                    "an archive call fails while PostgreSQL is a black hole",
+                    secs(30),
+                    async || self.total("gateway_archive_failures_total").await > before,
+                )
+                .await;
                 if let Some(hole) = &hole {
                     assert!(hole.dropped_packets() > 0, "no PostgreSQL packet dropped");
                 }
@@ -456,15 +490,13 @@ impl Cluster {
                 let hole = self.black_hole(&self.redis_proxy);
                 // It took effect: node 2 says Redis is down, and its clients still reach it
                 // (this reads its metrics over HTTP).
-                let deadline = Instant::now() + secs(20);
-                while metric(self.nodes[2].addr(), "gateway_broker_up").await != Some(0.0) {
-                    assert!(
-                        Instant::now() < deadline,
-                        "node 2 never noticed the partition from Redis"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                tokio::time::sleep(secs(3)).await;
+                let node = self.nodes[2].addr().to_string();
+                eventually(
+                    "node 2 notices the partition from Redis",
+                    secs(20),
+                    async || metric(&node, "gateway_broker_up").await == Some(0.0),
+                )
+                .await;
                 if let Some(hole) = &hole {
                     assert!(hole.dropped_packets() > 0, "no Redis packet dropped");
                 }
@@ -472,16 +504,7 @@ impl Cluster {
                 self.redis_proxy.restore();
             }
         }
-        *self
-            .struck
-            .entry(match fault {
-                Fault::KillNode => "node kills",
-                Fault::FreezeRedisAndKillNode => "Redis freezes with a node kill",
-                Fault::KillRedis => "Redis kills",
-                Fault::BlackHolePostgres => "PostgreSQL black holes",
-                Fault::PartitionNodeFromRedis => "node-Redis partitions",
-            })
-            .or_default() += 1;
+        *self.struck.entry(fault.label()).or_default() += 1;
     }
 }
 
@@ -495,15 +518,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
 #[tokio::test]
 async fn chaos_audit_loses_nothing_accepted() {
     let rounds = env_u64("CHAOS_ROUNDS", 1).max(1);
+    let least = secs(env_u64("CHAOS_SECS", 0));
     let seed = env_u64("CHAOS_SEED", 1);
-    // A round takes about 35 s; the whole run must end well within this.
-    let limit = secs(120 + rounds * 90);
-    tokio::time::timeout(limit, audit(rounds, seed))
+    // A round takes about 15 s; the whole run must end well within this.
+    let limit = secs(180 + rounds * 90) + least;
+    tokio::time::timeout(limit, audit(rounds, least, seed))
         .await
         .unwrap_or_else(|_| panic!("the chaos run did not finish within {limit:?}"));
 }
 
-async fn audit(rounds: u64, seed: u64) {
+async fn audit(least_rounds: u64, least: Duration, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let redis = RedisServer::start_durable().await;
     let db = PgDatabase::create().await;
@@ -528,7 +552,7 @@ async fn audit(rounds: u64, seed: u64) {
         cluster.nodes.push(node);
     }
     eprintln!(
-        "chaos: seed {seed}, {rounds} round(s), faults by {}",
+        "chaos: seed {seed}, at least {least_rounds} round(s) and {least:?}, faults by {}",
         if kernel {
             "kernel packet drops (iptables)"
         } else {
@@ -542,7 +566,16 @@ async fn audit(rounds: u64, seed: u64) {
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|i| tokio::spawn(publisher(i, cluster.addrs.clone(), stop_rx.clone())))
         .collect();
-    tokio::time::sleep(secs(3)).await;
+    // The faults start once traffic flows, and each waits for traffic to flow again after
+    // the one before (a number of acknowledged publishes drawn from the seed).
+    let flowing = async |more: u64| {
+        let from = ACKED.load(Ordering::SeqCst);
+        eventually("publishes acknowledged again", secs(60), async || {
+            ACKED.load(Ordering::SeqCst) >= from + more
+        })
+        .await;
+    };
+    flowing(60).await;
     let mut faults = [
         Fault::KillNode,
         Fault::FreezeRedisAndKillNode,
@@ -550,13 +583,17 @@ async fn audit(rounds: u64, seed: u64) {
         Fault::BlackHolePostgres,
         Fault::PartitionNodeFromRedis,
     ];
-    for _ in 0..rounds {
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < least_rounds || started.elapsed() < least {
+        rounds += 1;
         faults.shuffle(&mut rng);
         for fault in faults {
             cluster.strike(fault, &mut rng).await;
-            tokio::time::sleep(Duration::from_millis(rng.random_range(2000..4000))).await;
+            flowing(rng.random_range(60..180)).await;
         }
     }
+    let faulting = started.elapsed();
 
     // Stop publishing; subscribers stop once they saw the last acknowledged offset.
     stop_tx.send_replace(u64::MAX);
@@ -629,22 +666,15 @@ async fn audit(rounds: u64, seed: u64) {
         not_recovered += s.not_recovered;
     }
     // Everything reaches the archive, once, and nothing else does: row by row.
-    let deadline = Instant::now() + secs(90);
-    let rows = loop {
-        let rows = db.messages().await;
-        if rows.len() >= acked.len() || Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let stored: Vec<(String, String, u64, Value)> = rows
-        .iter()
-        .map(|(c, e, o, d)| {
-            let v = serde_json::from_slice(d).unwrap_or_else(|e| panic!("row {o}: {e}"));
-            (c.clone(), e.clone(), *o as u64, v)
-        })
-        .collect();
-    let expected: Vec<(String, String, u64, Value)> = acked
+    let count = format!("SELECT COUNT(*) FROM gw_messages WHERE channel = '{CHANNEL}'");
+    eventually(
+        &format!("{} acknowledged messages archived", acked.len()),
+        secs(90),
+        async || db.scalar(&count).await as usize >= acked.len(),
+    )
+    .await;
+    let rows = db.messages().await;
+    let expected: Vec<ArchivedRow> = acked
         .iter()
         .map(|(o, d)| (CHANNEL.to_string(), epoch.clone(), *o, (*d).clone()))
         .collect();
@@ -654,10 +684,11 @@ async fn audit(rounds: u64, seed: u64) {
         .map(|(k, n)| format!("{n} {k}"))
         .collect();
     eprintln!(
-        "chaos audit: seed {seed}, {rounds} round(s) ({}); acked {} (epochs {}), delivered \
-         {delivered} to {SUBSCRIBERS} subscribers, lost {lost}, duplicated {duplicated}, \
-         reordered {reordered}, archived {} rows; reconnects {reconnects}, failed dials \
-         {failed_dials}, recovered:false {not_recovered}",
+        "chaos audit: seed {seed}, {rounds} round(s) of faults in {:.0?} ({}); acked {} \
+         (epochs {}), delivered {delivered} to {SUBSCRIBERS} subscribers, lost {lost}, \
+         duplicated {duplicated}, reordered {reordered}, archived {} rows; reconnects \
+         {reconnects}, failed dials {failed_dials}, recovered:false {not_recovered}",
+        faulting,
         struck.join(", "),
         acked.len(),
         epochs.len(),
@@ -669,9 +700,9 @@ async fn audit(rounds: u64, seed: u64) {
         reconnects >= 2,
         "the node kills moved subscribers: {reconnects} reconnects"
     );
-    assert_eq!(stored.len(), expected.len(), "archived rows");
+    assert_eq!(rows.len(), expected.len(), "archived rows");
     assert_eq!(
-        stored, expected,
+        rows, expected,
         "the archive holds every acknowledged message once"
     );
 }

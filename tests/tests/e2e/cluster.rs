@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use e2e::{
     Client, Gateway, Redis, RedisServer, RedisUrl, Token, api_get, api_post, api_publish, as_str,
-    as_u64, assert_clean, assert_startup_error, http, metric, run_loadgen_urls, secs,
+    as_u64, assert_clean, assert_startup_error, eventually, http, metric, run_loadgen_urls, secs,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -647,21 +647,18 @@ async fn route_spreads_users_passes_over_full_and_draining_nodes_and_counts_misr
             .await
             .unwrap_or(0.0)
     };
-    let deadline = Instant::now() + secs(20);
-    loop {
-        let before = misrouted().await;
-        let away = Client::connect(a.addr(), &tok(on_b[0])).await;
-        if misrouted().await > before {
+    eventually(
+        "node a counts a misrouted connection",
+        secs(20),
+        async || {
+            let before = misrouted().await;
+            let away = Client::connect(a.addr(), &tok(on_b[0])).await;
+            let counted = misrouted().await > before;
             away.close().await;
-            break;
-        }
-        away.close().await;
-        assert!(
-            Instant::now() < deadline,
-            "node a never counted a misrouted connection"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            counted
+        },
+    )
+    .await;
     let before = misrouted().await;
     let _home = Client::connect(a.addr(), &tok(on_a[0])).await;
     assert_eq!(misrouted().await, before, "a user at home");
@@ -797,19 +794,24 @@ async fn quiet_channels_are_checked_once_a_sweep_and_a_lost_state_is_still_found
     // Once the room has been quiet for a sweep period, over 4 s every one of the 102 channels
     // is read about once (four or five slices), where a check of every channel each second
     // would read each of them about four times.
-    // Counted over the time really measured (a loaded machine's sleeps run long): reads per
-    // channel per 4 s sweep is about 1 with the sweep and about 4 without it.
+    // Measured as the time the position reads take to reach two sweeps' worth (a loaded
+    // machine's clock runs on regardless): about 8 s with the sweep, 2 s without it.
     tokio::time::sleep(secs(6)).await;
     redis.command_all("CONFIG RESETSTAT").await;
     let counting = Instant::now();
-    tokio::time::sleep(secs(8)).await;
+    let channels = (n + 2) as u64;
+    eventually(
+        "two sweeps' worth of position reads",
+        secs(60),
+        async || redis_calls(&redis, "hmget").await >= 2 * channels,
+    )
+    .await;
     let reads = redis_calls(&redis, "hmget").await;
     let sweeps = counting.elapsed().as_secs_f64() / 4.0;
-    let per_channel_per_sweep = reads as f64 / (n + 2) as f64 / sweeps;
+    let per_channel_per_sweep = reads as f64 / channels as f64 / sweeps;
     assert!(
         (0.25..2.5).contains(&per_channel_per_sweep),
-        "{reads} position reads of {} channels in {sweeps:.2} sweeps",
-        n + 2
+        "{reads} position reads of {channels} channels in {sweeps:.2} sweeps"
     );
     // Redis loses the quiet room's state: the sweep still finds it, and its subscriber is
     // told to reload.

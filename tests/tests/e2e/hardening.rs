@@ -4,7 +4,7 @@
 
 use e2e::{
     API_AUTH, API_KEY, Client, Connect, Gateway, Token, api_get, api_post, as_u64, error_code,
-    http, metric, parse_response, secs, token,
+    exchange_head, http, metric, parse_response, read_until_closed, secs, token,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -338,16 +338,6 @@ async fn stalled(addr: &str, head: &str) -> TcpStream {
     s
 }
 
-/// Everything the server sends until it closes the socket, within `wait`; `None` if the
-/// socket is still open then.
-async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
-    let mut raw = Vec::new();
-    match tokio::time::timeout(wait, s.read_to_end(&mut raw)).await {
-        Ok(_) => Some(raw),
-        Err(_) => None,
-    }
-}
-
 /// Reads a whole response (until the server closes), within `wait`; `None` if the socket
 /// is still open then.
 async fn response_within(s: &mut TcpStream, wait: Duration) -> Option<e2e::HttpResponse> {
@@ -559,35 +549,6 @@ async fn history_too_big_for_one_frame_comes_in_pages() {
     let body = r.json();
     assert_eq!(body["truncated"], true);
     assert!(r.body.len() <= 1 << 20, "{} bytes", r.body.len());
-}
-
-/// Sends `request` on a fresh socket; returns the response (head, and the body its
-/// `Content-Length` announces), the bytes that came after it, and the socket.
-async fn exchange_head(addr: &str, request: &str) -> (e2e::HttpResponse, Vec<u8>, TcpStream) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + secs(5);
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-            let body_len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().expect("content-length"));
-            if raw.len() >= end + 4 + body_len {
-                let whole = parse_response(&raw[..end + 4 + body_len]).expect("response");
-                return (whole, raw[end + 4 + body_len..].to_vec(), s);
-            }
-        }
-        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
-            .await
-            .unwrap_or_else(|_| panic!("no complete response in 5 s: {raw:?}"))
-            .expect("read");
-        assert!(n > 0, "closed before a complete response: {raw:?}");
-        raw.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[tokio::test]

@@ -1,74 +1,47 @@
 //! Connection and process lifecycle: heartbeats, token expiry and refresh, draining on
 //! SIGTERM/SIGINT, refusing to start without a usable JWT secret.
 
-use e2e::{Client, Gateway, Token, assert_config_error, http, secs, token};
+use e2e::{
+    Client, Gateway, Token, assert_config_error, exchange_head, http, read_until_closed, secs,
+    token,
+};
 use serde_json::json;
 
-/// Server frames (unmasked) in `bytes`: (opcode, payload) each, until the bytes run out.
-fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+/// The frames in `bytes` (whole ones; a trailing partial frame is left out): opcode and
+/// payload each, read with tungstenite's own header parser.
+fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    let mut cursor = std::io::Cursor::new(bytes);
     let mut out = Vec::new();
-    while bytes.len() >= 2 {
-        let opcode = bytes[0] & 0x0f;
-        let (len, head) = match bytes[1] & 0x7f {
-            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 if bytes.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&bytes[2..10]);
-                (u64::from_be_bytes(n) as usize, 10)
-            }
-            n if n < 126 => (n as usize, 2),
-            _ => break,
-        };
-        if bytes.len() < head + len {
+    while let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) {
+        let start = cursor.position() as usize;
+        let Some(payload) = bytes.get(start..start + len as usize) else {
             break;
-        }
-        out.push((opcode, bytes[head..head + len].to_vec()));
-        bytes = &bytes[head + len..];
+        };
+        out.push((u8::from(header.opcode), payload.to_vec()));
+        cursor.set_position((start + len as usize) as u64);
     }
     out
 }
 
 #[tokio::test]
 async fn client_that_stops_reading_gets_heartbeat_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start(&["--ping-interval-secs", "1", "--idle-timeout-secs", "3"]).await;
     // A client that reads everything and never answers: a raw socket after the handshake
     // (a WebSocket library would answer the server's pings by itself). It sees every frame
     // the server sends, whenever the close comes.
-    let mut s = tokio::net::TcpStream::connect(gw.addr())
-        .await
-        .expect("connect");
     let request = format!(
-        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        token("alice"),
-        gw.addr()
+        token("alice")
     );
-    s.write_all(request.as_bytes()).await.expect("handshake");
-    let mut received = Vec::new();
-    let read_all = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(secs(30), read_all)
+    let (r, mut received, mut s) = exchange_head(gw.addr(), &request).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let rest = read_until_closed(&mut s, secs(30))
         .await
         .expect("the server closed the connection within 30 s");
-    let end = received
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a handshake response")
-        + 4;
-    assert!(
-        received.starts_with(b"HTTP/1.1 101"),
-        "{:?}",
-        String::from_utf8_lossy(&received)
-    );
-    let frames = server_frames(&received[end..]);
+    received.extend_from_slice(&rest);
+    let frames = frames(&received);
     let texts: Vec<serde_json::Value> = frames
         .iter()
         .filter(|(op, _)| *op == 1)

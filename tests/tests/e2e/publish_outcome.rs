@@ -1,21 +1,46 @@
 //! A failed publish says whether the message may still be published: `maybe_published` on
 //! the `unavailable` error (WebSocket and HTTP API), checked against what Redis really kept.
 
-use e2e::{Client, Gateway, RedisServer, api_post, error_code, secs, token};
+use e2e::{Client, Gateway, RedisServer, api_post, error_code, eventually, secs, token};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
-/// The `data` of every message in `channel`'s history, oldest first.
-async fn history_data(c: &mut Client, channel: &str) -> Vec<Value> {
-    let h = c
-        .request_ok("history", json!({"channel": channel, "limit": 100}))
+const CHANNEL: &str = "room:outcome";
+
+/// The `data` of every message in the channel's history, oldest first; `None` while the
+/// node answers with an error (Redis coming back).
+async fn history_data(c: &mut Client) -> Option<Vec<Value>> {
+    let r = c
+        .request("history", json!({"channel": CHANNEL, "limit": 100}))
         .await;
-    h["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("messages in {h}"))
-        .iter()
-        .map(|m| m["data"].clone())
-        .collect()
+    let messages = r["ok"]["messages"].as_array()?;
+    Some(messages.iter().map(|m| m["data"].clone()).collect())
+}
+
+/// Publishes `data` over WebSocket, which must fail with `unavailable`; returns its
+/// `maybe_published`.
+async fn refused_ws(c: &mut Client, data: &str) -> bool {
+    let r = c
+        .request("publish", json!({"channel": CHANNEL, "data": data}))
+        .await;
+    assert_eq!(error_code(&r), Some("unavailable"), "{r}");
+    r["error"]["maybe_published"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("maybe_published in {r}"))
+}
+
+/// Publishes `data` through the HTTP API, which must answer 503; returns its
+/// `maybe_published`.
+async fn refused_http(gw: &Gateway, data: &str) -> bool {
+    let r = api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": CHANNEL, "data": data}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    r.json()["error"]["maybe_published"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("maybe_published in {}", r.body))
 }
 
 #[tokio::test]
@@ -27,110 +52,71 @@ async fn a_failed_publish_says_whether_it_may_still_be_published() {
         .start()
         .await;
     let mut c = Client::connect(gw.addr(), &token("alice")).await;
-    let channel = "room:outcome";
-    c.publish(channel, json!("before")).await;
+    c.publish(CHANNEL, json!("before")).await;
 
     // A frozen Redis: the publishes reach it and no answer comes in time.
     redis.pause();
-    let r = c
-        .request("publish", json!({"channel": channel, "data": "frozen-ws"}))
-        .await;
-    assert_eq!(error_code(&r), Some("unavailable"), "{r}");
-    assert_eq!(r["error"]["maybe_published"], true, "{r}");
-    let http = api_post(
-        gw.addr(),
-        "/api/publish",
-        json!({"channel": channel, "data": "frozen-http"}),
-    )
-    .await;
-    assert_eq!(http.status, 503, "{}", http.body);
-    assert_eq!(
-        http.json()["error"]["maybe_published"],
-        true,
-        "{}",
-        http.body
+    assert!(
+        refused_ws(&mut c, "frozen-ws").await,
+        "sent to a frozen Redis"
+    );
+    assert!(
+        refused_http(&gw, "frozen-http").await,
+        "sent to a frozen Redis"
     );
     // And so they are, once Redis thaws.
     redis.resume();
-    let expected = json!(["before", "frozen-ws", "frozen-http"]);
-    let deadline = Instant::now() + secs(20);
-    loop {
-        let r = c
-            .request("history", json!({"channel": channel, "limit": 100}))
-            .await;
-        if error_code(&r).is_none() {
-            let data: Vec<Value> = r["ok"]["messages"]
-                .as_array()
-                .map(|m| m.iter().map(|m| m["data"].clone()).collect())
-                .unwrap_or_default();
-            if json!(data) == expected {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the frozen publishes never appeared: {r}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let expected = vec![json!("before"), json!("frozen-ws"), json!("frozen-http")];
+    eventually(
+        "the frozen publishes appear in history",
+        secs(20),
+        async || history_data(&mut c).await.as_ref() == Some(&expected),
+    )
+    .await;
 
     // Redis gone: a publish that answers `maybe_published: false` was not published. Those
     // answered `true` meanwhile (sent before the node noticed) may be in the log.
     redis.kill();
-    let deadline = Instant::now() + secs(20);
     let mut refused = Vec::new();
-    let mut maybe = Vec::new();
-    while refused.len() < 3 {
-        let n = refused.len() + maybe.len();
-        let data = json!(format!("down-{n}"));
-        let r = c
-            .request("publish", json!({"channel": channel, "data": data}))
-            .await;
-        assert_eq!(error_code(&r), Some("unavailable"), "{r}");
-        match &r["error"]["maybe_published"] {
-            Value::Bool(false) => refused.push(data),
-            Value::Bool(true) => maybe.push(data),
-            other => panic!("maybe_published {other} in {r}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never told that nothing was sent"
-        );
-    }
-    let http = api_post(
-        gw.addr(),
-        "/api/publish",
-        json!({"channel": channel, "data": "down-http"}),
+    let mut sent = 0;
+    eventually(
+        "a publish refused before anything was sent",
+        secs(20),
+        async || {
+            sent += 1;
+            let data = format!("down-{sent}");
+            if !refused_ws(&mut c, &data).await {
+                refused.push(json!(data));
+            }
+            refused.len() >= 3
+        },
     )
     .await;
-    assert_eq!(http.status, 503, "{}", http.body);
-    assert_eq!(
-        http.json()["error"]["maybe_published"],
-        false,
-        "{}",
-        http.body
-    );
+    assert!(!refused_http(&gw, "down-http").await, "Redis is gone");
     refused.push(json!("down-http"));
     redis.start_again().await;
     // Back on Redis: history holds what was acknowledged or maybe published, and none of the
     // refused ones.
-    let deadline = Instant::now() + secs(20);
-    let data = loop {
-        let r = c
-            .request("publish", json!({"channel": channel, "data": "after"}))
-            .await;
-        if error_code(&r).is_none() {
-            break history_data(&mut c, channel).await;
-        }
-        assert!(Instant::now() < deadline, "Redis never came back: {r}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    eventually(
+        "a publish accepted once Redis is back",
+        secs(20),
+        async || {
+            let r = c
+                .request("publish", json!({"channel": CHANNEL, "data": "after"}))
+                .await;
+            error_code(&r).is_none()
+        },
+    )
+    .await;
+    let data = history_data(&mut c)
+        .await
+        .expect("history once Redis is back");
     for r in &refused {
         assert!(
             !data.contains(r),
             "{r} was refused, yet published: {data:?}"
         );
     }
-    assert_eq!(&data[..3], expected.as_array().unwrap().as_slice());
+    assert_eq!(&data[..3], expected.as_slice());
     assert_eq!(data.last(), Some(&json!("after")));
 }

@@ -167,6 +167,10 @@ pub async fn complete_page_waiting(
     pending: impl Fn() -> bool,
     wait: std::time::Duration,
 ) -> Result<crate::HistoryPage, ArchiveError> {
+    // The common case, nothing on its way: one read, no copy of the page kept for a retry.
+    if query.since.is_none() || !pending() {
+        return complete_page(archive, channel, query, page).await;
+    }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let completed = complete_page(archive, channel, query, page.clone()).await?;

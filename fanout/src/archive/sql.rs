@@ -508,6 +508,7 @@ mod tests {
         // writer commits only once the reader has seen the hole and asked).
         let pending = Arc::new(AtomicBool::new(true));
         let asked = Arc::new(tokio::sync::Notify::new());
+        let calls = std::sync::atomic::AtomicUsize::new(0);
         let writer = {
             let (archive, pending, asked) = (archive.clone(), pending.clone(), asked.clone());
             let first = all[..2].to_vec();
@@ -523,7 +524,10 @@ mod tests {
             query,
             recent,
             || {
-                asked.notify_one();
+                // Asked first before the read, then after it found the hole.
+                if calls.fetch_add(1, Ordering::SeqCst) == 1 {
+                    asked.notify_one();
+                }
                 pending.load(Ordering::SeqCst)
             },
             wait,

@@ -12,6 +12,7 @@ mod history;
 mod local;
 mod publication;
 pub mod redis;
+pub mod util;
 
 pub use broker::{
     Broker, BrokerError, CommandReply, ControlEvent, DeliveryStats, Dispatcher, HistoryPage,

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const SHARDS: usize = 64;
 
@@ -104,15 +104,7 @@ struct Shard {
 }
 
 fn new_epoch() -> Arc<str> {
-    let n: u64 = rand::random();
-    format!("{n:016x}").into()
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::util::new_epoch().into()
 }
 
 /// How often the embedded broker expires history and dedup keys.
@@ -304,7 +296,7 @@ impl Broker for LocalBroker {
             epoch: state.epoch.clone(),
             from: request.from,
             data: request.data,
-            ts: unix_millis(),
+            ts: crate::util::unix_millis(),
         });
         // What the archive does not hold yet stays in history whatever the bounds (the
         // archive queue holds it in memory anyway, and bounds it).

@@ -166,11 +166,7 @@ fn spawn_retention(archive: Arc<dyn Archive>, retention: Duration) {
         let mut tick = tokio::time::interval(RETENTION_INTERVAL);
         loop {
             tick.tick().await;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            let cutoff = now.saturating_sub(retention.as_millis() as u64);
+            let cutoff = fanout::util::unix_millis().saturating_sub(retention.as_millis() as u64);
             match archive.expire(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "archive retention"),

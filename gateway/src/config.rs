@@ -197,7 +197,7 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_DIRECT_MESSAGES")]
     pub direct_messages: Option<bool>,
     /// Runtime worker threads [default: one per CPU]. One worker writes more deliveries per
-    /// socket write and wakes no other thread (BENCHMARKS.md, "Idle memory and worker threads"); more use
+    /// socket write and wakes no other thread (BENCHMARKS.md, "The allocator and worker threads"); more use
     /// more cores.
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

@@ -7,11 +7,7 @@ use presence::NodeInfo;
 
 /// FNV-1a over `parts`, then a splitmix64 finalizer: stable across builds and platforms.
 fn weight(node_id: &str, user: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node_id.bytes().chain([0xff]).chain(user.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let mut h = fanout::util::fnv1a(node_id.bytes().chain([0xff]).chain(user.bytes()));
     h ^= h >> 30;
     h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^= h >> 27;

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::time::sleep_until;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -72,12 +72,7 @@ pub(crate) enum End {
     Gone,
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use fanout::util::unix_secs;
 
 /// Per-connection state that only the session task touches.
 pub(crate) struct Session {

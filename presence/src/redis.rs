@@ -25,7 +25,7 @@ use fred::types::Value;
 use fred::types::scripts::Script;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const ADD_LUA: &str = include_str!("redis/add.lua");
 const REMOVE_LUA: &str = include_str!("redis/remove.lua");
@@ -42,12 +42,7 @@ fn unavailable(e: fred::error::Error) -> PresenceError {
     }
 }
 
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use fanout::util::unix_millis;
 
 /// One of this node's entries as the node knows it: its connections and the user's name.
 type OwnEntry = (u32, Option<String>);
@@ -99,7 +94,8 @@ impl RedisPresence {
     /// Per channel: node|user → connections, user → connections, user → name, users in id
     /// order (for paging), connections in all.
     fn channel_keys(&self, p: usize, channel: &str) -> [String; 5] {
-        ["pn", "pu", "pm", "pz", "pc"].map(|kind| self.keys.key_in(p, channel, kind))
+        let k = self.keys.presence(p, channel);
+        [k.connections, k.users, k.names, k.order, k.count]
     }
 
     /// The keys of add.lua, remove.lua and restore.lua, in their order.
@@ -112,16 +108,16 @@ impl RedisPresence {
 
     /// The channels of partition `p` where `node` has entries.
     fn node_key(&self, p: usize, node: &str) -> String {
-        self.keys.partition_key(p, &format!("pnode:{node}"))
+        self.keys.presence_node_index(p, node)
     }
 
     fn alive_key(&self, node: &str) -> String {
-        self.keys.global_key(&format!("palive:{node}"))
+        self.keys.node_alive(node)
     }
 
     /// The nodes with entries in partition `p`.
     fn nodes_key(&self, p: usize) -> String {
-        self.keys.partition_key(p, "pnodes")
+        self.keys.presence_nodes(p)
     }
 
     /// Refreshes this node's liveness key; returns whether it was still there.
@@ -347,7 +343,7 @@ impl RedisRegistry {
     pub fn new(client: Client, keys: &Keyspace, ttl: Duration) -> Self {
         Self {
             client,
-            key: keys.global_key("nodes"),
+            key: keys.node_registry(),
             ttl,
         }
     }

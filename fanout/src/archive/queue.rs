@@ -9,7 +9,7 @@ use super::Archive;
 use crate::{BrokerError, Publication};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// One queued publication and its channel's [`ArchiveMark`].
@@ -112,16 +112,9 @@ impl ArchiveStats {
     pub fn lag_secs(&self) -> f64 {
         match self.oldest_ms.load(Ordering::Relaxed) {
             0 => 0.0,
-            oldest => unix_millis().saturating_sub(oldest) as f64 / 1000.0,
+            oldest => crate::util::unix_millis().saturating_sub(oldest) as f64 / 1000.0,
         }
     }
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The sending side, held by a broker.

@@ -18,18 +18,16 @@
 
 use super::Keyspace;
 use super::envelope::{self, Envelope};
+use super::scripts::ArchivedCall;
 use crate::Publication;
 use crate::archive::{Archive, ArchiveStats, ArchiverConfig, store_with_retry};
 use bytes::Bytes;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::streams::XReadResponse;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-const ARCHIVED_LUA: &str = include_str!("archived.lua");
 
 /// The consumer group of the archive stream.
 const GROUP: &str = "archivers";
@@ -67,6 +65,7 @@ pub struct StreamArchiver {
     pub(crate) client: Client,
     pub(crate) keyspace: Keyspace,
     pub(crate) keys: Vec<String>,
+    pub(super) scripts: Arc<super::scripts::Scripts>,
     pub(crate) hot: Arc<HotPartitions>,
     pub(crate) consumer: String,
     pub(crate) archive: Arc<dyn Archive>,
@@ -80,7 +79,6 @@ impl StreamArchiver {
     /// Runs for as long as the process does.
     pub async fn run(self) {
         let n = self.keys.len();
-        let archived = Script::from_lua(ARCHIVED_LUA);
         let mut group_ready = vec![false; n];
         // First what this consumer left pending in an earlier life (same node id).
         let mut backlog = vec![true; n];
@@ -128,7 +126,7 @@ impl StreamArchiver {
                             // More may be waiting: read this partition again next turn.
                             self.hot.mark(p);
                         }
-                        self.commit(p, entries, &archived).await;
+                        self.commit(p, entries).await;
                         busy = true;
                     }
                     Err(e) => {
@@ -207,7 +205,7 @@ impl StreamArchiver {
 
     /// Commits the publications of `entries` (of partition `p`), records how far each
     /// channel is archived, then acknowledges and deletes them.
-    async fn commit(&self, p: usize, entries: Entries, archived: &Script) {
+    async fn commit(&self, p: usize, entries: Entries) {
         let key = &self.keys[p];
         let mut ids = Vec::with_capacity(entries.len());
         let mut publications: Vec<Arc<Publication>> = Vec::with_capacity(entries.len());
@@ -225,7 +223,7 @@ impl StreamArchiver {
             &self.stats,
         )
         .await;
-        self.mark_archived(p, &publications, archived).await;
+        self.mark_archived(p, &publications).await;
         let acked: Result<Value, _> = self.client.xack(key, GROUP, ids.clone()).await;
         if let Err(e) = acked {
             // Still pending: claimed and written again later, harmlessly.
@@ -243,7 +241,7 @@ impl StreamArchiver {
     /// Raises each channel's archived mark to the highest offset of `publications` (all of
     /// partition `p`, so one script call in one hash slot). A failure only keeps more in
     /// history until the next commit raises the mark.
-    async fn mark_archived(&self, p: usize, publications: &[Arc<Publication>], script: &Script) {
+    async fn mark_archived(&self, p: usize, publications: &[Arc<Publication>]) {
         let mut top: HashMap<(&str, &str), u64> = HashMap::new();
         for publication in publications {
             let at = top
@@ -254,15 +252,11 @@ impl StreamArchiver {
         if top.is_empty() {
             return;
         }
-        let mut keys = Vec::with_capacity(top.len());
-        let mut args: Vec<Value> = Vec::with_capacity(2 * top.len());
+        let mut call = ArchivedCall::default();
         for ((channel, epoch), offset) in top {
-            keys.push(self.keyspace.key_in(p, channel, "m"));
-            args.push(epoch.into());
-            args.push((offset as i64).into());
+            call.push(self.keyspace.meta(p, channel), epoch, offset);
         }
-        let raised: Result<Value, _> = script.evalsha_with_reload(&self.client, keys, args).await;
-        if let Err(e) = raised {
+        if let Err(e) = self.scripts.archived(&self.client, &call).await {
             tracing::warn!(error = %e, "recording the archived offsets failed");
         }
     }

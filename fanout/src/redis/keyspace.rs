@@ -63,12 +63,7 @@ impl Keyspace {
 
     /// The partition of `channel` (FNV-1a of its name).
     pub fn partition(&self, channel: &str) -> usize {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in channel.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % self.heads.len() as u64) as usize
+        (crate::util::fnv1a(channel.bytes()) % self.heads.len() as u64) as usize
     }
 
     /// The hash slot of partition `p`.
@@ -76,14 +71,94 @@ impl Keyspace {
         self.slots[p]
     }
 
-    /// A key of `channel`: `<prefix>:{<tag>}:<kind>:<channel>`.
-    pub fn channel_key(&self, channel: &str, kind: &str) -> String {
-        self.key_in(self.partition(channel), channel, kind)
+    // Every key name the gateway uses is built below, from the kind strings of one table:
+    // callers name what they want, never a kind.
+
+    /// The channel's meta hash: `e` epoch, `o` top offset, `a` highest offset archived.
+    pub fn meta(&self, p: usize, channel: &str) -> String {
+        self.key_in(p, channel, "m")
     }
 
-    /// [`channel_key`](Self::channel_key) for a channel of partition `p` (known already:
+    /// The channel's recent-history stream (entry id = offset).
+    pub fn history(&self, p: usize, channel: &str) -> String {
+        self.key_in(p, channel, "h")
+    }
+
+    /// The channel's idempotency keys: key → offset.
+    pub fn idem(&self, p: usize, channel: &str) -> String {
+        self.key_in(p, channel, "i")
+    }
+
+    /// The channel's idempotency keys by expiry (a sorted set, score = expiry in ms).
+    pub fn idem_expiry(&self, p: usize, channel: &str) -> String {
+        self.key_in(p, channel, "iz")
+    }
+
+    /// The sharded pub/sub channel of `channel`.
+    pub fn pubsub_channel(&self, channel: &str) -> String {
+        self.pubsub_channel_in(self.partition(channel), channel)
+    }
+
+    /// [`pubsub_channel`](Self::pubsub_channel) for a channel of partition `p` (known already:
     /// callers building several keys of one channel hash its name once).
-    pub fn key_in(&self, p: usize, channel: &str, kind: &str) -> String {
+    pub fn pubsub_channel_in(&self, p: usize, channel: &str) -> String {
+        self.key_in(p, channel, "c")
+    }
+
+    /// The presence keys of `channel` (see `presence::redis`).
+    pub fn presence(&self, p: usize, channel: &str) -> PresenceKeys {
+        PresenceKeys {
+            connections: self.key_in(p, channel, "pn"),
+            users: self.key_in(p, channel, "pu"),
+            names: self.key_in(p, channel, "pm"),
+            order: self.key_in(p, channel, "pz"),
+            count: self.key_in(p, channel, "pc"),
+        }
+    }
+
+    /// Partition `p`'s archive stream.
+    pub fn archive_stream(&self, p: usize) -> String {
+        self.partition_key(p, "archive")
+    }
+
+    /// The channels of partition `p` where `node` has presence entries.
+    pub fn presence_node_index(&self, p: usize, node: &str) -> String {
+        self.partition_key(p, &format!("pnode:{node}"))
+    }
+
+    /// The nodes with presence entries in partition `p`.
+    pub fn presence_nodes(&self, p: usize) -> String {
+        self.partition_key(p, "pnodes")
+    }
+
+    /// The sharded pub/sub channel of node commands (every node subscribes).
+    pub fn control_channel(&self) -> String {
+        self.partition_key(0, "ctl")
+    }
+
+    /// The sharded pub/sub channel where the broker instance `instance` hears the answers to
+    /// its node commands (in partition 0, the control channel's slot).
+    pub fn reply_channel(&self, instance: &str) -> String {
+        self.partition_key(0, &format!("reply:{instance}"))
+    }
+
+    /// The recorded partition count (see `claim_layout`).
+    pub fn layout(&self) -> String {
+        self.global_key("partitions")
+    }
+
+    /// The node registry hash: node id → expiry, connections, capacity and URL.
+    pub fn node_registry(&self) -> String {
+        self.global_key("nodes")
+    }
+
+    /// `node`'s liveness key (expires when its heartbeats stop).
+    pub fn node_alive(&self, node: &str) -> String {
+        self.global_key(&format!("palive:{node}"))
+    }
+
+    /// A key of `channel` in partition `p`: `<prefix>:{<tag>}:<kind>:<channel>`.
+    fn key_in(&self, p: usize, channel: &str, kind: &str) -> String {
         let head = &self.heads[p];
         let mut key = String::with_capacity(head.len() + kind.len() + channel.len() + 2);
         key.push_str(head);
@@ -95,29 +170,29 @@ impl Keyspace {
     }
 
     /// A key of partition `p`: `<prefix>:{<tag>}:<name>`.
-    pub fn partition_key(&self, p: usize, name: &str) -> String {
+    fn partition_key(&self, p: usize, name: &str) -> String {
         format!("{}:{name}", self.heads[p])
     }
 
     /// A key outside every partition: `<prefix>:<name>`.
-    pub fn global_key(&self, name: &str) -> String {
+    fn global_key(&self, name: &str) -> String {
         format!("{}:{name}", self.prefix)
     }
+}
 
-    /// The sharded pub/sub channel of `channel`.
-    pub fn pubsub_channel(&self, channel: &str) -> String {
-        self.pubsub_channel_in(self.partition(channel), channel)
-    }
-
-    /// [`pubsub_channel`](Self::pubsub_channel) for a channel of partition `p`.
-    pub fn pubsub_channel_in(&self, p: usize, channel: &str) -> String {
-        self.key_in(p, channel, "c")
-    }
-
-    /// The sharded pub/sub channel of node commands.
-    pub fn control_channel(&self) -> String {
-        self.partition_key(0, "ctl")
-    }
+/// The presence keys of one channel, in its partition's slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceKeys {
+    /// `node|user` → connections.
+    pub connections: String,
+    /// user → connections across nodes.
+    pub users: String,
+    /// user → display name.
+    pub names: String,
+    /// The users in id order (a sorted set, for paging).
+    pub order: String,
+    /// The channel's connections in all.
+    pub count: String,
 }
 
 /// A hash tag for partition `i` of `n` whose slot falls in the `i`-th of `n` equal ranges.
@@ -167,17 +242,36 @@ mod tests {
         for channel in ["room:lobby", "user:alice", "a{b}c", "{x}", "", "ünï:cödé"] {
             let p = ks.partition(channel);
             let slot = ks.slot(p);
-            for kind in ["m", "h", "i", "iz", "pn", "pu", "c"] {
-                let key = ks.channel_key(channel, kind);
+            let presence = ks.presence(p, channel);
+            let keys = [
+                ks.meta(p, channel),
+                ks.history(p, channel),
+                ks.idem(p, channel),
+                ks.idem_expiry(p, channel),
+                ks.pubsub_channel(channel),
+                presence.connections,
+                presence.users,
+                presence.names,
+                presence.order,
+                presence.count,
+                ks.archive_stream(p),
+                ks.presence_node_index(p, "n1"),
+                ks.presence_nodes(p),
+            ];
+            for key in &keys {
                 assert_eq!(redis_keyslot(key.as_bytes()), slot, "{key}");
             }
-            assert_eq!(
-                redis_keyslot(ks.partition_key(p, "archive").as_bytes()),
-                slot
-            );
+            let distinct: std::collections::HashSet<_> = keys.iter().collect();
+            assert_eq!(distinct.len(), keys.len(), "{keys:?}");
         }
-        assert!(ks.channel_key("room:x", "m").starts_with("gw:{"));
-        assert_eq!(ks.global_key("nodes"), "gw:nodes");
+        assert_eq!(
+            redis_keyslot(ks.reply_channel("x").as_bytes()),
+            redis_keyslot(ks.control_channel().as_bytes())
+        );
+        assert!(ks.meta(0, "room:x").starts_with("gw:{"));
+        assert_eq!(ks.node_registry(), "gw:nodes");
+        assert_eq!(ks.layout(), "gw:partitions");
+        assert_eq!(ks.node_alive("n1"), "gw:palive:n1");
     }
 
     #[test]

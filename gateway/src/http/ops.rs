@@ -15,7 +15,6 @@ use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The demo page, the admin page and their assets, embedded into the binary (no build step,
 /// nothing fetched).
@@ -103,10 +102,7 @@ pub async fn dev_token(
         ));
     }
     let ttl = body.ttl_secs.unwrap_or(3600).clamp(1, MAX_DEV_TTL_SECS);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = fanout::util::unix_secs();
     let claims = Claims {
         sub: user.to_owned(),
         exp: now + ttl,

@@ -14,7 +14,7 @@
 #
 #   bench/100k.sh                      # both modes
 #   MODES=cluster CONNS=30000 bench/100k.sh
-#   CONNS=100000 RATE=2000 PING_INTERVAL=60 IDLE_TIMEOUT=150 bench/100k.sh   # BENCHMARKS.md, 2026-12-02
+#   CONNS=100000 RATE=2000 PING_INTERVAL=60 IDLE_TIMEOUT=150 bench/100k.sh   # BENCHMARKS.md, "100,000 connections"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${NO_BUILD:-}" = 1 ] || cargo build --release -p gateway -p loadgen

@@ -3,29 +3,29 @@
 
 use crate::acl::Namespace;
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Every setting, as given on the command line, in the environment or in the config file.
-/// Unset ones fall back to the file, then to the defaults named in each help text.
-#[derive(Debug, Default, Clone, Parser, Deserialize)]
+/// Each is stated once, here: its flag, variable, default and help; a config file key is the
+/// field's name. Unset ones fall back to the file, then to the default.
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "gateway",
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GATEWAY_GIT_COMMIT"), ")"),
     about = "WebSocket real-time messaging gateway"
 )]
-#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// TOML file with any of these settings (snake_case keys) and `[[namespaces]]`.
     #[arg(long, env = "GATEWAY_CONFIG")]
-    #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "GATEWAY_LISTEN")]
-    pub listen: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
     /// This node's id [default: generated].
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
@@ -35,9 +35,9 @@ pub struct Settings {
     /// HS256 secret, at least 32 bytes (required unless --dev or a public key is used).
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Token algorithm: HS256, RS256 or EdDSA [default: HS256].
-    #[arg(long, env = "GATEWAY_JWT_ALG")]
-    pub jwt_alg: Option<String>,
+    /// Token algorithm: HS256, RS256 or EdDSA.
+    #[arg(long, env = "GATEWAY_JWT_ALG", default_value = "HS256")]
+    pub jwt_alg: String,
     /// PEM public key file for RS256 or EdDSA.
     #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
@@ -47,9 +47,9 @@ pub struct Settings {
     /// Required `aud` claim, when set.
     #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
-    /// Clock leeway for `exp` and `nbf`, seconds [default: 5].
-    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS")]
-    pub jwt_leeway_secs: Option<u64>,
+    /// Clock leeway for `exp` and `nbf`, seconds.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
     /// Key for the `/api/` endpoints (`Authorization: Bearer <key>`); unset disables the API.
     #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -58,203 +58,271 @@ pub struct Settings {
     /// 7 or newer. Unset runs the embedded engine.
     #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
-    /// Prefix of every Redis key and pub/sub channel (one cluster per prefix) [default: gw].
-    #[arg(long, env = "GATEWAY_REDIS_PREFIX")]
-    pub redis_prefix: Option<String>,
+    /// Prefix of every Redis key and pub/sub channel (one cluster per prefix).
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "gw")]
+    pub redis_prefix: String,
     /// Partitions the channels are spread over in Redis (hash-tagged key groups: one slot of
     /// a Redis Cluster each, with their own archive stream); the same on every node, fixed
-    /// for the life of the data (a node refuses to start on another count) [default: 16].
-    #[arg(long, env = "GATEWAY_REDIS_PARTITIONS")]
-    pub redis_partitions: Option<usize>,
+    /// for the life of the data (a node refuses to start on another count).
+    #[arg(long, env = "GATEWAY_REDIS_PARTITIONS", default_value_t = 16)]
+    pub redis_partitions: usize,
     /// Capacity of the node's Redis pub/sub receiver, messages; a node that falls further
-    /// behind heals from history [default: 4096].
-    #[arg(long, env = "GATEWAY_REDIS_PUBSUB_CAPACITY")]
-    pub redis_pubsub_capacity: Option<usize>,
+    /// behind heals from history.
+    #[arg(long, env = "GATEWAY_REDIS_PUBSUB_CAPACITY", default_value_t = 4096)]
+    pub redis_pubsub_capacity: usize,
     /// Seconds between checks of the positions of subscribed channels with recent traffic
-    /// against Redis (finds a lost last message of a burst) [default: 5].
-    #[arg(long, env = "GATEWAY_POSITION_CHECK_SECS")]
-    pub position_check_secs: Option<u64>,
+    /// against Redis (finds a lost last message of a burst).
+    #[arg(long, env = "GATEWAY_POSITION_CHECK_SECS", default_value_t = 5)]
+    pub position_check_secs: u64,
     /// Seconds over which every subscribed channel's position, quiet ones included, is
-    /// checked once, a slice at each check [default: 60].
-    #[arg(long, env = "GATEWAY_POSITION_SWEEP_SECS")]
-    pub position_sweep_secs: Option<u64>,
-    /// Seconds between presence heartbeats; a dead node's users leave after about three
-    /// [default: 10].
-    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS")]
-    pub presence_heartbeat_secs: Option<u64>,
+    /// checked once, a slice at each check.
+    #[arg(long, env = "GATEWAY_POSITION_SWEEP_SECS", default_value_t = 60)]
+    pub position_sweep_secs: u64,
+    /// Seconds between presence heartbeats; a dead node's users leave after about three.
+    #[arg(long, env = "GATEWAY_PRESENCE_HEARTBEAT_SECS", default_value_t = 10)]
+    pub presence_heartbeat_secs: u64,
     /// Milliseconds over which presence changes are gathered into one `presence_diff` push
-    /// per channel [default: 250].
-    #[arg(long, env = "GATEWAY_PRESENCE_DIFF_INTERVAL_MS")]
-    pub presence_diff_interval_ms: Option<u64>,
-    /// Most users one `presence_diff` lists; past it the push says `overflow` instead
-    /// [default: 200].
-    #[arg(long, env = "GATEWAY_PRESENCE_DIFF_MAX")]
-    pub presence_diff_max: Option<usize>,
+    /// per channel.
+    #[arg(long, env = "GATEWAY_PRESENCE_DIFF_INTERVAL_MS", default_value_t = 250)]
+    pub presence_diff_interval_ms: u64,
+    /// Most users one `presence_diff` lists; past it the push says `overflow` instead.
+    #[arg(long, env = "GATEWAY_PRESENCE_DIFF_MAX", default_value_t = 200)]
+    pub presence_diff_max: usize,
     /// Message archive: `sqlite://PATH` (embedded mode), `postgres://...`, or `off`
     /// [default: embedded mode `sqlite://<data-dir>/archive.db`; clustered mode off].
     #[arg(long, env = "GATEWAY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Directory for the embedded archive [default: data].
-    #[arg(long, env = "GATEWAY_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Messages waiting for the archive before publishes wait, then get `unavailable`
-    /// [default: 100000].
-    #[arg(long, env = "GATEWAY_ARCHIVE_QUEUE")]
-    pub archive_queue: Option<usize>,
-    /// Days archived messages are kept [default: 365].
-    #[arg(long, env = "GATEWAY_ARCHIVE_RETENTION_DAYS")]
-    pub archive_retention_days: Option<u64>,
+    /// Directory for the embedded archive.
+    #[arg(long, env = "GATEWAY_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Messages waiting for the archive before publishes wait, then get `unavailable`.
+    #[arg(long, env = "GATEWAY_ARCHIVE_QUEUE", default_value_t = 100000)]
+    pub archive_queue: usize,
+    /// Days archived messages are kept.
+    #[arg(long, env = "GATEWAY_ARCHIVE_RETENTION_DAYS", default_value_t = 365)]
+    pub archive_retention_days: u64,
     /// Development mode: `POST /dev/token` mints tokens, a random JWT secret is used if none.
     #[arg(long, env = "GATEWAY_DEV")]
-    #[serde(default)]
     pub dev: bool,
-    /// Log format: human or json [default: human].
-    #[arg(long, env = "GATEWAY_LOG_FORMAT")]
-    pub log_format: Option<String>,
-    /// Log filter, tracing syntax [default: info].
-    #[arg(long, env = "GATEWAY_LOG")]
-    pub log: Option<String>,
-    /// Most concurrent connections on this node; more get 503 [default: 100000].
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Most concurrent connections of one user on this node; more get 429 [default: 10].
-    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER")]
-    pub max_connections_per_user: Option<usize>,
-    /// Most subscriptions per connection, the personal channel not counted [default: 100].
-    #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS")]
-    pub max_subscriptions: Option<usize>,
-    /// Publishes per second per connection (token bucket refill) [default: 100].
-    #[arg(long, env = "GATEWAY_PUBLISH_RATE")]
-    pub publish_rate: Option<u32>,
-    /// Publish burst per connection (token bucket size) [default: 100].
-    #[arg(long, env = "GATEWAY_PUBLISH_BURST")]
-    pub publish_burst: Option<u32>,
+    /// Log format: human or json.
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+    /// Log filter, tracing syntax.
+    #[arg(long, env = "GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+    /// Most concurrent connections on this node; more get 503.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100000)]
+    pub max_connections: usize,
+    /// Most concurrent connections of one user on this node; more get 429.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS_PER_USER", default_value_t = 10)]
+    pub max_connections_per_user: usize,
+    /// Most subscriptions per connection, the personal channel not counted.
+    #[arg(long, env = "GATEWAY_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+    /// Publishes per second per connection (token bucket refill).
+    #[arg(long, env = "GATEWAY_PUBLISH_RATE", default_value_t = 100)]
+    pub publish_rate: u32,
+    /// Publish burst per connection (token bucket size).
+    #[arg(long, env = "GATEWAY_PUBLISH_BURST", default_value_t = 100)]
+    pub publish_burst: u32,
     /// Subscribes and unsubscribes per second per connection (token bucket refill)
-    /// [default: 10].
-    #[arg(long, env = "GATEWAY_SUBSCRIBE_RATE")]
-    pub subscribe_rate: Option<u32>,
-    /// Subscribe and unsubscribe burst per connection (token bucket size) [default: 200].
-    #[arg(long, env = "GATEWAY_SUBSCRIBE_BURST")]
-    pub subscribe_burst: Option<u32>,
-    /// Rejected publishes per minute before disconnecting with 4003 [default: 100].
-    #[arg(long, env = "GATEWAY_MAX_RATE_LIMITED_PER_MINUTE")]
-    pub max_rate_limited_per_minute: Option<u32>,
-    /// Malformed frames per minute before disconnecting with `policy` [default: 10].
-    #[arg(long, env = "GATEWAY_MAX_BAD_FRAMES_PER_MINUTE")]
-    pub max_bad_frames_per_minute: Option<u32>,
-    /// Largest frame or message accepted, bytes; larger closes with 1009 [default: 65536].
-    #[arg(long, env = "GATEWAY_MAX_FRAME_SIZE")]
-    pub max_frame_size: Option<usize>,
-    /// Outbound queue per connection, frames; overflow disconnects with 4002 [default: 1024].
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
-    /// Seconds between server pings [default: 25].
-    #[arg(long, env = "GATEWAY_PING_INTERVAL_SECS")]
-    pub ping_interval_secs: Option<u64>,
-    /// Seconds without any frame from the client before 4004 [default: 60].
-    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS")]
-    pub idle_timeout_secs: Option<u64>,
+    #[arg(long, env = "GATEWAY_SUBSCRIBE_RATE", default_value_t = 10)]
+    pub subscribe_rate: u32,
+    /// Subscribe and unsubscribe burst per connection (token bucket size).
+    #[arg(long, env = "GATEWAY_SUBSCRIBE_BURST", default_value_t = 200)]
+    pub subscribe_burst: u32,
+    /// Rejected publishes per minute before disconnecting with 4003.
+    #[arg(
+        long,
+        env = "GATEWAY_MAX_RATE_LIMITED_PER_MINUTE",
+        default_value_t = 100
+    )]
+    pub max_rate_limited_per_minute: u32,
+    /// Malformed frames per minute before disconnecting with `policy`.
+    #[arg(long, env = "GATEWAY_MAX_BAD_FRAMES_PER_MINUTE", default_value_t = 10)]
+    pub max_bad_frames_per_minute: u32,
+    /// Largest frame or message accepted, bytes; larger closes with 1009.
+    #[arg(long, env = "GATEWAY_MAX_FRAME_SIZE", default_value_t = 65536)]
+    pub max_frame_size: usize,
+    /// Outbound queue per connection, frames; overflow disconnects with 4002.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Seconds between server pings.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL_SECS", default_value_t = 25)]
+    pub ping_interval_secs: u64,
+    /// Seconds without any frame from the client before 4004.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
     /// Most concurrent HTTP connections not (yet) upgraded to WebSocket: API calls, handshakes
-    /// in progress, idle keep-alives; more are answered 503 at accept [default: 10000].
-    #[arg(long, env = "GATEWAY_MAX_HTTP_CONNECTIONS")]
-    pub max_http_connections: Option<usize>,
-    /// Seconds an HTTP request has to send its body [default: 10].
-    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_SECS")]
-    pub request_timeout_secs: Option<u64>,
+    /// in progress, idle keep-alives; more are answered 503 at accept.
+    #[arg(long, env = "GATEWAY_MAX_HTTP_CONNECTIONS", default_value_t = 10000)]
+    pub max_http_connections: usize,
+    /// Seconds an HTTP request has to send its body.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
     /// Origins allowed to open `/ws` from a browser, comma-separated (`https://app.example`),
     /// besides the gateway's own origin; `*` allows any. Requests without `Origin` (not from a
     /// browser) are always allowed [default: own origin only].
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
-    /// Seconds a new TCP connection has to send its HTTP request [default: 10].
-    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS")]
-    pub handshake_timeout_secs: Option<u64>,
-    /// Seconds a drain may take before the process exits anyway [default: 10].
-    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT_SECS")]
-    pub drain_timeout_secs: Option<u64>,
-    /// Messages of history kept per channel [default: 1000].
-    #[arg(long, env = "GATEWAY_HISTORY_SIZE")]
-    pub history_size: Option<usize>,
-    /// Bytes of payload kept in one channel's history (the newest message is always kept)
-    /// [default: 4194304].
-    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES")]
-    pub history_max_bytes: Option<usize>,
-    /// Bytes of payload kept in all the node's history together, embedded engine
-    /// [default: 268435456].
-    #[arg(long, env = "GATEWAY_HISTORY_NODE_MAX_BYTES")]
-    pub history_node_max_bytes: Option<usize>,
-    /// Seconds a message stays in history [default: 300].
-    #[arg(long, env = "GATEWAY_HISTORY_TTL_SECS")]
-    pub history_ttl_secs: Option<u64>,
-    /// Seconds an idempotency key is remembered (at least 60) [default: 120].
-    #[arg(long, env = "GATEWAY_DEDUP_WINDOW_SECS")]
-    pub dedup_window_secs: Option<u64>,
+    /// Seconds a new TCP connection has to send its HTTP request.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Seconds a drain may take before the process exits anyway.
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+    /// Messages of history kept per channel.
+    #[arg(long, env = "GATEWAY_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+    /// Bytes of payload kept in one channel's history (the newest message is always kept).
+    #[arg(long, env = "GATEWAY_HISTORY_MAX_BYTES", default_value_t = 4194304)]
+    pub history_max_bytes: usize,
+    /// Bytes of payload kept in all the node's history together, embedded engine.
+    #[arg(
+        long,
+        env = "GATEWAY_HISTORY_NODE_MAX_BYTES",
+        default_value_t = 268435456
+    )]
+    pub history_node_max_bytes: usize,
+    /// Seconds a message stays in history.
+    #[arg(long, env = "GATEWAY_HISTORY_TTL_SECS", default_value_t = 300)]
+    pub history_ttl_secs: u64,
+    /// Seconds an idempotency key is remembered (at least 60).
+    #[arg(long, env = "GATEWAY_DEDUP_WINDOW_SECS", default_value_t = 120)]
+    pub dedup_window_secs: u64,
     /// Most idempotency keys remembered per channel; new keys past it get `unavailable`
-    /// until old ones expire [default: 100000].
-    #[arg(long, env = "GATEWAY_DEDUP_MAX_KEYS")]
-    pub dedup_max_keys: Option<usize>,
-    /// Whether any user may publish to another's `user:<id>` channel [default: true].
-    #[arg(long, env = "GATEWAY_DIRECT_MESSAGES")]
-    pub direct_messages: Option<bool>,
+    /// until old ones expire.
+    #[arg(long, env = "GATEWAY_DEDUP_MAX_KEYS", default_value_t = 100000)]
+    pub dedup_max_keys: usize,
+    /// Whether any user may publish to another's `user:<id>` channel.
+    #[arg(long, env = "GATEWAY_DIRECT_MESSAGES", action = clap::ArgAction::Set, default_value_t = true)]
+    pub direct_messages: bool,
     /// Runtime worker threads [default: one per CPU]. One worker writes more deliveries per
-    /// socket write and wakes no other thread (BENCHMARKS.md, "The allocator and worker threads"); more use
-    /// more cores.
+    /// socket write and wakes no other thread (BENCHMARKS.md, "The allocator and worker
+    /// threads"); more use more cores.
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
-    /// WebSocket read buffer per connection, bytes [default: 512].
-    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE")]
-    pub read_buffer_size: Option<usize>,
+    /// WebSocket read buffer per connection, bytes.
+    #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE", default_value_t = 512)]
+    pub read_buffer_size: usize,
     /// Namespaces (config file only): prefix, open, client_publish, presence.
     #[arg(skip)]
     pub namespaces: Option<Vec<Namespace>>,
 }
 
-macro_rules! merge_fields {
-    ($dst:ident, $src:ident; $($field:ident),* $(,)?) => {
-        $( if $dst.$field.is_none() { $dst.$field = $src.$field.take(); } )*
-    };
-}
-
 impl Settings {
     /// Parses flags and environment, then fills gaps from the `--config` file.
     pub fn load() -> anyhow::Result<Self> {
-        let mut settings = Settings::parse();
-        if let Some(path) = settings.config.clone() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading config file {}", path.display()))?;
-            // toml's own message draws the line with a caret under it over several lines;
-            // a configuration error is one line (docs/protocol.md): position and reason.
-            let file: Settings = toml::from_str(&text).map_err(|e| {
-                let at = e.span().map_or(String::new(), |span| {
-                    let before = &text[..span.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!(" at line {line}, column {column}")
-                });
-                anyhow::anyhow!(
-                    "parsing config file {}{at}: {}",
-                    path.display(),
-                    e.message().trim()
-                )
-            })?;
-            settings.merge_from(file);
-        }
-        Ok(settings)
+        Self::load_from(std::env::args_os())
     }
 
-    fn merge_from(&mut self, mut file: Settings) {
-        self.dev |= file.dev;
-        merge_fields!(self, file; listen, node_id, public_url, jwt_secret, jwt_alg,
-            jwt_public_key_file, jwt_issuer, jwt_audience, jwt_leeway_secs, api_key, redis_url,
-            redis_prefix, redis_partitions, redis_pubsub_capacity, position_check_secs, position_sweep_secs, presence_heartbeat_secs,
-            presence_diff_interval_ms, presence_diff_max,
-            database_url, data_dir, archive_queue, archive_retention_days, log_format, log, max_connections, max_connections_per_user,
-            max_subscriptions, publish_rate, publish_burst, subscribe_rate, subscribe_burst,
-            max_rate_limited_per_minute, max_bad_frames_per_minute, max_frame_size,
-            outbound_queue, ping_interval_secs, idle_timeout_secs, max_http_connections,
-            request_timeout_secs, allowed_origins, handshake_timeout_secs, drain_timeout_secs,
-            history_size, history_max_bytes, history_node_max_bytes, history_ttl_secs, dedup_window_secs, dedup_max_keys, direct_messages, read_buffer_size, worker_threads, namespaces);
+    /// [`load`](Self::load) from the given arguments (the first is the program name).
+    ///
+    /// The file's settings become arguments placed before the real ones, for the settings
+    /// neither the command line nor the environment gave, and everything is parsed once
+    /// more: one parser (clap's) reads every source, so a value means the same wherever it
+    /// is written.
+    pub fn load_from(
+        args: impl IntoIterator<Item = impl Into<std::ffi::OsString>>,
+    ) -> anyhow::Result<Self> {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let command = Self::command();
+        let matches = command.clone().get_matches_from(&args);
+        let settings = Self::from_arg_matches(&matches)?;
+        let Some(path) = settings.config.clone() else {
+            return Ok(settings);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let file = path.display();
+        // toml's own message draws the line with a caret under it over several lines;
+        // a configuration error is one line (docs/protocol.md): position and reason.
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(String::new(), |span| at(&text, span.start));
+            anyhow::anyhow!("parsing config file {file}{at}: {}", e.message().trim())
+        })?;
+        let mut merged = vec![args.first().cloned().unwrap_or_else(|| "gateway".into())];
+        let mut namespaces = None;
+        for (key, value) in table {
+            let where_ = key_offset(&text, &key).map_or(String::new(), |i| at(&text, i));
+            if key == "namespaces" {
+                let list = Vec::<Namespace>::deserialize(value).map_err(|e| {
+                    let e = e.to_string().replace('\n', " ");
+                    anyhow::anyhow!("config file {file}{where_}: namespaces: {}", e.trim())
+                })?;
+                namespaces = Some(list);
+                continue;
+            }
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == key.as_str() && key != "config" && a.get_long().is_some());
+            let Some(arg) = arg else {
+                bail!("config file {file}{where_}: unknown setting `{key}`");
+            };
+            if matches!(
+                matches.value_source(&key),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue;
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => bail!(
+                    "config file {file}{where_}: `{key}` must be a string, an integer or a \
+                     boolean, not {}",
+                    other.type_str()
+                ),
+            };
+            let long = arg.get_long().unwrap_or(&key);
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
+                match value.as_str() {
+                    "true" => merged.push(format!("--{long}").into()),
+                    "false" => {}
+                    _ => bail!("config file {file}{where_}: `{key}` must be true or false"),
+                }
+            } else {
+                merged.push(format!("--{long}={value}").into());
+            }
+        }
+        merged.extend(args.into_iter().skip(1));
+        let matches = command.try_get_matches_from(merged).map_err(|e| {
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or_default();
+            anyhow::anyhow!(
+                "config file {file}: {}",
+                first.trim_start_matches("error: ")
+            )
+        })?;
+        let mut settings = Self::from_arg_matches(&matches)?;
+        settings.namespaces = namespaces;
+        Ok(settings)
     }
+}
+
+/// Where `key = ...` (or a `[[key]]` table) starts in a TOML text: for error messages.
+fn key_offset(text: &str, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let rest = trimmed.trim_start_matches('[');
+        if let Some(after) = rest.strip_prefix(key)
+            && after.trim_start().starts_with(['=', ']'])
+        {
+            return Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// ` at line L, column C` of byte `offset` in `text`.
+fn at(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!(" at line {line}, column {column}")
 }
 
 /// Token verification settings.
@@ -509,7 +577,7 @@ impl Config {
                          redis-cluster://host:port?node=host:port"
                     );
                 }
-                let partitions = s.redis_partitions.unwrap_or(16);
+                let partitions = s.redis_partitions;
                 if !(1..=fanout::redis::MAX_PARTITIONS).contains(&partitions) {
                     bail!(
                         "--redis-partitions {partitions}: expected 1 to {}",
@@ -519,10 +587,10 @@ impl Config {
                 Some(RedisSettings {
                     url,
                     partitions,
-                    prefix: s.redis_prefix.clone().unwrap_or_else(|| "gw".into()),
-                    pubsub_capacity: s.redis_pubsub_capacity.unwrap_or(4096).max(1),
-                    position_check: Duration::from_secs(s.position_check_secs.unwrap_or(5).max(1)),
-                    position_sweep: Duration::from_secs(s.position_sweep_secs.unwrap_or(60).max(1)),
+                    prefix: s.redis_prefix.clone(),
+                    pubsub_capacity: s.redis_pubsub_capacity.max(1),
+                    position_check: Duration::from_secs(s.position_check_secs.max(1)),
+                    position_sweep: Duration::from_secs(s.position_sweep_secs.max(1)),
                 })
             }
         };
@@ -544,51 +612,49 @@ impl Config {
                 Some(url.to_string())
             }
             _ if redis.is_none() => {
-                let dir = s.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"));
+                let dir = s.data_dir.clone();
                 Some(format!("sqlite://{}", dir.join("archive.db").display()))
             }
             _ => None,
         };
         let archive = archive_url.map(|url| ArchiveSettings {
             url,
-            queue: s.archive_queue.unwrap_or(100_000).max(1),
-            retention: Duration::from_secs(
-                s.archive_retention_days.unwrap_or(365).max(1) * 24 * 3600,
-            ),
+            queue: s.archive_queue.max(1),
+            retention: Duration::from_secs(s.archive_retention_days.max(1) * 24 * 3600),
         });
         let jwt = jwt_config(&s)?;
-        let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = s.listen;
         listen.parse::<SocketAddr>().with_context(|| {
             format!("--listen {listen:?} is not an address like 127.0.0.1:8080")
         })?;
-        let log_json = match s.log_format.as_deref().unwrap_or("human") {
+        let log_json = match s.log_format.as_str() {
             "human" => false,
             "json" => true,
             other => bail!("--log-format must be human or json, not {other:?}"),
         };
-        let dedup_window = Duration::from_secs(s.dedup_window_secs.unwrap_or(120));
+        let dedup_window = Duration::from_secs(s.dedup_window_secs);
         if dedup_window < Duration::from_secs(60) {
             bail!("--dedup-window-secs must be at least 60");
         }
-        let ping_interval = Duration::from_secs(s.ping_interval_secs.unwrap_or(25).max(1));
+        let ping_interval = Duration::from_secs(s.ping_interval_secs.max(1));
         let limits = Limits {
-            max_connections: s.max_connections.unwrap_or(100_000),
-            max_connections_per_user: s.max_connections_per_user.unwrap_or(10),
-            max_subscriptions: s.max_subscriptions.unwrap_or(100),
-            publish_rate: s.publish_rate.unwrap_or(100),
-            publish_burst: s.publish_burst.unwrap_or(100).max(1),
-            max_rate_limited_per_minute: s.max_rate_limited_per_minute.unwrap_or(100),
-            max_bad_frames_per_minute: s.max_bad_frames_per_minute.unwrap_or(10),
-            max_frame_size: s.max_frame_size.unwrap_or(64 * 1024).max(128),
-            outbound_queue: s.outbound_queue.unwrap_or(1024).max(1),
+            max_connections: s.max_connections,
+            max_connections_per_user: s.max_connections_per_user,
+            max_subscriptions: s.max_subscriptions,
+            publish_rate: s.publish_rate,
+            publish_burst: s.publish_burst.max(1),
+            max_rate_limited_per_minute: s.max_rate_limited_per_minute,
+            max_bad_frames_per_minute: s.max_bad_frames_per_minute,
+            max_frame_size: s.max_frame_size.max(128),
+            outbound_queue: s.outbound_queue.max(1),
             ping_interval,
-            idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or(60).max(1)),
-            handshake_timeout: Duration::from_secs(s.handshake_timeout_secs.unwrap_or(10).max(1)),
-            read_buffer_size: s.read_buffer_size.unwrap_or(512).max(64),
-            subscribe_rate: s.subscribe_rate.unwrap_or(10),
-            subscribe_burst: s.subscribe_burst.unwrap_or(200).max(1),
-            max_http_connections: s.max_http_connections.unwrap_or(10_000).max(1),
-            request_timeout: Duration::from_secs(s.request_timeout_secs.unwrap_or(10).max(1)),
+            idle_timeout: Duration::from_secs(s.idle_timeout_secs.max(1)),
+            handshake_timeout: Duration::from_secs(s.handshake_timeout_secs.max(1)),
+            read_buffer_size: s.read_buffer_size.max(64),
+            subscribe_rate: s.subscribe_rate,
+            subscribe_burst: s.subscribe_burst.max(1),
+            max_http_connections: s.max_http_connections.max(1),
+            request_timeout: Duration::from_secs(s.request_timeout_secs.max(1)),
         };
         let allowed_origins = AllowedOrigins::parse(s.allowed_origins.as_deref().unwrap_or(""))?;
         if s.worker_threads == Some(0) {
@@ -610,24 +676,24 @@ impl Config {
             }),
             dev: s.dev,
             log_json,
-            log_filter: s.log.unwrap_or_else(|| "info".into()),
+            log_filter: s.log,
             limits,
-            drain_timeout: Duration::from_secs(s.drain_timeout_secs.unwrap_or(10)),
-            history_size: s.history_size.unwrap_or(1000).max(1),
-            history_max_bytes: s.history_max_bytes.unwrap_or(4 << 20).max(1),
-            history_node_max_bytes: s.history_node_max_bytes.unwrap_or(256 << 20).max(1),
-            history_ttl: Duration::from_secs(s.history_ttl_secs.unwrap_or(300)),
+            drain_timeout: Duration::from_secs(s.drain_timeout_secs),
+            history_size: s.history_size.max(1),
+            history_max_bytes: s.history_max_bytes.max(1),
+            history_node_max_bytes: s.history_node_max_bytes.max(1),
+            history_ttl: Duration::from_secs(s.history_ttl_secs),
             allowed_origins,
             dedup_window,
-            dedup_max_keys: s.dedup_max_keys.unwrap_or(100_000).max(1),
-            direct_messages: s.direct_messages.unwrap_or(true),
+            dedup_max_keys: s.dedup_max_keys.max(1),
+            direct_messages: s.direct_messages,
             namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
             redis,
-            presence_heartbeat: Duration::from_secs(s.presence_heartbeat_secs.unwrap_or(10).max(1)),
+            presence_heartbeat: Duration::from_secs(s.presence_heartbeat_secs.max(1)),
             presence_diff_interval: Duration::from_millis(
-                s.presence_diff_interval_ms.unwrap_or(250).clamp(10, 60_000),
+                s.presence_diff_interval_ms.clamp(10, 60_000),
             ),
-            presence_diff_max: s.presence_diff_max.unwrap_or(200),
+            presence_diff_max: s.presence_diff_max,
             archive,
         })
     }
@@ -635,7 +701,7 @@ impl Config {
 
 fn jwt_config(s: &Settings) -> anyhow::Result<JwtConfig> {
     use jsonwebtoken::Algorithm;
-    let algorithm = match s.jwt_alg.as_deref().unwrap_or("HS256") {
+    let algorithm = match s.jwt_alg.as_str() {
         "HS256" => Algorithm::HS256,
         "RS256" => Algorithm::RS256,
         "EdDSA" => Algorithm::EdDSA,
@@ -673,7 +739,7 @@ fn jwt_config(s: &Settings) -> anyhow::Result<JwtConfig> {
         key,
         issuer: s.jwt_issuer.clone(),
         audience: s.jwt_audience.clone(),
-        leeway: Duration::from_secs(s.jwt_leeway_secs.unwrap_or(5)),
+        leeway: Duration::from_secs(s.jwt_leeway_secs),
     })
 }
 
@@ -717,19 +783,112 @@ mod tests {
         assert!(AllowedOrigins::parse("https://app.example/path").is_err());
     }
 
+    /// A config file in a fresh temporary directory.
+    fn file(text: &str) -> (PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("gw-config-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let arg = path.display().to_string();
+        (path, arg)
+    }
+
     #[test]
     fn file_fills_what_flags_leave_unset() {
-        let mut s = settings(&["--max-subscriptions", "7"]);
-        let file: Settings = toml::from_str(
-            "max_subscriptions = 2\npublish_rate = 3\n[[namespaces]]\nprefix = \"news:\"\nopen = true\nclient_publish = false\npresence = false\n",
-        )
-        .unwrap();
-        s.merge_from(file);
-        s.dev = true;
+        let (_path, arg) = file(
+            "max_subscriptions = 2\npublish_rate = 3\ndev = true\ndirect_messages = false\n\
+             listen = \"127.0.0.1:9\"\n[[namespaces]]\nprefix = \"news:\"\nopen = true\n\
+             client_publish = false\npresence = false\n",
+        );
+        let s =
+            Settings::load_from(["gateway", "--max-subscriptions", "7", "--config", &arg]).unwrap();
+        assert!(s.dev);
+        assert!(!s.direct_messages);
         let c = Config::from_settings(s).unwrap();
-        assert_eq!(c.limits.max_subscriptions, 7);
-        assert_eq!(c.limits.publish_rate, 3);
+        assert_eq!(c.limits.max_subscriptions, 7, "the flag wins");
+        assert_eq!(c.limits.publish_rate, 3, "the file fills the rest");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9");
+        // Untouched settings keep their defaults.
+        assert_eq!(c.limits.publish_burst, 100);
         // `news:` is added to the default `room:`.
         assert_eq!(c.namespaces.len(), 2);
+    }
+
+    #[test]
+    fn bad_file_settings_name_the_file_the_key_and_the_line() {
+        for (text, wanted) in [
+            (
+                "publish_rate = 3\nnope = 1\n",
+                "line 2, column 1: unknown setting `nope`",
+            ),
+            ("config = \"x.toml\"\n", "unknown setting `config`"),
+            ("max_subscriptions = \"lots\"\n", "invalid value 'lots'"),
+            (
+                "max_subscriptions = [1]\n",
+                "`max_subscriptions` must be a string",
+            ),
+            ("dev = \"yes\"\n", "`dev` must be true or false"),
+            ("[[namespaces]]\nprefix = 3\n", "namespaces"),
+        ] {
+            let (_path, arg) = file(text);
+            let err = Settings::load_from(["gateway", "--config", &arg])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(wanted), "{text:?}: {err}");
+            assert!(err.contains("gateway.toml"), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn help_file_keys_and_readme_table_agree() {
+        // README.md's settings table: | `GATEWAY_X` | `--x` | default | what |
+        let readme = include_str!("../../README.md");
+        let rows: Vec<Vec<&str>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `GATEWAY_"))
+            .map(|l| l.split(" | ").map(|c| c.trim_matches(['|', ' '])).collect())
+            .collect();
+        let command = Settings::command();
+        let args: Vec<_> = command
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
+            .collect();
+        assert_eq!(rows.len(), args.len(), "one README row per setting");
+        for arg in args {
+            let long = arg.get_long().unwrap();
+            // The file key is the flag in snake_case.
+            assert_eq!(arg.get_id().as_str(), long.replace('-', "_"));
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(
+                env,
+                format!("GATEWAY_{}", long.replace('-', "_").to_uppercase())
+            );
+            let row = rows
+                .iter()
+                .find(|r| r[0] == format!("`{env}`"))
+                .unwrap_or_else(|| panic!("README.md lacks {env}"));
+            assert_eq!(row[1], format!("`--{long}`"), "{env}");
+            let defaults: Vec<_> = arg.get_default_values().iter().collect();
+            if matches!(arg.get_action(), ArgAction::SetTrue) {
+                assert_eq!(row[2], "off", "{env}: a flag is off unless given");
+                continue;
+            }
+            match defaults.as_slice() {
+                [value] => assert_eq!(
+                    row[2],
+                    format!("`{}`", value.to_string_lossy()),
+                    "{env}: README's default against --help's"
+                ),
+                // No fixed default: README says none, or the help text says what it is.
+                _ => assert!(
+                    row[2].starts_with('—')
+                        || arg
+                            .get_help()
+                            .is_some_and(|h| h.to_string().contains("[default: ")),
+                    "{env}: {row:?}"
+                ),
+            }
+        }
     }
 }

@@ -391,7 +391,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Sends a control event to every node's subscribers of its channel.
     async fn publish_control(&self, event: ControlEvent) -> Result<(), BrokerError>;
-    /// Runs `command` on every live node; returns the sum of their counts.
+    /// Runs `command` on every live node; returns their answers merged
+    /// ([`CommandReply::merge`]).
     async fn command(&self, command: NodeCommand) -> Result<CommandReply, BrokerError>;
     /// Whether the backend is reachable now (readiness).
     fn is_healthy(&self) -> bool {

@@ -1,4 +1,4 @@
-//! Envelopes from Redis pub/sub (another node, or anything that can PUBLISH to the prefix):
+//! Envelopes from Redis pub/sub (another node, or anything that can SPUBLISH to the prefix):
 //! decoding never panics, and a publication that decodes re-encodes to bytes that decode to
 //! the same publication (`check_envelope` panics otherwise).
 #![no_main]

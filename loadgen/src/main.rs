@@ -1,8 +1,8 @@
 //! `loadgen`: the connection-flood and latency load generator for the gateway.
 //!
 //! Scenarios: `flood` (open N connections at a rate and hold them), `chat` (users in rooms
-//! publishing), `broadcast` (publishers to many subscribers of one channel) and `churn` (chat
-//! while other connections come and go). It mints its own tokens (or reads them from a file),
+//! publishing), `broadcast` (publishers to many subscribers of one channel), `churn` (chat
+//! while other connections come and go) and `bigroom` (one big room with presence). It mints its own tokens (or reads them from a file),
 //! speaks protocol v1 in JSON or MessagePack (or the same objects as socket.io events, for
 //! the peers in `bench/`), spreads connections over worker processes and source addresses,
 //! measures delivery latency from a send timestamp in each payload, audits every offset, and

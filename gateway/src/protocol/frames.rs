@@ -1,5 +1,6 @@
-//! Encoding server frames. Message pushes are encoded once per encoding and cached on the
-//! publication; history replies splice those cached frames instead of re-encoding them.
+//! Encoding server frames. Message pushes are encoded once per node and encoding and cached
+//! on the gateway's `Delivery`; history replies encode each message again, splicing in only
+//! the payload bytes.
 
 use super::{CloseReason, Encoding, ErrorCode, UnsubscribeReason};
 use bytes::Bytes;
@@ -327,7 +328,7 @@ pub fn history_reply_frame(encoding: Encoding, id: i64, reply: HistoryReply<'_>)
 
 /// The body of a history answer, `{"messages": [...], "offset", "epoch"}` (and `"truncated":
 /// true` when cut), as the `ok` of the `history` reply and as the HTTP API's reply. The
-/// messages are the publications' frames, spliced in rather than encoded again.
+/// messages are each publication's message frame, encoded here (the payload bytes spliced in).
 pub fn history_body(encoding: Encoding, reply: HistoryReply<'_>) -> Bytes {
     let mut out = Vec::new();
     write_history_body(&mut out, encoding, reply);
@@ -437,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn history_reply_splices_cached_frames() {
+    fn history_reply_holds_each_message_frame() {
         let pubs = vec![publication(1), publication(2)];
         for encoding in [Encoding::Json, Encoding::MsgPack] {
             let reply = HistoryReply {

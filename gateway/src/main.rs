@@ -125,9 +125,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let node = Node::new(config, public_url, Some(prometheus), hub, backends)?;
     node.announce_changes(changes).await;
     node.registry.heartbeat(node.info()).await?;
-    tokio::spawn(node.clone().run_maintenance());
-    tokio::spawn(node.clone().run_presence_heartbeat());
-    tokio::spawn(node.clone().run_presence_diffs());
+    node.spawn_background();
     tracing::info!(
         addr = %addr,
         node = %node.config.node_id,

@@ -14,10 +14,13 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use presence::{NodeInfo, NodeRegistry, Presence};
 use serde_json::json;
 use std::collections::HashSet;
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a node stays in the registry without a heartbeat.
 pub const REGISTRY_TTL: Duration = Duration::from_secs(15);
@@ -90,6 +93,12 @@ pub struct Node {
     draining: AtomicBool,
     next_conn_id: AtomicU64,
     sessions: AtomicUsize,
+    /// Woken when the last session is gone (the drain waits on it).
+    sessions_gone: tokio::sync::Notify,
+    /// Cancelled when the node shuts down: its background tasks stop.
+    pub shutdown: CancellationToken,
+    /// The node's background tasks (upkeep loops, delayed unsubscribes), awaited at shutdown.
+    pub tasks: TaskTracker,
 }
 
 impl Node {
@@ -115,6 +124,9 @@ impl Node {
             draining: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             sessions: AtomicUsize::new(0),
+            sessions_gone: tokio::sync::Notify::new(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             config,
         }))
     }
@@ -133,8 +145,50 @@ impl Node {
     pub(crate) fn track_session(&self, started: bool) {
         if started {
             self.sessions.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.sessions.fetch_sub(1, Ordering::Relaxed);
+        } else if self.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sessions_gone.notify_waiters();
+        }
+    }
+
+    /// Waits until no session is left, or `deadline`; returns whether none is left.
+    pub async fn sessions_closed(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before the count is read: a last session leaving in between wakes it.
+            let gone = self.sessions_gone.notified();
+            if self.sessions.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, gone).await.is_err() {
+                return self.sessions.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+
+    /// Starts the node's background tasks: registry upkeep, presence heartbeats and
+    /// presence-diff flushes. They run until [`shutdown`](Self::shutdown) is cancelled.
+    pub fn spawn_background(self: &Arc<Self>) {
+        self.spawn_until_shutdown(self.clone().run_maintenance());
+        self.spawn_until_shutdown(self.clone().run_presence_heartbeat());
+        self.spawn_until_shutdown(self.clone().run_presence_diffs());
+    }
+
+    /// Runs `task` on the node's tracker until it ends or the node shuts down.
+    fn spawn_until_shutdown(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    /// Stops the background tasks and waits for them, at most `wait`.
+    pub async fn stop_background(&self, wait: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(wait, self.tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks still running at exit");
         }
     }
 
@@ -227,7 +281,7 @@ impl Node {
         if empty {
             let node = self.clone();
             let channel = channel.clone();
-            tokio::spawn(async move {
+            self.spawn_until_shutdown(async move {
                 tokio::time::sleep(UNSUBSCRIBE_DELAY).await;
                 node.release(&channel).await;
             });

@@ -34,12 +34,8 @@ pub async fn serve(
     if let Err(e) = node.registry.deregister(&node.config.node_id).await {
         tracing::warn!(error = %e, "node registry deregister failed");
     }
-    let deadline = Instant::now() + node.config.drain_timeout;
-    let drained = async {
-        while node.session_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let deadline = tokio::time::Instant::now() + node.config.drain_timeout;
+    let drained = node.sessions_closed(deadline);
     // Keep accepting (readiness answers 503, /ws refuses) while sessions close.
     tokio::select! {
         _ = &mut accept => {}
@@ -53,6 +49,7 @@ pub async fn serve(
     if pending > 0 {
         tracing::error!(pending, "exiting with messages not yet archived");
     }
+    node.stop_background(Duration::from_secs(2)).await;
 }
 
 /// Pending connections the kernel may queue before `accept` (capped by `somaxconn`). The

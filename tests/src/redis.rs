@@ -80,33 +80,49 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Sends one command (inline form) and returns the raw reply.
+    /// Sends one command (words separated by spaces) through a fresh fred client and
+    /// returns its reply as text (see [`reply_text`]): `ERR <why>` when Redis refused it,
+    /// empty when the server did not answer within 5 s.
     pub async fn command(&self, line: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(Ok(mut stream)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect(("127.0.0.1", self.port)),
-        )
-        .await
-        else {
-            return String::new();
-        };
-        if stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .is_err()
-        {
-            return String::new();
-        }
-        let mut buf = vec![0u8; 65536];
-        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
-            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
-            _ => String::new(),
+        match tokio::time::timeout(Duration::from_secs(5), query(self.port, line)).await {
+            Ok(Ok(value)) => reply_text(value),
+            Ok(Err(e))
+                if e.kind() == &fred::error::ErrorKind::Unknown
+                    || e.kind() == &fred::error::ErrorKind::IO
+                    || e.kind() == &fred::error::ErrorKind::Timeout =>
+            {
+                String::new()
+            }
+            Ok(Err(e)) => format!("ERR {}", e.details()),
+            Err(_) => String::new(),
         }
     }
 
+    /// Waits until every replica of this primary has acknowledged all it was sent
+    /// (`INFO replication`: each `slaveN` line's `offset` equals `master_repl_offset`).
+    pub async fn wait_replicas_synced(&self, within: Duration) {
+        crate::eventually("replicas acknowledged every write", within, async || {
+            let info = self.command("INFO replication").await;
+            let top = info
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
+                .map(|o| format!("offset={o}"));
+            let replicas: Vec<&str> = info
+                .lines()
+                .filter(|l| l.starts_with("slave") && l.contains("ip="))
+                .collect();
+            top.is_some_and(|top| {
+                !replicas.is_empty()
+                    && replicas
+                        .iter()
+                        .all(|l| l.trim().split(',').any(|kv| kv == top))
+            })
+        })
+        .await;
+    }
+
     async fn ping(&self) -> bool {
-        self.command("PING").await.starts_with("+PONG")
+        self.command("PING").await == "PONG"
     }
 
     /// Sends `signal` to the server; panics when it is not running or the signal fails.
@@ -408,7 +424,7 @@ impl RedisCluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let reply = new.command("CLUSTER FAILOVER TAKEOVER").await;
-            if reply.starts_with("+OK") || new.command("ROLE").await.contains("master") {
+            if reply == "OK" || new.command("ROLE").await.contains("master") {
                 break;
             }
             assert!(Instant::now() < deadline, "failover refused: {reply}");
@@ -429,9 +445,13 @@ impl RedisCluster {
         let primary = self.primary_of(slot).await;
         let replica = self.replica_of(primary).await;
         let reply = replica.command("CLUSTER FAILOVER").await;
-        assert!(reply.starts_with("+OK"), "CLUSTER FAILOVER: {reply}");
+        assert_eq!(reply, "OK", "CLUSTER FAILOVER");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !replica.command("ROLE").await.contains("master") {
+        // Done when both sides agree: the replica is promoted and the old primary has taken
+        // the new configuration (until then it still claims the slots in its own view).
+        while !replica.command("ROLE").await.contains("master")
+            || primary.command("ROLE").await.contains("master")
+        {
             assert!(Instant::now() < deadline, "replica not promoted");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -449,14 +469,11 @@ impl RedisCluster {
             let reply = s
                 .command(&format!("SCAN 0 MATCH {pattern} COUNT 100000"))
                 .await;
-            // *2 $<n> <cursor> *<k> ($<n> <key>)…
-            let key = reply
-                .lines()
-                .skip(3)
-                .find(|l| !l.starts_with('$') && !l.starts_with('*') && !l.is_empty());
+            // The cursor, then the keys.
+            let key = reply.lines().skip(1).find(|l| !l.is_empty());
             if let Some(key) = key {
                 let slot = s.command(&format!("CLUSTER KEYSLOT {key}")).await;
-                let slot = slot.trim().trim_start_matches(':').parse().ok()?;
+                let slot = slot.trim().parse().ok()?;
                 return Some((s, key.to_owned(), slot));
             }
         }
@@ -522,7 +539,57 @@ async fn redis_cli_cluster(args: &[&str]) {
 
 /// The text of a one-line bulk string reply (`$40\r\n<text>\r\n`).
 fn bulk(reply: &str) -> &str {
-    reply.lines().nth(1).unwrap_or("").trim()
+    reply.trim()
+}
+
+/// Runs one command on the server at `port` with a client of its own (no retries).
+async fn query(port: u16, line: &str) -> Result<fred::types::Value, fred::error::Error> {
+    use fred::interfaces::ClientLike;
+    use fred::prelude::{Builder, Config};
+    use fred::types::CustomCommand;
+    let config = Config::from_url(&format!("redis://127.0.0.1:{port}"))?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(4))
+        .build()?;
+    client.init().await?;
+    let mut words = line.split_whitespace();
+    let name = words.next().unwrap_or_default().to_owned();
+    let args: Vec<String> = words.map(str::to_owned).collect();
+    let reply = client
+        .custom(CustomCommand::new(name, None::<u16>, false), args)
+        .await;
+    let _ = client.quit().await;
+    reply
+}
+
+/// A reply as text: strings as they are, numbers in decimal, nil as nothing, arrays and maps
+/// one element per line (nested ones flattened).
+pub fn reply_text(value: fred::types::Value) -> String {
+    use fred::types::Value;
+    match value {
+        Value::Null | Value::Queued => String::new(),
+        Value::Integer(n) => n.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::Boolean(b) => b.to_string(),
+        Value::String(s) => s.to_string(),
+        Value::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+        Value::Array(items) => items
+            .into_iter()
+            .map(reply_text)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .flat_map(|(k, v)| [reply_text(k.into()), reply_text(v)])
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
 }
 
 /// The Redis the cross-node tests run on: one `redis-server`, or with `E2E_REDIS_CLUSTER`

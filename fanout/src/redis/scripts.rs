@@ -124,6 +124,16 @@ impl ChannelKeys {
             idem_expiry: keyspace.idem_expiry(p, channel),
         }
     }
+
+    /// The four keys in the order both scripts' headers list them.
+    fn to_vec(&self) -> Vec<String> {
+        vec![
+            self.meta.clone(),
+            self.history.clone(),
+            self.idem.clone(),
+            self.idem_expiry.clone(),
+        ]
+    }
 }
 
 /// What a script does when the channel has no state in Redis (never published, expired, or
@@ -191,14 +201,9 @@ pub(super) struct PublishCall<'a> {
 
 impl PublishCall<'_> {
     fn keys(&self) -> Vec<String> {
-        let k = &self.keys;
-        vec![
-            k.meta.clone(),
-            k.history.clone(),
-            k.idem.clone(),
-            k.idem_expiry.clone(),
-            self.archive_stream.clone(),
-        ]
+        let mut keys = self.keys.to_vec();
+        keys.push(self.archive_stream.clone());
+        keys
     }
 
     fn args(&self) -> Vec<Value> {
@@ -354,13 +359,7 @@ pub(super) struct RewindCall<'a> {
 
 impl RewindCall<'_> {
     fn keys(&self) -> Vec<String> {
-        let k = &self.keys;
-        vec![
-            k.meta.clone(),
-            k.history.clone(),
-            k.idem.clone(),
-            k.idem_expiry.clone(),
-        ]
+        self.keys.to_vec()
     }
 
     fn args(&self) -> Vec<Value> {

@@ -35,6 +35,13 @@ pub enum AuthError {
     Claims(&'static str),
 }
 
+impl AuthError {
+    /// Whether the token was refused for its time alone (expired, or not yet valid).
+    pub fn is_expired(&self) -> bool {
+        matches!(self, AuthError::Invalid(why) if why == "expired" || why.starts_with("not yet valid"))
+    }
+}
+
 /// Verifies tokens with the configured key and rules.
 pub struct Verifier {
     key: DecodingKey,

@@ -27,7 +27,7 @@ pub struct Delivery {
     pub publication: Arc<Publication>,
     /// When the node received it (publish-to-write latency starts here).
     pub received_at: Instant,
-    frames: [OnceLock<Message>; 2],
+    frames: [OnceLock<Message>; Encoding::COUNT],
 }
 
 impl Delivery {

@@ -20,7 +20,9 @@
 
 use crate::acl::{JoinLeave, PERSONAL_PREFIX};
 use crate::conn::{Conn, Delivery};
-use crate::protocol::{CloseReason, UnsubscribeReason, control_frame, presence_diff_frame};
+use crate::protocol::{
+    CloseReason, Encoding, UnsubscribeReason, control_frame, presence_diff_frame,
+};
 use bytes::Bytes;
 use dashmap::DashMap;
 use fanout::{
@@ -240,7 +242,7 @@ impl Hub {
                 continue;
             };
             let state = state.read();
-            let mut frames: [Option<Bytes>; 2] = [None, None];
+            let mut frames: [Option<Bytes>; Encoding::COUNT] = Default::default();
             for sub in state.subs.values() {
                 if sub.join_leave != JoinLeave::Diff {
                     continue;
@@ -257,7 +259,10 @@ impl Hub {
                         )
                     })
                     .clone();
-                sub.conn.push_frame(frame);
+                // (Centrifugo's protocol may have nothing to say of a diff: no empty frame.)
+                if !frame.is_empty() {
+                    sub.conn.push_frame(frame);
+                }
             }
         }
     }
@@ -363,7 +368,7 @@ impl Dispatcher for Hub {
         if state.each == 0 {
             return;
         }
-        let mut encoded: [Option<Bytes>; 2] = [None, None];
+        let mut encoded: [Option<Bytes>; Encoding::COUNT] = Default::default();
         for sub in state.subs.values() {
             if sub.join_leave == JoinLeave::Each {
                 let conn = &sub.conn;

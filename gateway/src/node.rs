@@ -8,11 +8,10 @@ use crate::config::Config;
 use crate::conn::{Conn, Delivery};
 use crate::hub::Hub;
 use crate::metrics::metrics;
-use crate::protocol::{CloseReason, reply_frame};
+use crate::protocol::{CloseReason, SubscribeAnswer, subscribe_reply_frame};
 use fanout::{Broker, BrokerError, ControlEvent, HistoryQuery, RecoveryOutcome};
 use metrics_exporter_prometheus::PrometheusHandle;
 use presence::{NodeInfo, NodeRegistry, Presence};
-use serde_json::json;
 use std::collections::HashSet;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -341,20 +340,18 @@ impl Node {
                 recovered: false,
             },
         };
-        let reply = reply_frame(
+        let (reply, replay) = subscribe_reply_frame(
             conn.encoding,
             id,
-            &json!({
-                "offset": outcome.offset,
-                "epoch": &*outcome.epoch,
-                "recovered": outcome.recovered,
-            }),
+            SubscribeAnswer {
+                offset: outcome.offset,
+                epoch: outcome.epoch,
+                since,
+                recovered: outcome.recovered,
+                publications: outcome.publications,
+            },
         );
-        let replay = outcome
-            .publications
-            .into_iter()
-            .map(Delivery::new)
-            .collect();
+        let replay = replay.into_iter().map(Delivery::new).collect();
         conn.finish_recovery(channel, reply, replay, latest);
         Ok(())
     }
@@ -685,7 +682,7 @@ mod tests {
                             .publish(PublishRequest {
                                 channel: Self::channel(ch),
                                 from: "server".into(),
-                                data: fanout::Payload::from_value(&json!(1)),
+                                data: fanout::Payload::from_value(&serde_json::json!(1)),
                                 idem: None,
                                 archive: false,
                             })

@@ -9,9 +9,8 @@ mod refresh;
 mod subscribe;
 mod unsubscribe;
 
-use crate::protocol::{Command, Op};
+use crate::protocol::{Answer, Command, ErrorCode, Op};
 use crate::session::{End, Session};
-use serde_json::json;
 
 impl Session {
     /// Runs one decoded command; `Some` ends the session.
@@ -40,12 +39,37 @@ impl Session {
                 since,
                 before,
                 limit,
-            } => history::apply(self, id, &channel, since, before, limit).await,
+                epoch,
+                reverse,
+            } => {
+                let query = history::Query {
+                    since,
+                    before,
+                    limit,
+                    epoch,
+                    reverse,
+                };
+                history::apply(self, id, &channel, query).await
+            }
             Op::Refresh { token } => refresh::apply(self, id, &token).await,
             Op::Ping => {
-                self.reply(id, &json!({}));
+                self.answer(id, &Answer::Pong);
                 None
             }
+            Op::SubRefresh { .. } => {
+                self.error(
+                    id,
+                    ErrorCode::NotAvailable,
+                    "subscription tokens are not supported: channels come from the connection token",
+                );
+                None
+            }
+            Op::Rpc { .. } => {
+                self.error(id, ErrorCode::MethodNotFound, "method not found");
+                None
+            }
+            // Nothing receives one-way messages yet: dropped, as the protocol has no reply.
+            Op::Send => None,
         }
     }
 }

@@ -2,10 +2,9 @@
 //! nodes, a page at a time; or only how many there are.
 
 use crate::acl::Action;
-use crate::protocol::{ErrorCode, members_json};
+use crate::protocol::{Answer, ErrorCode, PresencePage};
 use crate::session::{End, Session};
 use presence::{Member, Presence, PresenceError};
-use serde_json::{Value, json};
 
 /// Most bytes of members in one answer without `limit` (it then ends with a `cursor`).
 const MAX_REPLY_BYTES: usize = 1 << 20;
@@ -38,7 +37,7 @@ pub(super) async fn apply(
         return None;
     }
     match page(&*session.reg.node.presence, channel, limit, cursor).await {
-        Ok(body) => session.reply(id, &body),
+        Ok(page) => session.answer(id, &Answer::Presence(&page)),
         Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
     }
     None
@@ -50,7 +49,13 @@ pub(super) async fn stats(session: &mut Session, id: i64, channel: &str) -> Opti
         return None;
     }
     match session.reg.node.presence.stats(channel).await {
-        Ok(s) => session.reply(id, &json!({ "users": s.users, "conns": s.conns })),
+        Ok(s) => session.answer(
+            id,
+            &Answer::PresenceStats {
+                users: s.users,
+                conns: s.conns,
+            },
+        ),
         Err(e) => session.error(id, ErrorCode::from(&e), &e.to_string()),
     }
     None
@@ -64,7 +69,7 @@ pub async fn page(
     channel: &str,
     limit: Option<u64>,
     cursor: Option<String>,
-) -> Result<Value, PresenceError> {
+) -> Result<PresencePage, PresenceError> {
     let mut members: Vec<Member> = Vec::new();
     let mut after = cursor;
     let mut more = false;
@@ -99,9 +104,10 @@ pub async fn page(
             }
         }
     }
-    let mut body = json!({ "members": members_json(&members) });
-    if more && let Some(last) = members.last() {
-        body["cursor"] = json!(last.user);
-    }
-    Ok(body)
+    let cursor = if more {
+        members.last().map(|m| m.user.clone())
+    } else {
+        None
+    };
+    Ok(PresencePage { members, cursor })
 }

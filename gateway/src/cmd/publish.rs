@@ -1,10 +1,9 @@
 //! `publish`: ACL, the connection's token bucket, then the broker.
 
 use crate::acl::Action;
-use crate::protocol::ErrorCode;
+use crate::protocol::{Answer, ErrorCode};
 use crate::session::{End, Session};
 use fanout::{Payload, PublishRequest};
-use serde_json::json;
 use std::time::Instant;
 
 pub(super) async fn apply(
@@ -40,9 +39,12 @@ pub(super) async fn apply(
             if !outcome.duplicate {
                 session.reg.node.hub.count_published();
             }
-            session.reply(
+            session.answer(
                 id,
-                &json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
+                &Answer::Published {
+                    offset: outcome.offset,
+                    epoch: &outcome.epoch,
+                },
             );
         }
         Err(e) => session.publish_error(id, &e),

@@ -4,9 +4,8 @@
 //! live connections, not only on the next subscribe.
 
 use crate::acl::Action;
-use crate::protocol::{ErrorCode, UnsubscribeReason, unsubscribe_frame};
+use crate::protocol::{Answer, ErrorCode, UnsubscribeReason, unsubscribe_frame};
 use crate::session::{End, Session, expiry_instant};
-use serde_json::json;
 use std::sync::Arc;
 
 pub(super) async fn apply(session: &mut Session, id: i64, token: &str) -> Option<End> {
@@ -24,7 +23,14 @@ pub(super) async fn apply(session: &mut Session, id: i64, token: &str) -> Option
                 session.name = claims.name;
             }
             // The reply first: the client learns of the refresh before what it revoked.
-            session.reply(id, &json!({ "exp": claims.exp }));
+            let client = session.client_id();
+            session.answer(
+                id,
+                &Answer::Refreshed {
+                    exp: claims.exp,
+                    client: &client,
+                },
+            );
             let revoked: Vec<Arc<str>> = session
                 .subs
                 .iter()

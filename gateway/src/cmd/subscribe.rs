@@ -52,7 +52,7 @@ pub(super) async fn apply(
             if counted >= max && !personal {
                 session.error(
                     id,
-                    ErrorCode::Forbidden,
+                    ErrorCode::LimitExceeded,
                     &format!("subscription limit reached ({max} per connection)"),
                 );
                 return None;

@@ -1,8 +1,7 @@
 //! `unsubscribe`: leave a channel the connection has.
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{Answer, ErrorCode};
 use crate::session::{End, Session};
-use serde_json::json;
 use std::time::Instant;
 
 pub(super) async fn apply(session: &mut Session, id: i64, channel: &str) -> Option<End> {
@@ -10,8 +9,10 @@ pub(super) async fn apply(session: &mut Session, id: i64, channel: &str) -> Opti
     if !session.take_subscribe_token(now) {
         return session.rate_limited(id, "subscribe/unsubscribe", now);
     }
-    if session.leave(channel).await {
-        session.reply(id, &json!({}));
+    // Centrifugo's SDKs reconnect on any error to `unsubscribe`: there, leaving a channel
+    // the connection does not have succeeds, as Centrifugo answers.
+    if session.leave(channel).await || session.reg.conn.encoding.is_centrifuge() {
+        session.answer(id, &Answer::Unsubscribed);
     } else {
         session.error(
             id,

@@ -18,7 +18,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 /// The API key check, in constant time.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = node.config.api_key.as_deref() else {
         return Err(ApiError::new(
             ErrorCode::Unauthorized,
@@ -49,13 +49,13 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
 /// Reads and parses a JSON body: at most `--max-frame-size` bytes within
 /// `--request-timeout-secs`. Handlers call it after the API key check, so an unauthenticated
 /// client never gets to hold a socket open with a slow body.
-async fn json_body<T: DeserializeOwned>(node: &Node, body: Body) -> Result<T, ApiError> {
+pub(super) async fn json_body<T: DeserializeOwned>(node: &Node, body: Body) -> Result<T, ApiError> {
     let body = read_body(node, body).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad JSON body: {e}")))
 }
 
-fn check_channel(channel: &str) -> Result<(), ApiError> {
+pub(super) fn check_channel(channel: &str) -> Result<(), ApiError> {
     if valid_channel(channel) {
         Ok(())
     } else {
@@ -82,10 +82,22 @@ pub async fn publish(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&node, &headers)?;
     let body: PublishBody = json_body(&node, body).await?;
-    check_channel(&body.channel)?;
-    if crate::protocol::json_text_depth(body.data.get().as_bytes())
-        > crate::protocol::MAX_DATA_DEPTH
-    {
+    let outcome = publish_as_server(&node, body.channel, body.data, body.idem).await?;
+    Ok(Json(
+        json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
+    ))
+}
+
+/// Publishes `data` (JSON text, checked) to `channel` as the backend (`from` = `server`),
+/// after the checks every publish gets: channel name, nesting depth, idempotency key.
+pub(super) async fn publish_as_server(
+    node: &Node,
+    channel: String,
+    data: Box<serde_json::value::RawValue>,
+    idem: Option<String>,
+) -> Result<fanout::PublishOutcome, ApiError> {
+    check_channel(&channel)?;
+    if crate::protocol::json_text_depth(data.get().as_bytes()) > crate::protocol::MAX_DATA_DEPTH {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             format!(
@@ -94,7 +106,7 @@ pub async fn publish(
             ),
         ));
     }
-    if let Some(idem) = &body.idem
+    if let Some(idem) = &idem
         && (idem.is_empty() || idem.len() > crate::protocol::MAX_IDEM_LEN)
     {
         return Err(ApiError::new(
@@ -105,20 +117,18 @@ pub async fn publish(
     let outcome = node
         .broker
         .publish(PublishRequest {
-            archive: node.acl.archive_enabled(&body.channel),
-            channel: body.channel.into(),
+            archive: node.acl.archive_enabled(&channel),
+            channel: channel.into(),
             from: "server".into(),
-            data: Payload::Json(Bytes::from(String::from(Box::<str>::from(body.data)))),
-            idem: body.idem,
+            data: Payload::Json(Bytes::from(String::from(Box::<str>::from(data)))),
+            idem,
         })
         .await
         .map_err(ApiError::publish)?;
     if !outcome.duplicate {
         node.hub.count_published();
     }
-    Ok(Json(
-        json!({ "offset": outcome.offset, "epoch": &*outcome.epoch }),
-    ))
+    Ok(outcome)
 }
 
 #[derive(Deserialize)]
@@ -139,9 +149,9 @@ pub async fn presence(
     let Query(params) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     crate::protocol::check_presence_page(params.limit, params.cursor.as_deref())
         .map_err(|why| ApiError::new(ErrorCode::BadRequest, why))?;
-    let body =
+    let page =
         crate::cmd::presence::page(&*node.presence, &channel, params.limit, params.cursor).await?;
-    Ok(Json(body))
+    Ok(Json(page.to_json()))
 }
 
 /// `GET /api/presence/{channel}/stats`: users and connections, as `presence_stats`.
@@ -199,6 +209,7 @@ pub async fn history(
         epoch: &page.epoch,
         max_bytes: node.config.limits.max_reply_bytes(),
         keep_newest: params.since.is_none(),
+        reverse: false,
     };
     let body = history_body(Encoding::Json, reply);
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

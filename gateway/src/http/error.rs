@@ -25,12 +25,16 @@ impl ApiError {
         let status = match code {
             ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden | ErrorCode::LimitExceeded => StatusCode::FORBIDDEN,
             ErrorCode::NotSubscribed => StatusCode::NOT_FOUND,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::MethodNotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NotAvailable => StatusCode::NOT_IMPLEMENTED,
+            ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
+            ErrorCode::UnrecoverablePosition => StatusCode::CONFLICT,
         };
         Self {
             status,

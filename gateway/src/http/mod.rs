@@ -2,6 +2,8 @@
 //! metrics and the demo page.
 
 mod api;
+mod centrifuge;
+mod centrifugo_api;
 mod error;
 mod ops;
 mod upgrade;
@@ -62,12 +64,14 @@ fn demo(route: Route) -> Route {
 pub fn routes() -> Vec<Route> {
     vec![
         get("/ws", ws::upgrade),
+        get("/connection/websocket", centrifuge::upgrade),
         post("/api/publish", api::publish),
         get("/api/presence/{channel}", api::presence),
         get("/api/presence/{channel}/stats", api::presence_stats),
         get("/api/history/{channel}", api::history),
         post("/api/disconnect", api::disconnect),
         post("/api/unsubscribe", api::unsubscribe),
+        post("/centrifugo/api/{method}", centrifugo_api::call),
         get("/api/nodes", api::nodes),
         get("/api/channels", api::channels),
         get("/api/openapi.json", ops::openapi),

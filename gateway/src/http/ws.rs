@@ -22,7 +22,7 @@ const WRITE_BUFFER_SIZE: usize = 4096;
 /// Seconds a refused client is told to wait.
 const RETRY_AFTER_SECS: &str = "5";
 
-fn refuse(status: StatusCode, result: &'static str, message: &'static str) -> Response {
+pub(super) fn refuse(status: StatusCode, result: &'static str, message: &'static str) -> Response {
     handshake_refused(result);
     let mut response = (status, message).into_response();
     if matches!(
@@ -37,18 +37,18 @@ fn refuse(status: StatusCode, result: &'static str, message: &'static str) -> Re
     response
 }
 
-/// Handles `GET /ws`.
-pub async fn upgrade(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    query: Result<Query<TokenQuery>, QueryRejection>,
+/// What both WebSocket doors check first: a real handshake, from an allowed origin, to a
+/// node that is not draining.
+pub(super) fn precheck(
+    node: &Node,
+    headers: &HeaderMap,
     upgrade: Result<Upgrade, UpgradeRejection>,
-) -> Response {
+) -> Result<Upgrade, Box<Response>> {
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
             handshake_refused("not_websocket");
-            return rejection.into_response();
+            return Err(Box::new(rejection.into_response()));
         }
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -57,20 +57,46 @@ pub async fn upgrade(
             .to_str()
             .is_ok_and(|o| node.config.allowed_origins.allows(o, host));
         if !allowed {
-            return refuse(
+            return Err(Box::new(refuse(
                 StatusCode::FORBIDDEN,
                 "bad_origin",
                 "origin not allowed: add it to --allowed-origins",
-            );
+            )));
         }
     }
     if node.is_draining() {
-        return refuse(
+        return Err(Box::new(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "node is draining",
-        );
+        )));
     }
+    Ok(upgrade)
+}
+
+/// tungstenite's settings for a client socket.
+pub(super) fn socket_config(node: &Node) -> WebSocketConfig {
+    let limits = &node.config.limits;
+    let max = limits.max_frame_size;
+    WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_size)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
+        .max_write_buffer_size(limits.max_write_buffer())
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// Handles `GET /ws`.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    query: Result<Query<TokenQuery>, QueryRejection>,
+    upgrade: Result<Upgrade, UpgradeRejection>,
+) -> Response {
+    let upgrade = match precheck(&node, &headers, upgrade) {
+        Ok(upgrade) => upgrade,
+        Err(response) => return *response,
+    };
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -122,13 +148,7 @@ pub async fn upgrade(
     }
     let registration = Registration::new(node.clone(), conn);
     node.note_route(&claims.sub);
-    let max = limits.max_frame_size;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(limits.read_buffer_size)
-        .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_write_buffer_size(limits.max_write_buffer())
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
+    let config = socket_config(&node);
     let (response, on_upgrade) = upgrade.accept(chosen.map(Encoding::subprotocol));
     session::spawn(Box::new(Start {
         on_upgrade,

@@ -130,6 +130,10 @@ pub enum Op {
         before: Option<u64>,
         /// Most messages.
         limit: u64,
+        /// The epoch `since` belongs to (Centrifugo's `since`): another epoch is refused.
+        epoch: Option<String>,
+        /// Newest first (Centrifugo's `reverse`).
+        reverse: bool,
     },
     /// Replace the connection's token.
     Refresh {
@@ -138,6 +142,18 @@ pub enum Op {
     },
     /// Round trip.
     Ping,
+    /// Renew a subscription token (Centrifugo's `sub_refresh`; no such tokens here yet).
+    SubRefresh {
+        /// Channel.
+        channel: String,
+    },
+    /// Call a backend method (Centrifugo's `rpc`; nothing serves one yet).
+    Rpc {
+        /// Method name.
+        method: String,
+    },
+    /// A one-way message to the backend (Centrifugo's `send`; nothing receives one yet).
+    Send,
 }
 
 /// A command that cannot be served as sent.
@@ -154,7 +170,7 @@ pub struct CommandError {
 }
 
 impl CommandError {
-    fn malformed(message: impl Into<String>) -> Self {
+    pub(crate) fn malformed(message: impl Into<String>) -> Self {
         Self {
             id: 0,
             code: ErrorCode::BadRequest,
@@ -163,7 +179,7 @@ impl CommandError {
         }
     }
 
-    fn bad(id: i64, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(id: i64, message: impl Into<String>) -> Self {
         Self {
             id,
             code: ErrorCode::BadRequest,
@@ -176,7 +192,8 @@ impl CommandError {
 /// Decodes one frame's payload sent in `encoding`.
 pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandError> {
     let map: Map<String, Value> = match encoding {
-        Encoding::Json => serde_json::from_slice(payload)
+        // (Centrifugo's frames go through `centrifuge::decode_frame`, not here.)
+        Encoding::Json | Encoding::CentrifugeJson => serde_json::from_slice(payload)
             .map_err(|_| CommandError::malformed("frame is not a JSON object"))?,
         Encoding::MsgPack => rmp_serde::from_slice(payload).map_err(|_| {
             const WHY: &str =
@@ -241,7 +258,7 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
             Op::Publish {
                 channel: fields.channel()?,
                 data: match encoding {
-                    Encoding::Json => Payload::from_value(data),
+                    Encoding::Json | Encoding::CentrifugeJson => Payload::from_value(data),
                     Encoding::MsgPack => Payload::msgpack_from_value(data),
                 },
                 idem,
@@ -275,6 +292,8 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
                 since: fields.opt_u64("since")?,
                 before: fields.opt_u64("before")?,
                 limit,
+                epoch: None,
+                reverse: false,
             }
         }
         "refresh" => Op::Refresh {
@@ -389,7 +408,9 @@ mod tests {
                 channel: "c".into(),
                 since: None,
                 before: None,
-                limit: 100
+                limit: 100,
+                epoch: None,
+                reverse: false,
             }
         );
         assert_eq!(
@@ -472,6 +493,7 @@ mod tests {
                 let bytes = match encoding {
                     Encoding::Json => frame.to_string().into_bytes(),
                     Encoding::MsgPack => rmp_serde::to_vec_named(&frame).unwrap(),
+                    Encoding::CentrifugeJson => unreachable!(),
                 };
                 let result = decode(encoding, &bytes);
                 assert_eq!(result.is_ok(), ok, "{encoding:?} {levels}: {result:?}");

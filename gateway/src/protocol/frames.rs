@@ -2,7 +2,7 @@
 //! on the gateway's `Delivery`; history replies encode each message again, splicing in only
 //! the payload bytes.
 
-use super::{CloseReason, Encoding, ErrorCode, UnsubscribeReason};
+use super::{CloseReason, Encoding, ErrorCode, UnsubscribeReason, centrifuge};
 use bytes::Bytes;
 use fanout::{ControlEvent, Publication};
 use serde::Serialize;
@@ -11,7 +11,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
     let bytes = match encoding {
-        Encoding::Json => serde_json::to_vec(value).expect("server frames always serialize"),
+        Encoding::Json | Encoding::CentrifugeJson => {
+            serde_json::to_vec(value).expect("server frames always serialize")
+        }
         Encoding::MsgPack => {
             rmp_serde::to_vec_named(value).expect("server frames always serialize")
         }
@@ -54,9 +56,158 @@ struct Reply<'a, T> {
     ok: &'a T,
 }
 
-/// An ok reply with body `ok`.
-pub fn reply_frame<T: Serialize>(encoding: Encoding, id: i64, ok: &T) -> Bytes {
+/// An ok reply with body `ok` (v1).
+fn reply_frame<T: Serialize>(encoding: Encoding, id: i64, ok: &T) -> Bytes {
     encode(encoding, &Reply { id, ok })
+}
+
+/// One page of a channel's members, as `presence` answers it.
+#[derive(Debug, Clone, Default)]
+pub struct PresencePage {
+    /// The members, by user id.
+    pub members: Vec<presence::Member>,
+    /// Where the next page starts, when more members follow.
+    pub cursor: Option<String>,
+}
+
+impl PresencePage {
+    /// v1's body (and the HTTP API's): `{"members"}`, plus `"cursor"` when more follow.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({ "members": members_json(&self.members) });
+        if let Some(cursor) = &self.cursor {
+            body["cursor"] = serde_json::json!(cursor);
+        }
+        body
+    }
+}
+
+/// What a command answers, before a protocol puts it in its words.
+#[derive(Debug)]
+pub enum Answer<'a> {
+    /// `ping`.
+    Pong,
+    /// `unsubscribe`.
+    Unsubscribed,
+    /// `publish`: where the message landed.
+    Published {
+        /// Its offset.
+        offset: u64,
+        /// The channel's epoch.
+        epoch: &'a str,
+    },
+    /// `refresh`: the connection's new expiry.
+    Refreshed {
+        /// Unix seconds.
+        exp: u64,
+        /// The connection's id (Centrifugo's `client`).
+        client: &'a str,
+    },
+    /// `presence_stats`.
+    PresenceStats {
+        /// Distinct users.
+        users: u64,
+        /// Their connections.
+        conns: u64,
+    },
+    /// `presence`.
+    Presence(&'a PresencePage),
+}
+
+/// The reply carrying `answer`.
+pub fn answer_frame(encoding: Encoding, id: i64, answer: &Answer<'_>) -> Bytes {
+    use serde_json::json;
+    if encoding.is_centrifuge() {
+        let (method, result) = match answer {
+            Answer::Pong => ("ping", json!({})),
+            Answer::Unsubscribed => ("unsubscribe", json!({})),
+            Answer::Published { .. } => ("publish", json!({})),
+            Answer::Refreshed { exp, client } => {
+                let ttl = exp.saturating_sub(fanout::util::unix_secs()).max(1);
+                (
+                    "refresh",
+                    json!({ "client": client, "expires": true, "ttl": ttl }),
+                )
+            }
+            Answer::PresenceStats { users, conns } => (
+                "presence_stats",
+                json!({ "num_clients": conns, "num_users": users }),
+            ),
+            Answer::Presence(page) => {
+                let members: serde_json::Map<String, serde_json::Value> = page
+                    .members
+                    .iter()
+                    .map(|m| (m.user.clone(), json!({ "user": m.user, "client": m.user })))
+                    .collect();
+                ("presence", json!({ "presence": members }))
+            }
+        };
+        return centrifuge::reply(id, method, &result);
+    }
+    match answer {
+        Answer::Pong | Answer::Unsubscribed => reply_frame(encoding, id, &json!({})),
+        Answer::Published { offset, epoch } => {
+            reply_frame(encoding, id, &json!({ "offset": offset, "epoch": epoch }))
+        }
+        Answer::Refreshed { exp, .. } => reply_frame(encoding, id, &json!({ "exp": exp })),
+        Answer::PresenceStats { users, conns } => {
+            reply_frame(encoding, id, &json!({ "users": users, "conns": conns }))
+        }
+        Answer::Presence(page) => reply_frame(encoding, id, &page.to_json()),
+    }
+}
+
+/// The reply to `subscribe` and what follows it: v1 answers `{offset, epoch, recovered}` and
+/// then replays the missed messages as pushes; Centrifugo's protocol carries them inside the
+/// reply. Returns the reply and the publications still to push, in order.
+pub fn subscribe_reply_frame(
+    encoding: Encoding,
+    id: i64,
+    recovery: SubscribeAnswer,
+) -> (Bytes, Vec<Arc<Publication>>) {
+    let SubscribeAnswer {
+        offset,
+        epoch,
+        since,
+        recovered,
+        publications,
+    } = recovery;
+    if encoding.is_centrifuge() {
+        // A recovered subscription's reply holds the client's own position, which the
+        // publications in it carry forward; otherwise the channel's.
+        let (offset, publications) = match since {
+            Some(since) if recovered => (since, publications),
+            _ => (offset, Vec::new()),
+        };
+        let reply = centrifuge::subscribe_reply(
+            id,
+            offset,
+            &epoch,
+            since.map(|_| recovered),
+            &publications,
+        );
+        return (reply, Vec::new());
+    }
+    let reply = reply_frame(
+        encoding,
+        id,
+        &serde_json::json!({ "offset": offset, "epoch": &*epoch, "recovered": recovered }),
+    );
+    (reply, publications)
+}
+
+/// What a subscribe found (see [`subscribe_reply_frame`]).
+#[derive(Debug)]
+pub struct SubscribeAnswer {
+    /// The position to report (the channel's latest, or where recovery ends).
+    pub offset: u64,
+    /// The channel's epoch.
+    pub epoch: Arc<str>,
+    /// The client's position, when it asked to recover.
+    pub since: Option<u64>,
+    /// Whether every missed publication is in `publications`.
+    pub recovered: bool,
+    /// The missed publications, oldest first.
+    pub publications: Vec<Arc<Publication>>,
 }
 
 #[derive(Serialize)]
@@ -76,6 +227,9 @@ struct ErrorReply<'a> {
 
 /// An error reply.
 pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) -> Bytes {
+    if encoding.is_centrifuge() {
+        return centrifuge::error(id, code, message);
+    }
     encode(
         encoding,
         &ErrorReply {
@@ -92,6 +246,9 @@ pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) 
 /// The error reply of a failed `publish`: `maybe_published` says whether the message may
 /// still be published (the backend got it and did not answer in time) or surely was not.
 pub fn publish_error_frame(encoding: Encoding, id: i64, error: &fanout::BrokerError) -> Bytes {
+    if encoding.is_centrifuge() {
+        return centrifuge::error(id, ErrorCode::from(error), &error.to_string());
+    }
     encode(
         encoding,
         &ErrorReply {
@@ -111,6 +268,7 @@ pub fn publish_error_frame(encoding: Encoding, id: i64, error: &fanout::BrokerEr
 pub fn message_frame(encoding: Encoding, publication: &Publication) -> Message {
     let p = publication;
     match encoding {
+        Encoding::CentrifugeJson => to_message(encoding, centrifuge::publication_push(p)),
         Encoding::Json => {
             let data = p.data.to_json().unwrap_or_else(|e| {
                 tracing::error!(error = %e, channel = %p.channel, "unreadable payload");
@@ -169,7 +327,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// check runs once here), binary for MessagePack.
 pub fn to_message(encoding: Encoding, frame: Bytes) -> Message {
     match encoding {
-        Encoding::Json => match Utf8Bytes::try_from(frame) {
+        Encoding::Json | Encoding::CentrifugeJson => match Utf8Bytes::try_from(frame) {
             Ok(text) => Message::Text(text),
             Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
         },
@@ -199,6 +357,9 @@ pub fn control_frame(encoding: Encoding, event: &ControlEvent) -> Bytes {
         ControlEvent::Join { channel, user } => ("join", channel, user),
         ControlEvent::Leave { channel, user } => ("leave", channel, user),
     };
+    if encoding.is_centrifuge() {
+        return centrifuge::presence_push(channel, op == "join", user);
+    }
     encode(encoding, &ControlPush { op, channel, user })
 }
 
@@ -222,6 +383,16 @@ pub fn presence_diff_frame<'a>(
     max_users: usize,
 ) -> Bytes {
     let overflow = joins.len() + leaves.len() > max_users;
+    if encoding.is_centrifuge() {
+        // One join or leave push each, in one frame; the protocol has no overflow notice,
+        // so past `max_users` the rest is not told (presence reads stay exact).
+        let pushes: Vec<Bytes> = joins
+            .map(|u| centrifuge::presence_push(channel, true, u))
+            .chain(leaves.map(|u| centrifuge::presence_push(channel, false, u)))
+            .take(max_users.max(1))
+            .collect();
+        return centrifuge::join_frames(pushes.iter().map(|b| &b[..]));
+    }
     let (joins, leaves) = if overflow {
         (Vec::new(), Vec::new())
     } else {
@@ -250,6 +421,9 @@ struct UnsubscribePush<'a> {
 /// The `unsubscribe` push: the server ended a subscription, and says why and whether to
 /// subscribe again (with `since`, to recover what the connection may have missed).
 pub fn unsubscribe_frame(encoding: Encoding, channel: &str, reason: UnsubscribeReason) -> Bytes {
+    if encoding.is_centrifuge() {
+        return centrifuge::unsubscribe_push(channel, reason);
+    }
     encode(
         encoding,
         &UnsubscribePush {
@@ -304,13 +478,28 @@ pub struct HistoryReply<'a> {
     /// Which end of the page survives a cut: the newest messages (a read without `since`),
     /// or the oldest (a read after `since`, continued with `since` = the last offset).
     pub keep_newest: bool,
+    /// Newest first (Centrifugo's `reverse`; v1 answers oldest first).
+    pub reverse: bool,
 }
 
 /// The reply to `history`: `{"id", "ok": <history body>}`.
 pub fn history_reply_frame(encoding: Encoding, id: i64, reply: HistoryReply<'_>) -> Bytes {
+    if encoding.is_centrifuge() {
+        return centrifuge::history_reply(
+            id,
+            reply.publications,
+            reply.offset,
+            reply.epoch,
+            reply.max_bytes,
+            reply.keep_newest,
+            reply.reverse,
+        );
+    }
     let mut out = Vec::new();
     match encoding {
-        Encoding::Json => out.extend_from_slice(format!("{{\"id\":{id},\"ok\":").as_bytes()),
+        Encoding::Json | Encoding::CentrifugeJson => {
+            out.extend_from_slice(format!("{{\"id\":{id},\"ok\":").as_bytes())
+        }
         Encoding::MsgPack => {
             // Writing to a Vec cannot fail.
             let _ = rmp::encode::write_map_len(&mut out, 2);
@@ -320,7 +509,7 @@ pub fn history_reply_frame(encoding: Encoding, id: i64, reply: HistoryReply<'_>)
         }
     }
     write_history_body(&mut out, encoding, reply);
-    if encoding == Encoding::Json {
+    if encoding.is_text() {
         out.push(b'}');
     }
     Bytes::from(out)
@@ -359,7 +548,7 @@ fn write_history_body(out: &mut Vec<u8>, encoding: Encoding, reply: HistoryReply
     }
     out.reserve(bytes + 96);
     match encoding {
-        Encoding::Json => {
+        Encoding::Json | Encoding::CentrifugeJson => {
             out.extend_from_slice(b"{\"messages\":[");
             for (i, frame) in frames.iter().enumerate() {
                 if i > 0 {
@@ -447,11 +636,13 @@ mod tests {
                 epoch: "e1",
                 max_bytes: usize::MAX,
                 keep_newest: true,
+                reverse: false,
             };
             let bytes = history_reply_frame(encoding, -4, reply);
             let v: Value = match encoding {
                 Encoding::Json => serde_json::from_slice(&bytes).unwrap(),
                 Encoding::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
+                Encoding::CentrifugeJson => unreachable!(),
             };
             assert_eq!(v["id"], -4);
             assert_eq!(v["ok"]["offset"], 2);
@@ -471,6 +662,7 @@ mod tests {
                 let v: Value = match encoding {
                     Encoding::Json => serde_json::from_slice(&bytes).unwrap(),
                     Encoding::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
+                    Encoding::CentrifugeJson => unreachable!(),
                 };
                 assert_eq!(v["ok"]["truncated"], true);
                 assert_eq!(v["ok"]["messages"].as_array().unwrap().len(), 1);

@@ -1,5 +1,6 @@
 //! The wire protocol: encodings, commands, replies, pushes, error and close codes.
 
+pub mod centrifuge;
 mod command;
 mod frames;
 
@@ -8,9 +9,10 @@ pub use command::{
     MAX_PRESENCE_LIMIT, Op, check_presence_page, decode, json_text_depth,
 };
 pub use frames::{
-    HistoryReply, control_frame, disconnect_frame, error_frame, frame_bytes, history_body,
-    history_reply_frame, members_json, message_frame, presence_diff_frame, publish_error_frame,
-    reply_frame, to_message, unsubscribe_frame, welcome_frame,
+    Answer, HistoryReply, PresencePage, SubscribeAnswer, answer_frame, control_frame,
+    disconnect_frame, error_frame, frame_bytes, history_body, history_reply_frame, members_json,
+    message_frame, presence_diff_frame, publish_error_frame, subscribe_reply_frame, to_message,
+    unsubscribe_frame, welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.
@@ -20,15 +22,32 @@ pub enum Encoding {
     Json,
     /// `v1.msgpack`: binary frames holding MessagePack maps.
     MsgPack,
+    /// Centrifugo's client protocol, JSON (`/connection/websocket`): text frames of
+    /// newline-separated objects (see [`centrifuge`]).
+    CentrifugeJson,
 }
 
 impl Encoding {
+    /// How many encodings there are (the size of per-encoding frame caches).
+    pub const COUNT: usize = 3;
+
     /// The subprotocol name.
     pub fn subprotocol(self) -> &'static str {
         match self {
             Encoding::Json => "v1.json",
             Encoding::MsgPack => "v1.msgpack",
+            Encoding::CentrifugeJson => "centrifuge-json",
         }
+    }
+
+    /// Whether this is Centrifugo's protocol (else our v1).
+    pub fn is_centrifuge(self) -> bool {
+        matches!(self, Encoding::CentrifugeJson)
+    }
+
+    /// Whether frames are text (else binary).
+    pub fn is_text(self) -> bool {
+        !matches!(self, Encoding::MsgPack)
     }
 
     /// Picks the encoding from the offered subprotocols: the first known one; `v1.json` when
@@ -54,6 +73,7 @@ impl Encoding {
         match self {
             Encoding::Json => 0,
             Encoding::MsgPack => 1,
+            Encoding::CentrifugeJson => 2,
         }
     }
 }
@@ -77,6 +97,16 @@ pub enum ErrorCode {
     Unavailable,
     /// Server error.
     Internal,
+    /// A per-connection limit (subscriptions) reached: `forbidden` in v1.
+    LimitExceeded,
+    /// An RPC method nobody serves (Centrifugo's `rpc`).
+    MethodNotFound,
+    /// A feature this server does not offer (Centrifugo's subscription tokens).
+    NotAvailable,
+    /// The token expired: fetch a new one and retry (Centrifugo's connect).
+    TokenExpired,
+    /// A history position in another epoch (Centrifugo's `history` with `since`).
+    UnrecoverablePosition,
 }
 
 impl ErrorCode {
@@ -91,6 +121,11 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::LimitExceeded => "forbidden",
+            ErrorCode::MethodNotFound => "method_not_found",
+            ErrorCode::NotAvailable => "not_available",
+            ErrorCode::TokenExpired => "unauthorized",
+            ErrorCode::UnrecoverablePosition => "unrecoverable_position",
         }
     }
 }

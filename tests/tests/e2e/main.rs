@@ -3,6 +3,7 @@
 
 mod archive;
 mod auth;
+mod centrifuge;
 mod chaos;
 mod cluster;
 mod commands;

@@ -5,15 +5,18 @@
 //! queue: it feeds many frames and flushes once. Writes race the close request, so a stalled
 //! client cannot keep its task from noticing `slow_consumer`, a drain or a kick.
 
+pub mod connect;
+
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
 use crate::conn::{Conn, Outbound};
 use crate::limits::{MinuteCounter, TokenBucket};
 use crate::metrics::{self, metrics};
 use crate::node::Node;
+use crate::protocol::centrifuge::{self, Inbound};
 use crate::protocol::{
-    CloseReason, CommandError, Encoding, ErrorCode, decode, disconnect_frame, error_frame,
-    frame_bytes, publish_error_frame, reply_frame, to_message, unsubscribe_frame, welcome_frame,
+    Answer, CloseReason, CommandError, Encoding, ErrorCode, answer_frame, decode, disconnect_frame,
+    error_frame, frame_bytes, publish_error_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 use bytes::Bytes;
 use fanout::BrokerError;
@@ -92,6 +95,19 @@ pub(crate) struct Session {
     bad_frames: MinuteCounter,
     last_seen: Instant,
     next_ping: Instant,
+    /// Centrifugo's protocol: the `connect` command being answered and the commands that
+    /// came behind it in the same frame, until the session has started.
+    pub(crate) first: Option<Box<FirstFrame>>,
+}
+
+/// A Centrifugo connection's first frame: its `connect` and what followed it.
+pub(crate) struct FirstFrame {
+    /// The `connect` command's id.
+    pub(crate) connect_id: i64,
+    /// The token's expiry, Unix seconds.
+    pub(crate) exp: u64,
+    /// The rest of the frame, in order.
+    pub(crate) rest: Vec<Result<Inbound, CommandError>>,
 }
 
 /// What the handshake hands the connection's task: boxed, so that the task keeps one pointer
@@ -201,11 +217,18 @@ pub(crate) fn expiry_instant(node: &Node, exp: u64) -> Instant {
 async fn close(ws: &mut WebSocket, encoding: Encoding, reason: CloseReason) {
     metrics::disconnect(reason.code());
     let frames = async {
-        ws.feed(to_message(encoding, disconnect_frame(encoding, reason)))
-            .await?;
+        // Centrifugo's protocol says it all in the close frame (its SDKs read the code and
+        // the reason); v1 sends the `disconnect` push first.
+        let (code, text) = if encoding.is_centrifuge() {
+            centrifuge::close_code(reason)
+        } else {
+            ws.feed(to_message(encoding, disconnect_frame(encoding, reason)))
+                .await?;
+            (reason.close_code(), "")
+        };
         ws.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(reason.close_code()),
-            reason: Utf8Bytes::from_static(""),
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from_static(text),
         })))
         .await
     };
@@ -236,22 +259,38 @@ impl Session {
             bad_frames: MinuteCounter::new(now),
             last_seen: now,
             next_ping: now + limits.ping_interval,
+            first: None,
             reg,
         }
+    }
+
+    /// The connection's id as clients see it (v1's `welcome.session`, Centrifugo's `client`).
+    pub(crate) fn client_id(&self) -> String {
+        format!("{}-{:x}", self.reg.node.config.node_id, self.reg.conn.id)
     }
 
     /// Sends `welcome` and joins the personal channel.
     async fn start(&mut self) -> Result<(), End> {
         let conn = &self.reg.conn;
         let config = &self.reg.node.config;
-        conn.push_frame(welcome_frame(
-            conn.encoding,
-            &conn.user,
-            &config.node_id,
-            &format!("{}-{:x}", config.node_id, conn.id),
-            config.limits.ping_interval.as_secs(),
-        ));
         let personal: Arc<str> = format!("{PERSONAL_PREFIX}{}", conn.user).into();
+        let client = self.client_id();
+        match self.first.as_ref() {
+            Some(first) => conn.push_frame(centrifuge::connect_reply(
+                first.connect_id,
+                &client,
+                config.limits.ping_interval.as_secs(),
+                first.exp,
+                &personal,
+            )),
+            None => conn.push_frame(welcome_frame(
+                conn.encoding,
+                &conn.user,
+                &config.node_id,
+                &client,
+                config.limits.ping_interval.as_secs(),
+            )),
+        }
         if let Err(e) = self.join(personal, None).await {
             tracing::warn!(error = %e, "personal channel subscribe failed");
             return Err(End::Close(CloseReason::Internal));
@@ -260,6 +299,14 @@ impl Session {
         // under a connect burst) is not the client's silence.
         self.last_seen = Instant::now();
         self.next_ping = self.last_seen + self.reg.node.config.limits.ping_interval;
+        // Commands that came in the same frame as Centrifugo's `connect`, after its reply.
+        if let Some(first) = self.first.take() {
+            for inbound in first.rest {
+                if let Some(end) = self.on_inbound(inbound).await {
+                    return Err(end);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -337,7 +384,14 @@ impl Session {
                 *batch = VecDeque::new();
             }
             self.reg.conn.release_idle_queue();
-            if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+            // Centrifugo's SDKs do not see WebSocket pings: theirs is an empty object, which
+            // they answer with one.
+            let ping = if self.reg.conn.encoding.is_centrifuge() {
+                Message::Text(Utf8Bytes::from_static(centrifuge::PING))
+            } else {
+                Message::Ping(Bytes::new())
+            };
+            if ws.send(ping).await.is_err() {
                 return Some(End::Gone);
             }
         }
@@ -413,8 +467,11 @@ impl Session {
         self.last_seen = Instant::now();
         let encoding = self.reg.conn.encoding;
         let payload: &[u8] = match (&message, encoding) {
-            (Message::Text(t), Encoding::Json) => t.as_bytes(),
+            (Message::Text(t), Encoding::Json | Encoding::CentrifugeJson) => t.as_bytes(),
             (Message::Binary(b), Encoding::MsgPack) => b,
+            (Message::Binary(_), Encoding::CentrifugeJson) => {
+                return Some(End::Close(CloseReason::Policy));
+            }
             (Message::Text(_), Encoding::MsgPack) | (Message::Binary(_), Encoding::Json) => {
                 let error = CommandError {
                     id: 0,
@@ -436,8 +493,33 @@ impl Session {
             (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => return None,
         };
         metrics().bytes_in.increment(payload.len() as u64);
+        if encoding.is_centrifuge() {
+            let mut batch = Vec::new();
+            if centrifuge::decode_frame(payload, &mut batch).is_err() {
+                return Some(End::Close(CloseReason::Policy));
+            }
+            for inbound in batch {
+                if let Some(end) = self.on_inbound(inbound).await {
+                    return Some(end);
+                }
+            }
+            return None;
+        }
         match decode(encoding, payload) {
             Ok(command) => self.handle(command).await,
+            Err(error) => self.reject(error),
+        }
+    }
+
+    /// One command of a Centrifugo frame. A malformed one, or a second `connect`, ends the
+    /// connection with 3501 (bad request), as the protocol's servers do; a bad field is an
+    /// error reply.
+    async fn on_inbound(&mut self, inbound: Result<Inbound, CommandError>) -> Option<End> {
+        match inbound {
+            Ok(Inbound::Pong) => None,
+            Ok(Inbound::Command(command)) => Box::pin(self.handle(command)).await,
+            Ok(Inbound::Connect { .. }) => Some(End::Close(CloseReason::Policy)),
+            Err(error) if error.malformed => Some(End::Close(CloseReason::Policy)),
             Err(error) => self.reject(error),
         }
     }
@@ -480,10 +562,10 @@ impl Session {
             .try_take(now, limits.subscribe_rate, limits.subscribe_burst)
     }
 
-    pub(crate) fn reply<T: serde::Serialize>(&self, id: i64, ok: &T) {
+    pub(crate) fn answer(&self, id: i64, answer: &Answer<'_>) {
         self.reg
             .conn
-            .push_frame(reply_frame(self.reg.conn.encoding, id, ok));
+            .push_frame(answer_frame(self.reg.conn.encoding, id, answer));
     }
 
     pub(crate) fn error(&self, id: i64, code: ErrorCode, message: &str) {

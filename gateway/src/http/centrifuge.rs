@@ -1,0 +1,70 @@
+//! `GET /connection/websocket`: Centrifugo's client protocol (JSON). The upgrade is accepted
+//! without a token: the SDKs send it in their first command, `connect` (see
+//! `session::connect`).
+
+use super::upgrade::{Upgrade, UpgradeRejection};
+use super::ws::{precheck, refuse, socket_config};
+use crate::node::Node;
+use crate::session::connect::{self, CentrifugeStart};
+use axum::extract::State;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, header};
+use std::sync::Arc;
+
+/// The subprotocol of Centrifugo's Protobuf encoding, which this server does not speak yet.
+const PROTOBUF: &str = "centrifuge-protobuf";
+/// The subprotocol a JSON client may name (the SDKs name none).
+const JSON: &str = "centrifuge-json";
+
+/// Handles `GET /connection/websocket`.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    upgrade: Result<Upgrade, UpgradeRejection>,
+) -> Response {
+    let upgrade = match precheck(&node, &headers, upgrade) {
+        Ok(upgrade) => upgrade,
+        Err(response) => return *response,
+    };
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let chosen = if offered.is_empty() {
+        None
+    } else if offered.contains(&JSON) {
+        Some(JSON)
+    } else if offered.contains(&PROTOBUF) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_subprotocol",
+            "centrifuge-protobuf is not supported yet: use the JSON client",
+        );
+    } else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_subprotocol",
+            "unsupported subprotocol: offer none (JSON) or centrifuge-json",
+        );
+    };
+    // The node's size is checked again once the client is known; refusing here spares a
+    // full node the socket.
+    if node.hub.connection_count() >= node.config.limits.max_connections {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_full",
+            "node connection limit reached",
+        );
+    }
+    let (response, on_upgrade) = upgrade.accept(chosen);
+    connect::spawn(Box::new(CentrifugeStart {
+        on_upgrade,
+        node: node.clone(),
+        config: socket_config(&node),
+    }));
+    response
+}

@@ -1,0 +1,178 @@
+//! A Centrifugo connection's first phase: the socket is open but nobody is known yet. The
+//! SDKs authenticate in their first command (`connect`, with the token), not at the upgrade;
+//! until it arrives and verifies, the connection is no one's: not in the hub, not counted
+//! against a user, subscribed to nothing. Then it becomes a session like any other.
+
+use super::{End, FirstFrame, Registration, Session, WebSocket, close};
+use crate::conn::Conn;
+use crate::metrics::{handshake_refused, metrics};
+use crate::node::Node;
+use crate::protocol::centrifuge::{self, Inbound, first_phase};
+use crate::protocol::{CommandError, Encoding, ErrorCode, to_message};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// How long an open socket may wait before its `connect` (Centrifugo's default: 15 s), after
+/// which it is closed as stale (3502).
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What a Centrifugo connection's task starts from.
+pub struct CentrifugeStart {
+    /// Resolves to the raw connection once hyper has sent the `101`.
+    pub on_upgrade: OnUpgrade,
+    /// The node.
+    pub node: Arc<Node>,
+    /// tungstenite's settings for the socket.
+    pub config: WebSocketConfig,
+}
+
+/// Spawns the connection's task: the first phase, then the session.
+pub fn spawn(start: Box<CentrifugeStart>) {
+    tokio::spawn(async move {
+        let CentrifugeStart {
+            on_upgrade,
+            node,
+            config,
+        } = *start;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let Some(mut session) = Box::pin(first_phase(&node, &mut ws)).await else {
+            return;
+        };
+        metrics().handshakes_ok.increment(1);
+        let end = session.serve(&mut ws).await;
+        Box::pin(session.leave_all()).await;
+        session.reg.node.hub.remove_connection(&session.reg.conn);
+        match end {
+            End::Close(reason) => Box::pin(close(&mut ws, session.reg.conn.encoding, reason)).await,
+            End::ClientClosed => {
+                let _ = tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, ws.flush()).await;
+            }
+            End::Gone => {}
+        }
+    });
+}
+
+/// Waits for `connect` and checks it; the session it starts, or `None` once the socket is
+/// closed (with the code that says why).
+async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket) -> Option<Session> {
+    let frame = match tokio::time::timeout(CONNECT_DEADLINE, first_frame(ws)).await {
+        Err(_) => {
+            handshake_refused("stale");
+            refuse(ws, first_phase::STALE).await;
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(()))) => {
+            handshake_refused("bad_request");
+            refuse(ws, first_phase::BAD_REQUEST).await;
+            return None;
+        }
+        Ok(Some(Ok(frame))) => frame,
+    };
+    let (connect_id, token, rest) = frame;
+    let Some(token) = token else {
+        handshake_refused("unauthorized");
+        refuse(ws, first_phase::BAD_REQUEST).await;
+        return None;
+    };
+    let claims = match node.verifier.verify(&token) {
+        Ok(claims) => claims,
+        Err(e) if e.is_expired() => {
+            // The SDKs answer 109 by fetching a new token and connecting again.
+            handshake_refused("unauthorized");
+            let reply = centrifuge::error(connect_id, ErrorCode::TokenExpired, "token expired");
+            let _ = ws.feed(to_message(Encoding::CentrifugeJson, reply)).await;
+            refuse(ws, (3005, "connection expired")).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!(reason = %e, "connect refused");
+            handshake_refused("unauthorized");
+            refuse(ws, first_phase::INVALID_TOKEN).await;
+            return None;
+        }
+    };
+    let limits = &node.config.limits;
+    if node.is_draining() || node.hub.connection_count() >= limits.max_connections {
+        handshake_refused(if node.is_draining() {
+            "draining"
+        } else {
+            "node_full"
+        });
+        refuse(ws, first_phase::SHUTDOWN).await;
+        return None;
+    }
+    let conn = Arc::new(Conn::new(
+        node.next_conn_id(),
+        claims.sub.as_str().into(),
+        Encoding::CentrifugeJson,
+        limits.outbound_queue,
+    ));
+    if node
+        .hub
+        .add_connection(&conn, limits.max_connections_per_user)
+        .is_err()
+    {
+        handshake_refused("user_limit");
+        refuse(ws, first_phase::CONNECTION_LIMIT).await;
+        return None;
+    }
+    node.note_route(&claims.sub);
+    let exp = claims.exp;
+    let mut session = Session::new(Registration::new(node.clone(), conn), claims);
+    session.first = Some(Box::new(FirstFrame {
+        connect_id,
+        exp,
+        rest,
+    }));
+    Some(session)
+}
+
+type First = (i64, Option<String>, Vec<Result<Inbound, CommandError>>);
+
+/// Reads until the first data frame: `Some(Ok)` when it starts with `connect`, `Some(Err)`
+/// when it does not (or is malformed), `None` when the client left.
+async fn first_frame(ws: &mut WebSocket) -> Option<Result<First, ()>> {
+    loop {
+        let payload = match ws.next().await? {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Binary(_)) => return Some(Err(())),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+        };
+        let mut batch = Vec::new();
+        if centrifuge::decode_frame(payload.as_bytes(), &mut batch).is_err() {
+            return Some(Err(()));
+        }
+        let mut batch = batch.into_iter();
+        return Some(match batch.next() {
+            Some(Ok(Inbound::Connect { id, token })) => Ok((id, token, batch.collect())),
+            _ => Err(()),
+        });
+    }
+}
+
+/// Closes a socket that never became a session.
+async fn refuse(ws: &mut WebSocket, (code, reason): (u16, &'static str)) {
+    let close = ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from_static(reason),
+    })));
+    let _ = tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, close).await;
+}

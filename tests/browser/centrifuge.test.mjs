@@ -1,0 +1,281 @@
+// The official Centrifugo JavaScript SDK (npm `centrifuge`, pinned in package.json) against a
+// gateway's `/connection/websocket`, in Node with the `ws` package: connect with a token,
+// subscribe, publish both ways with a v1 client in the same room, recovery after a client
+// disconnect and after a server close that asks to reconnect, history, presence, join/leave,
+// token refresh, and application-level pings.
+//
+// Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
+//   node --test tests/browser/centrifuge.test.mjs
+
+import { before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac, randomBytes } from 'node:crypto';
+import { Centrifuge } from 'centrifuge';
+import WebSocket from 'ws';
+import { API_KEY, scenario, startGateway, stopGateway } from './harness.mjs';
+
+const WAIT = 20_000;
+const SECRET = randomBytes(32).toString('hex');
+const ROOM = `room:cf-${randomBytes(4).toString('hex')}`;
+
+let gw; // the node most steps use
+let quick; // a node with a 2-second ping, for the heartbeat step
+const clients = [];
+
+/** An HS256 JWT for `sub`, valid for `secs` seconds. */
+function token(sub, secs = 3600) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + secs })}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+/** Resolves with the first value `pick` returns for an event of `emitter`, within WAIT. */
+function once(emitter, event, pick = (ctx) => ctx, what = event) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.removeListener(event, listener);
+      reject(new Error(`no ${what} within ${WAIT} ms`));
+    }, WAIT);
+    const listener = (ctx) => {
+      const value = pick(ctx);
+      if (value === undefined || value === false) return;
+      clearTimeout(timer);
+      emitter.removeListener(event, listener);
+      resolve(value);
+    };
+    emitter.on(event, listener);
+  });
+}
+
+/** A centrifuge-js client of `user` on `node`, recording every event it sees. */
+function sdk(user, node = gw, options = {}) {
+  const client = new Centrifuge(`ws://${node.addr}/connection/websocket`, {
+    token: token(user),
+    websocket: WebSocket,
+    minReconnectDelay: 100,
+    maxReconnectDelay: 1000,
+    ...options,
+  });
+  client.events = [];
+  for (const e of ['connected', 'disconnected', 'error']) {
+    client.on(e, (ctx) => client.events.push({ e, ctx }));
+  }
+  clients.push(client);
+  return client;
+}
+
+/** A subscription that records its publications. */
+function subscription(client, channel, options = {}) {
+  const sub = client.newSubscription(channel, options);
+  sub.pubs = [];
+  sub.subscribedEvents = [];
+  sub.on('publication', (ctx) => sub.pubs.push(ctx));
+  sub.on('subscribed', (ctx) => sub.subscribedEvents.push(ctx));
+  return sub;
+}
+
+/** Waits until `check()` is true, within WAIT. */
+async function eventually(what, check) {
+  const deadline = Date.now() + WAIT;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`not within ${WAIT} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** A v1 client (docs/protocol.md) over `ws`: sends commands, collects every frame. */
+async function v1(user, node = gw) {
+  const socket = new WebSocket(`ws://${node.addr}/ws?token=${token(user)}`);
+  const frames = [];
+  socket.on('message', (data) => frames.push(JSON.parse(data.toString())));
+  await new Promise((resolve, reject) => {
+    socket.once('open', resolve);
+    socket.once('error', reject);
+  });
+  let next = 1;
+  const call = async (op, fields) => {
+    const id = next++;
+    socket.send(JSON.stringify({ id, op, ...fields }));
+    await eventually(`reply to ${op}`, () => frames.some((f) => f.id === id));
+    const reply = frames.find((f) => f.id === id);
+    assert.ok(reply.ok, `${op} failed: ${JSON.stringify(reply)}`);
+    return reply.ok;
+  };
+  return { socket, frames, call };
+}
+
+const step = scenario({
+  timeout: 90_000,
+  onFailure: async (err) => {
+    for (const node of [gw, quick].filter(Boolean)) {
+      err.message += `\n${node.addr}:\n${node.log.slice(-15).join('\n')}`;
+    }
+  },
+});
+
+before(async () => {
+  gw = await startGateway(['--jwt-secret', SECRET]);
+  quick = await startGateway(['--jwt-secret', SECRET, '--ping-interval-secs', '2', '--idle-timeout-secs', '6',
+    '--jwt-leeway-secs', '5']);
+});
+
+after(async () => {
+  for (const c of clients) c.disconnect();
+  await stopGateway(gw);
+  await stopGateway(quick);
+  for (const node of [gw, quick].filter(Boolean)) {
+    assert.ok(!node.log.some((l) => l.includes('panicked')), `${node.addr} panicked`);
+  }
+});
+
+let alice; // centrifuge-js
+let aliceRoom; // her subscription to ROOM
+let bob; // v1
+
+step('centrifuge-js connects with a token and subscribes', async () => {
+  alice = sdk('alice');
+  const connected = once(alice, 'connected');
+  alice.connect();
+  const ctx = await connected;
+  assert.match(ctx.client, /./);
+  aliceRoom = subscription(alice, ROOM);
+  const subscribed = once(aliceRoom, 'subscribed');
+  aliceRoom.subscribe();
+  const sub = await subscribed;
+  assert.equal(sub.recoverable, true);
+  assert.equal(sub.wasRecovering, false);
+});
+
+step('a v1 client and centrifuge-js in one room see each other, with the same offsets', async () => {
+  bob = await v1('bob');
+  const joined = await bob.call('subscribe', { channel: ROOM });
+  const published = await aliceRoom.publish({ text: 'from centrifuge-js' });
+  assert.ok(published);
+  await eventually('bob sees alice', () => bob.frames.some((f) => f.op === 'message' && f.data?.text === 'from centrifuge-js'));
+  await eventually('alice sees her own message', () => aliceRoom.pubs.length === 1);
+  const seenByBob = bob.frames.find((f) => f.op === 'message');
+  assert.equal(aliceRoom.pubs[0].offset, seenByBob.offset);
+  assert.equal(seenByBob.offset, joined.offset + 1);
+  assert.equal(aliceRoom.pubs[0].info?.user, 'alice');
+  const reply = await bob.call('publish', { channel: ROOM, data: { text: 'from v1' } });
+  await eventually('alice sees bob', () => aliceRoom.pubs.length === 2);
+  assert.deepEqual(aliceRoom.pubs[1].data, { text: 'from v1' });
+  assert.equal(aliceRoom.pubs[1].offset, reply.offset);
+});
+
+/** Publishes `n` messages from bob; returns their offsets. */
+async function bobPublishes(n, tag) {
+  const offsets = [];
+  for (let i = 0; i < n; i++) {
+    offsets.push((await bob.call('publish', { channel: ROOM, data: { tag, i } })).offset);
+  }
+  return offsets;
+}
+
+/** Every offset alice saw, in order, runs one by one with no gap and no repeat. */
+function assertContiguous(pubs) {
+  for (let i = 1; i < pubs.length; i++) {
+    assert.equal(pubs[i].offset, pubs[i - 1].offset + 1, `offsets ${pubs.map((p) => p.offset).join(',')}`);
+  }
+}
+
+step('after disconnect() and connect(), what was published meanwhile is recovered', async () => {
+  const before = aliceRoom.pubs.length;
+  const disconnected = once(alice, 'disconnected');
+  alice.disconnect();
+  await disconnected;
+  const offsets = await bobPublishes(5, 'missed');
+  const resubscribed = once(aliceRoom, 'subscribed', (ctx) => ctx.wasRecovering && ctx, 'recovering subscribe');
+  alice.connect();
+  const ctx = await resubscribed;
+  assert.equal(ctx.recovered, true);
+  await eventually('the 5 missed messages', () => aliceRoom.pubs.length === before + 5);
+  assert.deepEqual(aliceRoom.pubs.slice(before).map((p) => p.offset), offsets);
+  assertContiguous(aliceRoom.pubs);
+});
+
+step('a server close that asks to reconnect is recovered from too', async () => {
+  const before = aliceRoom.pubs.length;
+  // A close the SDK reconnects after is not `disconnected` (that is for good) but `connecting`.
+  const connecting = once(alice, 'connecting', (ctx) => ctx.code >= 3000 && ctx, 'connecting after the close');
+  const reconnected = once(aliceRoom, 'subscribed', (ctx) => ctx.wasRecovering && ctx, 'recovering subscribe');
+  const res = await fetch(`${gw.base}/api/disconnect`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ user: 'alice', reconnect: true }),
+  });
+  assert.equal(res.status, 200, await res.text());
+  // 3011 (force reconnect) is a code the SDK reconnects after, by itself.
+  assert.equal((await connecting).code, 3011);
+  // Published while alice is away (or already back: either way she must get each once).
+  const offsets = await bobPublishes(3, 'kicked');
+  const ctx = await reconnected;
+  assert.equal(ctx.recovered, true);
+  await eventually('the 3 messages', () => aliceRoom.pubs.length === before + 3);
+  assert.deepEqual(aliceRoom.pubs.slice(before).map((p) => p.offset), offsets);
+  assertContiguous(aliceRoom.pubs);
+});
+
+step('history, presence and presence_stats', async () => {
+  const history = await aliceRoom.history({ limit: 5 });
+  assert.equal(history.publications.length, 5);
+  const last = aliceRoom.pubs.at(-1).offset;
+  assert.deepEqual(history.publications.map((p) => p.offset), [last - 4, last - 3, last - 2, last - 1, last]);
+  assert.equal(history.offset, last);
+  assert.match(history.epoch, /./);
+  const presence = await aliceRoom.presence();
+  const users = Object.values(presence.clients).map((c) => c.user).sort();
+  assert.deepEqual(users, ['alice', 'bob']);
+  const stats = await aliceRoom.presenceStats();
+  assert.equal(stats.numUsers, 2);
+  assert.equal(stats.numClients, 2);
+});
+
+step('join and leave reach a subscription that asked for them', async () => {
+  const carol = sdk('carol');
+  carol.connect();
+  const watch = subscription(carol, ROOM, { joinLeave: true });
+  const subscribed = once(watch, 'subscribed');
+  watch.subscribe();
+  await subscribed;
+  const joined = once(watch, 'join', (ctx) => ctx.info.user === 'dave' && ctx, 'join of dave');
+  const left = once(watch, 'leave', (ctx) => ctx.info.user === 'dave' && ctx, 'leave of dave');
+  const dave = await v1('dave');
+  await dave.call('subscribe', { channel: ROOM });
+  await joined;
+  dave.socket.close();
+  await left;
+});
+
+step('the connection token is refreshed before it expires, and the connection stays', async () => {
+  let refreshes = 0;
+  // On the node with a 5 s leeway: without a refresh the connection would end 3 + 5 s in.
+  const erin = sdk('erin', quick, {
+    token: token('erin', 3),
+    getToken: async () => {
+      refreshes += 1;
+      return token('erin', 3600);
+    },
+  });
+  const connected = once(erin, 'connected');
+  const start = Date.now();
+  erin.connect();
+  await connected;
+  await eventually('a refresh', () => refreshes >= 1);
+  // Past the first token's end (3 s + 5 s leeway) with a margin: nothing may close it.
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, start + 11_000 - Date.now())));
+  assert.deepEqual(erin.events.filter((x) => x.e !== 'connected'), []);
+  assert.equal(erin.state, 'connected');
+});
+
+step('an idle connection stays up past ping + 10 s: the SDK answers the pings', async () => {
+  const frank = sdk('frank', quick);
+  const connected = once(frank, 'connected');
+  frank.connect();
+  await connected;
+  // The node pings every 2 s and closes after 6 s without a frame (3012); the SDK gives up
+  // after 2 + 10 s without a ping. 15 s covers both.
+  await new Promise((resolve) => setTimeout(resolve, 15_000));
+  assert.deepEqual(frank.events.filter((x) => x.e !== 'connected'), []);
+  assert.equal(frank.state, 'connected');
+});

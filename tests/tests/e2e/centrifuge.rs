@@ -1,0 +1,313 @@
+//! Centrifugo's client protocol at `/connection/websocket`, frame by frame: what the SDKs
+//! rely on (replies in order within a frame, the connect reply, application pings) and what
+//! a careless or hostile client gets (the protocol's close codes and error codes). The SDKs
+//! themselves are driven in tests/browser/centrifuge.test.mjs.
+
+use e2e::{Gateway, Token, secs, token};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw connection to the Centrifugo door.
+struct Cf {
+    ws: Ws,
+    /// Every object received, in order (a frame's lines split).
+    seen: Vec<Value>,
+}
+
+impl Cf {
+    async fn open(addr: &str) -> Cf {
+        let (ws, response) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket"))
+                .await
+                .expect("the upgrade needs no token");
+        assert_eq!(response.status(), 101);
+        Cf {
+            ws,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Opens and connects as `user`; returns the connect reply's result.
+    async fn connect(addr: &str, user: &str) -> (Cf, Value) {
+        let mut cf = Cf::open(addr).await;
+        cf.send(&json!({"id": 1, "connect": {"token": token(user), "name": "test"}}))
+            .await;
+        let reply = cf.reply(1).await;
+        assert!(reply.get("error").is_none(), "{reply}");
+        (cf, reply["connect"].clone())
+    }
+
+    async fn send(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Reads one frame into `seen`; the close code if the connection ended instead.
+    async fn read(&mut self, deadline: Instant) -> Result<(), Option<u16>> {
+        let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+            Err(_) => return Err(None),
+            Ok(None) | Ok(Some(Err(_))) => return Err(Some(1006)),
+            Ok(Some(Ok(msg))) => msg,
+        };
+        match msg {
+            Message::Text(text) => {
+                assert!(!text.trim().is_empty(), "an empty frame breaks the SDKs");
+                for line in text.split('\n') {
+                    self.seen
+                        .push(serde_json::from_str(line).expect("each line is JSON"));
+                }
+                Ok(())
+            }
+            Message::Close(frame) => Err(Some(frame.map_or(1005, |f| f.code.into()))),
+            Message::Binary(_) => panic!("binary frame on a JSON connection"),
+            _ => Ok(()),
+        }
+    }
+
+    /// The reply to command `id`, within 10 s.
+    async fn reply(&mut self, id: u64) -> Value {
+        let deadline = Instant::now() + secs(10);
+        loop {
+            if let Some(r) = self.seen.iter().find(|v| v["id"] == id) {
+                return r.clone();
+            }
+            if let Err(code) = self.read(deadline).await {
+                panic!("no reply to {id} (closed: {code:?}); seen {:?}", self.seen);
+            }
+        }
+    }
+
+    /// Reads until the server closes; its close code (panics after `within`).
+    async fn closed(&mut self, within: Duration) -> u16 {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.read(deadline).await {
+                Ok(()) => {}
+                Err(Some(code)) => return code,
+                Err(None) => panic!("not closed within {within:?}; seen {:?}", self.seen),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn commands_behind_connect_in_one_frame_are_answered_in_order() {
+    let gw = Gateway::start(&[]).await;
+    let mut cf = Cf::open(gw.addr()).await;
+    // What centrifuge-js sends on open: connect and its subscribes, in one frame.
+    let frame = [
+        json!({"connect": {"token": token("alice"), "name": "js"}, "id": 1}),
+        json!({"subscribe": {"channel": "room:a", "flag": 1}, "id": 2}),
+        json!({"publish": {"channel": "room:a", "data": {"text": "hi"}}, "id": 3}),
+    ]
+    .map(|v| v.to_string())
+    .join("\n");
+    cf.send_text(&frame).await;
+    cf.reply(3).await;
+    // The replies in the order of the commands (the pub push may come before the publish
+    // reply: the message is delivered while it is being published).
+    let replies: Vec<&Value> = cf.seen.iter().filter(|v| v.get("id").is_some()).collect();
+    let ids: Vec<&Value> = replies.iter().map(|v| &v["id"]).collect();
+    assert_eq!(ids, [&json!(1), &json!(2), &json!(3)], "{:?}", cf.seen);
+    let connect = &replies[0]["connect"];
+    assert!(connect["client"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(
+        (&connect["pong"], &connect["expires"]),
+        (&json!(true), &json!(true))
+    );
+    assert!(connect["ping"].as_u64().unwrap() > 0);
+    assert!(connect["ttl"].as_u64().unwrap() > 3500);
+    assert!(connect["subs"]["user:alice"].is_object(), "{connect}");
+    let sub = &replies[1]["subscribe"];
+    assert_eq!(sub["recoverable"], true);
+    assert!(sub["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(*replies[2], json!({"id": 3, "publish": {}}));
+    // The publication reaches the publisher, who is subscribed.
+    let deadline = Instant::now() + secs(10);
+    while !cf.seen.iter().any(|v| v["push"]["pub"]["offset"] == 1) {
+        cf.read(deadline).await.expect("the pub push");
+    }
+    let push = cf.seen.iter().find(|v| v.get("push").is_some()).unwrap();
+    assert_eq!(push["push"]["channel"], "room:a");
+    assert_eq!(push["push"]["pub"]["data"], json!({"text": "hi"}));
+    assert!(push.get("id").is_none(), "pushes carry no id: {push}");
+}
+
+#[tokio::test]
+async fn the_first_command_must_be_a_connect_with_a_good_token() {
+    let gw = Gateway::start(&[]).await;
+    // Garbage, a command before connect, a binary frame: bad request, do not reconnect.
+    for first in [
+        Message::Text("hello".into()),
+        Message::Text(
+            json!({"id": 1, "subscribe": {"channel": "room:a"}})
+                .to_string()
+                .into(),
+        ),
+        Message::Binary(vec![0x00].into()),
+    ] {
+        let mut cf = Cf::open(gw.addr()).await;
+        cf.ws.send(first.clone()).await.unwrap();
+        assert_eq!(cf.closed(secs(10)).await, 3501, "after {first:?}");
+    }
+    // A token that does not verify: 3500, do not reconnect with it.
+    let mut cf = Cf::open(gw.addr()).await;
+    let forged = Token::new("alice").bad_signature();
+    cf.send(&json!({"id": 1, "connect": {"token": forged}}))
+        .await;
+    assert_eq!(cf.closed(secs(10)).await, 3500);
+    // An expired one: error 109, which makes the SDKs fetch a new token and come back.
+    let mut cf = Cf::open(gw.addr()).await;
+    let expired = Token::new("alice").exp_in(-3600).hs256();
+    cf.send(&json!({"id": 1, "connect": {"token": expired}}))
+        .await;
+    let reply = cf.reply(1).await;
+    assert_eq!(reply["error"]["code"], 109, "{reply}");
+    // No token at all.
+    let mut cf = Cf::open(gw.addr()).await;
+    cf.send(&json!({"id": 1, "connect": {}})).await;
+    assert_eq!(cf.closed(secs(10)).await, 3501);
+    // A second connect on a connected socket.
+    let (mut cf, _) = Cf::connect(gw.addr(), "alice").await;
+    cf.send(&json!({"id": 2, "connect": {"token": token("alice")}}))
+        .await;
+    assert_eq!(cf.closed(secs(10)).await, 3501);
+}
+
+#[tokio::test]
+async fn a_socket_that_never_connects_is_closed_as_stale() {
+    let gw = Gateway::start(&[]).await;
+    let started = Instant::now();
+    let mut cf = Cf::open(gw.addr()).await;
+    // Centrifugo's deadline: 15 s; waited for generously.
+    assert_eq!(cf.closed(secs(40)).await, 3502);
+    assert!(
+        started.elapsed() >= secs(14),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn bad_commands_get_the_protocols_error_codes_and_the_connection_stays() {
+    let gw = Gateway::start(&["--max-subscriptions", "2"]).await;
+    let (mut cf, _) = Cf::connect(gw.addr(), "alice").await;
+    let cases = [
+        // A channel outside every namespace: permission denied.
+        (json!({"subscribe": {"channel": "secret:x"}}), 103),
+        (json!({"publish": {"channel": "secret:x", "data": {}}}), 103),
+        (json!({"history": {"channel": "secret:x", "limit": 1}}), 103),
+        // A bad channel name, an empty one.
+        (json!({"subscribe": {"channel": "room:a b"}}), 107),
+        (json!({"subscribe": {"channel": ""}}), 107),
+        // Data nested past the limit.
+        (
+            json!({"publish": {"channel": "room:a", "data": deep(100)}}),
+            107,
+        ),
+        // Nothing serves RPC or subscription tokens.
+        (json!({"rpc": {"method": "hello", "data": {}}}), 104),
+        (
+            json!({"sub_refresh": {"channel": "room:a", "token": "x"}}),
+            108,
+        ),
+        // A history position in another epoch.
+        (
+            json!({"history": {"channel": "room:a", "limit": 1, "since": {"offset": 0, "epoch": "nope"}}}),
+            112,
+        ),
+    ];
+    for (i, (mut command, code)) in cases.into_iter().enumerate() {
+        let id = 10 + i as u64;
+        command["id"] = json!(id);
+        cf.send(&command).await;
+        let reply = cf.reply(id).await;
+        assert_eq!(reply["error"]["code"], code, "{command} -> {reply}");
+    }
+    // The subscription limit: 106 past it.
+    for (id, channel) in [(30, "room:a"), (31, "room:b")] {
+        cf.send(&json!({"id": id, "subscribe": {"channel": channel}}))
+            .await;
+        assert!(cf.reply(id).await.get("error").is_none());
+    }
+    cf.send(&json!({"id": 32, "subscribe": {"channel": "room:c"}}))
+        .await;
+    assert_eq!(cf.reply(32).await["error"]["code"], 106);
+    // Unsubscribing from a channel it does not have succeeds (the SDKs reconnect on an
+    // error here), and the connection is still fine.
+    cf.send(&json!({"id": 33, "unsubscribe": {"channel": "room:zzz"}}))
+        .await;
+    assert_eq!(cf.reply(33).await, json!({"id": 33, "unsubscribe": {}}));
+}
+
+fn deep(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |inner, _| json!([inner]))
+}
+
+#[tokio::test]
+async fn malformed_frames_after_connect_close_with_bad_request() {
+    let gw = Gateway::start(&[]).await;
+    let too_many = vec!["{}"; 10_000].join("\n");
+    for frame in [
+        "not json".to_string(),
+        json!({"publish": {"channel": "room:a", "data": 1}}).to_string(),
+        json!({"id": 5, "frobnicate": {}}).to_string(),
+        too_many,
+    ] {
+        let (mut cf, _) = Cf::connect(gw.addr(), "alice").await;
+        cf.send_text(&frame).await;
+        let shown: String = frame.chars().take(40).collect();
+        assert_eq!(cf.closed(secs(10)).await, 3501, "after {shown}");
+    }
+    // Larger than the largest frame: 1009, which the SDKs do not reconnect after.
+    let (mut cf, _) = Cf::connect(gw.addr(), "alice").await;
+    let big = json!({"id": 2, "publish": {"channel": "room:a", "data": "x".repeat(70_000)}});
+    let _ = cf.ws.send(Message::Text(big.to_string().into())).await;
+    assert_eq!(cf.closed(secs(10)).await, 1009);
+    // The node is unharmed.
+    let (mut cf, _) = Cf::connect(gw.addr(), "bob").await;
+    cf.send(&json!({"id": 2, "presence_stats": {"channel": "room:a"}}))
+        .await;
+    assert!(cf.reply(2).await.get("presence_stats").is_some());
+}
+
+#[tokio::test]
+async fn the_server_pings_with_an_empty_object_and_closes_a_silent_client() {
+    let gw = Gateway::start(&["--ping-interval-secs", "1", "--idle-timeout-secs", "4"]).await;
+    let (mut cf, connect) = Cf::connect(gw.addr(), "alice").await;
+    assert_eq!(connect["ping"], 1);
+    // Answering each ping keeps the connection: 6 s is past the idle timeout.
+    let until = Instant::now() + secs(6);
+    let mut pings = 0;
+    while Instant::now() < until {
+        let before = cf.seen.len();
+        match cf.read(until).await {
+            Ok(()) => {
+                for v in &cf.seen[before..] {
+                    if *v == json!({}) {
+                        pings += 1;
+                        cf.ws.send(Message::Text("{}".into())).await.unwrap();
+                    }
+                }
+            }
+            Err(None) => break,
+            Err(Some(code)) => panic!("closed with {code} while answering pings"),
+        }
+    }
+    assert!(pings >= 4, "{pings} pings in 6 s");
+    // Silence: closed with 3012 (no pong), a code the SDKs reconnect after.
+    assert_eq!(cf.closed(secs(20)).await, 3012);
+}

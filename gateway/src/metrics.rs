@@ -8,8 +8,10 @@ use std::sync::OnceLock;
 pub struct Metrics {
     /// 1 while draining.
     pub draining: Gauge,
-    /// Handshakes accepted.
-    pub handshakes_ok: Counter,
+    /// Handshakes accepted, by protocol ([`Metrics::protocol`]).
+    pub handshakes_ok: [Counter; 2],
+    /// Open connections, by protocol.
+    pub connections: [Gauge; 2],
     /// Payload bytes received from clients.
     pub bytes_in: Counter,
     /// Payload bytes written to clients.
@@ -28,11 +30,23 @@ pub struct Metrics {
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
+/// The `protocol` label's values: v1 (`/ws`), Centrifugo's (`/connection/websocket`).
+const PROTOCOLS: [&str; 2] = ["v1", "centrifuge"];
+
+impl Metrics {
+    /// The index of `encoding`'s protocol in the per-protocol series.
+    pub fn protocol(encoding: crate::protocol::Encoding) -> usize {
+        usize::from(encoding.is_centrifuge())
+    }
+}
+
 /// The series handles (no-ops until [`install`] ran).
 pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics {
         draining: gauge!("gateway_draining"),
-        handshakes_ok: counter!("gateway_handshakes_total", "result" => "ok"),
+        handshakes_ok: PROTOCOLS
+            .map(|p| counter!("gateway_handshakes_total", "result" => "ok", "protocol" => p)),
+        connections: PROTOCOLS.map(|p| gauge!("gateway_protocol_connections", "protocol" => p)),
         bytes_in: counter!("gateway_bytes_in_total"),
         bytes_out: counter!("gateway_bytes_out_total"),
         queue_overflows: counter!("gateway_outbound_queue_overflows_total"),

@@ -2,7 +2,9 @@
 // gateway's `/connection/websocket`, in Node with the `ws` package: connect with a token,
 // subscribe, publish both ways with a v1 client in the same room, recovery after a client
 // disconnect and after a server close that asks to reconnect, history, presence, join/leave,
-// token refresh, and application-level pings.
+// token refresh, application-level pings, and recovery on another node of a three-node
+// cluster (one private redis-server) past recent history, from PostgreSQL (E2E_POSTGRES_URL,
+// as ./scripts/test sets it; a fresh database is made for the test).
 //
 // Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
 //   node --test tests/browser/centrifuge.test.mjs
@@ -10,9 +12,10 @@
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
 import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
-import { API_KEY, scenario, startGateway, stopGateway } from './harness.mjs';
+import { API_KEY, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000;
 const SECRET = randomBytes(32).toString('hex');
@@ -20,6 +23,8 @@ const ROOM = `room:cf-${randomBytes(4).toString('hex')}`;
 
 let gw; // the node most steps use
 let quick; // a node with a 2-second ping, for the heartbeat step
+let redis; // for the cluster step
+const cluster = []; // three nodes on one Redis and one PostgreSQL database
 const clients = [];
 
 /** An HS256 JWT for `sub`, valid for `secs` seconds. */
@@ -107,7 +112,7 @@ async function v1(user, node = gw) {
 const step = scenario({
   timeout: 90_000,
   onFailure: async (err) => {
-    for (const node of [gw, quick].filter(Boolean)) {
+    for (const node of [gw, quick, ...cluster].filter(Boolean)) {
       err.message += `\n${node.addr}:\n${node.log.slice(-15).join('\n')}`;
     }
   },
@@ -123,7 +128,9 @@ after(async () => {
   for (const c of clients) c.disconnect();
   await stopGateway(gw);
   await stopGateway(quick);
-  for (const node of [gw, quick].filter(Boolean)) {
+  for (const node of cluster) await stopGateway(node);
+  await stopGateway(redis ? { proc: redis.proc } : null);
+  for (const node of [gw, quick, ...cluster].filter(Boolean)) {
     assert.ok(!node.log.some((l) => l.includes('panicked')), `${node.addr} panicked`);
   }
 });
@@ -278,4 +285,59 @@ step('an idle connection stays up past ping + 10 s: the SDK answers the pings', 
   await new Promise((resolve) => setTimeout(resolve, 15_000));
   assert.deepEqual(frank.events.filter((x) => x.e !== 'connected'), []);
   assert.equal(frank.state, 'connected');
+});
+
+/** A fresh database on the PostgreSQL server of E2E_POSTGRES_URL; its URL. */
+function freshDatabase() {
+  const admin = process.env.E2E_POSTGRES_URL || 'postgres://postgres@127.0.0.1:5432/postgres';
+  const name = `cf_${randomBytes(6).toString('hex')}`;
+  execFileSync('psql', [admin, '-v', 'ON_ERROR_STOP=1', '-qc', `CREATE DATABASE ${name}`]);
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+step('on a three-node cluster, a client recovers on another node, past recent history', async () => {
+  redis = await startRedis();
+  const database = freshDatabase();
+  for (const id of ['cf-a', 'cf-b', 'cf-c']) {
+    // Recent history holds 3 messages: the rest of what was missed comes from PostgreSQL.
+    cluster.push(await startGateway(['--redis-url', redis.url, '--database-url', database,
+      '--jwt-secret', SECRET, '--node-id', id, '--history-size', '3']));
+  }
+  const [a, b, c] = cluster;
+  const room = `room:cf-cluster-${randomBytes(4).toString('hex')}`;
+  const grace = sdk('grace', a);
+  grace.connect();
+  const onA = subscription(grace, room);
+  const subscribed = once(onA, 'subscribed');
+  onA.subscribe();
+  const first = await subscribed;
+  const henry = await v1('henry', b);
+  const firstOffset = (await henry.call('publish', { channel: room, data: { n: 0 } })).offset;
+  await eventually('grace sees the first message', () => onA.pubs.length === 1);
+  const epoch = first.streamPosition.epoch;
+  grace.disconnect();
+  // Ten messages while she is away: more than recent history holds.
+  const missed = [];
+  for (let n = 1; n <= 10; n++) {
+    missed.push((await henry.call('publish', { channel: room, data: { n } })).offset);
+  }
+  // Back on node C, from where she was.
+  const again = sdk('grace', c);
+  again.connect();
+  const onC = subscription(again, room, { since: { offset: firstOffset, epoch } });
+  const recovered = once(onC, 'subscribed');
+  onC.subscribe();
+  const ctx = await recovered;
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, true);
+  await eventually('the 10 missed messages', () => onC.pubs.length === 10);
+  assert.deepEqual(onC.pubs.map((p) => p.offset), missed);
+  assert.deepEqual(onC.pubs.map((p) => p.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  // And live from node B again.
+  await henry.call('publish', { channel: room, data: { n: 11 } });
+  await eventually('the live message', () => onC.pubs.length === 11);
+  assertContiguous(onC.pubs);
+  henry.socket.close();
 });

@@ -10,8 +10,8 @@
 use super::api::{check_channel, json_body, publish_as_server};
 use super::{ApiError, read_body};
 use crate::node::Node;
-use crate::protocol::centrifuge::error_code;
-use crate::protocol::{ErrorCode, MAX_HISTORY_LIMIT};
+use crate::protocol::ErrorCode;
+use crate::protocol::centrifuge::{HistoryRequest, error_code};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -205,24 +205,6 @@ struct DisconnectParams {
     disconnect: Option<DisconnectAdvice>,
 }
 
-#[derive(Deserialize)]
-struct StreamPosition {
-    #[serde(default)]
-    offset: u64,
-    #[serde(default)]
-    epoch: String,
-}
-
-#[derive(Deserialize)]
-struct HistoryParams {
-    channel: String,
-    #[serde(default)]
-    limit: i64,
-    since: Option<StreamPosition>,
-    #[serde(default)]
-    reverse: bool,
-}
-
 #[derive(Deserialize, Default)]
 struct ChannelsParams {
     #[serde(default)]
@@ -302,16 +284,12 @@ async fn dispatch(node: &Node, method: &str, body: Value) -> Result<Value, Failu
             Ok(json!({ "num_clients": s.conns, "num_users": s.users }))
         }
         "history" => {
-            let p: HistoryParams = params(body)?;
+            let p: HistoryRequest = params(body)?;
             check_channel(&p.channel)?;
-            let limit = match p.limit {
-                l if l < 0 => MAX_HISTORY_LIMIT,
-                l => (l as u64).min(MAX_HISTORY_LIMIT),
-            };
             let query = HistoryQuery {
                 since: p.since.as_ref().map(|s| s.offset),
                 before: None,
-                limit: limit as usize,
+                limit: p.limit() as usize,
             };
             let page = node
                 .broker

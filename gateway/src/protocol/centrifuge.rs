@@ -95,22 +95,35 @@ struct PublishRequest<'a> {
     data: &'a RawValue,
 }
 
+/// A position in a channel's stream.
 #[derive(Deserialize)]
-struct StreamPosition {
+pub(crate) struct StreamPosition {
     #[serde(default)]
-    offset: u64,
+    pub offset: u64,
     #[serde(default)]
-    epoch: String,
+    pub epoch: String,
 }
 
+/// `history`'s request, the same in the client protocol and the server API.
 #[derive(Deserialize)]
-struct HistoryRequest {
-    channel: String,
+pub(crate) struct HistoryRequest {
+    pub channel: String,
     #[serde(default)]
     limit: i64,
-    since: Option<StreamPosition>,
+    pub since: Option<StreamPosition>,
     #[serde(default)]
-    reverse: bool,
+    pub reverse: bool,
+}
+
+impl HistoryRequest {
+    /// How many publications to read: 0 (or none) reads the position only, -1 as many as
+    /// the server gives.
+    pub fn limit(&self) -> u64 {
+        match self.limit {
+            l if l < 0 => MAX_HISTORY_LIMIT,
+            l => (l as u64).min(MAX_HISTORY_LIMIT),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -208,11 +221,7 @@ fn decode_line(line: &str) -> Result<Inbound, CommandError> {
             channel: channel(p.channel)?,
         }
     } else if let Some(h) = frame.history {
-        // 0 (or none): the position only; -1: as many as the server gives.
-        let limit = match h.limit {
-            l if l < 0 => MAX_HISTORY_LIMIT,
-            l => (l as u64).min(MAX_HISTORY_LIMIT),
-        };
+        let limit = h.limit();
         let (since, epoch) = match h.since {
             Some(p) => (Some(p.offset), (!p.epoch.is_empty()).then_some(p.epoch)),
             None => (None, None),
@@ -376,6 +385,21 @@ fn write_publication(out: &mut Vec<u8>, p: &Publication) {
     out.extend_from_slice(b",\"client\":\"\"}}");
 }
 
+/// A JSON array of publications.
+fn write_publications<'a>(
+    out: &mut Vec<u8>,
+    publications: impl IntoIterator<Item = &'a Arc<Publication>>,
+) {
+    out.push(b'[');
+    for (i, p) in publications.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_publication(out, p);
+    }
+    out.push(b']');
+}
+
 /// Bytes [`write_publication`] writes for `p`, about (for cutting history to a frame).
 fn publication_size(p: &Publication) -> usize {
     p.data.bytes().len() + p.from.len() + 64
@@ -422,14 +446,8 @@ pub fn subscribe_reply(
         }
     }
     if !publications.is_empty() {
-        out.extend_from_slice(b",\"publications\":[");
-        for (i, p) in publications.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_publication(&mut out, p);
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"publications\":");
+        write_publications(&mut out, publications);
     }
     out.extend_from_slice(b"}}");
     Bytes::from(out)
@@ -467,14 +485,9 @@ pub fn history_reply(
     }
     let mut out = Vec::with_capacity(bytes + 96);
     reply_start(&mut out, id, "history");
-    out.extend_from_slice(b"{\"publications\":[");
-    for (i, p) in kept.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_publication(&mut out, p);
-    }
-    out.extend_from_slice(b"],\"epoch\":");
+    out.extend_from_slice(b"{\"publications\":");
+    write_publications(&mut out, kept);
+    out.extend_from_slice(b",\"epoch\":");
     json_str(&mut out, epoch);
     out.extend_from_slice(b",\"offset\":");
     out.extend_from_slice(offset.to_string().as_bytes());

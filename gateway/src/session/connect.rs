@@ -3,9 +3,9 @@
 //! until it arrives and verifies, the connection is no one's: not in the hub, not counted
 //! against a user, subscribed to nothing. Then it becomes a session like any other.
 
-use super::{End, FirstFrame, Registration, Session, WebSocket, close};
+use super::{FirstFrame, Registration, Session, WebSocket, finish};
 use crate::conn::Conn;
-use crate::metrics::{handshake_refused, metrics};
+use crate::metrics::{Metrics, handshake_refused, metrics};
 use crate::node::Node;
 use crate::protocol::centrifuge::{self, Inbound, first_phase};
 use crate::protocol::{CommandError, Encoding, ErrorCode, to_message};
@@ -54,17 +54,9 @@ pub fn spawn(start: Box<CentrifugeStart>) {
         let Some(mut session) = Box::pin(first_phase(&node, &mut ws)).await else {
             return;
         };
-        metrics().handshakes_ok.increment(1);
+        metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         let end = session.serve(&mut ws).await;
-        Box::pin(session.leave_all()).await;
-        session.reg.node.hub.remove_connection(&session.reg.conn);
-        match end {
-            End::Close(reason) => Box::pin(close(&mut ws, session.reg.conn.encoding, reason)).await,
-            End::ClientClosed => {
-                let _ = tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, ws.flush()).await;
-            }
-            End::Gone => {}
-        }
+        Box::pin(finish(&mut session, &mut ws, end)).await;
     });
 }
 

@@ -11,7 +11,7 @@ use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
 use crate::conn::{Conn, Outbound};
 use crate::limits::{MinuteCounter, TokenBucket};
-use crate::metrics::{self, metrics};
+use crate::metrics::{self, Metrics, metrics};
 use crate::node::Node;
 use crate::protocol::centrifuge::{self, Inbound};
 use crate::protocol::{
@@ -53,6 +53,7 @@ impl Registration {
     /// Wraps a connection already added with `Hub::add_connection`.
     pub fn new(node: Arc<Node>, conn: Arc<Conn>) -> Self {
         node.track_session(true);
+        metrics().connections[Metrics::protocol(conn.encoding)].increment(1.0);
         Self { node, conn }
     }
 }
@@ -61,6 +62,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.node.hub.remove_connection(&self.conn);
         self.node.track_session(false);
+        metrics().connections[Metrics::protocol(self.conn.encoding)].decrement(1.0);
     }
 }
 
@@ -165,25 +167,30 @@ fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
         ))
         .await;
         let mut session = Session::new(registration, claims);
-        metrics().handshakes_ok.increment(1);
+        metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         // The heavy futures (command handling, writing, closing) are boxed so that they take
         // memory only while they run: an idle connection's task holds just the wait loop.
         let end = session.serve(&mut ws).await;
-        Box::pin(session.leave_all()).await;
-        // Closing: no longer one of the user's connections (limits, /api/disconnect), though
-        // the drain still waits for the close handshake below (the session, dropped last,
-        // holds the registration the drain counts).
-        session.reg.node.hub.remove_connection(&session.reg.conn);
-        match end {
-            End::Close(reason) => Box::pin(close(&mut ws, session.reg.conn.encoding, reason)).await,
-            // RFC 6455 §5.5.1: answer the client's close frame before dropping TCP, so that
-            // its close is clean (`wasClean`), not 1006.
-            End::ClientClosed => {
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.flush()).await;
-            }
-            End::Gone => {}
-        }
+        Box::pin(finish(&mut session, &mut ws, end)).await;
         drop(session);
+    }
+}
+
+/// After the session: leaves every channel, then closes the socket as `end` says.
+async fn finish(session: &mut Session, ws: &mut WebSocket, end: End) {
+    session.leave_all().await;
+    // Closing: no longer one of the user's connections (limits, /api/disconnect), though
+    // the drain still waits for the close handshake below (the session, dropped last,
+    // holds the registration the drain counts).
+    session.reg.node.hub.remove_connection(&session.reg.conn);
+    match end {
+        End::Close(reason) => close(ws, session.reg.conn.encoding, reason).await,
+        // RFC 6455 §5.5.1: answer the client's close frame before dropping TCP, so that
+        // its close is clean (`wasClean`), not 1006.
+        End::ClientClosed => {
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, ws.flush()).await;
+        }
+        End::Gone => {}
     }
 }
 

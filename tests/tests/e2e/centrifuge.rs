@@ -3,7 +3,7 @@
 //! a careless or hostile client gets (the protocol's close codes and error codes). The SDKs
 //! themselves are driven in tests/browser/centrifuge.test.mjs.
 
-use e2e::{Gateway, Token, secs, token};
+use e2e::{Gateway, Token, eventually, metric, secs, token};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -144,6 +144,18 @@ async fn commands_behind_connect_in_one_frame_are_answered_in_order() {
     assert_eq!(push["push"]["channel"], "room:a");
     assert_eq!(push["push"]["pub"]["data"], json!({"text": "hi"}));
     assert!(push.get("id").is_none(), "pushes carry no id: {push}");
+    // Counted by protocol.
+    let by_protocol = |p: &str| format!("gateway_protocol_connections{{protocol=\"{p}\"}}");
+    eventually("one Centrifugo connection counted", secs(10), async || {
+        metric(gw.addr(), &by_protocol("centrifuge")).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(metric(gw.addr(), &by_protocol("v1")).await, Some(0.0));
+    drop(cf);
+    eventually("the connection uncounted", secs(10), async || {
+        metric(gw.addr(), &by_protocol("centrifuge")).await == Some(0.0)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1,0 +1,104 @@
+// centrifuge-js (its browser bundle from npm `centrifuge`) in a page of headless Chromium, and
+// the demo page (v1, `client.js`) in another browser context, in one room of one node: each
+// sees the other's messages, and the demo's member list shows the Centrifugo user.
+//
+// Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
+//   node --test tests/browser/centrifuge-page.test.mjs
+
+import { before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { launchBrowser, scenario, startGateway, stopGateway } from './harness.mjs';
+
+const WAIT = 20_000;
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BUNDLE = path.join(here, 'node_modules/centrifuge/dist/centrifuge.js');
+
+let gw;
+let browser;
+let demo; // the v1 demo page, signed in as Ann
+let sdk; // a page running centrifuge-js as cora
+
+async function newPage() {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  const errors = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(`console: ${msg.text()}`);
+  });
+  page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
+  return { page, errors };
+}
+
+const step = scenario({
+  timeout: 60_000,
+  onFailure: async (err) => {
+    const errors = [...(demo?.errors ?? []), ...(sdk?.errors ?? [])];
+    if (errors.length) err.message += `\nconsole errors:\n${errors.join('\n')}`;
+    if (gw) err.message += `\n${gw.addr}:\n${gw.log.slice(-10).join('\n')}`;
+  },
+});
+
+before(async () => {
+  gw = await startGateway();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await stopGateway(gw);
+  assert.ok(!gw?.log.some((l) => l.includes('panicked')), 'the gateway panicked');
+  for (const who of [demo, sdk].filter(Boolean)) assert.deepEqual(who.errors, []);
+});
+
+step('the demo page signs in to the lobby over v1', async () => {
+  demo = await newPage();
+  await demo.page.goto(`${gw.base}/`);
+  await demo.page.getByTestId('login-name').fill('Ann');
+  await demo.page.getByTestId('login-name').press('Enter');
+  await demo.page.locator('[data-testid="connection-status"][data-state="live"]').waitFor();
+  await demo.page.getByTestId('member-list').getByTestId('member-ann').waitFor();
+});
+
+step('centrifuge-js in another page joins the same room, and the demo lists its user', async () => {
+  sdk = await newPage();
+  // A page of the node's origin (the WebSocket's Origin check), with the SDK's bundle. The
+  // browser's own favicon request is none of the node's business.
+  await sdk.page.route('**/favicon.ico', (route) => route.fulfill({ status: 204 }));
+  await sdk.page.goto(`${gw.base}/healthz`);
+  await sdk.page.addScriptTag({ path: BUNDLE });
+  await sdk.page.evaluate(async () => {
+    const res = await fetch('/dev/token', { method: 'POST', body: JSON.stringify({ user: 'cora' }) });
+    const { token } = await res.json();
+    const client = new window.Centrifuge(`ws://${location.host}/connection/websocket`, { token });
+    window.pubs = [];
+    const sub = client.newSubscription('room:lobby');
+    sub.on('publication', (ctx) => window.pubs.push(ctx));
+    window.sub = sub;
+    sub.subscribe();
+    client.connect();
+    await sub.ready(10_000);
+  });
+  await demo.page.getByTestId('member-list').getByTestId('member-cora').waitFor();
+});
+
+step('a message from the demo reaches centrifuge-js, and one from centrifuge-js the demo', async () => {
+  const input = demo.page.getByTestId('composer-input');
+  await input.fill('hello from v1');
+  await input.press('Enter');
+  await sdk.page.waitForFunction(() => window.pubs.some((p) => p.data?.text === 'hello from v1'));
+  const fromDemo = await sdk.page.evaluate(() => window.pubs.find((p) => p.data?.text === 'hello from v1'));
+  assert.equal(fromDemo.info.user, 'ann');
+  await sdk.page.evaluate(() => window.sub.publish({ text: 'hello from centrifuge-js' }));
+  await demo.page
+    .getByTestId('message-list')
+    .getByTestId('message-text')
+    .getByText('hello from centrifuge-js', { exact: true })
+    .waitFor();
+  // Both see the same offsets: the SDK's publication carries the next one.
+  await sdk.page.waitForFunction(() => window.pubs.length === 2);
+  const offsets = await sdk.page.evaluate(() => window.pubs.map((p) => p.offset));
+  assert.equal(offsets[1], offsets[0] + 1);
+});

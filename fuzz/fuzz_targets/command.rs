@@ -20,12 +20,16 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Op::Publish { data, .. } = command.op {
         // Every subscriber can receive it, whatever its encoding.
-        let json = data.to_json().expect("an accepted payload converts to JSON");
+        let json = data
+            .to_json()
+            .expect("an accepted payload converts to JSON");
         let packed = data
             .to_msgpack()
             .expect("an accepted payload converts to MessagePack");
         assert!(json_text_depth(&json) <= MAX_DATA_DEPTH);
-        let back = Payload::MsgPack(packed).to_value().expect("MessagePack reads back");
+        let back = Payload::MsgPack(packed)
+            .to_value()
+            .expect("MessagePack reads back");
         let direct = Payload::Json(json).to_value().expect("JSON reads back");
         assert_eq!(back, direct);
     }

@@ -56,6 +56,9 @@ fuzz_target!(|data: &[u8]| {
         Some(Some(Encoding::MsgPack)) => {
             assert!(offers.iter().any(|p| p == "v1.msgpack"), "{offers:?}")
         }
+        Some(Some(Encoding::CentrifugeJson)) => {
+            panic!("the v1 door chose Centrifugo's protocol for {offers:?}")
+        }
         Some(None) => assert!(offers.is_empty(), "{offers:?}"),
         None => assert!(
             !offers.is_empty() && !offers.iter().any(|p| p == "v1.json" || p == "v1.msgpack"),
@@ -64,8 +67,13 @@ fuzz_target!(|data: &[u8]| {
     }
     // A foreign Origin is never accepted: same-origin takes only `http(s)://<Host>`, and a
     // list only its own entries besides.
-    if let Some(origin) = headers.get(http::header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        let host = headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(origin) = headers
+        .get(http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
         let normal = origin.trim().to_ascii_lowercase();
         let same_origin = host.is_some_and(|host| {
             let host = host.trim().to_ascii_lowercase();

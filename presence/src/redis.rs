@@ -27,12 +27,12 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Duration;
 
-const ADD_LUA: &str = include_str!("redis/add.lua");
-const REMOVE_LUA: &str = include_str!("redis/remove.lua");
-const REAP_LUA: &str = include_str!("redis/reap.lua");
-const RESTORE_LUA: &str = include_str!("redis/restore.lua");
-const PAGE_LUA: &str = include_str!("redis/page.lua");
-const STATS_LUA: &str = include_str!("redis/stats.lua");
+mod scripts;
+
+use scripts::{
+    ADD_LUA, ChangeCall, ChannelKeys, PAGE_LUA, PageCall, REAP_LUA, REMOVE_LUA, RESTORE_LUA,
+    ReapCall, STATS_LUA, StatsCall,
+};
 
 fn unavailable(e: fred::error::Error) -> PresenceError {
     if fanout::redis::is_transient(&e) {
@@ -91,19 +91,30 @@ impl RedisPresence {
         Ok((presence, departures))
     }
 
-    /// Per channel: node|user → connections, user → connections, user → name, users in id
-    /// order (for paging), connections in all.
-    fn channel_keys(&self, p: usize, channel: &str) -> [String; 5] {
-        let k = self.keys.presence(p, channel);
-        [k.connections, k.users, k.names, k.order, k.count]
+    /// The call of add.lua, remove.lua or restore.lua (`restore`: the count to put back) for
+    /// `user` on `channel`, on this node.
+    fn change_call<'a>(
+        &'a self,
+        channel: &'a str,
+        user: &'a str,
+        name: Option<&'a str>,
+        restore: Option<u32>,
+    ) -> ChangeCall<'a> {
+        let p = self.keys.partition(channel);
+        ChangeCall {
+            keys: ChannelKeys::new(&self.keys, p, channel),
+            node_index: self.node_key(p, &self.node),
+            nodes: self.nodes_key(p),
+            node: &self.node,
+            user,
+            name,
+            channel,
+            restore,
+        }
     }
 
-    /// The keys of add.lua, remove.lua and restore.lua, in their order.
-    fn change_keys(&self, channel: &str) -> Vec<String> {
-        let p = self.keys.partition(channel);
-        let [pn, pu, pm, pz, pc] = self.channel_keys(p, channel);
-        let node = self.node_key(p, &self.node);
-        vec![pn, pu, pm, node, self.nodes_key(p), pz, pc]
+    fn channel_keys(&self, channel: &str) -> ChannelKeys {
+        ChannelKeys::new(&self.keys, self.keys.partition(channel), channel)
     }
 
     /// The channels of partition `p` where `node` has entries.
@@ -147,22 +158,13 @@ impl RedisPresence {
             .collect();
         let mut joined = Vec::new();
         for ((channel, user), (count, name)) in own {
+            let call = self.change_call(&channel, &user, name.as_deref(), Some(count));
             let returned: i64 = self
                 .restore
-                .evalsha_with_reload(
-                    &self.client,
-                    self.change_keys(&channel),
-                    vec![
-                        self.node.clone(),
-                        user.clone(),
-                        name.unwrap_or_default(),
-                        channel.clone(),
-                        count.to_string(),
-                    ],
-                )
+                .evalsha_with_reload(&self.client, call.keys(), call.args())
                 .await
                 .map_err(unavailable)?;
-            if returned == 1 {
+            if ChangeCall::changed(returned) {
                 joined.push(Change::Joined { channel, user });
             }
         }
@@ -176,14 +178,15 @@ impl RedisPresence {
             let node_key = self.node_key(p, node);
             let channels: Vec<String> = self.client.hkeys(&node_key).await.map_err(unavailable)?;
             for channel in channels {
-                let [pn, pu, pm, pz, pc] = self.channel_keys(p, &channel);
+                let call = ReapCall {
+                    keys: ChannelKeys::new(&self.keys, p, &channel),
+                    node_index: node_key.clone(),
+                    node,
+                    channel: &channel,
+                };
                 let gone: Vec<String> = self
                     .reap
-                    .evalsha_with_reload(
-                        &self.client,
-                        vec![pn, pu, pm, node_key.clone(), pz, pc],
-                        vec![node.to_owned(), channel.clone()],
-                    )
+                    .evalsha_with_reload(&self.client, call.keys(), call.args())
                     .await
                     .map_err(unavailable)?;
                 departures.extend(gone.into_iter().map(|user| Change::Left {
@@ -210,20 +213,12 @@ impl RedisPresence {
         user: &str,
         name: Option<&str>,
     ) -> Result<bool, PresenceError> {
+        let call = self.change_call(channel, user, name, None);
         let changed: i64 = script
-            .evalsha_with_reload(
-                &self.client,
-                self.change_keys(channel),
-                vec![
-                    self.node.clone(),
-                    user.to_owned(),
-                    name.unwrap_or("").to_owned(),
-                    channel.to_owned(),
-                ],
-            )
+            .evalsha_with_reload(&self.client, call.keys(), call.args())
             .await
             .map_err(unavailable)?;
-        Ok(changed == 1)
+        Ok(ChangeCall::changed(changed))
     }
 }
 
@@ -266,14 +261,14 @@ impl Presence for RedisPresence {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Member>, PresenceError> {
-        let [_, pu, pm, pz, _] = self.channel_keys(self.keys.partition(channel), channel);
+        let call = PageCall {
+            keys: self.channel_keys(channel),
+            after,
+            limit,
+        };
         let flat: Vec<String> = self
             .page
-            .evalsha_with_reload(
-                &self.client,
-                vec![pz, pu, pm],
-                vec![after.unwrap_or("").to_owned(), limit.max(1).to_string()],
-            )
+            .evalsha_with_reload(&self.client, call.keys(), call.args())
             .await
             .map_err(unavailable)?;
         flat.chunks(3)
@@ -289,10 +284,12 @@ impl Presence for RedisPresence {
     }
 
     async fn stats(&self, channel: &str) -> Result<Stats, PresenceError> {
-        let [_, pu, _, _, pc] = self.channel_keys(self.keys.partition(channel), channel);
+        let call = StatsCall {
+            keys: self.channel_keys(channel),
+        };
         let (users, conns): (i64, i64) = self
             .stats
-            .evalsha_with_reload(&self.client, vec![pu, pc], ())
+            .evalsha_with_reload(&self.client, call.keys(), ())
             .await
             .map_err(unavailable)?;
         Ok(Stats {

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
-import { API_KEY, ARTIFACTS, launchBrowser, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
+import { API_KEY, ARTIFACTS, launchBrowser, newPage, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000;
 const STEP_TIMEOUT = 90_000;
@@ -24,16 +24,9 @@ let admin; // {page, errors}
 let dora; // {page, errors}
 
 async function open(url) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(WAIT);
-  const errors = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(`console: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
-  await page.goto(url);
-  return { context, page, errors };
+  const opened = await newPage(browser, { timeout: WAIT, viewport: { width: 1280, height: 900 } });
+  await opened.page.goto(url);
+  return opened;
 }
 
 const shot = (who, file) => who.page.screenshot({ path: path.join(ARTIFACTS, file), fullPage: true });

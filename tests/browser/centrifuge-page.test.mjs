@@ -9,7 +9,7 @@ import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { launchBrowser, scenario, startGateway, stopGateway } from './harness.mjs';
+import { launchBrowser, newPage, scenario, startGateway, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000;
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -19,18 +19,6 @@ let gw;
 let browser;
 let demo; // the v1 demo page, signed in as Ann
 let sdk; // a page running centrifuge-js as cora
-
-async function newPage() {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  page.setDefaultTimeout(WAIT);
-  const errors = [];
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') errors.push(`console: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
-  return { page, errors };
-}
 
 const step = scenario({
   timeout: 60_000,
@@ -54,7 +42,7 @@ after(async () => {
 });
 
 step('the demo page signs in to the lobby over v1', async () => {
-  demo = await newPage();
+  demo = await newPage(browser, { timeout: WAIT });
   await demo.page.goto(`${gw.base}/`);
   await demo.page.getByTestId('login-name').fill('Ann');
   await demo.page.getByTestId('login-name').press('Enter');
@@ -63,7 +51,7 @@ step('the demo page signs in to the lobby over v1', async () => {
 });
 
 step('centrifuge-js in another page joins the same room, and the demo lists its user', async () => {
-  sdk = await newPage();
+  sdk = await newPage(browser, { timeout: WAIT });
   // A page of the node's origin (the WebSocket's Origin check), with the SDK's bundle. The
   // browser's own favicon request is none of the node's business.
   await sdk.page.route('**/favicon.ico', (route) => route.fulfill({ status: 204 }));

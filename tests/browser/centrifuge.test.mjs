@@ -52,15 +52,33 @@ function once(emitter, event, pick = (ctx) => ctx, what = event) {
   });
 }
 
-/** A centrifuge-js client of `user` on `node`, recording every event it sees. */
+/**
+ * `ws` for the SDK that also counts the server's application pings (`{}` lines) into
+ * `counter.pings`: the heartbeat steps wait for pings, not for a span of time.
+ */
+function countingWebSocket(counter) {
+  return class extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      this.on('message', (data) => {
+        counter.pings += data.toString().split('\n').filter((line) => line === '{}').length;
+      });
+    }
+  };
+}
+
+/** A centrifuge-js client of `user` on `node`, recording every event it sees (`pings`: the
+ * server's pings it received). */
 function sdk(user, node = gw, options = {}) {
+  const counter = { pings: 0 };
   const client = new Centrifuge(`ws://${node.addr}/connection/websocket`, {
     token: token(user),
-    websocket: WebSocket,
+    websocket: countingWebSocket(counter),
     minReconnectDelay: 100,
     maxReconnectDelay: 1000,
     ...options,
   });
+  client.counter = counter;
   client.events = [];
   for (const e of ['connected', 'disconnected', 'error']) {
     client.on(e, (ctx) => client.events.push({ e, ctx }));
@@ -79,11 +97,11 @@ function subscription(client, channel, options = {}) {
   return sub;
 }
 
-/** Waits until `check()` is true, within WAIT. */
-async function eventually(what, check) {
-  const deadline = Date.now() + WAIT;
+/** Waits until `check()` is true, within `within` ms. */
+async function eventually(what, check, within = WAIT) {
+  const deadline = Date.now() + within;
   while (!check()) {
-    if (Date.now() > deadline) throw new Error(`not within ${WAIT} ms: ${what}`);
+    if (Date.now() > deadline) throw new Error(`not within ${within} ms: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
@@ -265,12 +283,12 @@ step('the connection token is refreshed before it expires, and the connection st
     },
   });
   const connected = once(erin, 'connected');
-  const start = Date.now();
   erin.connect();
   await connected;
   await eventually('a refresh', () => refreshes >= 1);
-  // Past the first token's end (3 s + 5 s leeway) with a margin: nothing may close it.
-  await new Promise((resolve) => setTimeout(resolve, Math.max(0, start + 11_000 - Date.now())));
+  // Served past the first token's end (3 s + 5 s leeway): the node keeps pinging every 2 s,
+  // and the sixth ping comes after it. Nothing may have closed the connection meanwhile.
+  await eventually('6 pings', () => erin.counter.pings >= 6, 40_000);
   assert.deepEqual(erin.events.filter((x) => x.e !== 'connected'), []);
   assert.equal(erin.state, 'connected');
 });
@@ -281,8 +299,8 @@ step('an idle connection stays up past ping + 10 s: the SDK answers the pings', 
   frank.connect();
   await connected;
   // The node pings every 2 s and closes after 6 s without a frame (3012); the SDK gives up
-  // after 2 + 10 s without a ping. 15 s covers both.
-  await new Promise((resolve) => setTimeout(resolve, 15_000));
+  // after 2 + 10 s without a ping. Seven pings answered span both.
+  await eventually('7 pings', () => frank.counter.pings >= 7, 40_000);
   assert.deepEqual(frank.events.filter((x) => x.e !== 'connected'), []);
   assert.equal(frank.state, 'connected');
 });

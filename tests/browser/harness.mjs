@@ -123,6 +123,22 @@ export function launchBrowser() {
 }
 
 /**
+ * A page in a context of its own, its default timeout `timeout` ms, collecting its console
+ * errors and uncaught exceptions in `errors`: {context, page, errors}.
+ */
+export async function newPage(browser, { timeout, viewport } = {}) {
+  const context = await browser.newContext(viewport ? { viewport } : {});
+  const page = await context.newPage();
+  page.setDefaultTimeout(timeout);
+  const errors = [];
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(`console: ${msg.text()}`);
+  });
+  page.on('pageerror', (err) => errors.push(`pageerror: ${err.message}`));
+  return { context, page, errors };
+}
+
+/**
  * Steps of one scenario, run in order: after a failing step the later ones are skipped, and
  * `onFailure(err)` runs first (screenshots, console errors, log lines added to the message).
  */

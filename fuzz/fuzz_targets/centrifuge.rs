@@ -1,15 +1,22 @@
-//! Centrifugo protocol frames (newline-separated JSON commands): decoding never panics, never
-//! yields more commands than the batch bound, and a published payload is one JSON value within
-//! the depth limit that converts to MessagePack for v1 subscribers.
+//! Centrifugo protocol frames, each input read in both encodings (newline-separated JSON
+//! commands, and varint-delimited Protobuf commands): decoding never panics, never yields
+//! more commands than the batch bound, and a published payload is one JSON value within the
+//! depth limit that converts to MessagePack for v1 subscribers.
 #![no_main]
 
 use gateway::protocol::centrifuge::{Inbound, MAX_BATCH, decode_frame};
-use gateway::protocol::{MAX_DATA_DEPTH, Op, json_text_depth};
+use gateway::protocol::{Encoding, MAX_DATA_DEPTH, Op, json_text_depth};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    for encoding in [Encoding::CentrifugeJson, Encoding::CentrifugeProtobuf] {
+        check(encoding, data);
+    }
+});
+
+fn check(encoding: Encoding, data: &[u8]) {
     let mut out = Vec::new();
-    if decode_frame(data, &mut out).is_err() {
+    if decode_frame(encoding, data, &mut out).is_err() {
         return;
     }
     assert!(!out.is_empty() && out.len() <= MAX_BATCH);
@@ -25,4 +32,4 @@ fuzz_target!(|data: &[u8]| {
                 .expect("an accepted payload converts to MessagePack");
         }
     }
-});
+}

@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         Some(Some(Encoding::MsgPack)) => {
             assert!(offers.iter().any(|p| p == "v1.msgpack"), "{offers:?}")
         }
-        Some(Some(Encoding::CentrifugeJson)) => {
+        Some(Some(Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf)) => {
             panic!("the v1 door chose Centrifugo's protocol for {offers:?}")
         }
         Some(None) => assert!(offers.is_empty(), "{offers:?}"),

@@ -21,6 +21,30 @@ pub struct Claims {
     pub channels: Vec<String>,
 }
 
+/// The claims of a subscription token (Centrifugo's protocol): the user may subscribe to
+/// this one channel, until `exp` when it is given. Its `channel` claim keeps it from being
+/// used as a connection token, which must not have one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubscriptionClaims {
+    /// User id: the connection's.
+    pub sub: String,
+    /// The channel granted.
+    pub channel: String,
+    /// Expiry, Unix seconds; none: the subscription does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+}
+
+/// A connection token's claims, and whether it names a channel (then it is a subscription
+/// token, refused as a connection token).
+#[derive(Deserialize)]
+struct ConnectionToken {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    channel: Option<serde::de::IgnoredAny>,
+}
+
 /// Why a token was refused. The message never contains the token.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -46,6 +70,8 @@ impl AuthError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// For subscription tokens: `exp` is not required.
+    subscription: Validation,
     signer: Option<EncodingKey>,
 }
 
@@ -80,18 +106,27 @@ impl Verifier {
         if let Some(iss) = &config.issuer {
             validation.set_issuer(&[iss]);
         }
+        let mut subscription = validation.clone();
+        required.retain(|c| *c != "exp");
+        subscription.set_required_spec_claims(&required);
         Ok(Self {
             key,
             validation,
+            subscription,
             signer,
         })
     }
 
     /// Checks `token` and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let data = jsonwebtoken::decode::<ConnectionToken>(token, &self.key, &self.validation)
             .map_err(|e| AuthError::Invalid(e.kind_description()))?;
-        let claims = data.claims;
+        if data.claims.channel.is_some() {
+            return Err(AuthError::Claims(
+                "a subscription token (with a channel claim) is not a connection token",
+            ));
+        }
+        let claims = data.claims.claims;
         if claims.sub.is_empty() || claims.sub.len() > 128 {
             return Err(AuthError::Claims("sub must be 1..=128 bytes"));
         }
@@ -104,6 +139,13 @@ impl Verifier {
             ));
         }
         Ok(claims)
+    }
+
+    /// Checks a subscription token and returns its claims.
+    pub fn verify_subscription(&self, token: &str) -> Result<SubscriptionClaims, AuthError> {
+        let data = jsonwebtoken::decode::<SubscriptionClaims>(token, &self.key, &self.subscription)
+            .map_err(|e| AuthError::Invalid(e.kind_description()))?;
+        Ok(data.claims)
     }
 
     /// Signs a token for `claims` (HS256 secret only; used by dev mode).
@@ -187,5 +229,35 @@ mod tests {
         };
         assert!(v.verify(&v.mint(&bad_pattern).unwrap()).is_err());
         assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn subscription_and_connection_tokens_are_not_interchangeable() {
+        let v = verifier();
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let sign = |claims: &serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(jsonwebtoken::Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let sub_token = sign(&serde_json::json!({"sub": "alice", "channel": "room:x"}));
+        let granted = v.verify_subscription(&sub_token).unwrap();
+        assert_eq!((granted.channel.as_str(), granted.exp), ("room:x", None));
+        let with_exp = serde_json::json!({"sub": "alice", "channel": "room:x", "exp": now() + 60});
+        assert!(
+            v.verify(&sign(&with_exp)).is_err(),
+            "a subscription token connected"
+        );
+        let conn_token = v.mint(&claims("alice")).unwrap();
+        assert!(v.verify_subscription(&conn_token).is_err());
+        let expired = serde_json::json!({"sub": "alice", "channel": "room:x", "exp": now() - 10});
+        assert!(
+            v.verify_subscription(&sign(&expired))
+                .unwrap_err()
+                .is_expired()
+        );
     }
 }

@@ -309,6 +309,7 @@ impl Node {
         channel: &Arc<str>,
         since: Option<u64>,
         epoch: Option<&str>,
+        expires: Option<u64>,
     ) -> Result<(), BrokerError> {
         let query = HistoryQuery {
             since: since.map(|s| s.min(u64::MAX - 1)),
@@ -349,6 +350,7 @@ impl Node {
                 since,
                 recovered: outcome.recovered,
                 publications: outcome.publications,
+                expires,
             },
         );
         let replay = replay.into_iter().map(Delivery::new).collect();
@@ -522,7 +524,9 @@ mod tests {
     async fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, channel: &Arc<str>) {
         conn.begin_recovery(channel.clone());
         node.join(conn, channel, None, None).await.unwrap();
-        node.recover(conn, 1, channel, Some(0), None).await.unwrap();
+        node.recover(conn, 1, channel, Some(0), None, None)
+            .await
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

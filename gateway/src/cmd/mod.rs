@@ -21,7 +21,17 @@ impl Session {
                 since,
                 epoch,
                 join_leave,
-            } => subscribe::apply(self, id, channel, since, epoch, join_leave).await,
+                token,
+            } => {
+                let request = subscribe::Request {
+                    channel,
+                    since,
+                    epoch,
+                    join_leave,
+                    token,
+                };
+                subscribe::apply(self, id, request).await
+            }
             Op::Unsubscribe { channel } => unsubscribe::apply(self, id, &channel).await,
             Op::Publish {
                 channel,
@@ -56,14 +66,7 @@ impl Session {
                 self.answer(id, &Answer::Pong);
                 None
             }
-            Op::SubRefresh { .. } => {
-                self.error(
-                    id,
-                    ErrorCode::NotAvailable,
-                    "subscription tokens are not supported: channels come from the connection token",
-                );
-                None
-            }
+            Op::SubRefresh { channel, token } => subscribe::refresh(self, id, &channel, &token),
             Op::Rpc { .. } => {
                 self.error(id, ErrorCode::MethodNotFound, "method not found");
                 None

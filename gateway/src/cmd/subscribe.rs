@@ -1,19 +1,109 @@
-//! `subscribe`: join a channel (or re-sync one already joined) and recover from `since`.
+//! `subscribe`: join a channel (or re-sync one already joined) and recover from `since`;
+//! and `sub_refresh`, which extends a subscription token's grant.
 
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
-use crate::protocol::ErrorCode;
-use crate::session::{End, Session};
+use crate::protocol::{Answer, ErrorCode};
+use crate::session::{End, Grant, Session, expiry_instant};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(super) async fn apply(
-    session: &mut Session,
-    id: i64,
-    channel: String,
-    since: Option<u64>,
-    epoch: Option<String>,
-    join_leave: Option<JoinLeave>,
-) -> Option<End> {
+/// What a subscribe asks for.
+pub(super) struct Request {
+    pub channel: String,
+    pub since: Option<u64>,
+    pub epoch: Option<String>,
+    pub join_leave: Option<JoinLeave>,
+    /// A subscription token for the channel.
+    pub token: Option<String>,
+}
+
+/// Checks a subscription token for `channel`: its expiry (Unix seconds) when it grants the
+/// channel to this connection's user, else the error to answer (109 for an expired token,
+/// so that the SDKs fetch a new one; 103 for anything else).
+fn check_token(
+    session: &Session,
+    channel: &str,
+    token: &str,
+) -> Result<Option<u64>, (ErrorCode, &'static str)> {
+    match session.reg.node.verifier.verify_subscription(token) {
+        Err(e) if e.is_expired() => Err((ErrorCode::TokenExpired, "subscription token expired")),
+        Err(e) => {
+            tracing::debug!(reason = %e, "subscription token refused");
+            Err((ErrorCode::Forbidden, "invalid subscription token"))
+        }
+        Ok(claims) if *claims.sub != *session.reg.conn.user => Err((
+            ErrorCode::Forbidden,
+            "the subscription token is for another user",
+        )),
+        Ok(claims) if claims.channel != channel => Err((
+            ErrorCode::Forbidden,
+            "the subscription token is for another channel",
+        )),
+        Ok(claims) => Ok(claims.exp),
+    }
+}
+
+/// Records (or renews) a subscription token's grant of `channel`.
+fn grant(session: &mut Session, channel: &str, exp: Option<u64>) {
+    let expires_at = exp.map(|exp| expiry_instant(&session.reg.node, exp));
+    match session.grants.iter_mut().find(|g| *g.channel == *channel) {
+        Some(g) => {
+            g.expires_at = expires_at;
+            g.exp = exp;
+        }
+        None => session.grants.push(Grant {
+            channel: channel.into(),
+            expires_at,
+            exp,
+        }),
+    }
+}
+
+/// `sub_refresh`: a new subscription token for a channel the connection holds by one.
+pub(super) fn refresh(session: &mut Session, id: i64, channel: &str, token: &str) -> Option<End> {
+    if !session.grants.iter().any(|g| *g.channel == *channel) {
+        session.error(
+            id,
+            ErrorCode::Forbidden,
+            "no subscription by token to this channel",
+        );
+        return None;
+    }
+    match check_token(session, channel, token) {
+        Err((code, why)) => session.error(id, code, why),
+        Ok(exp) => {
+            grant(session, channel, exp);
+            // No expiry: the answer says a distant one, which the SDKs never act on.
+            let exp = exp.unwrap_or(u64::from(u32::MAX));
+            session.answer(id, &Answer::SubRefreshed { exp });
+        }
+    }
+    None
+}
+
+pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> Option<End> {
+    let Request {
+        channel,
+        since,
+        epoch,
+        join_leave,
+        token,
+    } = request;
+    if let Some(token) = token {
+        match check_token(session, &channel, &token) {
+            Err((code, why)) => {
+                session.error(id, code, why);
+                return None;
+            }
+            Ok(exp) => grant(session, &channel, exp),
+        }
+    }
+    // A subscription by token expires with it: the reply says when.
+    let expires = session
+        .grants
+        .iter()
+        .find(|g| *g.channel == *channel)
+        .and_then(|g| g.exp);
     if !session.allowed(&channel, Action::Subscribe) {
         session.error(
             id,
@@ -70,7 +160,14 @@ pub(super) async fn apply(
     };
     let node = session.reg.node.clone();
     if let Err(e) = node
-        .recover(&session.reg.conn, id, &channel, since, epoch.as_deref())
+        .recover(
+            &session.reg.conn,
+            id,
+            &channel,
+            since,
+            epoch.as_deref(),
+            expires,
+        )
         .await
     {
         session.broker_error(id, e);

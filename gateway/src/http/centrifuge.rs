@@ -1,17 +1,18 @@
-//! `GET /connection/websocket`: Centrifugo's client protocol (JSON). The upgrade is accepted
+//! `GET /connection/websocket`: Centrifugo's client protocol (JSON or Protobuf). The upgrade is accepted
 //! without a token: the SDKs send it in their first command, `connect` (see
 //! `session::connect`).
 
 use super::upgrade::{Upgrade, UpgradeRejection};
 use super::ws::{precheck, refuse, socket_config};
 use crate::node::Node;
+use crate::protocol::Encoding;
 use crate::session::connect::{self, CentrifugeStart};
 use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
 use std::sync::Arc;
 
-/// The subprotocol of Centrifugo's Protobuf encoding, which this server does not speak yet.
+/// The subprotocol of Centrifugo's Protobuf encoding.
 const PROTOBUF: &str = "centrifuge-protobuf";
 /// The subprotocol a JSON client may name (the SDKs name none).
 const JSON: &str = "centrifuge-json";
@@ -34,22 +35,23 @@ pub async fn upgrade(
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .collect();
-    let chosen = if offered.is_empty() {
-        None
-    } else if offered.contains(&JSON) {
-        Some(JSON)
-    } else if offered.contains(&PROTOBUF) {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_subprotocol",
-            "centrifuge-protobuf is not supported yet: use the JSON client",
-        );
+    // The first one offered that this server speaks.
+    let chosen = match offered.iter().find(|p| [JSON, PROTOBUF].contains(p)) {
+        _ if offered.is_empty() => None,
+        Some(&p) if p == PROTOBUF => Some(PROTOBUF),
+        Some(_) => Some(JSON),
+        None => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_subprotocol",
+                "unsupported subprotocol: offer none (JSON), centrifuge-json or centrifuge-protobuf",
+            );
+        }
+    };
+    let encoding = if chosen == Some(PROTOBUF) {
+        Encoding::CentrifugeProtobuf
     } else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_subprotocol",
-            "unsupported subprotocol: offer none (JSON) or centrifuge-json",
-        );
+        Encoding::CentrifugeJson
     };
     // The node's size is checked again once the client is known; refusing here spares a
     // full node the socket.
@@ -65,6 +67,7 @@ pub async fn upgrade(
         on_upgrade,
         node: node.clone(),
         config: socket_config(&node),
+        encoding,
     }));
     response
 }

@@ -91,6 +91,9 @@ pub enum Op {
         epoch: Option<String>,
         /// How to hear of presence changes (the namespace's default when `None`).
         join_leave: Option<JoinLeave>,
+        /// A subscription token (Centrifugo's protocol): a JWT that grants this one
+        /// channel to this user, beyond what the connection token grants.
+        token: Option<String>,
     },
     /// Unsubscribe.
     Unsubscribe {
@@ -142,10 +145,12 @@ pub enum Op {
     },
     /// Round trip.
     Ping,
-    /// Renew a subscription token (Centrifugo's `sub_refresh`; no such tokens here yet).
+    /// Renew a subscription token (Centrifugo's `sub_refresh`).
     SubRefresh {
         /// Channel.
         channel: String,
+        /// The new subscription token.
+        token: String,
     },
     /// Call a backend method (Centrifugo's `rpc`; nothing serves one yet).
     Rpc {
@@ -193,8 +198,10 @@ impl CommandError {
 pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandError> {
     let map: Map<String, Value> = match encoding {
         // (Centrifugo's frames go through `centrifuge::decode_frame`, not here.)
-        Encoding::Json | Encoding::CentrifugeJson => serde_json::from_slice(payload)
-            .map_err(|_| CommandError::malformed("frame is not a JSON object"))?,
+        Encoding::Json | Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => {
+            serde_json::from_slice(payload)
+                .map_err(|_| CommandError::malformed("frame is not a JSON object"))?
+        }
         Encoding::MsgPack => rmp_serde::from_slice(payload).map_err(|_| {
             const WHY: &str =
                 "values must be JSON-compatible (MessagePack bin and ext types are not accepted)";
@@ -229,6 +236,7 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
             since: fields.opt_u64("since")?,
             epoch: fields.opt_string("epoch")?,
             join_leave: fields.join_leave()?,
+            token: None,
         },
         "unsubscribe" => Op::Unsubscribe {
             channel: fields.channel()?,
@@ -258,7 +266,9 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
             Op::Publish {
                 channel: fields.channel()?,
                 data: match encoding {
-                    Encoding::Json | Encoding::CentrifugeJson => Payload::from_value(data),
+                    Encoding::Json | Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => {
+                        Payload::from_value(data)
+                    }
                     Encoding::MsgPack => Payload::msgpack_from_value(data),
                 },
                 idem,
@@ -422,6 +432,7 @@ mod tests {
                 since: None,
                 epoch: None,
                 join_leave: Some(JoinLeave::Diff),
+                token: None,
             }
         );
         for (value, mode) in [
@@ -493,7 +504,7 @@ mod tests {
                 let bytes = match encoding {
                     Encoding::Json => frame.to_string().into_bytes(),
                     Encoding::MsgPack => rmp_serde::to_vec_named(&frame).unwrap(),
-                    Encoding::CentrifugeJson => unreachable!(),
+                    Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => unreachable!(),
                 };
                 let result = decode(encoding, &bytes);
                 assert_eq!(result.is_ok(), ok, "{encoding:?} {levels}: {result:?}");

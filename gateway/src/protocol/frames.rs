@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
     let bytes = match encoding {
-        Encoding::Json | Encoding::CentrifugeJson => {
+        // Centrifugo's frames are written by `centrifuge`, never here.
+        Encoding::Json | Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => {
             serde_json::to_vec(value).expect("server frames always serialize")
         }
         Encoding::MsgPack => {
@@ -102,6 +103,11 @@ pub enum Answer<'a> {
         /// The connection's id (Centrifugo's `client`).
         client: &'a str,
     },
+    /// `sub_refresh`: the subscription's new expiry.
+    SubRefreshed {
+        /// Unix seconds.
+        exp: u64,
+    },
     /// `presence_stats`.
     PresenceStats {
         /// Distinct users.
@@ -117,38 +123,16 @@ pub enum Answer<'a> {
 pub fn answer_frame(encoding: Encoding, id: i64, answer: &Answer<'_>) -> Bytes {
     use serde_json::json;
     if encoding.is_centrifuge() {
-        let (method, result) = match answer {
-            Answer::Pong => ("ping", json!({})),
-            Answer::Unsubscribed => ("unsubscribe", json!({})),
-            Answer::Published { .. } => ("publish", json!({})),
-            Answer::Refreshed { exp, client } => {
-                let ttl = exp.saturating_sub(fanout::util::unix_secs()).max(1);
-                (
-                    "refresh",
-                    json!({ "client": client, "expires": true, "ttl": ttl }),
-                )
-            }
-            Answer::PresenceStats { users, conns } => (
-                "presence_stats",
-                json!({ "num_clients": conns, "num_users": users }),
-            ),
-            Answer::Presence(page) => {
-                let members: serde_json::Map<String, serde_json::Value> = page
-                    .members
-                    .iter()
-                    .map(|m| (m.user.clone(), json!({ "user": m.user, "client": m.user })))
-                    .collect();
-                ("presence", json!({ "presence": members }))
-            }
-        };
-        return centrifuge::reply(id, method, &result);
+        return centrifuge::answer(encoding, id, answer);
     }
     match answer {
         Answer::Pong | Answer::Unsubscribed => reply_frame(encoding, id, &json!({})),
         Answer::Published { offset, epoch } => {
             reply_frame(encoding, id, &json!({ "offset": offset, "epoch": epoch }))
         }
-        Answer::Refreshed { exp, .. } => reply_frame(encoding, id, &json!({ "exp": exp })),
+        Answer::Refreshed { exp, .. } | Answer::SubRefreshed { exp } => {
+            reply_frame(encoding, id, &json!({ "exp": exp }))
+        }
         Answer::PresenceStats { users, conns } => {
             reply_frame(encoding, id, &json!({ "users": users, "conns": conns }))
         }
@@ -170,6 +154,7 @@ pub fn subscribe_reply_frame(
         since,
         recovered,
         publications,
+        expires,
     } = recovery;
     if encoding.is_centrifuge() {
         // A recovered subscription's reply holds the client's own position, which the
@@ -179,11 +164,15 @@ pub fn subscribe_reply_frame(
             _ => (offset, Vec::new()),
         };
         let reply = centrifuge::subscribe_reply(
+            encoding,
             id,
-            offset,
-            &epoch,
-            since.map(|_| recovered),
-            &publications,
+            centrifuge::SubscribeResult {
+                offset,
+                epoch: &epoch,
+                recovering: since.map(|_| recovered),
+                publications: &publications,
+                expires,
+            },
         );
         return (reply, Vec::new());
     }
@@ -208,6 +197,9 @@ pub struct SubscribeAnswer {
     pub recovered: bool,
     /// The missed publications, oldest first.
     pub publications: Vec<Arc<Publication>>,
+    /// When the subscription expires (a subscription token's `exp`, Unix seconds): the
+    /// client renews it before then (Centrifugo's `sub_refresh`; v1 has no such tokens).
+    pub expires: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -228,7 +220,7 @@ struct ErrorReply<'a> {
 /// An error reply.
 pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) -> Bytes {
     if encoding.is_centrifuge() {
-        return centrifuge::error(id, code, message);
+        return centrifuge::error(encoding, id, code, message);
     }
     encode(
         encoding,
@@ -247,7 +239,7 @@ pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) 
 /// still be published (the backend got it and did not answer in time) or surely was not.
 pub fn publish_error_frame(encoding: Encoding, id: i64, error: &fanout::BrokerError) -> Bytes {
     if encoding.is_centrifuge() {
-        return centrifuge::error(id, ErrorCode::from(error), &error.to_string());
+        return centrifuge::error(encoding, id, ErrorCode::from(error), &error.to_string());
     }
     encode(
         encoding,
@@ -268,7 +260,9 @@ pub fn publish_error_frame(encoding: Encoding, id: i64, error: &fanout::BrokerEr
 pub fn message_frame(encoding: Encoding, publication: &Publication) -> Message {
     let p = publication;
     match encoding {
-        Encoding::CentrifugeJson => to_message(encoding, centrifuge::publication_push(p)),
+        Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => {
+            to_message(encoding, centrifuge::publication_push(encoding, p))
+        }
         Encoding::Json => {
             let data = p.data.to_json().unwrap_or_else(|e| {
                 tracing::error!(error = %e, channel = %p.channel, "unreadable payload");
@@ -324,14 +318,14 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Wraps an encoded frame for the socket: text for JSON (serde_json output is UTF-8; the
-/// check runs once here), binary for MessagePack.
+/// check runs once here), binary for MessagePack and Protobuf.
 pub fn to_message(encoding: Encoding, frame: Bytes) -> Message {
     match encoding {
         Encoding::Json | Encoding::CentrifugeJson => match Utf8Bytes::try_from(frame) {
             Ok(text) => Message::Text(text),
             Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
         },
-        Encoding::MsgPack => Message::Binary(frame),
+        Encoding::MsgPack | Encoding::CentrifugeProtobuf => Message::Binary(frame),
     }
 }
 
@@ -358,7 +352,7 @@ pub fn control_frame(encoding: Encoding, event: &ControlEvent) -> Bytes {
         ControlEvent::Leave { channel, user } => ("leave", channel, user),
     };
     if encoding.is_centrifuge() {
-        return centrifuge::presence_push(channel, op == "join", user);
+        return centrifuge::presence_push(encoding, channel, op == "join", user);
     }
     encode(encoding, &ControlPush { op, channel, user })
 }
@@ -387,11 +381,11 @@ pub fn presence_diff_frame<'a>(
         // One join or leave push each, in one frame; the protocol has no overflow notice,
         // so past `max_users` the rest is not told (presence reads stay exact).
         let pushes: Vec<Bytes> = joins
-            .map(|u| centrifuge::presence_push(channel, true, u))
-            .chain(leaves.map(|u| centrifuge::presence_push(channel, false, u)))
+            .map(|u| centrifuge::presence_push(encoding, channel, true, u))
+            .chain(leaves.map(|u| centrifuge::presence_push(encoding, channel, false, u)))
             .take(max_users.max(1))
             .collect();
-        return centrifuge::join_frames(pushes.iter().map(|b| &b[..]));
+        return centrifuge::join_frames(encoding, pushes.iter().map(|b| &b[..]));
     }
     let (joins, leaves) = if overflow {
         (Vec::new(), Vec::new())
@@ -422,7 +416,7 @@ struct UnsubscribePush<'a> {
 /// subscribe again (with `since`, to recover what the connection may have missed).
 pub fn unsubscribe_frame(encoding: Encoding, channel: &str, reason: UnsubscribeReason) -> Bytes {
     if encoding.is_centrifuge() {
-        return centrifuge::unsubscribe_push(channel, reason);
+        return centrifuge::unsubscribe_push(encoding, channel, reason);
     }
     encode(
         encoding,
@@ -485,19 +479,11 @@ pub struct HistoryReply<'a> {
 /// The reply to `history`: `{"id", "ok": <history body>}`.
 pub fn history_reply_frame(encoding: Encoding, id: i64, reply: HistoryReply<'_>) -> Bytes {
     if encoding.is_centrifuge() {
-        return centrifuge::history_reply(
-            id,
-            reply.publications,
-            reply.offset,
-            reply.epoch,
-            reply.max_bytes,
-            reply.keep_newest,
-            reply.reverse,
-        );
+        return centrifuge::history_reply(encoding, id, reply);
     }
     let mut out = Vec::new();
     match encoding {
-        Encoding::Json | Encoding::CentrifugeJson => {
+        Encoding::Json | Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => {
             out.extend_from_slice(format!("{{\"id\":{id},\"ok\":").as_bytes())
         }
         Encoding::MsgPack => {
@@ -548,7 +534,7 @@ fn write_history_body(out: &mut Vec<u8>, encoding: Encoding, reply: HistoryReply
     }
     out.reserve(bytes + 96);
     match encoding {
-        Encoding::Json | Encoding::CentrifugeJson => {
+        Encoding::Json | Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => {
             out.extend_from_slice(b"{\"messages\":[");
             for (i, frame) in frames.iter().enumerate() {
                 if i > 0 {
@@ -642,7 +628,7 @@ mod tests {
             let v: Value = match encoding {
                 Encoding::Json => serde_json::from_slice(&bytes).unwrap(),
                 Encoding::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
-                Encoding::CentrifugeJson => unreachable!(),
+                Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => unreachable!(),
             };
             assert_eq!(v["id"], -4);
             assert_eq!(v["ok"]["offset"], 2);
@@ -662,7 +648,7 @@ mod tests {
                 let v: Value = match encoding {
                     Encoding::Json => serde_json::from_slice(&bytes).unwrap(),
                     Encoding::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
-                    Encoding::CentrifugeJson => unreachable!(),
+                    Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf => unreachable!(),
                 };
                 assert_eq!(v["ok"]["truncated"], true);
                 assert_eq!(v["ok"]["messages"].as_array().unwrap().len(), 1);

@@ -25,11 +25,14 @@ pub enum Encoding {
     /// Centrifugo's client protocol, JSON (`/connection/websocket`): text frames of
     /// newline-separated objects (see [`centrifuge`]).
     CentrifugeJson,
+    /// Centrifugo's client protocol, Protobuf (`centrifuge-protobuf`): binary frames of
+    /// varint-delimited messages.
+    CentrifugeProtobuf,
 }
 
 impl Encoding {
     /// How many encodings there are (the size of per-encoding frame caches).
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
 
     /// The subprotocol name.
     pub fn subprotocol(self) -> &'static str {
@@ -37,17 +40,21 @@ impl Encoding {
             Encoding::Json => "v1.json",
             Encoding::MsgPack => "v1.msgpack",
             Encoding::CentrifugeJson => "centrifuge-json",
+            Encoding::CentrifugeProtobuf => "centrifuge-protobuf",
         }
     }
 
     /// Whether this is Centrifugo's protocol (else our v1).
     pub fn is_centrifuge(self) -> bool {
-        matches!(self, Encoding::CentrifugeJson)
+        matches!(
+            self,
+            Encoding::CentrifugeJson | Encoding::CentrifugeProtobuf
+        )
     }
 
     /// Whether frames are text (else binary).
     pub fn is_text(self) -> bool {
-        !matches!(self, Encoding::MsgPack)
+        !matches!(self, Encoding::MsgPack | Encoding::CentrifugeProtobuf)
     }
 
     /// Picks the encoding from the offered subprotocols: the first known one; `v1.json` when
@@ -74,6 +81,7 @@ impl Encoding {
             Encoding::Json => 0,
             Encoding::MsgPack => 1,
             Encoding::CentrifugeJson => 2,
+            Encoding::CentrifugeProtobuf => 3,
         }
     }
 }
@@ -101,7 +109,7 @@ pub enum ErrorCode {
     LimitExceeded,
     /// An RPC method nobody serves (Centrifugo's `rpc`).
     MethodNotFound,
-    /// A feature this server does not offer (Centrifugo's subscription tokens).
+    /// A feature this server does not offer (some of Centrifugo's server API methods).
     NotAvailable,
     /// The token expired: fetch a new one and retry (Centrifugo's connect).
     TokenExpired,
@@ -170,6 +178,9 @@ pub enum UnsubscribeReason {
     Server,
     /// A `refresh` to a token that no longer grants the channel.
     Forbidden,
+    /// The subscription token expired without a `sub_refresh`: subscribe again with a new
+    /// one.
+    Expired,
 }
 
 impl UnsubscribeReason {
@@ -179,12 +190,16 @@ impl UnsubscribeReason {
             UnsubscribeReason::InsufficientState => "insufficient_state",
             UnsubscribeReason::Server => "unsubscribed",
             UnsubscribeReason::Forbidden => "forbidden",
+            UnsubscribeReason::Expired => "expired",
         }
     }
 
     /// Whether the client should subscribe again.
     pub fn resubscribe(self) -> bool {
-        matches!(self, UnsubscribeReason::InsufficientState)
+        matches!(
+            self,
+            UnsubscribeReason::InsufficientState | UnsubscribeReason::Expired
+        )
     }
 }
 

@@ -31,6 +31,8 @@ pub struct CentrifugeStart {
     pub node: Arc<Node>,
     /// tungstenite's settings for the socket.
     pub config: WebSocketConfig,
+    /// JSON or Protobuf, as the subprotocol chose.
+    pub encoding: Encoding,
 }
 
 /// Spawns the connection's task: the first phase, then the session.
@@ -40,6 +42,7 @@ pub fn spawn(start: Box<CentrifugeStart>) {
             on_upgrade,
             node,
             config,
+            encoding,
         } = *start;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -51,7 +54,7 @@ pub fn spawn(start: Box<CentrifugeStart>) {
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let Some(mut session) = Box::pin(first_phase(&node, &mut ws)).await else {
+        let Some(mut session) = Box::pin(first_phase(&node, &mut ws, encoding)).await else {
             return;
         };
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
@@ -62,8 +65,8 @@ pub fn spawn(start: Box<CentrifugeStart>) {
 
 /// Waits for `connect` and checks it; the session it starts, or `None` once the socket is
 /// closed (with the code that says why).
-async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket) -> Option<Session> {
-    let frame = match tokio::time::timeout(CONNECT_DEADLINE, first_frame(ws)).await {
+async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket, encoding: Encoding) -> Option<Session> {
+    let frame = match tokio::time::timeout(CONNECT_DEADLINE, first_frame(ws, encoding)).await {
         Err(_) => {
             handshake_refused("stale");
             refuse(ws, first_phase::STALE).await;
@@ -88,8 +91,13 @@ async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket) -> Option<Session> {
         Err(e) if e.is_expired() => {
             // The SDKs answer 109 by fetching a new token and connecting again.
             handshake_refused("unauthorized");
-            let reply = centrifuge::error(connect_id, ErrorCode::TokenExpired, "token expired");
-            let _ = ws.feed(to_message(Encoding::CentrifugeJson, reply)).await;
+            let reply = centrifuge::error(
+                encoding,
+                connect_id,
+                ErrorCode::TokenExpired,
+                "token expired",
+            );
+            let _ = ws.feed(to_message(encoding, reply)).await;
             refuse(ws, (3005, "connection expired")).await;
             return None;
         }
@@ -113,7 +121,7 @@ async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket) -> Option<Session> {
     let conn = Arc::new(Conn::new(
         node.next_conn_id(),
         claims.sub.as_str().into(),
-        Encoding::CentrifugeJson,
+        encoding,
         limits.outbound_queue,
     ));
     if node
@@ -140,16 +148,20 @@ type First = (i64, Option<String>, Vec<Result<Inbound, CommandError>>);
 
 /// Reads until the first data frame: `Some(Ok)` when it starts with `connect`, `Some(Err)`
 /// when it does not (or is malformed), `None` when the client left.
-async fn first_frame(ws: &mut WebSocket) -> Option<Result<First, ()>> {
+async fn first_frame(ws: &mut WebSocket, encoding: Encoding) -> Option<Result<First, ()>> {
     loop {
-        let payload = match ws.next().await? {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Binary(_)) => return Some(Err(())),
+        let message = match ws.next().await? {
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            Ok(message) => message,
+        };
+        let payload: &[u8] = match (&message, encoding.is_text()) {
+            (Message::Text(text), true) => text.as_bytes(),
+            (Message::Binary(bytes), false) => bytes,
+            _ => return Some(Err(())),
         };
         let mut batch = Vec::new();
-        if centrifuge::decode_frame(payload.as_bytes(), &mut batch).is_err() {
+        if centrifuge::decode_frame(encoding, payload, &mut batch).is_err() {
             return Some(Err(()));
         }
         let mut batch = batch.into_iter();

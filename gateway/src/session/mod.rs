@@ -15,8 +15,9 @@ use crate::metrics::{self, Metrics, metrics};
 use crate::node::Node;
 use crate::protocol::centrifuge::{self, Inbound};
 use crate::protocol::{
-    Answer, CloseReason, CommandError, Encoding, ErrorCode, answer_frame, decode, disconnect_frame,
-    error_frame, frame_bytes, publish_error_frame, to_message, unsubscribe_frame, welcome_frame,
+    Answer, CloseReason, CommandError, Encoding, ErrorCode, UnsubscribeReason, answer_frame,
+    decode, disconnect_frame, error_frame, frame_bytes, publish_error_frame, to_message,
+    unsubscribe_frame, welcome_frame,
 };
 use bytes::Bytes;
 use fanout::BrokerError;
@@ -89,6 +90,8 @@ pub(crate) struct Session {
     pub(crate) expires_at: Instant,
     /// Subscribed channels; the personal channel first.
     pub(crate) subs: Vec<Arc<str>>,
+    /// Channels granted by subscription tokens (Centrifugo's protocol), beyond `patterns`.
+    pub(crate) grants: Vec<Grant>,
     /// Publishes.
     pub(crate) bucket: TokenBucket,
     /// Subscribes and unsubscribes (each can make presence announce to a whole room).
@@ -100,6 +103,15 @@ pub(crate) struct Session {
     /// Centrifugo's protocol: the `connect` command being answered and the commands that
     /// came behind it in the same frame, until the session has started.
     pub(crate) first: Option<Box<FirstFrame>>,
+}
+
+/// A channel granted by a subscription token, until it expires.
+pub(crate) struct Grant {
+    pub(crate) channel: Arc<str>,
+    /// When the token expires (leeway included); `None`: it does not.
+    pub(crate) expires_at: Option<Instant>,
+    /// The token's `exp`, Unix seconds, as told to the client.
+    pub(crate) exp: Option<u64>,
 }
 
 /// A Centrifugo connection's first frame: its `connect` and what followed it.
@@ -260,6 +272,7 @@ impl Session {
             name: claims.name,
             patterns: claims.channels,
             subs: Vec::new(),
+            grants: Vec::new(),
             bucket: TokenBucket::new(limits.publish_burst, now),
             sub_bucket: TokenBucket::new(limits.subscribe_burst, now),
             rate_limited: MinuteCounter::new(now),
@@ -284,6 +297,7 @@ impl Session {
         let client = self.client_id();
         match self.first.as_ref() {
             Some(first) => conn.push_frame(centrifuge::connect_reply(
+                conn.encoding,
                 first.connect_id,
                 &client,
                 config.limits.ping_interval.as_secs(),
@@ -368,7 +382,9 @@ impl Session {
 
     fn deadline(&self) -> Instant {
         let idle = self.last_seen + self.reg.node.config.limits.idle_timeout;
-        self.next_ping.min(idle).min(self.expires_at)
+        let granted = self.grants.iter().filter_map(|g| g.expires_at).min();
+        let deadline = self.next_ping.min(idle).min(self.expires_at);
+        granted.map_or(deadline, |g| deadline.min(g))
     }
 
     async fn on_timer(
@@ -383,6 +399,7 @@ impl Session {
         if now >= self.last_seen + self.reg.node.config.limits.idle_timeout {
             return Some(End::Close(CloseReason::HeartbeatTimeout));
         }
+        self.end_expired_grants(now).await;
         if now >= self.next_ping {
             self.next_ping = now + self.reg.node.config.limits.ping_interval;
             // Once per ping, the queue's allocation is given back if nothing is waiting: a
@@ -393,8 +410,9 @@ impl Session {
             self.reg.conn.release_idle_queue();
             // Centrifugo's SDKs do not see WebSocket pings: theirs is an empty object, which
             // they answer with one.
-            let ping = if self.reg.conn.encoding.is_centrifuge() {
-                Message::Text(Utf8Bytes::from_static(centrifuge::PING))
+            let encoding = self.reg.conn.encoding;
+            let ping = if encoding.is_centrifuge() {
+                centrifuge::ping(encoding)
             } else {
                 Message::Ping(Bytes::new())
             };
@@ -475,8 +493,10 @@ impl Session {
         let encoding = self.reg.conn.encoding;
         let payload: &[u8] = match (&message, encoding) {
             (Message::Text(t), Encoding::Json | Encoding::CentrifugeJson) => t.as_bytes(),
-            (Message::Binary(b), Encoding::MsgPack) => b,
-            (Message::Binary(_), Encoding::CentrifugeJson) => {
+            (Message::Binary(b), Encoding::MsgPack | Encoding::CentrifugeProtobuf) => b,
+            // Centrifugo's protocol has one frame type per encoding; its servers close.
+            (Message::Binary(_), Encoding::CentrifugeJson)
+            | (Message::Text(_), Encoding::CentrifugeProtobuf) => {
                 return Some(End::Close(CloseReason::Policy));
             }
             (Message::Text(_), Encoding::MsgPack) | (Message::Binary(_), Encoding::Json) => {
@@ -502,7 +522,7 @@ impl Session {
         metrics().bytes_in.increment(payload.len() as u64);
         if encoding.is_centrifuge() {
             let mut batch = Vec::new();
-            if centrifuge::decode_frame(payload, &mut batch).is_err() {
+            if centrifuge::decode_frame(encoding, payload, &mut batch).is_err() {
                 return Some(End::Close(CloseReason::Policy));
             }
             for inbound in batch {
@@ -593,10 +613,33 @@ impl Session {
     }
 
     pub(crate) fn allowed(&self, channel: &str, action: Action) -> bool {
-        self.reg
-            .node
-            .acl
-            .allows(&self.reg.conn.user, &self.patterns, channel, action)
+        (action == Action::Subscribe && self.grants.iter().any(|g| *g.channel == *channel))
+            || self
+                .reg
+                .node
+                .acl
+                .allows(&self.reg.conn.user, &self.patterns, channel, action)
+    }
+
+    /// Ends the subscriptions whose subscription token expired without a `sub_refresh`,
+    /// each with an `unsubscribe` push that asks for a new token.
+    async fn end_expired_grants(&mut self, now: Instant) {
+        let expired: Vec<Arc<str>> = self
+            .grants
+            .iter()
+            .filter(|g| g.expires_at.is_some_and(|at| at <= now))
+            .map(|g| g.channel.clone())
+            .collect();
+        for channel in expired {
+            self.grants.retain(|g| g.channel != channel);
+            if self.leave(&channel).await {
+                self.reg.conn.push_frame(unsubscribe_frame(
+                    self.reg.conn.encoding,
+                    &channel,
+                    UnsubscribeReason::Expired,
+                ));
+            }
+        }
     }
 
     /// Joins `channel` and lists it. Live publications are queued as they come, unless the

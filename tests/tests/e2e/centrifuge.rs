@@ -230,12 +230,19 @@ async fn bad_commands_get_the_protocols_error_codes_and_the_connection_stays() {
             json!({"publish": {"channel": "room:a", "data": deep(100)}}),
             107,
         ),
-        // Nothing serves RPC or subscription tokens.
+        // Nothing serves RPC yet.
         (json!({"rpc": {"method": "hello", "data": {}}}), 104),
+        // A subscription token that does not verify; a sub_refresh for a channel no
+        // subscription token granted, and one without a token.
+        (
+            json!({"subscribe": {"channel": "secret:x", "token": "x"}}),
+            103,
+        ),
         (
             json!({"sub_refresh": {"channel": "room:a", "token": "x"}}),
-            108,
+            103,
         ),
+        (json!({"sub_refresh": {"channel": "room:a"}}), 107),
         // A history position in another epoch.
         (
             json!({"history": {"channel": "room:a", "limit": 1, "since": {"offset": 0, "epoch": "nope"}}}),
@@ -322,4 +329,116 @@ async fn the_server_pings_with_an_empty_object_and_closes_a_silent_client() {
     assert!(pings >= 4, "{pings} pings in 6 s");
     // Silence: closed with 3012 (no pong), a code the SDKs reconnect after.
     assert_eq!(cf.closed(secs(20)).await, 3012);
+}
+
+/// Protobuf's length prefix (a varint).
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited `Command {id: 1, connect: {token}}`, written by hand from the schema
+/// (field 1 varint; field 4 message holding field 1 string) so that the test does not share
+/// the gateway's encoder.
+fn protobuf_connect(token: &str) -> Vec<u8> {
+    let mut connect = vec![0x0a];
+    varint(token.len(), &mut connect);
+    connect.extend_from_slice(token.as_bytes());
+    let mut command = vec![0x08, 0x01, 0x22];
+    varint(connect.len(), &mut command);
+    command.extend_from_slice(&connect);
+    let mut frame = Vec::new();
+    varint(command.len(), &mut frame);
+    frame.extend_from_slice(&command);
+    frame
+}
+
+/// Opens the door with the `centrifuge-protobuf` subprotocol.
+async fn open_protobuf(addr: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/connection/websocket")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "centrifuge-protobuf".parse().unwrap(),
+    );
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "centrifuge-protobuf"
+    );
+    ws
+}
+
+/// Reads binary frames until the close; its code (or 1006 when the socket just ends).
+async fn protobuf_closed(ws: &mut Ws) -> u16 {
+    let deadline = Instant::now() + secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("not closed within 10 s"),
+            Ok(None) | Ok(Some(Err(_))) => return 1006,
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map_or(1005, |f| f.code.into()),
+            Ok(Some(Ok(Message::Text(t)))) => panic!("text frame on a Protobuf connection: {t}"),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Connects over Protobuf as `user`; checks that the first frame is the connect reply.
+async fn protobuf_connected(addr: &str, user: &str) -> Ws {
+    let mut ws = open_protobuf(addr).await;
+    ws.send(Message::Binary(protobuf_connect(&token(user)).into()))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(secs(10), ws.next())
+        .await
+        .expect("a connect reply within 10 s")
+        .unwrap()
+        .unwrap();
+    let Message::Binary(bytes) = reply else {
+        panic!("{reply:?}")
+    };
+    // One length-delimited Reply: id 1 (field 1), then the connect result (field 5).
+    assert_eq!(&bytes[1..4], &[0x08, 0x01, 0x2a], "{bytes:?}");
+    ws
+}
+
+#[tokio::test]
+async fn protobuf_frames_that_are_not_delimited_commands_close_with_bad_request() {
+    let gw = Gateway::start(&[]).await;
+    // Before connect: garbage, and a text frame on a binary connection.
+    for frame in [
+        Message::Binary(vec![0xff; 11].into()),
+        Message::Text("{\"id\":1,\"connect\":{}}".into()),
+    ] {
+        let mut ws = open_protobuf(gw.addr()).await;
+        ws.send(frame).await.unwrap();
+        assert_eq!(protobuf_closed(&mut ws).await, 3501);
+    }
+    // After connect: a length that is not a varint, a length past the frame, a message that
+    // is not a Command, a text frame, and 10,000 commands in one frame.
+    let mut not_a_command = Vec::new();
+    varint(2, &mut not_a_command);
+    not_a_command.extend_from_slice(&[0xff, 0xff]);
+    for frame in [
+        Message::Binary(vec![0xff; 11].into()),
+        Message::Binary(vec![5, 1, 2].into()),
+        Message::Binary(not_a_command.into()),
+        Message::Text("{}".into()),
+        Message::Binary(vec![0; 10_000].into()),
+    ] {
+        let mut ws = protobuf_connected(gw.addr(), "alice").await;
+        let shown = format!("{frame:?}").chars().take(40).collect::<String>();
+        ws.send(frame).await.unwrap();
+        assert_eq!(protobuf_closed(&mut ws).await, 3501, "after {shown}");
+    }
+    // The node is unharmed: a JSON client is served.
+    let (mut cf, _) = Cf::connect(gw.addr(), "bob").await;
+    cf.send(&json!({"id": 2, "presence_stats": {"channel": "room:a"}}))
+        .await;
+    assert!(cf.reply(2).await.get("presence_stats").is_some());
 }

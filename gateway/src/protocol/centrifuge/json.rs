@@ -1,9 +1,4 @@
-//! Centrifugo's client protocol, JSON encoding: what the official SDKs (centrifuge-js,
-//! centrifuge-python, -swift, -java, -dart, -go, -csharp) speak at `/connection/websocket`.
-//!
-//! This module only translates: frames in become the same [`Command`]s the v1 door decodes
-//! (plus `connect`, which the session's first phase handles); the node's answers and pushes
-//! go out in this protocol's words. The node never learns which protocol a client speaks.
+//! Centrifugo's client protocol, JSON encoding (no subprotocol, or `centrifuge-json`).
 //!
 //! Wire facts this follows (from the protocol's schema and the SDKs' sources):
 //! - One WebSocket text frame holds one or more JSON objects separated by `\n`, in both
@@ -13,35 +8,16 @@
 //!   the SDKs read a field without checking (a reply always carries its result object).
 //! - `data`, `info` and friends are raw JSON embedded as it is, never base64.
 
-use super::command::{MAX_DATA_DEPTH, MAX_HISTORY_LIMIT, json_text_depth};
-use super::{CloseReason, Command, CommandError, ErrorCode, Op, UnsubscribeReason};
-use crate::acl::{JoinLeave, valid_channel};
+use super::{
+    ConnectResult, Inbound, MAX_BATCH, Request, SubscribeResult, error_code, json_data, to_inbound,
+};
+use crate::protocol::frames::Answer;
+use crate::protocol::{CommandError, ErrorCode};
 use bytes::Bytes;
-use fanout::{Payload, Publication};
+use fanout::Publication;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
-
-/// Most commands one frame may carry. A frame is already bounded in bytes (the largest
-/// frame setting); this bounds the work one frame can ask for at once. Past it the frame is
-/// a bad request (close 3501), like any malformed frame.
-pub const MAX_BATCH: usize = 1000;
-
-/// What one line of a client frame asks for.
-#[derive(Debug, PartialEq)]
-pub enum Inbound {
-    /// `{}`: the answer to the server's ping (or a client's own keep-alive).
-    Pong,
-    /// `connect`: the first command of a connection.
-    Connect {
-        /// The command id.
-        id: i64,
-        /// The connection token (JWT).
-        token: Option<String>,
-    },
-    /// Any other command, decoded as the v1 door decodes it.
-    Command(Command),
-}
 
 /// The request fields this server reads; unknown keys (`flag`, `tf`, `delta`, ...) are
 /// ignored, as the protocol asks of servers.
@@ -60,8 +36,8 @@ struct Frame<'a> {
     ping: Option<serde::de::IgnoredAny>,
     send: Option<serde::de::IgnoredAny>,
     rpc: Option<RpcRequest>,
-    refresh: Option<RefreshRequest>,
-    sub_refresh: Option<ChannelRequest>,
+    refresh: Option<TokenRequest>,
+    sub_refresh: Option<SubRefreshRequest>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +57,8 @@ struct SubscribeRequest {
     epoch: String,
     #[serde(default)]
     join_leave: bool,
+    #[serde(default)]
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -116,13 +94,9 @@ pub(crate) struct HistoryRequest {
 }
 
 impl HistoryRequest {
-    /// How many publications to read: 0 (or none) reads the position only, -1 as many as
-    /// the server gives.
+    /// How many publications to read (see [`super::history_limit`]).
     pub fn limit(&self) -> u64 {
-        match self.limit {
-            l if l < 0 => MAX_HISTORY_LIMIT,
-            l => (l as u64).min(MAX_HISTORY_LIMIT),
-        }
+        super::history_limit(self.limit)
     }
 }
 
@@ -133,14 +107,20 @@ struct RpcRequest {
 }
 
 #[derive(Deserialize)]
-struct RefreshRequest {
+struct TokenRequest {
     #[serde(default)]
     token: String,
 }
 
-/// Decodes every line of one client frame, in order, into `out`. A frame that is not
-/// newline-separated JSON objects, or holds more than [`MAX_BATCH`] of them, is one error
-/// (the session closes with 3501 bad request, as the protocol says).
+#[derive(Deserialize)]
+struct SubRefreshRequest {
+    channel: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// Decodes every line of one client frame, in order, into `out` (see
+/// [`super::decode_frame`]).
 pub fn decode_frame(
     payload: &[u8],
     out: &mut Vec<Result<Inbound, CommandError>>,
@@ -152,8 +132,7 @@ pub fn decode_frame(
     if text.trim().is_empty() {
         return Err(CommandError::malformed("empty frame"));
     }
-    let lines = text.split('\n');
-    for (n, line) in lines.enumerate() {
+    for (n, line) in text.split('\n').enumerate() {
         if n >= MAX_BATCH {
             return Err(CommandError::malformed(format!(
                 "more than {MAX_BATCH} commands in one frame"
@@ -167,149 +146,55 @@ pub fn decode_frame(
 fn decode_line(line: &str) -> Result<Inbound, CommandError> {
     let frame: Frame<'_> = serde_json::from_str(line)
         .map_err(|e| CommandError::malformed(format!("command is not valid JSON: {e}")))?;
-    let id = i64::from(frame.id);
-    let bad = |why: &str| CommandError::bad(id, why);
-    let channel = |c: String| -> Result<String, CommandError> {
-        if valid_channel(&c) {
-            Ok(c)
-        } else {
-            Err(bad(
-                "channel must be 1..=128 bytes of A-Z a-z 0-9 _ : . @ -",
-            ))
+    let request = if let Some(c) = frame.connect {
+        Request::Connect {
+            token: c.token.unwrap_or_default(),
         }
-    };
-    let op = if let Some(connect) = frame.connect {
-        return Ok(Inbound::Connect {
-            id,
-            token: connect.token.filter(|t| !t.is_empty()),
-        });
     } else if let Some(s) = frame.subscribe {
-        Op::Subscribe {
-            channel: channel(s.channel)?,
-            since: s.recover.then_some(s.offset),
-            epoch: (s.recover && !s.epoch.is_empty()).then_some(s.epoch),
-            join_leave: Some(if s.join_leave {
-                JoinLeave::Each
-            } else {
-                JoinLeave::Off
-            }),
+        Request::Subscribe {
+            channel: s.channel,
+            recover: s.recover,
+            offset: s.offset,
+            epoch: s.epoch,
+            join_leave: s.join_leave,
+            token: s.token,
         }
     } else if let Some(u) = frame.unsubscribe {
-        Op::Unsubscribe {
-            channel: channel(u.channel)?,
-        }
+        Request::Unsubscribe { channel: u.channel }
     } else if let Some(p) = frame.publish {
-        let data = p.data.get().as_bytes();
-        if json_text_depth(data) > MAX_DATA_DEPTH {
-            return Err(bad(&format!(
-                "data nests arrays and maps deeper than {MAX_DATA_DEPTH} levels"
-            )));
-        }
-        Op::Publish {
-            channel: channel(p.channel)?,
-            data: Payload::Json(Bytes::copy_from_slice(data)),
-            idem: None,
+        Request::Publish {
+            channel: p.channel,
+            data: p.data.get().as_bytes(),
         }
     } else if let Some(p) = frame.presence {
-        Op::Presence {
-            channel: channel(p.channel)?,
-            limit: None,
-            cursor: None,
-        }
+        Request::Presence { channel: p.channel }
     } else if let Some(p) = frame.presence_stats {
-        Op::PresenceStats {
-            channel: channel(p.channel)?,
-        }
+        Request::PresenceStats { channel: p.channel }
     } else if let Some(h) = frame.history {
-        let limit = h.limit();
-        let (since, epoch) = match h.since {
-            Some(p) => (Some(p.offset), (!p.epoch.is_empty()).then_some(p.epoch)),
-            None => (None, None),
-        };
-        Op::History {
-            channel: channel(h.channel)?,
-            since,
-            before: None,
-            limit,
-            epoch,
+        Request::History {
+            channel: h.channel,
+            limit: h.limit,
+            since: h.since.map(|p| (p.offset, p.epoch)),
             reverse: h.reverse,
         }
     } else if let Some(r) = frame.refresh {
-        if r.token.is_empty() {
-            return Err(bad("refresh without a token"));
-        }
-        Op::Refresh { token: r.token }
+        Request::Refresh { token: r.token }
     } else if let Some(r) = frame.sub_refresh {
-        Op::SubRefresh {
-            channel: channel(r.channel)?,
+        Request::SubRefresh {
+            channel: r.channel,
+            token: r.token,
         }
     } else if let Some(r) = frame.rpc {
-        Op::Rpc { method: r.method }
+        Request::Rpc { method: r.method }
     } else if frame.send.is_some() {
-        Op::Send
+        Request::Send
     } else if frame.ping.is_some() {
-        Op::Ping
-    } else if id == 0 {
-        return Ok(Inbound::Pong);
+        Request::Ping
     } else {
-        return Err(CommandError::malformed("command names no known method"));
+        Request::Empty
     };
-    if id == 0 && op != Op::Send {
-        return Err(CommandError::malformed("command without an id"));
-    }
-    Ok(Inbound::Command(Command { id, op }))
+    to_inbound(frame.id, request)
 }
-
-/// The protocol's error code for one of ours, and whether the SDK should retry.
-pub fn error_code(code: ErrorCode) -> (u32, bool) {
-    match code {
-        ErrorCode::Internal | ErrorCode::Unavailable => (100, true),
-        ErrorCode::Unauthorized => (101, false),
-        ErrorCode::Forbidden | ErrorCode::NotSubscribed => (103, false),
-        ErrorCode::MethodNotFound => (104, false),
-        ErrorCode::LimitExceeded => (106, false),
-        ErrorCode::BadRequest | ErrorCode::TooLarge => (107, false),
-        ErrorCode::NotAvailable => (108, false),
-        ErrorCode::TokenExpired => (109, false),
-        ErrorCode::RateLimited => (111, true),
-        ErrorCode::UnrecoverablePosition => (112, false),
-    }
-}
-
-/// The close code and reason text for one of our close reasons. The SDKs reconnect after
-/// 3000-3499 and 4000-4499 and stay away after 3500-3999 and 4500-4999; the reason is plain
-/// text (a reason that parses as JSON would be read as the legacy advice object).
-pub fn close_code(reason: CloseReason) -> (u16, &'static str) {
-    match reason {
-        CloseReason::Shutdown => (3001, "shutdown"),
-        CloseReason::Internal => (3004, "internal server error"),
-        CloseReason::TokenExpired => (3005, "connection expired"),
-        CloseReason::SlowConsumer => (3008, "slow"),
-        CloseReason::HeartbeatTimeout => (3012, "no pong"),
-        CloseReason::RateLimited => (3013, "too many requests"),
-        CloseReason::Policy => (3501, "bad request"),
-        CloseReason::TooLarge => (1009, "message too big"),
-        CloseReason::Disconnected { reconnect: true } => (3011, "force reconnect"),
-        CloseReason::Disconnected { reconnect: false } => (3503, "force disconnect"),
-    }
-}
-
-/// Close codes of the first phase, before the connection is a session.
-pub mod first_phase {
-    /// The token does not verify (or names no user): do not reconnect with it.
-    pub const INVALID_TOKEN: (u16, &str) = (3500, "invalid token");
-    /// The first command was not `connect`, or the frame was malformed.
-    pub const BAD_REQUEST: (u16, &str) = (3501, "bad request");
-    /// No `connect` within the deadline.
-    pub const STALE: (u16, &str) = (3502, "stale");
-    /// The user has as many connections as allowed.
-    pub const CONNECTION_LIMIT: (u16, &str) = (3504, "connection limit");
-    /// The node is full or draining: try again (elsewhere).
-    pub const SHUTDOWN: (u16, &str) = (3001, "shutdown");
-}
-
-/// The application-level ping: an empty object.
-pub const PING: &str = "{}";
 
 fn json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
@@ -324,31 +209,27 @@ fn reply_start(out: &mut Vec<u8>, id: i64, method: &str) {
     out.extend_from_slice(b"\":");
 }
 
-/// The `connect` reply: the connection's id, the server ping interval (the client answers
-/// each ping, and gives up after `ping` + its own delay without one), the token's time left
-/// (the SDK sends `refresh` with a new token before it runs out), and the personal channel
-/// the connection is subscribed to by the server.
-pub fn connect_reply(id: i64, client: &str, ping: u64, exp: u64, personal: &str) -> Bytes {
-    let ttl = exp.saturating_sub(fanout::util::unix_secs()).max(1);
+/// The `connect` reply (see [`super::connect_reply`]).
+pub(super) fn connect_reply(id: i64, c: &ConnectResult<'_>) -> Bytes {
     let mut subs = serde_json::Map::new();
-    subs.insert(personal.to_owned(), serde_json::json!({}));
+    subs.insert(c.personal.to_owned(), serde_json::json!({}));
     reply(
         id,
         "connect",
         &serde_json::json!({
-            "client": client,
-            "version": concat!("gateway ", env!("CARGO_PKG_VERSION")),
-            "ping": ping,
+            "client": c.client,
+            "version": c.version,
+            "ping": c.ping,
             "pong": true,
             "expires": true,
-            "ttl": ttl,
+            "ttl": c.ttl,
             "subs": subs,
         }),
     )
 }
 
 /// A reply whose result is the JSON object `result`.
-pub fn reply(id: i64, method: &str, result: &serde_json::Value) -> Bytes {
+fn reply(id: i64, method: &str, result: &serde_json::Value) -> Bytes {
     let mut out = Vec::with_capacity(64);
     reply_start(&mut out, id, method);
     let _ = serde_json::to_writer(&mut out, result);
@@ -356,8 +237,39 @@ pub fn reply(id: i64, method: &str, result: &serde_json::Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// The reply carrying `answer`.
+pub(super) fn answer(id: i64, answer: &Answer<'_>) -> Bytes {
+    use serde_json::json;
+    let (method, result) = match answer {
+        Answer::Pong => ("ping", json!({})),
+        Answer::Unsubscribed => ("unsubscribe", json!({})),
+        Answer::Published { .. } => ("publish", json!({})),
+        Answer::Refreshed { exp, client } => (
+            "refresh",
+            json!({ "client": client, "expires": true, "ttl": super::ttl(*exp) }),
+        ),
+        Answer::SubRefreshed { exp } => (
+            "sub_refresh",
+            json!({ "expires": true, "ttl": super::ttl(*exp) }),
+        ),
+        Answer::PresenceStats { users, conns } => (
+            "presence_stats",
+            json!({ "num_clients": conns, "num_users": users }),
+        ),
+        Answer::Presence(page) => {
+            let members: serde_json::Map<String, serde_json::Value> = page
+                .members
+                .iter()
+                .map(|m| (m.user.clone(), json!({ "user": m.user, "client": m.user })))
+                .collect();
+            ("presence", json!({ "presence": members }))
+        }
+    };
+    reply(id, method, &result)
+}
+
 /// An error reply.
-pub fn error(id: i64, code: ErrorCode, message: &str) -> Bytes {
+pub(super) fn error(id: i64, code: ErrorCode, message: &str) -> Bytes {
     let (code, temporary) = error_code(code);
     let mut error = serde_json::json!({ "code": code, "message": message });
     if temporary {
@@ -372,12 +284,8 @@ pub fn error(id: i64, code: ErrorCode, message: &str) -> Bytes {
 /// A publication as the protocol writes it: `{"data", "offset", "info"}` (the payload
 /// spliced in; a MessagePack payload converted to JSON).
 fn write_publication(out: &mut Vec<u8>, p: &Publication) {
-    let data = p.data.to_json().unwrap_or_else(|e| {
-        tracing::error!(error = %e, channel = %p.channel, "unreadable payload");
-        Bytes::from_static(b"null")
-    });
     out.extend_from_slice(b"{\"data\":");
-    out.extend_from_slice(&data);
+    out.extend_from_slice(&json_data(p));
     out.extend_from_slice(b",\"offset\":");
     out.extend_from_slice(p.offset.to_string().as_bytes());
     out.extend_from_slice(b",\"info\":{\"user\":");
@@ -400,13 +308,8 @@ fn write_publications<'a>(
     out.push(b']');
 }
 
-/// Bytes [`write_publication`] writes for `p`, about (for cutting history to a frame).
-fn publication_size(p: &Publication) -> usize {
-    p.data.bytes().len() + p.from.len() + 64
-}
-
 /// The `pub` push of one publication.
-pub fn publication_push(p: &Publication) -> Bytes {
+pub(super) fn publication_push(p: &Publication) -> Bytes {
     let mut out = Vec::with_capacity(p.data.bytes().len() + p.channel.len() + 96);
     out.extend_from_slice(b"{\"push\":{\"channel\":");
     json_str(&mut out, &p.channel);
@@ -416,20 +319,19 @@ pub fn publication_push(p: &Publication) -> Bytes {
     Bytes::from(out)
 }
 
-/// The `subscribe` reply. `recovering`: the client asked to recover; then `recovered` says
-/// whether every missed publication is in `publications` (sent inside the reply, and the
-/// reply's offset is the client's own, which the publications carry forward).
-pub fn subscribe_reply(
-    id: i64,
-    offset: u64,
-    epoch: &str,
-    recovering: Option<bool>,
-    publications: &[Arc<Publication>],
-) -> Bytes {
+/// The `subscribe` reply (see [`super::subscribe_reply`]).
+pub(super) fn subscribe_reply(id: i64, result: &SubscribeResult<'_>) -> Bytes {
+    let SubscribeResult {
+        offset,
+        epoch,
+        recovering,
+        publications,
+        expires,
+    } = *result;
     let mut out = Vec::with_capacity(
         96 + publications
             .iter()
-            .map(|p| publication_size(p))
+            .map(|p| super::publication_size(p))
             .sum::<usize>(),
     );
     reply_start(&mut out, id, "subscribe");
@@ -438,6 +340,10 @@ pub fn subscribe_reply(
     if offset > 0 {
         out.extend_from_slice(b",\"offset\":");
         out.extend_from_slice(offset.to_string().as_bytes());
+    }
+    if let Some(exp) = expires {
+        out.extend_from_slice(b",\"expires\":true,\"ttl\":");
+        out.extend_from_slice(super::ttl(exp).to_string().as_bytes());
     }
     if let Some(recovered) = recovering {
         out.extend_from_slice(b",\"was_recovering\":true");
@@ -453,40 +359,22 @@ pub fn subscribe_reply(
     Bytes::from(out)
 }
 
-/// The `history` reply: publications (cut to `max_bytes`, keeping the newest without
-/// `since` and the oldest with it), the channel's epoch and offset; newest first when
-/// `reverse`.
-pub fn history_reply(
+/// The `history` reply of one page (see [`super::history_reply`]).
+pub(super) fn history_reply(
     id: i64,
-    publications: &[Arc<Publication>],
+    page: &[&Arc<Publication>],
     offset: u64,
     epoch: &str,
-    max_bytes: usize,
-    keep_newest: bool,
-    reverse: bool,
 ) -> Bytes {
-    let mut kept: Vec<&Arc<Publication>> = Vec::with_capacity(publications.len());
-    let mut bytes = 0;
-    let ordered: Box<dyn Iterator<Item = &Arc<Publication>>> = if keep_newest {
-        Box::new(publications.iter().rev())
-    } else {
-        Box::new(publications.iter())
-    };
-    for p in ordered {
-        bytes += publication_size(p);
-        if bytes > max_bytes {
-            break;
-        }
-        kept.push(p);
-    }
-    // `kept` runs newest first when `keep_newest`: turn it to the order asked for.
-    if keep_newest != reverse {
-        kept.reverse();
-    }
-    let mut out = Vec::with_capacity(bytes + 96);
+    let mut out = Vec::with_capacity(
+        96 + page
+            .iter()
+            .map(|p| super::publication_size(p))
+            .sum::<usize>(),
+    );
     reply_start(&mut out, id, "history");
     out.extend_from_slice(b"{\"publications\":");
-    write_publications(&mut out, kept);
+    write_publications(&mut out, page.iter().copied());
     out.extend_from_slice(b",\"epoch\":");
     json_str(&mut out, epoch);
     out.extend_from_slice(b",\"offset\":");
@@ -495,9 +383,8 @@ pub fn history_reply(
     Bytes::from(out)
 }
 
-/// A `join` or `leave` push for `user` (presence here is per user: the user id stands for
-/// the client id too).
-pub fn presence_push(channel: &str, joined: bool, user: &str) -> Bytes {
+/// A `join` or `leave` push.
+pub(super) fn presence_push(channel: &str, joined: bool, user: &str) -> Bytes {
     let mut out = Vec::with_capacity(channel.len() + 2 * user.len() + 64);
     out.extend_from_slice(b"{\"push\":{\"channel\":");
     json_str(&mut out, channel);
@@ -513,37 +400,22 @@ pub fn presence_push(channel: &str, joined: bool, user: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// The `unsubscribe` push: 2500 (insufficient state) makes the SDK subscribe again and
-/// recover; 2000 ends the subscription.
-pub fn unsubscribe_push(channel: &str, reason: UnsubscribeReason) -> Bytes {
-    let (code, text) = match reason {
-        UnsubscribeReason::InsufficientState => (2500, "insufficient state"),
-        UnsubscribeReason::Server => (2000, "server unsubscribe"),
-        UnsubscribeReason::Forbidden => (2000, "permission denied"),
-    };
+/// The `unsubscribe` push.
+pub(super) fn unsubscribe_push(channel: &str, code: u32, reason: &str) -> Bytes {
     Bytes::from(
         serde_json::to_vec(&serde_json::json!({
-            "push": { "channel": channel, "unsubscribe": { "code": code, "reason": text } }
+            "push": { "channel": channel, "unsubscribe": { "code": code, "reason": reason } }
         }))
         .expect("a JSON value serializes"),
     )
 }
 
-/// Joins several frames into one, newline-separated (what one WebSocket frame may carry).
-pub fn join_frames<'a>(frames: impl Iterator<Item = &'a [u8]>) -> Bytes {
-    let mut out = Vec::new();
-    for f in frames {
-        if !out.is_empty() {
-            out.push(b'\n');
-        }
-        out.extend_from_slice(f);
-    }
-    Bytes::from(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::acl::JoinLeave;
+    use crate::protocol::{Command, MAX_DATA_DEPTH, Op};
+    use fanout::Payload;
     use serde_json::{Value, json};
 
     fn decode(text: &str) -> Vec<Result<Inbound, CommandError>> {
@@ -574,6 +446,7 @@ mod tests {
                     since: None,
                     epoch: None,
                     join_leave: Some(JoinLeave::Off),
+                    token: None,
                 }
             }))
         );
@@ -655,14 +528,14 @@ mod tests {
         assert_eq!(push["push"]["pub"]["data"]["text"], "hi");
         assert_eq!(push["push"]["pub"]["offset"], 9);
         assert_eq!(push["push"]["pub"]["info"]["user"], "alice");
-        let sub: Value = serde_json::from_slice(&subscribe_reply(
-            2,
-            8,
-            "e",
-            Some(true),
-            std::slice::from_ref(&p),
-        ))
-        .unwrap();
+        let result = SubscribeResult {
+            offset: 8,
+            epoch: "e",
+            recovering: Some(true),
+            publications: std::slice::from_ref(&p),
+            expires: None,
+        };
+        let sub: Value = serde_json::from_slice(&subscribe_reply(2, &result)).unwrap();
         assert_eq!(sub["id"], 2);
         let s = &sub["subscribe"];
         assert_eq!(
@@ -675,24 +548,13 @@ mod tests {
             (&json!(true), &json!(true), &json!(true), &json!(8))
         );
         assert_eq!(s["publications"][0]["offset"], 9);
-        let history: Value = serde_json::from_slice(&history_reply(
-            3,
-            &[p.clone(), p.clone()],
-            9,
-            "e",
-            usize::MAX,
-            true,
-            false,
-        ))
-        .unwrap();
+        let history: Value = serde_json::from_slice(&history_reply(3, &[&p, &p], 9, "e")).unwrap();
         assert_eq!(
             history["history"]["publications"].as_array().unwrap().len(),
             2
         );
         assert_eq!(history["history"]["epoch"], "e");
-        let empty: Value =
-            serde_json::from_slice(&history_reply(4, &[], 0, "e", usize::MAX, true, false))
-                .unwrap();
+        let empty: Value = serde_json::from_slice(&history_reply(4, &[], 0, "e")).unwrap();
         assert_eq!(empty["history"]["publications"], json!([]));
         let e: Value =
             serde_json::from_slice(&error(5, ErrorCode::RateLimited, "slow down")).unwrap();

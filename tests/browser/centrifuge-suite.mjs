@@ -1,25 +1,39 @@
 // The official Centrifugo JavaScript SDK (npm `centrifuge`, pinned in package.json) against a
 // gateway's `/connection/websocket`, in Node with the `ws` package: connect with a token,
 // subscribe, publish both ways with a v1 client in the same room, recovery after a client
-// disconnect and after a server close that asks to reconnect, history, presence, join/leave,
-// token refresh, application-level pings, and recovery on another node of a three-node
-// cluster (one private redis-server) past recent history, from PostgreSQL (E2E_POSTGRES_URL,
-// as ./scripts/test sets it; a fresh database is made for the test).
+// disconnect and after a server close that asks to reconnect, `recovered: false` for a
+// position of another epoch, history, presence, join/leave, token refresh, subscription
+// tokens and their refresh, application-level pings, and recovery on another node of a
+// three-node cluster (one private redis-server) past recent history, from PostgreSQL
+// (E2E_POSTGRES_URL, as ./scripts/test sets it; a fresh database is made for the test).
+//
+// The same steps run in both of the protocol's encodings: `centrifuge-json.test.mjs` (the
+// SDK's default build) and `centrifuge-protobuf.test.mjs` (its `centrifuge/build/protobuf`
+// build, binary frames). With Protobuf, payloads travel as bytes: the steps send JSON text
+// as bytes and read it back, as an app sharing channels with JSON clients would.
 //
 // Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
-//   node --test tests/browser/centrifuge.test.mjs
+//   node --test tests/browser/centrifuge-json.test.mjs tests/browser/centrifuge-protobuf.test.mjs
 
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
 import { API_KEY, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
 
+/**
+ * Registers every step, for the SDK build `Centrifuge` (`protobuf`: its Protobuf build).
+ */
+export function centrifugeSuite({ Centrifuge, protobuf }) {
+/** A payload as the SDK build sends it: JSON text as bytes for Protobuf. */
+const enc = protobuf ? (value) => new TextEncoder().encode(JSON.stringify(value)) : (value) => value;
+/** A payload as the SDK build hands it over, read back as a value. */
+const dec = protobuf ? (data) => JSON.parse(new TextDecoder().decode(data)) : (data) => data;
+
 const WAIT = 20_000;
 const SECRET = randomBytes(32).toString('hex');
-const ROOM = `room:cf-${randomBytes(4).toString('hex')}`;
+const ROOM = `room:cf-${protobuf ? 'pb' : 'json'}-${randomBytes(4).toString('hex')}`;
 
 let gw; // the node most steps use
 let quick; // a node with a 2-second ping, for the heartbeat step
@@ -27,11 +41,21 @@ let redis; // for the cluster step
 const cluster = []; // three nodes on one Redis and one PostgreSQL database
 const clients = [];
 
-/** An HS256 JWT for `sub`, valid for `secs` seconds. */
-function token(sub, secs = 3600) {
+/** An HS256 JWT with `claims`. */
+function jwt(claims) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + secs })}`;
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+/** A connection token for `sub`, valid for `secs` seconds. */
+function token(sub, secs = 3600) {
+  return jwt({ sub, exp: Math.floor(Date.now() / 1000) + secs });
+}
+
+/** A subscription token: `channel` for `sub`, valid for `secs` seconds. */
+function subToken(sub, channel, secs = 3600) {
+  return jwt({ sub, channel, exp: Math.floor(Date.now() / 1000) + secs });
 }
 
 /** Resolves with the first value `pick` returns for an event of `emitter`, within WAIT. */
@@ -53,15 +77,21 @@ function once(emitter, event, pick = (ctx) => ctx, what = event) {
 }
 
 /**
- * `ws` for the SDK that also counts the server's application pings (`{}` lines) into
- * `counter.pings`: the heartbeat steps wait for pings, not for a span of time.
+ * `ws` for the SDK that also counts the server's application pings into `counter.pings`
+ * (`{}` lines in JSON; in Protobuf a frame of one empty message, the single byte 0): the
+ * heartbeat steps wait for pings, not for a span of time.
  */
 function countingWebSocket(counter) {
   return class extends WebSocket {
     constructor(...args) {
       super(...args);
-      this.on('message', (data) => {
-        counter.pings += data.toString().split('\n').filter((line) => line === '{}').length;
+      this.on('message', (data, isBinary) => {
+        if (isBinary) {
+          const bytes = Buffer.from(data);
+          if (bytes.length === 1 && bytes[0] === 0) counter.pings += 1;
+        } else {
+          counter.pings += data.toString().split('\n').filter((line) => line === '{}').length;
+        }
       });
     }
   };
@@ -92,7 +122,7 @@ function subscription(client, channel, options = {}) {
   const sub = client.newSubscription(channel, options);
   sub.pubs = [];
   sub.subscribedEvents = [];
-  sub.on('publication', (ctx) => sub.pubs.push(ctx));
+  sub.on('publication', (ctx) => sub.pubs.push({ ...ctx, data: dec(ctx.data) }));
   sub.on('subscribed', (ctx) => sub.subscribedEvents.push(ctx));
   return sub;
 }
@@ -174,7 +204,7 @@ step('centrifuge-js connects with a token and subscribes', async () => {
 step('a v1 client and centrifuge-js in one room see each other, with the same offsets', async () => {
   bob = await v1('bob');
   const joined = await bob.call('subscribe', { channel: ROOM });
-  const published = await aliceRoom.publish({ text: 'from centrifuge-js' });
+  const published = await aliceRoom.publish(enc({ text: 'from centrifuge-js' }));
   assert.ok(published);
   await eventually('bob sees alice', () => bob.frames.some((f) => f.op === 'message' && f.data?.text === 'from centrifuge-js'));
   await eventually('alice sees her own message', () => aliceRoom.pubs.length === 1);
@@ -241,9 +271,31 @@ step('a server close that asks to reconnect is recovered from too', async () => 
   assertContiguous(aliceRoom.pubs);
 });
 
+step('a position of another epoch is not recovered: subscribed says recovered: false', async () => {
+  const last = aliceRoom.pubs.at(-1).offset;
+  aliceRoom.unsubscribe();
+  alice.removeSubscription(aliceRoom);
+  // Any position in an epoch the channel never had, as after a history reset.
+  const other = subscription(alice, ROOM, { since: { offset: last, epoch: 'not-this-epoch' } });
+  const subscribed = once(other, 'subscribed');
+  other.subscribe();
+  const ctx = await subscribed;
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, false);
+  // The subscription is live all the same, and its stream position is the channel's.
+  assert.notEqual(ctx.streamPosition.epoch, 'not-this-epoch');
+  assert.equal(ctx.streamPosition.offset, last);
+  const [offset] = await bobPublishes(1, 'after the epoch check');
+  await eventually('the live message', () => other.pubs.length === 1);
+  assert.equal(other.pubs[0].offset, offset);
+  other.pubs = [...aliceRoom.pubs, ...other.pubs];
+  aliceRoom = other;
+});
+
 step('history, presence and presence_stats', async () => {
   const history = await aliceRoom.history({ limit: 5 });
   assert.equal(history.publications.length, 5);
+  assert.deepEqual(dec(history.publications[4].data), aliceRoom.pubs.at(-1).data);
   const last = aliceRoom.pubs.at(-1).offset;
   assert.deepEqual(history.publications.map((p) => p.offset), [last - 4, last - 3, last - 2, last - 1, last]);
   assert.equal(history.offset, last);
@@ -291,6 +343,68 @@ step('the connection token is refreshed before it expires, and the connection st
   await eventually('6 pings', () => erin.counter.pings >= 6, 40_000);
   assert.deepEqual(erin.events.filter((x) => x.e !== 'connected'), []);
   assert.equal(erin.state, 'connected');
+});
+
+step('a subscription token grants a channel the connection token does not', async () => {
+  const channel = `team:${randomBytes(4).toString('hex')}`;
+  const ivan = sdk('ivan');
+  ivan.connect();
+  // Without a token, or with one for another channel or another user: permission denied
+  // (103), which the SDK takes as final: `unsubscribed` with that code.
+  for (const token of [undefined, subToken('ivan', 'team:other'), subToken('mallory', channel)]) {
+    const refused = subscription(ivan, channel, token ? { token } : {});
+    const failed = once(refused, 'unsubscribed', (ctx) => ctx, 'unsubscribed after the error');
+    refused.subscribe();
+    assert.equal((await failed).code, 103);
+    ivan.removeSubscription(refused);
+  }
+  const granted = subscription(ivan, channel, { getToken: async () => subToken('ivan', channel) });
+  const subscribed = once(granted, 'subscribed');
+  granted.subscribe();
+  await subscribed;
+  const res = await fetch(`${gw.base}/api/publish`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data: { secret: true } }),
+  });
+  assert.equal(res.status, 200, await res.text());
+  await eventually('the message on the granted channel', () => granted.pubs.length === 1);
+  assert.deepEqual(granted.pubs[0].data, { secret: true });
+});
+
+step('a subscription token is refreshed before it expires, and the subscription stays', async () => {
+  const channel = `team:${randomBytes(4).toString('hex')}`;
+  const judy = sdk('judy', quick);
+  judy.connect();
+  let tokens = 0;
+  // 3 s tokens on the node with a 5 s leeway: each must be renewed by sub_refresh.
+  const sub = subscription(judy, channel, {
+    getToken: async () => {
+      tokens += 1;
+      return subToken('judy', channel, 3);
+    },
+  });
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  await subscribed;
+  // An expired subscription would end (2501) and be subscribed again: neither may happen.
+  const unsubscribed = [];
+  sub.on('unsubscribed', (ctx) => unsubscribed.push(ctx));
+  sub.on('subscribing', (ctx) => unsubscribed.push(ctx));
+  // The first token is the subscribe's; each later one a sub_refresh. Past the first
+  // token's end (3 s + 5 s leeway) with three refreshes, 2 s pings keep coming.
+  await eventually('three refreshes', () => tokens >= 4, 40_000);
+  const pings = judy.counter.pings;
+  await eventually('2 more pings', () => judy.counter.pings >= pings + 2, 20_000);
+  assert.deepEqual(unsubscribed, []);
+  assert.equal(sub.state, 'subscribed');
+  const res = await fetch(`${quick.base}/api/publish`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data: { still: 'here' } }),
+  });
+  assert.equal(res.status, 200, await res.text());
+  await eventually('the message', () => sub.pubs.length === 1);
 });
 
 step('an idle connection stays up past ping + 10 s: the SDK answers the pings', async () => {
@@ -359,3 +473,4 @@ step('on a three-node cluster, a client recovers on another node, past recent hi
   assertContiguous(onC.pubs);
   henry.socket.close();
 });
+}

@@ -8,7 +8,9 @@
 #   QUICK=1 bench/run.sh             # tiny sizes, a couple of seconds per scenario (smoke)
 #
 # Environment:
-#   SERVERS     subset of: gateway bun socketio before           (default: gateway bun socketio)
+#   SERVERS     subset of: gateway gateway-cf bun socketio before  (default: gateway bun socketio)
+#               gateway-cf: the same gateway, driven over Centrifugo's client protocol (JSON,
+#               /connection/websocket) instead of v1
 #               before: an earlier gateway build ($GATEWAY_BEFORE), run with the same flags, so
 #               that a change is measured before and after in one run
 #               gw-<label>: the gateway binary $GATEWAY_VARIANTS/gw-<label> (experiments: an
@@ -161,6 +163,7 @@ EOF
 # --- servers ---------------------------------------------------------------------------------
 server_url() {
   case $1 in
+    gateway-cf*) echo "ws://127.0.0.1:8080/connection/websocket" ;;
     gateway* | before* | gw-*) echo "ws://127.0.0.1:8080/ws" ;;
     bun) echo "ws://127.0.0.1:9001/ws" ;;
     socketio) echo "ws://127.0.0.1:9002/socket.io/?EIO=4&transport=websocket" ;;
@@ -173,7 +176,13 @@ server_health() {
     socketio) echo "http://127.0.0.1:9002/healthz" ;;
   esac
 }
-server_protocol() { [ "$1" = socketio ] && echo socketio || echo v1; }
+server_protocol() {
+  case $1 in
+    socketio) echo socketio ;;
+    gateway-cf*) echo centrifugo ;;
+    *) echo v1 ;;
+  esac
+}
 
 # start_server <server> <logfile>: sets SERVER_PID to the server process itself (no wrapper),
 # so that the loadgen's --pid reads the server's own RSS and CPU.
@@ -184,12 +193,13 @@ start_server() {
     return 1
   fi
   case $server in
-    gateway | before | gw-* | *-1w)
+    gateway | gateway-cf | before | gw-* | *-1w)
       local bin=$GATEWAY workers=""
       if [ "${server%-1w}" != "$server" ]; then
         workers=1
         server=${server%-1w}
       fi
+      server=${server%-cf}
       if [ "$server" = before ]; then
         [ -x "$GATEWAY_BEFORE" ] || { log "before: set GATEWAY_BEFORE to an earlier gateway binary"; return 1; }
         bin=$GATEWAY_BEFORE

@@ -22,6 +22,9 @@ pub enum Protocol {
     V1,
     /// The same JSON objects carried as socket.io events (`cmd` out, `msg` in).
     Socketio,
+    /// Centrifugo's client protocol, JSON (the gateway's `/connection/websocket`, or a
+    /// Centrifugo server): the token goes in the first command, `connect`.
+    Centrifugo,
 }
 
 /// Wire encoding (protocol v1 only).

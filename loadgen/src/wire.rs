@@ -1,11 +1,13 @@
 //! One client connection: connect (from a chosen source address), send commands, read frames,
-//! in protocol v1 (JSON or MessagePack) or as socket.io events.
+//! in protocol v1 (JSON or MessagePack), as socket.io events, or in Centrifugo's client
+//! protocol (JSON). The scenarios speak v1 commands and read v1-shaped replies; the other
+//! framings are translated here.
 
 use crate::cli::{Encoding, Protocol};
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -225,6 +227,86 @@ pub struct Connection {
     protocol: Protocol,
     encoding: Encoding,
     next_id: i64,
+    /// Decoded frames not yet handed out (a Centrifugo frame may hold several).
+    pending: VecDeque<Incoming>,
+}
+
+/// The fields of a Centrifugo `pub` push the measurements need, read without a JSON tree:
+/// `{"push": {"channel", "pub": {"data": {"t"}, "offset"}}}`.
+#[derive(serde::Deserialize)]
+struct LightCfPush<'a> {
+    #[serde(borrow)]
+    push: LightCfInner<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct LightCfInner<'a> {
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    #[serde(rename = "pub")]
+    publication: LightCfPub,
+}
+
+#[derive(serde::Deserialize)]
+struct LightCfPub {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    data: Option<LightData>,
+}
+
+/// A v1 command as Centrifugo's: `{"id", "op": m, ...fields}` becomes `{"id", m: {fields}}`
+/// (`since` becomes `recover` and `offset`; `join_leave` a bool, true for `each`).
+fn to_centrifugo(command: &Value) -> Value {
+    let mut fields = command.as_object().cloned().unwrap_or_default();
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let op = fields
+        .remove("op")
+        .and_then(|op| op.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    fields.remove("idem");
+    if let Some(since) = fields.remove("since") {
+        fields.insert("recover".into(), json!(true));
+        fields.insert("offset".into(), since);
+    }
+    if let Some(mode) = fields.remove("join_leave") {
+        fields.insert(
+            "join_leave".into(),
+            json!(mode == "each" || mode == json!(true)),
+        );
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("id".into(), id);
+    out.insert(op, Value::Object(fields));
+    Value::Object(out)
+}
+
+/// One line of a Centrifugo frame as the scenarios read frames: a `pub` push is a message;
+/// a reply becomes v1's `{"id", "ok"}` or `{"id", "error": {"code": "<number>"}}`.
+fn decode_centrifugo(line: &str) -> anyhow::Result<Incoming> {
+    if let Ok(light) = serde_json::from_str::<LightCfPush>(line) {
+        return Ok(Incoming::Message(MessageInfo {
+            channel: light.push.channel.into_owned(),
+            offset: light.push.publication.offset,
+            sent_ns: light.push.publication.data.and_then(|d| d.t),
+        }));
+    }
+    let mut frame: Value = serde_json::from_str(line)?;
+    let Some(object) = frame.as_object_mut() else {
+        bail!("a frame that is not an object");
+    };
+    if object.contains_key("push") {
+        return Ok(Incoming::Frame(frame));
+    }
+    let id = object.remove("id").unwrap_or(Value::Null);
+    if let Some(error) = object.remove("error") {
+        return Ok(Incoming::Frame(json!({
+            "id": id,
+            "error": { "code": error["code"].to_string(), "message": error["message"] },
+        })));
+    }
+    let ok = object.values().next().cloned().unwrap_or(json!({}));
+    Ok(Incoming::Frame(json!({ "id": id, "ok": ok })))
 }
 
 /// Why a connect failed, as a short cause for the error table.
@@ -290,7 +372,11 @@ impl Dialer {
             None => &self.urls[index % self.urls.len()],
         };
         let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}token={token}&user={user}");
+        let url = match self.protocol {
+            // The token goes in `connect`; `user` stays for a balancer that hashes on it.
+            Protocol::Centrifugo => format!("{base}{sep}user={user}"),
+            _ => format!("{base}{sep}token={token}&user={user}"),
+        };
         let mut request = url.as_str().into_client_request()?;
         if self.protocol == Protocol::V1 && self.encoding == Encoding::Msgpack {
             request.headers_mut().insert(
@@ -321,7 +407,26 @@ impl Dialer {
             protocol: self.protocol,
             encoding: self.encoding,
             next_id: 0,
+            pending: VecDeque::new(),
         };
+        if self.protocol == Protocol::Centrifugo {
+            let id = conn.id();
+            conn.ws
+                .send(Message::text(
+                    json!({"id": id, "connect": {"token": token}}).to_string(),
+                ))
+                .await?;
+            loop {
+                match conn.next().await? {
+                    Incoming::Frame(f) if f["id"] == id && f.get("ok").is_some() => {
+                        return Ok(conn);
+                    }
+                    Incoming::Frame(f) if f["id"] == id => bail!("connect refused: {f}"),
+                    Incoming::Frame(_) | Incoming::Message(_) => continue,
+                    Incoming::Closed(code) => return Err(ClosedBeforeWelcome(code).into()),
+                }
+            }
+        }
         loop {
             match conn.next().await? {
                 Incoming::Frame(f) if f["op"] == "welcome" => return Ok(conn),
@@ -361,6 +466,7 @@ impl Connection {
             (Protocol::Socketio, _) => Message::text(format!("42{}", json!(["cmd", command]))),
             (Protocol::V1, Encoding::Json) => Message::text(command.to_string()),
             (Protocol::V1, Encoding::Msgpack) => Message::binary(rmp_serde::to_vec_named(command)?),
+            (Protocol::Centrifugo, _) => Message::text(to_centrifugo(command).to_string()),
         };
         self.ws.send(message).await?;
         Ok(())
@@ -389,6 +495,9 @@ impl Connection {
     /// The next reply or push (pings are answered on the way).
     pub async fn next(&mut self) -> anyhow::Result<Incoming> {
         loop {
+            if let Some(incoming) = self.pending.pop_front() {
+                return Ok(incoming);
+            }
             let message = match self.ws.next().await {
                 Some(Ok(message)) => message,
                 Some(Err(e)) => return Err(e.into()),
@@ -397,6 +506,16 @@ impl Connection {
             match message {
                 Message::Text(text) => match self.protocol {
                     Protocol::V1 => return decode_json(&text),
+                    Protocol::Centrifugo => {
+                        for line in text.split('\n') {
+                            if line == "{}" {
+                                // The server's ping: answered in kind.
+                                self.ws.send(Message::text("{}")).await?;
+                            } else {
+                                self.pending.push_back(decode_centrifugo(line)?);
+                            }
+                        }
+                    }
                     Protocol::Socketio => {
                         if let Some(event) = text.strip_prefix("42") {
                             let (_, body): (&str, &serde_json::value::RawValue) =
@@ -461,6 +580,32 @@ mod tests {
             rmp_serde::to_vec_named(&serde_json::from_str::<Value>(push).unwrap()).unwrap();
         let light: LightPush = rmp_serde::from_slice(&packed).unwrap();
         assert_eq!(light.message().unwrap().offset, 7);
+    }
+
+    #[test]
+    fn centrifugo_frames_translate_both_ways() {
+        let subscribe = json!({"id": 3, "op": "subscribe", "channel": "bench:a", "since": 4, "join_leave": "each"});
+        assert_eq!(
+            to_centrifugo(&subscribe),
+            json!({"id": 3, "subscribe": {"channel": "bench:a", "recover": true, "offset": 4, "join_leave": true}})
+        );
+        let push = r#"{"push":{"channel":"bench:a","pub":{"data":{"t":42,"p":"x"},"offset":9,"info":{"user":"u","client":""}}}}"#;
+        assert!(matches!(
+            decode_centrifugo(push).unwrap(),
+            Incoming::Message(m) if m == MessageInfo { channel: "bench:a".into(), offset: 9, sent_ns: Some(42) }
+        ));
+        let reply = r#"{"id":3,"subscribe":{"recoverable":true,"epoch":"e","offset":12}}"#;
+        assert!(
+            matches!(decode_centrifugo(reply).unwrap(), Incoming::Frame(f) if f == json!({"id": 3, "ok": {"recoverable": true, "epoch": "e", "offset": 12}}))
+        );
+        let error = r#"{"id":4,"error":{"code":111,"message":"slow down","temporary":true}}"#;
+        assert!(
+            matches!(decode_centrifugo(error).unwrap(), Incoming::Frame(f) if f["error"]["code"] == "111")
+        );
+        let join = r#"{"push":{"channel":"bench:a","join":{"info":{"user":"u","client":"u"}}}}"#;
+        assert!(
+            matches!(decode_centrifugo(join).unwrap(), Incoming::Frame(f) if f["push"]["join"]["info"]["user"] == "u")
+        );
     }
 
     #[test]

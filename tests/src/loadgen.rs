@@ -30,8 +30,9 @@ pub fn run_loadgen(nodes: &[&Gateway], args: &[&str]) -> (bool, Value) {
     run_loadgen_urls(&addrs, &with_pid)
 }
 
-/// Runs loadgen with `args` against the nodes at `addrs` (`host:port`, round-robin), failing
-/// on any error; returns its exit success and JSON report.
+/// Runs loadgen with `args` against the nodes at `addrs` (`host:port` for their v1 door, or
+/// a whole `ws://` URL; round-robin), failing on any error; returns its exit success and JSON
+/// report.
 pub fn run_loadgen_urls(addrs: &[&str], args: &[&str]) -> (bool, Value) {
     let run = run_loadgen_full(addrs, args);
     (run.code == Some(0), run.report)
@@ -45,7 +46,12 @@ pub fn run_loadgen_full(addrs: &[&str], args: &[&str]) -> LoadgenRun {
     let mut command = Command::new(loadgen_bin());
     command.args(args);
     for addr in addrs {
-        command.arg("--url").arg(format!("ws://{addr}/ws"));
+        let url = if addr.starts_with("ws://") {
+            addr.to_string()
+        } else {
+            format!("ws://{addr}/ws")
+        };
+        command.arg("--url").arg(url);
     }
     command
         .args([

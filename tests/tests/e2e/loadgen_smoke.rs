@@ -1,7 +1,7 @@
 //! The load generator against a real node, small enough for CI: every scenario must end with
 //! zero gaps, duplicates, reorders and errors, and report what it measured.
 
-use e2e::{Gateway, assert_clean, run_loadgen, run_loadgen_full};
+use e2e::{Gateway, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
 use serde_json::Value;
 
 /// Runs loadgen with `args` against `gw`; returns its exit success and its JSON report.
@@ -52,6 +52,36 @@ fn chat_smoke_has_no_gap_duplicate_or_error() {
     assert_eq!(json["received"], json["expected"]);
     assert!(json["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(json["rss_per_connection_kib"].as_f64().is_some());
+}
+
+#[test]
+fn chat_over_centrifugos_protocol_has_no_gap_duplicate_or_error() {
+    let gw = bench_gateway();
+    let url = format!("ws://{}/connection/websocket", gw.addr());
+    let pid = gw.pid().to_string();
+    let (ok, json) = run_loadgen_urls(
+        &[&url],
+        &[
+            "chat",
+            "--users",
+            "200",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--duration",
+            "3",
+            "--protocol",
+            "centrifugo",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["connections"], 200);
+    assert!(json["sent"].as_u64().unwrap() >= 200 * 5, "{json:#}");
+    assert_eq!(json["received"], json["expected"]);
 }
 
 #[test]

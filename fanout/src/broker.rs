@@ -207,6 +207,23 @@ pub enum NodeCommand {
         /// Channel.
         channel: String,
     },
+    /// Subscribe every connection of `user` to `channel`, as the server (a server-side
+    /// subscription, with a `subscribe` push).
+    Subscribe {
+        /// User id.
+        user: String,
+        /// Channel.
+        channel: String,
+    },
+    /// Set when every connection of `user` expires (with a `refresh` push), or end them.
+    Refresh {
+        /// User id.
+        user: String,
+        /// The new expiry, Unix seconds; `None`: they no longer expire.
+        expire_at: Option<u64>,
+        /// End the connections now, as expired (`expire_at` is then not read).
+        expired: bool,
+    },
 }
 
 /// Most channels one node reports to [`NodeCommand::Channels`]: its busiest ones.
@@ -256,7 +273,10 @@ impl CommandReply {
     /// Merges every node's answer to `command` (an empty list: nothing answered).
     pub fn merge(command: &NodeCommand, replies: Vec<CommandReply>) -> CommandReply {
         match command {
-            NodeCommand::Disconnect { .. } | NodeCommand::Unsubscribe { .. } => {
+            NodeCommand::Disconnect { .. }
+            | NodeCommand::Unsubscribe { .. }
+            | NodeCommand::Subscribe { .. }
+            | NodeCommand::Refresh { .. } => {
                 CommandReply::Count(replies.iter().map(CommandReply::count).sum())
             }
             NodeCommand::Channels { .. } => {

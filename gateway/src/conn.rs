@@ -62,13 +62,25 @@ struct Recovering {
     buffered: Vec<Arc<Delivery>>,
 }
 
+/// What the node (or a backend, through the node) asks of a session, which owns its
+/// subscriptions and its expiry and so carries the request out itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Drop `channel`, and say why.
+    Unsubscribe(Arc<str>, UnsubscribeReason),
+    /// Subscribe to `channel` as the server (a server-side subscription).
+    Subscribe(Arc<str>),
+    /// Expire at this Unix second (`None`: never), and tell the client.
+    Refresh(Option<u64>),
+}
+
 /// What a connection holds only now and then (while a subscribe recovers, while the node asks
 /// it to drop a channel): boxed, so that an idle connection pays one pointer for it.
 #[derive(Default)]
 struct Occasional {
     recovering: Vec<Recovering>,
-    /// Channels the node asks the session to drop (the session owns its subscriptions).
-    unsubscribe: Vec<(Arc<str>, UnsubscribeReason)>,
+    /// What the node asks of the session, in order.
+    requests: Vec<Request>,
 }
 
 #[derive(Default)]
@@ -88,7 +100,7 @@ impl QueueState {
         if self
             .occasional
             .as_ref()
-            .is_some_and(|o| o.recovering.is_empty() && o.unsubscribe.is_empty())
+            .is_some_and(|o| o.recovering.is_empty() && o.requests.is_empty())
         {
             self.occasional = None;
         }
@@ -116,7 +128,7 @@ pub struct Conn {
     personal: AtomicBool,
     /// Set while `QueueState::unsubscribe` holds requests: the session checks it on every
     /// loop turn without taking the queue lock.
-    unsubscribe_pending: AtomicBool,
+    requests_pending: AtomicBool,
     state: Mutex<QueueState>,
     /// Set when something was queued (or a close or unsubscribe asked for) since the session
     /// last looked; with `waker`, a one-permit signal like `Notify::notify_one`, without its
@@ -134,7 +146,7 @@ impl Conn {
             encoding,
             capacity,
             personal: AtomicBool::new(false),
-            unsubscribe_pending: AtomicBool::new(false),
+            requests_pending: AtomicBool::new(false),
             state: Mutex::new(QueueState::default()),
             signal: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -172,39 +184,53 @@ impl Conn {
     }
 
     /// Asks the session to unsubscribe from `channel` and say why (it owns its channel list,
-    /// so the node only asks).
+    /// so the node only asks). A request already waiting for the channel is not repeated.
     pub fn request_unsubscribe(&self, channel: Arc<str>, reason: UnsubscribeReason) {
+        self.request_once(Request::Unsubscribe(channel, reason), |r| {
+            matches!(r, Request::Unsubscribe(..))
+        });
+    }
+
+    /// Asks the session for `request`, unless one `same` says is alike already waits.
+    pub fn request_once(&self, request: Request, same: impl Fn(&Request) -> bool) {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return;
         }
-        let requests = &mut state.occasional().unsubscribe;
-        if requests.iter().any(|(c, _)| *c == channel) {
+        let requests = &mut state.occasional().requests;
+        let channel = |r: &Request| match r {
+            Request::Unsubscribe(c, _) | Request::Subscribe(c) => Some(c.clone()),
+            Request::Refresh(_) => None,
+        };
+        if requests
+            .iter()
+            .any(|r| same(r) && channel(r) == channel(&request))
+        {
             return;
         }
-        requests.push((channel, reason));
-        self.unsubscribe_pending.store(true, Ordering::Release);
+        requests.push(request);
+        self.requests_pending.store(true, Ordering::Release);
         self.notify();
     }
 
-    /// Whether the node asked to drop subscriptions since the last
-    /// [`Conn::take_unsubscribe_requests`] (an atomic load, no lock).
-    pub fn unsubscribe_requested(&self) -> bool {
-        self.unsubscribe_pending.load(Ordering::Acquire)
+    /// Whether the node asked something since the last [`Conn::take_requests`] (an atomic
+    /// load, no lock).
+    pub fn requested(&self) -> bool {
+        self.requests_pending.load(Ordering::Acquire)
     }
 
-    /// Takes the unsubscribe requests made since the last call (none without a lock when
+    /// Takes the requests made since the last call, in order (none without a lock when
     /// nothing was asked).
-    pub fn take_unsubscribe_requests(&self) -> Vec<(Arc<str>, UnsubscribeReason)> {
-        if !self.unsubscribe_pending.load(Ordering::Acquire) {
+    pub fn take_requests(&self) -> Vec<Request> {
+        if !self.requests_pending.load(Ordering::Acquire) {
             return Vec::new();
         }
         let mut state = self.state.lock();
-        self.unsubscribe_pending.store(false, Ordering::Release);
+        self.requests_pending.store(false, Ordering::Release);
         let requests = state
             .occasional
             .as_mut()
-            .map(|o| std::mem::take(&mut o.unsubscribe))
+            .map(|o| std::mem::take(&mut o.requests))
             .unwrap_or_default();
         state.tidy();
         requests

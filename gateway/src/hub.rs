@@ -19,7 +19,7 @@
 //! so a member of a big room pays one frame per interval however many join.
 
 use crate::acl::{JoinLeave, PERSONAL_PREFIX};
-use crate::conn::{Conn, Delivery};
+use crate::conn::{Conn, Delivery, Request};
 use crate::protocol::{
     CloseReason, Encoding, UnsubscribeReason, control_frame, presence_diff_frame,
 };
@@ -323,13 +323,18 @@ impl Hub {
 
     /// Asks every connection of `user` to close; returns how many.
     pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
+        self.for_each_of_user(user, |conn| conn.close(reason))
+    }
+
+    /// Runs `f` on every connection of `user` here; how many there were.
+    fn for_each_of_user(&self, user: &str, f: impl Fn(&Conn)) -> usize {
         let conns: Vec<Arc<Conn>> = self
             .users
             .get(user)
             .map(|c| c.value().clone())
             .unwrap_or_default();
         for conn in &conns {
-            conn.close(reason);
+            f(conn);
         }
         conns.len()
     }
@@ -402,6 +407,25 @@ impl Dispatcher for Hub {
                 });
                 CommandReply::Count(n)
             }
+            NodeCommand::Subscribe { user, channel } => {
+                let channel: Arc<str> = channel.as_str().into();
+                CommandReply::Count(self.for_each_of_user(user, |conn| {
+                    conn.request_once(Request::Subscribe(channel.clone()), |r| {
+                        matches!(r, Request::Subscribe(..))
+                    })
+                }) as u64)
+            }
+            NodeCommand::Refresh {
+                user,
+                expire_at,
+                expired,
+            } => CommandReply::Count(if *expired {
+                self.close_user(user, CloseReason::TokenExpired)
+            } else {
+                self.for_each_of_user(user, |conn| {
+                    conn.request_once(Request::Refresh(*expire_at), |_| false)
+                })
+            } as u64),
         }
     }
 

@@ -407,6 +407,28 @@ step('a subscription token is refreshed before it expires, and the subscription 
   await eventually('the message', () => sub.pubs.length === 1);
 });
 
+step('the server API subscribes a user server-side, and its messages arrive', async () => {
+  const channel = `team:${randomBytes(4).toString('hex')}`;
+  const kate = sdk('kate');
+  const connected = once(kate, 'connected');
+  kate.connect();
+  await connected;
+  // A server-side subscription is the client's own `subscribed` and `publication` events.
+  const subscribed = once(kate, 'subscribed', (ctx) => ctx.channel === channel && ctx, 'server-side subscribed');
+  const api = (method, body) => fetch(`${gw.base}/centrifugo/api/${method}`, {
+    method: 'POST',
+    headers: { 'x-api-key': API_KEY, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  }).then((res) => res.json());
+  assert.deepEqual(await api('subscribe', { user: 'kate', channel }), { result: {} });
+  await subscribed;
+  const publication = once(kate, 'publication', (ctx) => ctx.channel === channel && ctx, 'server-side publication');
+  const published = await api('publish', { channel, data: { hello: 'kate' } });
+  const ctx = await publication;
+  assert.deepEqual(dec(ctx.data), { hello: 'kate' });
+  assert.equal(ctx.offset, published.result.offset);
+});
+
 step('an idle connection stays up past ping + 10 s: the SDK answers the pings', async () => {
   const frank = sdk('frank', quick);
   const connected = once(frank, 'connected');

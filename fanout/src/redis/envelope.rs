@@ -114,6 +114,15 @@ pub(crate) fn decode(raw: &Bytes) -> Result<Envelope, BadEnvelope> {
                     user,
                     channel: arg.to_owned(),
                 },
+                "s" => NodeCommand::Subscribe {
+                    user,
+                    channel: arg.to_owned(),
+                },
+                "rf" => NodeCommand::Refresh {
+                    user,
+                    expire_at: arg.parse().ok(),
+                    expired: arg == "expired",
+                },
                 "ch" => NodeCommand::Channels { filter: user },
                 "st" => NodeCommand::Stats,
                 _ => return Err(BadEnvelope("unknown command")),
@@ -151,11 +160,26 @@ pub(crate) fn control(event: &ControlEvent) -> Bytes {
 
 /// Encodes a node command with its request id.
 pub(crate) fn command(request: &str, command: &NodeCommand) -> Bytes {
+    let expiry;
     let (what, user, arg) = match command {
         NodeCommand::Disconnect { user, reconnect } => {
             ("d", user.as_str(), if *reconnect { "1" } else { "0" })
         }
         NodeCommand::Unsubscribe { user, channel } => ("u", user.as_str(), channel.as_str()),
+        NodeCommand::Subscribe { user, channel } => ("s", user.as_str(), channel.as_str()),
+        NodeCommand::Refresh {
+            user,
+            expire_at,
+            expired,
+        } => {
+            // "expired", the Unix second, or empty for no expiry.
+            expiry = match (expired, expire_at) {
+                (true, _) => "expired".to_owned(),
+                (false, Some(at)) => at.to_string(),
+                (false, None) => String::new(),
+            };
+            ("rf", user.as_str(), expiry.as_str())
+        }
         NodeCommand::Channels { filter } => ("ch", filter.as_str(), ""),
         NodeCommand::Stats => ("st", "", ""),
     };
@@ -240,6 +264,25 @@ mod tests {
                 filter: "room".into(),
             },
             NodeCommand::Stats,
+            NodeCommand::Subscribe {
+                user: "ann".into(),
+                channel: "room:c".into(),
+            },
+            NodeCommand::Refresh {
+                user: "ann".into(),
+                expire_at: Some(1_795_545_445),
+                expired: false,
+            },
+            NodeCommand::Refresh {
+                user: "ann".into(),
+                expire_at: None,
+                expired: false,
+            },
+            NodeCommand::Refresh {
+                user: "ann".into(),
+                expire_at: None,
+                expired: true,
+            },
         ] {
             assert_eq!(
                 decode(&command("r1", &cmd)).unwrap(),

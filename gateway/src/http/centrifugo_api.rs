@@ -195,6 +195,15 @@ struct UserChannelParams {
 }
 
 #[derive(Deserialize)]
+struct RefreshParams {
+    user: String,
+    #[serde(default)]
+    expired: bool,
+    #[serde(default)]
+    expire_at: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct DisconnectAdvice {
     code: u32,
 }
@@ -239,6 +248,32 @@ async fn dispatch(node: &Node, method: &str, body: Value) -> Result<Value, Failu
                 .command(NodeCommand::Unsubscribe {
                     user: p.user,
                     channel: p.channel,
+                })
+                .await
+                .map_err(ApiError::from)?;
+            Ok(json!({}))
+        }
+        "subscribe" => {
+            let p: UserChannelParams = params(body)?;
+            check_channel(&p.channel)?;
+            node.broker
+                .command(NodeCommand::Subscribe {
+                    user: p.user,
+                    channel: p.channel,
+                })
+                .await
+                .map_err(ApiError::from)?;
+            Ok(json!({}))
+        }
+        "refresh" => {
+            let p: RefreshParams = params(body)?;
+            // Centrifugo reads 0 as "not set": the connections no longer expire.
+            let expire_at = p.expire_at.filter(|at| *at > 0);
+            node.broker
+                .command(NodeCommand::Refresh {
+                    user: p.user,
+                    expire_at,
+                    expired: p.expired,
                 })
                 .await
                 .map_err(ApiError::from)?;
@@ -366,8 +401,8 @@ async fn dispatch(node: &Node, method: &str, body: Value) -> Result<Value, Failu
                 .collect();
             Ok(json!({ "nodes": nodes }))
         }
-        // Server-side subscriptions, connection refresh and history removal have no node
-        // call behind them yet.
+        // History removal has no broker call behind it: history is bounded by size and age,
+        // and the archive keeps every message.
         _ => Err(Failure::new(
             ErrorCode::NotAvailable,
             format!("{method} is not available on this server"),

@@ -430,6 +430,36 @@ pub fn unsubscribe_frame(encoding: Encoding, channel: &str, reason: UnsubscribeR
 }
 
 #[derive(Serialize)]
+struct SubscribedPush<'a> {
+    op: &'static str,
+    channel: &'a str,
+}
+
+/// The push that tells a client the server subscribed it to `channel` (the server API's
+/// `subscribe`): v1's `subscribed`, Centrifugo's `subscribe` push. The channel's messages
+/// follow it.
+pub fn server_subscribe_frame(encoding: Encoding, channel: &str) -> Bytes {
+    if encoding.is_centrifuge() {
+        return centrifuge::subscribe_push(encoding, channel);
+    }
+    encode(
+        encoding,
+        &SubscribedPush {
+            op: "subscribed",
+            channel,
+        },
+    )
+}
+
+/// The push that tells a client its connection's new expiry (the server API's `refresh`):
+/// Centrifugo's `refresh` push. v1 has none (its clients refresh their own tokens).
+pub fn refresh_frame(encoding: Encoding, expire_at: Option<u64>) -> Option<Bytes> {
+    encoding
+        .is_centrifuge()
+        .then(|| centrifuge::refresh_push(encoding, expire_at))
+}
+
+#[derive(Serialize)]
 struct DisconnectPush {
     op: &'static str,
     code: &'static str,

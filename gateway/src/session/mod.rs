@@ -9,15 +9,15 @@ pub mod connect;
 
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
-use crate::conn::{Conn, Outbound};
+use crate::conn::{Conn, Outbound, Request};
 use crate::limits::{MinuteCounter, TokenBucket};
 use crate::metrics::{self, Metrics, metrics};
 use crate::node::Node;
 use crate::protocol::centrifuge::{self, Inbound};
 use crate::protocol::{
     Answer, CloseReason, CommandError, Encoding, ErrorCode, UnsubscribeReason, answer_frame,
-    decode, disconnect_frame, error_frame, frame_bytes, publish_error_frame, to_message,
-    unsubscribe_frame, welcome_frame,
+    decode, disconnect_frame, error_frame, frame_bytes, publish_error_frame, refresh_frame,
+    server_subscribe_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 use bytes::Bytes;
 use fanout::BrokerError;
@@ -226,6 +226,10 @@ pub fn task_size() -> usize {
     (32 + core + 48).next_multiple_of(128)
 }
 
+/// How far away "never" is for a connection's expiry (a server API `refresh` without
+/// `expire_at`): a hundred years.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 pub(crate) fn expiry_instant(node: &Node, exp: u64) -> Instant {
     let leeway = node.config.jwt.leeway.as_secs();
     let left = (exp + leeway).saturating_sub(unix_secs());
@@ -351,8 +355,8 @@ impl Session {
             tokio::pin!(sleep);
             let mut batch: VecDeque<Outbound> = VecDeque::new();
             loop {
-                if self.reg.conn.unsubscribe_requested() {
-                    Box::pin(self.on_unsubscribe_requests()).await;
+                if self.reg.conn.requested() {
+                    Box::pin(self.on_requests()).await;
                 }
                 if let Err(end) = Box::pin(self.write_pending(ws, &mut batch)).await {
                     return end;
@@ -678,15 +682,44 @@ impl Session {
         }
     }
 
-    /// Carries out the node's requests to drop subscriptions, each with its push.
-    async fn on_unsubscribe_requests(&mut self) {
-        for (channel, reason) in self.reg.conn.take_unsubscribe_requests() {
-            if self.leave(&channel).await {
-                self.reg.conn.push_frame(unsubscribe_frame(
-                    self.reg.conn.encoding,
-                    &channel,
-                    reason,
-                ));
+    /// Carries out what the node asked, in order, each with its push.
+    async fn on_requests(&mut self) {
+        let encoding = self.reg.conn.encoding;
+        for request in self.reg.conn.take_requests() {
+            match request {
+                Request::Unsubscribe(channel, reason) => {
+                    if self.leave(&channel).await {
+                        self.reg
+                            .conn
+                            .push_frame(unsubscribe_frame(encoding, &channel, reason));
+                    }
+                }
+                Request::Subscribe(channel) => {
+                    if self.subs.contains(&channel) {
+                        continue;
+                    }
+                    // The push first: the channel's messages come after it.
+                    self.reg
+                        .conn
+                        .push_frame(server_subscribe_frame(encoding, &channel));
+                    if let Err(e) = self.join(channel.clone(), None).await {
+                        tracing::warn!(error = %e, %channel, "server-side subscribe failed");
+                        self.reg.conn.push_frame(unsubscribe_frame(
+                            encoding,
+                            &channel,
+                            UnsubscribeReason::Server,
+                        ));
+                    }
+                }
+                Request::Refresh(expire_at) => {
+                    self.expires_at = match expire_at {
+                        Some(exp) => expiry_instant(&self.reg.node, exp),
+                        None => Instant::now() + NEVER,
+                    };
+                    if let Some(frame) = refresh_frame(encoding, expire_at) {
+                        self.reg.conn.push_frame(frame);
+                    }
+                }
             }
         }
     }

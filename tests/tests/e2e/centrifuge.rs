@@ -1,7 +1,7 @@
 //! Centrifugo's client protocol at `/connection/websocket`, frame by frame: what the SDKs
 //! rely on (replies in order within a frame, the connect reply, application pings) and what
 //! a careless or hostile client gets (the protocol's close codes and error codes). The SDKs
-//! themselves are driven in tests/browser/centrifuge.test.mjs.
+//! themselves are driven in tests/browser/centrifuge-suite.mjs.
 
 use e2e::{Gateway, Token, eventually, metric, secs, token};
 use futures_util::{SinkExt, StreamExt};
@@ -441,4 +441,101 @@ async fn protobuf_frames_that_are_not_delimited_commands_close_with_bad_request(
     cf.send(&json!({"id": 2, "presence_stats": {"channel": "room:a"}}))
         .await;
     assert!(cf.reply(2).await.get("presence_stats").is_some());
+}
+
+/// `POST /centrifugo/api/<method>` with `body`; the answer's `result`.
+async fn centrifugo_api(addr: &str, method: &str, body: Value) -> Value {
+    let r = e2e::http(
+        addr,
+        "POST",
+        &format!("/centrifugo/api/{method}"),
+        &[("X-API-Key", e2e::API_KEY)],
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{method}: {r:?}");
+    let answer: Value = r.json();
+    assert!(answer.get("error").is_none(), "{method}: {answer}");
+    answer["result"].clone()
+}
+
+impl Cf {
+    /// Reads until an object `pick` accepts arrives (answering pings); panics after 10 s.
+    async fn until(&mut self, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + secs(10);
+        loop {
+            if let Some(v) = self.seen.iter().find(|v| pick(v)) {
+                return v.clone();
+            }
+            if let Err(code) = self.read(deadline).await {
+                panic!("no {what} (closed: {code:?}); seen {:?}", self.seen);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_server_api_subscribes_refreshes_and_expires_a_users_connections() {
+    let gw = Gateway::start(&["--ping-interval-secs", "1", "--jwt-leeway-secs", "0"]).await;
+    // A token that runs out 6 s from now: only the API's refresh keeps the connection.
+    let short = Token::new("kim").exp_in(6).hs256();
+    let mut cf = Cf::open(gw.addr()).await;
+    cf.send(&json!({"id": 1, "connect": {"token": short}}))
+        .await;
+    assert!(cf.reply(1).await.get("connect").is_some());
+    let mut v1 = e2e::Client::connect(gw.addr(), &token("kim")).await;
+    // Server-side subscribe: both connections of the user are told, then get the messages.
+    let channel = "room:server-side";
+    assert_eq!(
+        centrifugo_api(
+            gw.addr(),
+            "subscribe",
+            json!({"user": "kim", "channel": channel})
+        )
+        .await,
+        json!({})
+    );
+    cf.until("the subscribe push", |v| {
+        v["push"]["channel"] == channel && v["push"].get("subscribe").is_some()
+    })
+    .await;
+    let pushed = v1.next_push_of("subscribed", secs(10)).await;
+    assert_eq!(pushed.expect("a subscribed push")["channel"], channel);
+    e2e::api_publish(gw.addr(), channel, json!({"n": 1})).await;
+    let got = cf
+        .until("the publication", |v| {
+            v["push"]["channel"] == channel && v["push"].get("pub").is_some()
+        })
+        .await;
+    assert_eq!(got["push"]["pub"]["data"], json!({"n": 1}));
+    v1.expect_message(channel, secs(10)).await;
+    // Refresh: an hour more, told by a refresh push; the connection outlives its token.
+    let at = e2e::now_secs() + 3600;
+    centrifugo_api(
+        gw.addr(),
+        "refresh",
+        json!({"user": "kim", "expire_at": at}),
+    )
+    .await;
+    let refresh = cf
+        .until("the refresh push", |v| v["push"].get("refresh").is_some())
+        .await;
+    let ttl = refresh["push"]["refresh"]["ttl"].as_u64().unwrap();
+    assert!((3590..=3600).contains(&ttl), "{refresh}");
+    // Twelve pings (1 s apart) take it past the token's 6 s: the connection stays.
+    let deadline = Instant::now() + secs(30);
+    while cf.seen.iter().filter(|v| **v == json!({})).count() < 12 {
+        if let Err(code) = cf.read(deadline).await {
+            panic!("closed before 12 pings: {code:?}; seen {:?}", cf.seen);
+        }
+    }
+    // Expired: every connection of the user ends, each with its protocol's code.
+    centrifugo_api(
+        gw.addr(),
+        "refresh",
+        json!({"user": "kim", "expired": true}),
+    )
+    .await;
+    assert_eq!(cf.closed(secs(10)).await, 3005);
+    assert_eq!(v1.expect_close(secs(10)).await.1, 4001);
 }

@@ -400,6 +400,26 @@ pub(super) fn presence_push(channel: &str, joined: bool, user: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// The `subscribe` push (a server-side subscription).
+pub(super) fn subscribe_push(channel: &str) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "push": { "channel": channel, "subscribe": {} } }))
+            .expect("a JSON value serializes"),
+    )
+}
+
+/// The `refresh` push: `ttl` seconds left, or no expiry.
+pub(super) fn refresh_push(ttl: Option<u32>) -> Bytes {
+    let refresh = match ttl {
+        Some(ttl) => serde_json::json!({ "expires": true, "ttl": ttl }),
+        None => serde_json::json!({}),
+    };
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({ "push": { "refresh": refresh } }))
+            .expect("a JSON value serializes"),
+    )
+}
+
 /// The `unsubscribe` push.
 pub(super) fn unsubscribe_push(channel: &str, code: u32, reason: &str) -> Bytes {
     Bytes::from(

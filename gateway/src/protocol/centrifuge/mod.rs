@@ -464,6 +464,24 @@ pub fn unsubscribe_push(encoding: Encoding, channel: &str, reason: UnsubscribeRe
     }
 }
 
+/// The `subscribe` push: the server subscribed the connection to `channel` (the SDKs'
+/// server-side subscription).
+pub fn subscribe_push(encoding: Encoding, channel: &str) -> Bytes {
+    match encoding {
+        Encoding::CentrifugeProtobuf => proto::subscribe_push(channel),
+        _ => json::subscribe_push(channel),
+    }
+}
+
+/// The `refresh` push: the connection now expires at `expire_at` (Unix seconds), or never.
+pub fn refresh_push(encoding: Encoding, expire_at: Option<u64>) -> Bytes {
+    let ttl = expire_at.map(ttl);
+    match encoding {
+        Encoding::CentrifugeProtobuf => proto::refresh_push(ttl),
+        _ => json::refresh_push(ttl),
+    }
+}
+
 /// Joins several frames into one (what one WebSocket frame may carry): newline-separated in
 /// JSON, simply one after another in Protobuf (each is length-delimited).
 pub fn join_frames<'a>(encoding: Encoding, frames: impl Iterator<Item = &'a [u8]>) -> Bytes {

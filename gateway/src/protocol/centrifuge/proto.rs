@@ -182,6 +182,19 @@ struct Push {
     leave: Option<JoinLeave>,
     #[prost(message, optional, tag = "7")]
     unsubscribe: Option<Unsubscribe>,
+    /// `Subscribe`: this server writes none of its fields.
+    #[prost(message, optional, tag = "9")]
+    subscribe: Option<Empty>,
+    #[prost(message, optional, tag = "12")]
+    refresh: Option<RefreshPush>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RefreshPush {
+    #[prost(bool, tag = "1")]
+    expires: bool,
+    #[prost(uint32, tag = "2")]
+    ttl: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -566,6 +579,21 @@ pub(super) fn presence_push(channel: &str, joined: bool, user: &str) -> Bytes {
         } else {
             push.leave = event;
         }
+    })
+}
+
+/// The `subscribe` push (a server-side subscription).
+pub(super) fn subscribe_push(channel: &str) -> Bytes {
+    push(channel, |push| push.subscribe = Some(Empty {}))
+}
+
+/// The `refresh` push: `ttl` seconds left, or no expiry.
+pub(super) fn refresh_push(ttl: Option<u32>) -> Bytes {
+    push("", |push| {
+        push.refresh = Some(RefreshPush {
+            expires: ttl.is_some(),
+            ttl: ttl.unwrap_or(0),
+        })
     })
 }
 

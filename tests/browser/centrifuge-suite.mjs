@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { createHmac, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import WebSocket from 'ws';
-import { API_KEY, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
+import { API_KEY, restartRedisEmpty, scenario, startGateway, startRedis, stopGateway } from './harness.mjs';
 
 /**
  * Registers every step, for the SDK build `Centrifuge` (`protobuf`: its Protobuf build).
@@ -37,7 +37,8 @@ const ROOM = `room:cf-${protobuf ? 'pb' : 'json'}-${randomBytes(4).toString('hex
 
 let gw; // the node most steps use
 let quick; // a node with a 2-second ping, for the heartbeat step
-let redis; // for the cluster step
+let redis; // for the cluster steps
+let database; // the cluster's PostgreSQL database
 const cluster = []; // three nodes on one Redis and one PostgreSQL database
 const clients = [];
 
@@ -453,7 +454,7 @@ function freshDatabase() {
 
 step('on a three-node cluster, a client recovers on another node, past recent history', async () => {
   redis = await startRedis();
-  const database = freshDatabase();
+  database = freshDatabase();
   for (const id of ['cf-a', 'cf-b', 'cf-c']) {
     // Recent history holds 3 messages: the rest of what was missed comes from PostgreSQL.
     cluster.push(await startGateway(['--redis-url', redis.url, '--database-url', database,
@@ -494,5 +495,66 @@ step('on a three-node cluster, a client recovers on another node, past recent hi
   await eventually('the live message', () => onC.pubs.length === 11);
   assertContiguous(onC.pubs);
   henry.socket.close();
+});
+
+/** How many messages of `channel` PostgreSQL holds. */
+function archivedCount(channel) {
+  const sql = `SELECT count(*) FROM gw_messages WHERE channel = '${channel}'`;
+  return Number(execFileSync('psql', [database, '-tAc', sql]).toString().trim());
+}
+
+/** Ids of publishWhenBack's commands: apart from the ones `call` uses. */
+let retryId = 10_000;
+
+/** Publishes from the v1 client `who`, retrying while the node answers `unavailable` (its
+ * Redis is coming back), within WAIT; the offset. */
+async function publishWhenBack(who, channel, data) {
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    const id = retryId++;
+    who.socket.send(JSON.stringify({ id, op: 'publish', channel, data }));
+    await eventually(`reply to publish ${id}`, () => who.frames.some((f) => f.id === id));
+    const reply = who.frames.find((f) => f.id === id);
+    if (reply.ok) return reply.ok.offset;
+    assert.equal(reply.error?.code, 'unavailable', JSON.stringify(reply));
+    if (Date.now() > deadline) throw new Error(`still unavailable after ${WAIT} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+step('after Redis restarts empty, offsets go on from the archive and the SDK recovers', async () => {
+  const [a, b] = cluster;
+  const room = `room:cf-restart-${randomBytes(4).toString('hex')}`;
+  const lena = sdk('lena', a);
+  lena.connect();
+  const sub = subscription(lena, room);
+  const subscribed = once(sub, 'subscribed');
+  sub.subscribe();
+  const { epoch } = (await subscribed).streamPosition;
+  const mike = await v1('mike', b);
+  const before = [];
+  for (let n = 0; n < 3; n++) {
+    before.push((await mike.call('publish', { channel: room, data: { n } })).offset);
+  }
+  await eventually('lena sees the 3 messages', () => sub.pubs.length === 3);
+  // Every message in PostgreSQL before Redis goes: the archive is what bridges the restart.
+  await eventually('the 3 messages archived', () => archivedCount(room) === 3);
+  const disconnected = once(lena, 'disconnected');
+  lena.disconnect();
+  await disconnected;
+  await restartRedisEmpty(redis);
+  const after = [];
+  for (let n = 3; n < 5; n++) after.push(await publishWhenBack(mike, room, { n }));
+  // The channel went on from its archived position, in the same epoch.
+  assert.deepEqual(after, [before[2] + 1, before[2] + 2]);
+  const recovered = once(sub, 'subscribed', (ctx) => ctx.wasRecovering && ctx, 'recovering subscribe');
+  lena.connect();
+  const ctx = await recovered;
+  assert.equal(ctx.recovered, true);
+  assert.equal(ctx.streamPosition.epoch, epoch);
+  await eventually('the 2 missed messages', () => sub.pubs.length === 5);
+  assert.deepEqual(sub.pubs.map((p) => p.offset), [...before, ...after]);
+  assert.deepEqual(sub.pubs.map((p) => p.data.n), [0, 1, 2, 3, 4]);
+  mike.socket.close();
 });
 }

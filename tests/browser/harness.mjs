@@ -95,6 +95,22 @@ function freePort() {
 export async function startRedis() {
   const port = await freePort();
   const dir = mkdtempSync(path.join(tmpdir(), 'browser-redis-'));
+  const redis = { port, dir, url: `redis://127.0.0.1:${port}` };
+  redis.proc = await spawnRedis(port, dir);
+  return redis;
+}
+
+/** Kills `redis` (from startRedis) and starts it again, empty, on the same port. */
+export async function restartRedisEmpty(redis) {
+  const exited = new Promise((resolve) => redis.proc.once('exit', resolve));
+  redis.proc.kill('SIGKILL');
+  await exited;
+  // Nothing is saved (no RDB, no AOF): it comes back empty.
+  redis.proc = await spawnRedis(redis.port, redis.dir);
+}
+
+/** A redis-server on `port` that keeps nothing on disk; resolves once it accepts. */
+async function spawnRedis(port, dir) {
   const proc = spawn('redis-server', ['--port', String(port), '--save', '', '--appendonly', 'no', '--dir', dir],
     { stdio: 'ignore' });
   const deadline = Date.now() + 10_000;
@@ -104,11 +120,10 @@ export async function startRedis() {
       socket.once('connect', () => { socket.destroy(); resolve(true); });
       socket.once('error', () => resolve(false));
     });
-    if (up) break;
+    if (up) return proc;
     if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not start`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  return { proc, port, url: `redis://127.0.0.1:${port}` };
 }
 
 /** Headless Debian Chromium. */

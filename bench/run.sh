@@ -32,6 +32,9 @@
 #   NO_BUILD=1  do not run `cargo build --release -p gateway -p loadgen`
 #   NO_INSTALL=1  do not install prerequisites (npm ci in bench/peers, matplotlib)
 #   LOADGEN_ARGS  extra loadgen options for every run (e.g. "--source-addrs 4")
+#   CLIENT      loadgen (default), or outside: bench/outside/client.js on Bun's own WebSocket
+#               client, a client that is not ours (v1 servers only: gateway, before, gw-*, bun;
+#               flood, chat* and broadcast-* scenarios), same arguments and report fields
 #   CARGO_LOCK  lock file cargo runs under (default /tmp/cargo.lock; flock is used if present)
 #
 # Output: $RESULTS/<server>-<scenario>.json (the loadgen report), $RESULTS/logs/*.log,
@@ -54,6 +57,7 @@ CARGO_LOCK=${CARGO_LOCK:-/tmp/cargo.lock}
 GATEWAY=${GATEWAY_BIN:-target/release/gateway}
 GATEWAY_BEFORE=${GATEWAY_BEFORE:-}
 LOADGEN=target/release/loadgen
+CLIENT=${CLIENT:-loadgen}
 PEERS=bench/peers
 BUN=$PEERS/node_modules/.bin/bun
 
@@ -281,9 +285,11 @@ run_one() { # server scenario
   args=$(scenario_args "$scenario")
   rm -f "$out"
   start_server "$server" "$logfile" || { FAILED+=("$server-$scenario (server did not start)"); return 0; }
-  log "$server $scenario: loadgen $args (server pid $SERVER_PID)"
+  log "$server $scenario: $CLIENT $args (server pid $SERVER_PID)"
+  local client=("$LOADGEN")
+  [ "$CLIENT" = outside ] && client=("$BUN" bench/outside/client.js)
   # shellcheck disable=SC2086 # $args and $LOADGEN_ARGS are word lists on purpose
-  timeout -k 10 "$(scenario_secs "$scenario")" "$LOADGEN" $args \
+  timeout -k 10 "$(scenario_secs "$scenario")" "${client[@]}" $args \
     --url "$(server_url "$server")" --secret "$SECRET" --protocol "$(server_protocol "$server")" \
     --json "$out" --pid "$SERVER_PID" --no-progress $LOADGEN_ARGS \
     >"$RESULTS/logs/$server-$scenario.loadgen.log" 2>&1 &

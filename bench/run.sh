@@ -26,6 +26,8 @@
 #               each other by `presence_diff`; -each: by v1 join/leave pushes; -off: the
 #               same room in `bench:`, presence off. The peers have no presence: all three
 #               are one subscribe for them.
+#   BEFORE_FLAGS  the `before` build's flags in place of `--database-url off` (default: the
+#               same), for builds older than the archive, which refuse that flag: BEFORE_FLAGS=""
 #   RESULTS     output directory          (default: bench/results/<YYYY-MM-DD>)
 #   SECRET      JWT secret                (default: a fresh random one)
 #   BUDGET_SECS  the runs' time budget; runs that might overrun it are skipped (default 900)
@@ -212,8 +214,11 @@ start_server() {
         [ -x "$bin" ] || { log "$server: no executable $bin (set GATEWAY_VARIANTS)"; return 1; }
       fi
       # No archive: the peers store nothing either (bench/archive.sh measures its cost).
+      local flags="--database-url off"
+      [ "$server" = before ] && flags=${BEFORE_FLAGS---database-url off}
+      # shellcheck disable=SC2086 # $flags is a word list on purpose
       env ${workers:+TOKIO_WORKER_THREADS=$workers} \
-        "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn --database-url off \
+        "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn $flags \
         --publish-rate 1000000 --publish-burst 1000000 \
         --max-connections-per-user 100000 --max-connections 200000 >"$logfile" 2>&1 &
       ;;

@@ -375,8 +375,10 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
     } else if let Some(u) = c.unsubscribe {
         Request::Unsubscribe { channel: u.channel }
     } else if let Some(p) = c.publish {
-        // Payloads are JSON for every client (see the module above).
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&p.data).is_err() {
+        // Payloads are JSON for every client (see the module above): UTF-8 text first
+        // (serde_json skips an ignored string's bytes without checking them), then JSON.
+        let json = std::str::from_utf8(&p.data).ok();
+        if json.is_none_or(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()) {
             return Err(CommandError::bad(
                 i64::from(c.id),
                 "data must be JSON text: channels are shared with JSON clients",
@@ -682,16 +684,19 @@ mod tests {
         }
         let many = vec![0u8; MAX_BATCH + 1];
         assert!(decode_frame(&many, &mut out).is_err());
-        // Data that is not JSON is a bad field of that command, not a bad frame.
-        let got = decode(&frame(&[Command {
-            id: 4,
-            publish: Some(PublishRequest {
-                channel: "room:a".into(),
-                data: Bytes::from_static(&[0xde, 0xad]),
-            }),
-            ..Command::default()
-        }]));
-        assert!(got[0].as_ref().is_err_and(|e| !e.malformed && e.id == 4));
+        // Data that is not JSON, or JSON whose string is not UTF-8 (a fuzz finding), is a
+        // bad field of that command, not a bad frame.
+        for data in [&[0xde, 0xad][..], b"{\"t\xbbxt\":\"hi\"}"] {
+            let got = decode(&frame(&[Command {
+                id: 4,
+                publish: Some(PublishRequest {
+                    channel: "room:a".into(),
+                    data: Bytes::copy_from_slice(data),
+                }),
+                ..Command::default()
+            }]));
+            assert!(got[0].as_ref().is_err_and(|e| !e.malformed && e.id == 4));
+        }
     }
 
     #[test]

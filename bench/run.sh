@@ -11,6 +11,8 @@
 #   SERVERS     subset of: gateway gateway-cf bun socketio before  (default: gateway bun socketio)
 #               gateway-cf: the same gateway, driven over Centrifugo's client protocol (JSON,
 #               /connection/websocket) instead of v1
+#               gateway-arch: the same gateway with its default archive on (SQLite in a fresh
+#               --data-dir), to measure what the archive costs beside `gateway`
 #               before: an earlier gateway build ($GATEWAY_BEFORE), run with the same flags, so
 #               that a change is measured before and after in one run
 #               gw-<label>: the gateway binary $GATEWAY_VARIANTS/gw-<label> (experiments: an
@@ -26,8 +28,11 @@
 #               each other by `presence_diff`; -each: by v1 join/leave pushes; -off: the
 #               same room in `bench:`, presence off. The peers have no presence: all three
 #               are one subscribe for them.
-#   BEFORE_FLAGS  the `before` build's flags in place of `--database-url off` (default: the
-#               same), for builds older than the archive, which refuse that flag: BEFORE_FLAGS=""
+#   GATEWAY_FLAGS  the gateway's flags beside the fixed ones (default: `--database-url off`,
+#               no archive, like the peers); GATEWAY_FLAGS="" runs the default archive (SQLite
+#               under a fresh --data-dir per run)
+#   BEFORE_FLAGS  the same for the `before` build (default: GATEWAY_FLAGS); builds older than
+#               the archive refuse `--database-url`: BEFORE_FLAGS=""
 #   RESULTS     output directory          (default: bench/results/<YYYY-MM-DD>)
 #   SECRET      JWT secret                (default: a fresh random one)
 #   BUDGET_SECS  the runs' time budget; runs that might overrun it are skipped (default 900)
@@ -199,13 +204,15 @@ start_server() {
     return 1
   fi
   case $server in
-    gateway | gateway-cf | before | gw-* | *-1w)
+    gateway | gateway-cf | gateway-arch | before | gw-* | *-1w)
       local bin=$GATEWAY workers=""
       if [ "${server%-1w}" != "$server" ]; then
         workers=1
         server=${server%-1w}
       fi
       server=${server%-cf}
+      local archive=""
+      [ "$server" = gateway-arch ] && { archive=1; server=gateway; }
       if [ "$server" = before ]; then
         [ -x "$GATEWAY_BEFORE" ] || { log "before: set GATEWAY_BEFORE to an earlier gateway binary"; return 1; }
         bin=$GATEWAY_BEFORE
@@ -214,8 +221,14 @@ start_server() {
         [ -x "$bin" ] || { log "$server: no executable $bin (set GATEWAY_VARIANTS)"; return 1; }
       fi
       # No archive: the peers store nothing either (bench/archive.sh measures its cost).
-      local flags="--database-url off"
-      [ "$server" = before ] && flags=${BEFORE_FLAGS---database-url off}
+      local flags=${GATEWAY_FLAGS---database-url off}
+      [ "$server" = before ] && flags=${BEFORE_FLAGS-$flags}
+      [ -n "$archive" ] && flags=
+      # With the archive on, a fresh data directory per run: each starts empty.
+      case " $flags " in
+        *" --database-url off "*) ;;
+        *) [ "$server" = before ] || flags="$flags --data-dir $(mktemp -d /tmp/bench-gw-data.XXXXXX)" ;;
+      esac
       # shellcheck disable=SC2086 # $flags is a word list on purpose
       env ${workers:+TOKIO_WORKER_THREADS=$workers} \
         "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn $flags \

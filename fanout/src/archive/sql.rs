@@ -213,14 +213,19 @@ impl SqlArchive {
                 insert.push(" ON CONFLICT DO NOTHING");
                 insert.build().execute(&mut *tx).await.map_err(unavailable)?;
             }
-            for (channel, epoch, top, ts) in positions(batch) {
+            // Every channel's position in one statement per 500 channels, not one per channel:
+            // each statement is a round trip to sqlx's SQLite thread (or to PostgreSQL), and
+            // under perf those handoffs, not SQLite, were most of the archive's cost. A channel
+            // appears once (`positions`), as a multi-row upsert requires.
+            let positions = positions(batch);
+            for chunk in positions.chunks(ROWS_PER_INSERT) {
                 let mut upsert =
                     QueryBuilder::<Db>::new("INSERT INTO gw_channels (channel, epoch, top, ts) ");
-                upsert.push_values([(channel, epoch, top, ts)], |mut row, (c, e, o, t)| {
+                upsert.push_values(chunk, |mut row, (c, e, o, t)| {
                     row.push_bind(c.to_string())
                         .push_bind(e.to_string())
-                        .push_bind(o as i64)
-                        .push_bind(t as i64);
+                        .push_bind(*o as i64)
+                        .push_bind(*t as i64);
                 });
                 upsert.push(UPSERT_POSITION);
                 upsert.build().execute(&mut *tx).await.map_err(unavailable)?;
@@ -417,6 +422,29 @@ mod tests {
         let position = archive.position("c").await.unwrap().unwrap();
         assert_eq!((&*position.epoch, position.offset), ("e2", 1));
         assert!(archive.position("other").await.unwrap().is_none());
+        // Many channels in one batch: each position upserted (one statement for all), an
+        // older one kept, a newer one taken.
+        let many: Vec<_> = (0..700)
+            .map(|n| publication(&format!("m{n}"), "e1", 7, 7))
+            .chain([
+                publication("c", "e2", 3, 101),
+                publication("m0", "e1", 9, 9),
+            ])
+            .collect();
+        archive.store(&many).await.unwrap();
+        for (channel, epoch, offset) in [("m0", "e1", 9), ("m699", "e1", 7), ("c", "e2", 3)] {
+            let position = archive.position(channel).await.unwrap().unwrap();
+            assert_eq!(
+                (&*position.epoch, position.offset),
+                (epoch, offset),
+                "{channel}"
+            );
+        }
+        archive
+            .store(&[publication("m5", "e1", 2, 8)])
+            .await
+            .unwrap();
+        assert_eq!(archive.position("m5").await.unwrap().unwrap().offset, 7);
         // Reads are per epoch, oldest first, bounded both ways.
         let range = ArchiveRange {
             channel: "c",
@@ -430,7 +458,7 @@ mod tests {
         assert_eq!(read.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4]);
         assert_eq!(read[0].data, Payload::Json(Bytes::from("3")));
         assert_eq!(archive.expire(3).await.unwrap(), 2);
-        assert_eq!(archive.count().await.unwrap(), 4);
+        assert_eq!(archive.count().await.unwrap(), 4 + 703);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -74,6 +74,17 @@ pub enum Request {
     Refresh(Option<u64>),
 }
 
+impl Request {
+    /// Whether both are the same kind of change to the same channel.
+    fn same_channel_change(&self, other: &Request) -> bool {
+        match (self, other) {
+            (Request::Unsubscribe(a, _), Request::Unsubscribe(b, _))
+            | (Request::Subscribe(a), Request::Subscribe(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// What a connection holds only now and then (while a subscribe recovers, while the node asks
 /// it to drop a channel): boxed, so that an idle connection pays one pointer for it.
 #[derive(Default)]
@@ -184,28 +195,20 @@ impl Conn {
     }
 
     /// Asks the session to unsubscribe from `channel` and say why (it owns its channel list,
-    /// so the node only asks). A request already waiting for the channel is not repeated.
+    /// so the node only asks).
     pub fn request_unsubscribe(&self, channel: Arc<str>, reason: UnsubscribeReason) {
-        self.request_once(Request::Unsubscribe(channel, reason), |r| {
-            matches!(r, Request::Unsubscribe(..))
-        });
+        self.request(Request::Unsubscribe(channel, reason));
     }
 
-    /// Asks the session for `request`, unless one `same` says is alike already waits.
-    pub fn request_once(&self, request: Request, same: impl Fn(&Request) -> bool) {
+    /// Asks the session for `request`. A subscribe or unsubscribe of a channel that already
+    /// waits is not repeated; every refresh is kept (the last one wins).
+    pub fn request(&self, request: Request) {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return;
         }
         let requests = &mut state.occasional().requests;
-        let channel = |r: &Request| match r {
-            Request::Unsubscribe(c, _) | Request::Subscribe(c) => Some(c.clone()),
-            Request::Refresh(_) => None,
-        };
-        if requests
-            .iter()
-            .any(|r| same(r) && channel(r) == channel(&request))
-        {
+        if requests.iter().any(|r| r.same_channel_change(&request)) {
             return;
         }
         requests.push(request);

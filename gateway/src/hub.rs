@@ -410,9 +410,7 @@ impl Dispatcher for Hub {
             NodeCommand::Subscribe { user, channel } => {
                 let channel: Arc<str> = channel.as_str().into();
                 CommandReply::Count(self.for_each_of_user(user, |conn| {
-                    conn.request_once(Request::Subscribe(channel.clone()), |r| {
-                        matches!(r, Request::Subscribe(..))
-                    })
+                    conn.request(Request::Subscribe(channel.clone()))
                 }) as u64)
             }
             NodeCommand::Refresh {
@@ -422,9 +420,7 @@ impl Dispatcher for Hub {
             } => CommandReply::Count(if *expired {
                 self.close_user(user, CloseReason::TokenExpired)
             } else {
-                self.for_each_of_user(user, |conn| {
-                    conn.request_once(Request::Refresh(*expire_at), |_| false)
-                })
+                self.for_each_of_user(user, |conn| conn.request(Request::Refresh(*expire_at)))
             } as u64),
         }
     }

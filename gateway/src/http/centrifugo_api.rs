@@ -241,28 +241,16 @@ async fn dispatch(node: &Node, method: &str, body: Value) -> Result<Value, Failu
             }
             Ok(json!({ "responses": responses }))
         }
-        "unsubscribe" => {
-            let p: UserChannelParams = params(body)?;
-            check_channel(&p.channel)?;
-            node.broker
-                .command(NodeCommand::Unsubscribe {
-                    user: p.user,
-                    channel: p.channel,
-                })
-                .await
-                .map_err(ApiError::from)?;
-            Ok(json!({}))
-        }
-        "subscribe" => {
-            let p: UserChannelParams = params(body)?;
-            check_channel(&p.channel)?;
-            node.broker
-                .command(NodeCommand::Subscribe {
-                    user: p.user,
-                    channel: p.channel,
-                })
-                .await
-                .map_err(ApiError::from)?;
+        // One user's connections join or leave a channel, on every node.
+        "unsubscribe" | "subscribe" => {
+            let UserChannelParams { user, channel } = params(body)?;
+            check_channel(&channel)?;
+            let command = if method == "subscribe" {
+                NodeCommand::Subscribe { user, channel }
+            } else {
+                NodeCommand::Unsubscribe { user, channel }
+            };
+            node.broker.command(command).await.map_err(ApiError::from)?;
             Ok(json!({}))
         }
         "refresh" => {

@@ -275,10 +275,7 @@ pub(super) fn error(id: i64, code: ErrorCode, message: &str) -> Bytes {
     if temporary {
         error["temporary"] = true.into();
     }
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({ "id": id, "error": error }))
-            .expect("a JSON value serializes"),
-    )
+    frame(&serde_json::json!({ "id": id, "error": error }))
 }
 
 /// A publication as the protocol writes it: `{"data", "offset", "info"}` (the payload
@@ -400,12 +397,14 @@ pub(super) fn presence_push(channel: &str, joined: bool, user: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// A value as one frame.
+fn frame(value: &serde_json::Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("a JSON value serializes"))
+}
+
 /// The `subscribe` push (a server-side subscription).
 pub(super) fn subscribe_push(channel: &str) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({ "push": { "channel": channel, "subscribe": {} } }))
-            .expect("a JSON value serializes"),
-    )
+    frame(&serde_json::json!({ "push": { "channel": channel, "subscribe": {} } }))
 }
 
 /// The `refresh` push: `ttl` seconds left, or no expiry.
@@ -414,20 +413,14 @@ pub(super) fn refresh_push(ttl: Option<u32>) -> Bytes {
         Some(ttl) => serde_json::json!({ "expires": true, "ttl": ttl }),
         None => serde_json::json!({}),
     };
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({ "push": { "refresh": refresh } }))
-            .expect("a JSON value serializes"),
-    )
+    frame(&serde_json::json!({ "push": { "refresh": refresh } }))
 }
 
 /// The `unsubscribe` push.
 pub(super) fn unsubscribe_push(channel: &str, code: u32, reason: &str) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({
-            "push": { "channel": channel, "unsubscribe": { "code": code, "reason": reason } }
-        }))
-        .expect("a JSON value serializes"),
-    )
+    frame(&serde_json::json!({
+        "push": { "channel": channel, "unsubscribe": { "code": code, "reason": reason } }
+    }))
 }
 
 #[cfg(test)]

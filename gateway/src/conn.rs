@@ -7,6 +7,7 @@
 
 use crate::metrics::metrics;
 use crate::protocol::{CloseReason, Encoding, UnsubscribeReason, message_frame};
+use crate::workers::{self, WorkerId};
 use bytes::Bytes;
 use fanout::Publication;
 use futures_util::task::AtomicWaker;
@@ -134,6 +135,8 @@ pub struct Conn {
     pub user: Arc<str>,
     /// Its wire encoding.
     pub encoding: Encoding,
+    /// The worker thread its session runs on (the one that accepted it).
+    worker: WorkerId,
     capacity: usize,
     /// Subscribed to its own `user:<id>` channel (see the hub).
     personal: AtomicBool,
@@ -155,6 +158,7 @@ impl Conn {
             id,
             user,
             encoding,
+            worker: workers::current(),
             capacity,
             personal: AtomicBool::new(false),
             requests_pending: AtomicBool::new(false),
@@ -364,10 +368,11 @@ impl Conn {
         }
     }
 
-    /// Wakes the session (or lets its next wait return at once).
+    /// Wakes the session (or lets its next wait return at once); from another worker's
+    /// thread, through the session's worker (see [`workers`]).
     fn notify(&self) {
         self.signal.store(true, Ordering::Release);
-        self.waker.wake();
+        workers::wake(self.worker, &self.waker);
     }
 
     /// Waits until something is queued or a close is requested. One waiter only: the

@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod workers;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use gateway::config::{Config, Settings};
 use gateway::hub::Hub;
 use gateway::node::Node;
-use gateway::{backends, http, metrics, server};
+use gateway::{backends, http, metrics, server, workers};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,18 +74,21 @@ fn main() -> ExitCode {
         eprintln!("gateway: configuration error: {}", one_line(&e));
         return ExitCode::from(CONFIG_ERROR);
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.worker_threads {
-        builder.worker_threads(n);
-    }
-    let runtime = match builder.enable_all().build() {
+    // Worker 0 is this thread; `server::serve` starts the others (see `workers`).
+    let worker_count = config.worker_threads.unwrap_or_else(default_workers);
+    workers::install(worker_count);
+    workers::enter(0);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("gateway: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, worker_count)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gateway stopped");
@@ -95,11 +98,21 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// One worker per CPU, unless `TOKIO_WORKER_THREADS` says otherwise (the variable tokio's own
+/// runtime reads, which older builds of the gateway honoured: benchmarks set it).
+fn default_workers() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+async fn run(config: Config, worker_count: usize) -> anyhow::Result<()> {
     let prometheus = metrics::install()?;
-    let listener =
-        server::bind(&config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let listeners = server::bind(&config.listen, worker_count)
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listeners[0].local_addr()?;
     let public_url = config
         .public_url
         .clone()
@@ -130,9 +143,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         addr = %addr,
         node = %node.config.node_id,
         mode,
+        workers = worker_count,
         "listening"
     );
     let router = http::router(node.clone());
-    server::serve(node, listener, router, stop).await;
-    Ok(())
+    server::serve(node, listeners, router, stop)
+        .await
+        .context("starting a worker")
 }

@@ -3,6 +3,7 @@
 
 use crate::metrics::metrics;
 use crate::node::Node;
+use crate::workers::{self, WorkerId};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -13,21 +14,60 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-/// Serves `router` on `listener` until `stop` resolves, then drains the node: every session
+/// Serves `router` on `listeners` until `stop` resolves, then drains the node: every session
 /// gets `disconnect` `shutdown` and close 1012, and this returns when they are gone or when
-/// the drain deadline passes. The listener keeps answering during the drain so that
+/// the drain deadline passes. The listeners keep answering during the drain so that
 /// `/readyz` can say 503; `/ws` refuses new sessions.
+///
+/// The first listener is served on the calling thread's runtime (worker 0); each other one
+/// gets a worker thread of its own with a single-threaded runtime (see [`workers`]), stopped
+/// and joined before this returns.
 pub async fn serve(
     node: Arc<Node>,
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     router: Router,
     stop: impl Future<Output = ()>,
-) {
-    // The accept loop runs as a task on a worker, not on the thread that called `serve`
-    // (`block_on`'s, in main): it then spawns each connection onto the worker it runs on,
-    // instead of waking a worker from outside for every accepted socket (a third thread on
-    // two cores; under perf it was a sixth of a connect flood's CPU). Aborted on return.
-    let accept = AbortOnDrop(tokio::spawn(accept_loop(node.clone(), listener, router)));
+) -> std::io::Result<()> {
+    let mut listeners = listeners.into_iter();
+    let first =
+        TcpListener::from_std(listeners.next().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no listener")
+        })?)?;
+    let http_open = Arc::new(AtomicUsize::new(0));
+    let (stop_workers, workers_stop) = tokio::sync::watch::channel(false);
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.enumerate() {
+        let index = (i + 1) as WorkerId;
+        let (node, router, http_open) = (node.clone(), router.clone(), http_open.clone());
+        let mut stop = workers_stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-w{index}"))
+            .spawn(move || -> std::io::Result<()> {
+                workers::enter(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    tokio::spawn(workers::run_wakes(index));
+                    let listener = TcpListener::from_std(listener)?;
+                    tokio::select! {
+                        _ = accept_loop(node, listener, router, http_open) => {}
+                        _ = stop.wait_for(|stop| *stop) => {}
+                    }
+                    Ok(())
+                })
+            })?;
+        threads.push(thread);
+    }
+    tokio::spawn(workers::run_wakes(0));
+    // The accept loop runs as a task, not on `block_on`'s own future (main's): it then
+    // spawns each connection as a task of this runtime directly. Aborted on return.
+    let accept = AbortOnDrop(tokio::spawn(accept_loop(
+        node.clone(),
+        first,
+        router,
+        http_open,
+    )));
     let accept = async move {
         let mut accept = accept;
         let _ = (&mut accept.0).await;
@@ -50,6 +90,19 @@ pub async fn serve(
         _ = drained => {}
     }
     tracing::info!(left = node.session_count(), "drained");
+    // The other workers end (a session still open past the deadline is dropped with its
+    // runtime): joined off this runtime's thread, which still serves what they may wait on.
+    let _ = stop_workers.send(true);
+    let joined = tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "worker failed"),
+                Err(_) => tracing::error!("worker panicked"),
+            }
+        }
+    });
+    let _ = joined.await;
     // Everything accepted goes to the archive before the process ends (embedded mode: the
     // queue lives in this process). It gets the drain deadline again, at least 5 s.
     let flush_deadline = Instant::now() + node.config.drain_timeout.max(Duration::from_secs(5));
@@ -58,6 +111,7 @@ pub async fn serve(
         tracing::error!(pending, "exiting with messages not yet archived");
     }
     node.stop_background(Duration::from_secs(2)).await;
+    Ok(())
 }
 
 /// A task aborted when its handle is dropped.
@@ -73,19 +127,38 @@ impl Drop for AbortOnDrop {
 /// usual 128 drops SYNs under a connect burst, and each drop costs the client a 1 s retry.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `addr` with a deep accept queue.
-pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    let addr: std::net::SocketAddr = addr
+/// Binds `addr` `count` times (one listener per worker) with `SO_REUSEPORT`, each with a deep
+/// accept queue; the kernel spreads new connections over them.
+///
+/// `SO_REUSEPORT` alone would let a second node run by the same user bind the same port and
+/// silently take half its connections: a plain socket is bound first, which fails when
+/// anything listens there, and it also picks the port when `addr` asks for any (port 0).
+pub fn bind(addr: &str, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr: std::net::SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
+    let probe = socket_for(addr)?;
+    probe.set_reuseaddr(true)?;
+    probe.bind(addr)?;
+    addr = probe.local_addr()?;
+    drop(probe);
+    (0..count.max(1))
+        .map(|_| {
+            let socket = socket_for(addr)?;
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)?.into_std()
+        })
+        .collect()
+}
+
+fn socket_for(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
     } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+        tokio::net::TcpSocket::new_v6()
+    }
 }
 
 /// The answer to a socket accepted past `--max-http-connections`, written without reading
@@ -103,12 +176,18 @@ impl Drop for HttpSlot {
     }
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener, router: Router) {
+/// Accepts on `listener` and serves each socket as a task of the calling runtime.
+/// `http_open` counts the node's sockets in their HTTP phase (every worker's): a WebSocket
+/// session counts against --max-connections instead once upgraded (hyper's connection future
+/// ends at the upgrade).
+async fn accept_loop(
+    node: Arc<Node>,
+    listener: TcpListener,
+    router: Router,
+    http_open: Arc<AtomicUsize>,
+) {
     let header_timeout = node.config.limits.handshake_timeout;
     let max_http = node.config.limits.max_http_connections;
-    // Sockets in their HTTP phase. A WebSocket session counts against --max-connections
-    // instead once upgraded: hyper's connection future ends at the upgrade.
-    let http_open = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -195,9 +195,9 @@ pub struct Settings {
     /// Whether any user may publish to another's `user:<id>` channel.
     #[arg(long, env = "GATEWAY_DIRECT_MESSAGES", action = clap::ArgAction::Set, default_value_t = true)]
     pub direct_messages: bool,
-    /// Runtime worker threads [default: one per CPU]. One worker writes more deliveries per
-    /// socket write and wakes no other thread (BENCHMARKS.md, "The allocator and worker
-    /// threads"); more use more cores.
+    /// Worker threads [default: one per CPU]: each runs a single-threaded runtime with its
+    /// own listener on the port (SO_REUSEPORT), and a connection stays on the worker that
+    /// accepted it.
     #[arg(long, env = "GATEWAY_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// WebSocket read buffer per connection, bytes.

@@ -2,8 +2,8 @@
 //! SIGTERM/SIGINT, refusing to start without a usable JWT secret.
 
 use e2e::{
-    Client, Gateway, Token, assert_config_error, exchange_head, http, read_until_closed, secs,
-    token,
+    Client, Gateway, Token, assert_config_error, assert_startup_error, exchange_head, http,
+    read_until_closed, secs, token,
 };
 use serde_json::json;
 
@@ -272,4 +272,53 @@ async fn secret_from_environment_works() {
         .await;
     let c = Client::connect(gw.addr(), &token("alice")).await;
     assert_eq!(c.welcome["user"], "alice");
+}
+
+/// Each worker thread serves a listener of its own on the one port: 40 clients, which the
+/// kernel spreads over four workers by their ports, all connect, and a publication reaches
+/// the subscribers of every worker exactly once each, in order (a marker message last: a
+/// duplicate or a gap shows before it). No ping within the test: a subscriber is woken by
+/// its messages alone.
+#[tokio::test]
+async fn every_worker_serves_its_listener_and_its_subscribers() {
+    let gw = Gateway::start(&[
+        "--worker-threads",
+        "4",
+        "--ping-interval-secs",
+        "600",
+        "--idle-timeout-secs",
+        "1200",
+    ])
+    .await;
+    let mut subscribers = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::connect(gw.addr(), &token(&format!("w{i}"))).await;
+        c.subscribe("room:workers").await;
+        subscribers.push(c);
+    }
+    let mut publisher = Client::connect(gw.addr(), &token("publisher")).await;
+    for i in 0..=20 {
+        publisher.publish("room:workers", json!(i)).await;
+    }
+    for c in &mut subscribers {
+        for i in 0..=20 {
+            let m = c.expect_message("room:workers", secs(20)).await;
+            assert_eq!(m["data"], json!(i), "{m}");
+        }
+    }
+}
+
+/// `SO_REUSEPORT` would let a second node of the same user share a busy port and take some
+/// of its connections: the second one refuses to start instead.
+#[tokio::test]
+async fn a_second_node_on_a_busy_port_refuses_to_start() {
+    let first = Gateway::start(&[]).await;
+    let (status, output) = Gateway::builder()
+        .arg("--listen", first.addr())
+        .run_to_exit(secs(20))
+        .await;
+    assert_startup_error(&status, &output, &["binding", "Address already in use"]);
+    // The first one still serves.
+    let mut c = Client::connect(first.addr(), &token("still")).await;
+    c.subscribe("room:still").await;
 }

@@ -77,8 +77,8 @@ impl Default for ArchiverConfig {
         Self {
             capacity: 100_000,
             wait: Duration::from_secs(1),
-            batch: 500,
-            linger: Duration::from_millis(20),
+            batch: 2000,
+            linger: Duration::from_millis(100),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             breaker_after: 5,
@@ -207,15 +207,24 @@ impl Archiver {
     /// Runs until the queue's sender is dropped and the queue is empty.
     pub async fn run(mut self) {
         let mut batch: Vec<Item> = Vec::with_capacity(self.config.batch);
+        let mut backlog = false;
         while let Some(first) = self.rx.recv().await {
             batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.config.linger;
+            // The writer lingers asleep, not waiting on the queue: publishers then queue
+            // without waking it, and it wakes twice per batch instead of once per message (a
+            // wake from another worker's thread cost more than the message's insert). After a
+            // full batch the queue holds a backlog: no linger, so the write rate stays the
+            // database's.
+            if !backlog {
+                tokio::time::sleep(self.config.linger).await;
+            }
             while batch.len() < self.config.batch {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(item)) => batch.push(item),
-                    Ok(None) | Err(_) => break,
+                match self.rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
                 }
             }
+            backlog = batch.len() == self.config.batch;
             self.write(&mut batch).await;
         }
     }

@@ -539,3 +539,52 @@ async fn the_server_api_subscribes_refreshes_and_expires_a_users_connections() {
     assert_eq!(cf.closed(secs(10)).await, 3005);
     assert_eq!(v1.expect_close(secs(10)).await.1, 4001);
 }
+
+/// A subscription whose token runs out with no `sub_refresh` ends with the `unsubscribe`
+/// push 2501, not before the token's `exp`, and the channel's messages stop: one published
+/// after the push never comes, while a marker on the personal channel published after it
+/// does (same queue, so a late delivery would come first).
+#[tokio::test]
+async fn a_subscription_token_that_runs_out_ends_the_subscription_with_2501() {
+    let gw = Gateway::start(&["--ping-interval-secs", "1", "--jwt-leeway-secs", "0"]).await;
+    let (mut cf, _) = Cf::connect(gw.addr(), "lena").await;
+    let channel = "team:expiring";
+    let sub = Token::new("lena")
+        .claim("channel", json!(channel))
+        .exp_in(3);
+    let exp = sub.exp().unwrap();
+    cf.send(&json!({"id": 2, "subscribe": {"channel": channel, "token": sub.hs256()}}))
+        .await;
+    let reply = cf.reply(2).await;
+    assert_eq!(reply["subscribe"]["expires"], true, "{reply}");
+    assert!(reply["subscribe"]["ttl"].as_u64().unwrap() <= 3, "{reply}");
+    e2e::api_publish(gw.addr(), channel, json!({"n": 1})).await;
+    cf.until("the publication", |v| {
+        v["push"]["channel"] == channel && v["push"].get("pub").is_some()
+    })
+    .await;
+    let push = cf
+        .until("the unsubscribe push", |v| {
+            v["push"]["channel"] == channel && v["push"].get("unsubscribe").is_some()
+        })
+        .await;
+    assert!(
+        e2e::now_secs() >= exp,
+        "ended before its token's exp: {push}"
+    );
+    assert_eq!(push["push"]["unsubscribe"]["code"], 2501, "{push}");
+    e2e::api_publish(gw.addr(), channel, json!({"n": 2})).await;
+    e2e::api_publish(gw.addr(), "user:lena", json!({"marker": true})).await;
+    cf.until("the marker", |v| v["push"]["channel"] == "user:lena")
+        .await;
+    let late: Vec<&Value> = cf
+        .seen
+        .iter()
+        .filter(|v| v["push"]["channel"] == channel && v["push"].get("pub").is_some())
+        .collect();
+    assert_eq!(
+        late.len(),
+        1,
+        "only the message sent while subscribed: {late:?}"
+    );
+}

@@ -16,4 +16,5 @@ pub mod protocol;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod tcp;
 pub mod workers;

@@ -3,11 +3,13 @@
 
 use crate::metrics::metrics;
 use crate::node::Node;
+use crate::tcp::{self, SocketFd};
 use crate::workers::{self, WorkerId};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -147,41 +149,11 @@ pub fn bind(addr: &str, count: usize) -> std::io::Result<Vec<std::net::TcpListen
             let socket = socket_for(addr)?;
             socket.set_reuseaddr(true)?;
             socket.set_reuseport(true)?;
-            defer_accept(&socket)?;
+            tcp::defer_accept(&socket)?;
             socket.bind(addr)?;
             socket.listen(LISTEN_BACKLOG)?.into_std()
         })
         .collect()
-}
-
-/// Seconds the kernel holds a new connection that has sent nothing before handing it to
-/// `accept` anyway (`TCP_DEFER_ACCEPT`): a real client sends its request at once, and a
-/// silent socket then meets the handshake timeout as before, a second later.
-const DEFER_ACCEPT_SECS: libc::c_int = 1;
-
-/// Asks the kernel to hand a connection to `accept` once its first bytes (the HTTP request)
-/// have arrived, not at the end of the TCP handshake: accepting and reading the request then
-/// take one wake of the worker instead of two, and a socket that never speaks costs the node
-/// nothing. Neither tokio nor socket2 sets this option: libc does.
-fn defer_accept(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let secs = DEFER_ACCEPT_SECS;
-    // SAFETY: the descriptor is `socket`'s own, open for this call; the value is a c_int
-    // that outlives the call, and its size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&raw const secs).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn socket_for(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
@@ -241,7 +213,15 @@ async fn accept_loop(
             continue;
         }
         let slot = HttpSlot(http_open.clone());
-        let service = TowerToHyperService::new(router.clone());
+        // Each request carries its socket's descriptor, for the v1 door's cork (`tcp`).
+        let fd = SocketFd(stream.as_raw_fd());
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+            router.clone(),
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(fd);
+                request
+            },
+        ));
         tokio::spawn(async move {
             let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()

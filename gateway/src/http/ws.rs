@@ -8,8 +8,9 @@ use crate::metrics::handshake_refused;
 use crate::node::Node;
 use crate::protocol::Encoding;
 use crate::session::{self, Registration, Start};
+use crate::tcp::{self, SocketFd};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use std::sync::Arc;
@@ -89,6 +90,7 @@ pub(super) fn socket_config(node: &Node) -> WebSocketConfig {
 /// Handles `GET /ws`.
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
+    fd: Option<Extension<SocketFd>>,
     headers: HeaderMap,
     query: Result<Query<TokenQuery>, QueryRejection>,
     upgrade: Result<Upgrade, UpgradeRejection>,
@@ -150,11 +152,14 @@ pub async fn upgrade(
     node.note_route(&claims.sub);
     let config = socket_config(&node);
     let (response, on_upgrade) = upgrade.accept(chosen.map(Encoding::subprotocol));
+    // The `101` waits in the kernel for `welcome`, and both leave in one send (`tcp`).
+    let corked = fd.and_then(|Extension(fd)| tcp::set_cork(fd, true).ok().map(|()| fd));
     session::spawn(Box::new(Start {
         on_upgrade,
         registration,
         claims,
         config,
+        corked,
     }));
     response
 }

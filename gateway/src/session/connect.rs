@@ -58,7 +58,7 @@ pub fn spawn(start: Box<CentrifugeStart>) {
             return;
         };
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
-        let end = session.serve(&mut ws).await;
+        let end = session.serve(&mut ws, None).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
     });
 }

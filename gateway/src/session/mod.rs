@@ -19,6 +19,7 @@ use crate::protocol::{
     decode, disconnect_frame, error_frame, frame_bytes, publish_error_frame, refresh_frame,
     server_subscribe_frame, to_message, unsubscribe_frame, welcome_frame,
 };
+use crate::tcp::{self, SocketFd};
 use bytes::Bytes;
 use fanout::BrokerError;
 use futures_util::{SinkExt, StreamExt};
@@ -135,6 +136,9 @@ pub struct Start {
     pub claims: Claims,
     /// tungstenite's settings for the socket.
     pub config: WebSocketConfig,
+    /// The socket, corked by the handshake so that the `101` goes out with `welcome`: the
+    /// session releases it once `welcome` is written (`tcp::set_cork`).
+    pub corked: Option<SocketFd>,
 }
 
 /// Spawns the connection's task: it waits for the `101` to go out, then runs the session from
@@ -169,6 +173,7 @@ fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
             registration,
             claims,
             config,
+            corked,
             ..
         } = unbox(start);
         // Ready at its first poll; boxed so that its 368 bytes are not a state of this task.
@@ -182,7 +187,7 @@ fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         // The heavy futures (command handling, writing, closing) are boxed so that they take
         // memory only while they run: an idle connection's task holds just the wait loop.
-        let end = session.serve(&mut ws).await;
+        let end = session.serve(&mut ws, corked).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
         drop(session);
     }
@@ -293,6 +298,23 @@ impl Session {
         format!("{}-{:x}", self.reg.node.config.node_id, self.reg.conn.id)
     }
 
+    /// [`Session::start`], then, on a corked socket, writes `welcome` at once and releases
+    /// the cork: the `101` and `welcome` leave in one send.
+    async fn open(&mut self, ws: &mut WebSocket, corked: Option<SocketFd>) -> Result<(), End> {
+        let started = self.start().await;
+        let Some(fd) = corked else {
+            return started;
+        };
+        let written = match started {
+            Ok(()) => self.write_pending(ws, &mut VecDeque::new()).await,
+            Err(end) => Err(end),
+        };
+        if let Err(e) = tcp::set_cork(fd, false) {
+            tracing::debug!(error = %e, "releasing the cork");
+        }
+        written
+    }
+
     /// Sends `welcome` and joins the personal channel.
     async fn start(&mut self) -> Result<(), End> {
         let conn = &self.reg.conn;
@@ -342,9 +364,13 @@ impl Session {
         clippy::manual_async_fn,
         reason = "an async fn keeps its arguments twice"
     )]
-    fn serve<'a>(&'a mut self, ws: &'a mut WebSocket) -> impl Future<Output = End> + Send + 'a {
+    fn serve<'a>(
+        &'a mut self,
+        ws: &'a mut WebSocket,
+        corked: Option<SocketFd>,
+    ) -> impl Future<Output = End> + Send + 'a {
         async move {
-            if let Err(end) = Box::pin(self.start()).await {
+            if let Err(end) = Box::pin(self.open(ws, corked)).await {
                 return end;
             }
             // One timer, re-armed lazily: only when the deadline comes earlier than the armed

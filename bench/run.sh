@@ -18,7 +18,8 @@
 #               gw-<label>: the gateway binary $GATEWAY_VARIANTS/gw-<label> (experiments: an
 #               allocator, a scheduling change), same flags
 #               <any gateway server>-1w: the same with one runtime worker thread
-#               (TOKIO_WORKER_THREADS=1, which builds without --worker-threads also read), as
+#               (GATEWAY_WORKER_THREADS=1, and TOKIO_WORKER_THREADS=1 for builds older than
+#               --worker-threads), as
 #               one-threaded as the Bun peer
 #   SCENARIOS   subset of: flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k
 #               broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off
@@ -230,7 +231,7 @@ start_server() {
         *) [ "$server" = before ] || flags="$flags --data-dir $(mktemp -d /tmp/bench-gw-data.XXXXXX)" ;;
       esac
       # shellcheck disable=SC2086 # $flags is a word list on purpose
-      env ${workers:+TOKIO_WORKER_THREADS=$workers} \
+      env ${workers:+GATEWAY_WORKER_THREADS=$workers TOKIO_WORKER_THREADS=$workers} \
         "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn $flags \
         --publish-rate 1000000 --publish-burst 1000000 \
         --max-connections-per-user 100000 --max-connections 200000 >"$logfile" 2>&1 &

@@ -75,13 +75,11 @@ fn main() -> ExitCode {
         return ExitCode::from(CONFIG_ERROR);
     }
     // Worker 0 is this thread; `server::serve` starts the others (see `workers`).
-    let worker_count = config.worker_threads.unwrap_or_else(default_workers);
+    let worker_count = config
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     workers::install(worker_count);
-    workers::enter(0);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match workers::runtime(0) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("gateway: starting the runtime: {e}");
@@ -96,16 +94,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// One worker per CPU, unless `TOKIO_WORKER_THREADS` says otherwise (the variable tokio's own
-/// runtime reads, which older builds of the gateway honoured: benchmarks set it).
-fn default_workers() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 async fn run(config: Config, worker_count: usize) -> anyhow::Result<()> {

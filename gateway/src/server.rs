@@ -45,12 +45,7 @@ pub async fn serve(
         let thread = std::thread::Builder::new()
             .name(format!("gateway-w{index}"))
             .spawn(move || -> std::io::Result<()> {
-                workers::enter(index);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    tokio::spawn(workers::run_wakes(index));
+                workers::runtime(index)?.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
                     tokio::select! {
                         _ = accept_loop(node, listener, router, http_open) => {}
@@ -61,7 +56,6 @@ pub async fn serve(
             })?;
         threads.push(thread);
     }
-    tokio::spawn(workers::run_wakes(0));
     // The accept loop runs as a task, not on `block_on`'s own future (main's): it then
     // spawns each connection as a task of this runtime directly. Aborted on return.
     let accept = AbortOnDrop(tokio::spawn(accept_loop(

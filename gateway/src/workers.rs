@@ -50,7 +50,7 @@ pub fn install(count: usize) {
 }
 
 /// Marks the calling thread as worker `index`.
-pub fn enter(index: WorkerId) {
+fn enter(index: WorkerId) {
     CURRENT.with(|c| c.set(index));
 }
 
@@ -88,9 +88,20 @@ pub fn wake(owner: WorkerId, waker: &AtomicWaker) {
     }
 }
 
+/// Marks the calling thread as worker `index` and builds its runtime (single-threaded, I/O
+/// and timers on), with the worker's hand-off task already spawned on it.
+pub fn runtime(index: WorkerId) -> std::io::Result<tokio::runtime::Runtime> {
+    enter(index);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.spawn(run_wakes(index));
+    Ok(runtime)
+}
+
 /// Worker `index`'s hand-off task: wakes, from this thread, every task other threads handed
 /// over. Runs until its runtime ends.
-pub async fn run_wakes(index: WorkerId) {
+async fn run_wakes(index: WorkerId) {
     let Some(slot) = SLOTS.get().and_then(|s| s.get(index as usize)) else {
         return;
     };
@@ -125,10 +136,7 @@ mod tests {
         let waker = Arc::new(AtomicWaker::new());
         let waiting = Arc::new(AtomicBool::new(false));
         let woken = Arc::new(AtomicBool::new(false));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let runtime = runtime(0).unwrap();
         let (w, waiting2, woken2) = (waker.clone(), waiting.clone(), woken.clone());
         let other = std::thread::spawn(move || {
             enter(1);
@@ -139,8 +147,6 @@ mod tests {
             wake(0, &w);
         });
         let done = runtime.block_on(async {
-            enter(0);
-            tokio::spawn(run_wakes(0));
             // Let the hand-off task start waiting with nothing to do first.
             tokio::task::yield_now().await;
             let task = std::future::poll_fn(|cx| {

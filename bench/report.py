@@ -45,11 +45,12 @@ SCENARIO_ORDER = [
     "chat",
     "chat-240k",
     "chat-480k",
+    "broadcast-5000-100k",
     "broadcast-5000",
     "broadcast-10000",
     "churn",
 ]
-LATENCY_SCENARIOS = ["chat", "chat-240k", "chat-480k", "broadcast-5000", "broadcast-10000"]
+LATENCY_SCENARIOS = ["chat", "chat-240k", "chat-480k", "broadcast-5000-100k", "broadcast-5000", "broadcast-10000"]
 PERCENTILES = ["p50", "p90", "p99", "p999"]
 
 

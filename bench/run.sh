@@ -22,7 +22,7 @@
 #               --worker-threads), as
 #               one-threaded as the Bun peer
 #   SCENARIOS   subset of: flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k
-#               broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off
+#               broadcast-5000-100k broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off
 #                                                                (default: all)
 #               chat*, churn: rooms in `bench:`, without presence, like the peers.
 #               bigroom: 5,000 members join one `room:` channel (presence on) hearing of
@@ -43,6 +43,8 @@
 #   CLIENT      loadgen (default), or outside: bench/outside/client.js on Bun's own WebSocket
 #               client, a client that is not ours (v1 servers only: gateway, before, gw-*, bun;
 #               flood, chat* and broadcast-* scenarios), same arguments and report fields
+#   SYSCALLS=1  count the server's socket syscalls (sendto, write, writev, recvfrom, read,
+#               epoll_wait) with `perf stat` over each run: $RESULTS/logs/<server>-<scenario>.syscalls
 #   CARGO_LOCK  lock file cargo runs under (default /tmp/cargo.lock; flock is used if present)
 #
 # Output: $RESULTS/<server>-<scenario>.json (the loadgen report), $RESULTS/logs/*.log,
@@ -53,7 +55,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 SERVERS=${SERVERS:-"gateway bun socketio"}
-ALL_SCENARIOS="flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off"
+ALL_SCENARIOS="flood flood-1000 flood-5000 flood-19000 chat chat-240k chat-480k broadcast-5000-100k broadcast-5000 broadcast-10000 churn bigroom bigroom-each bigroom-off"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 RESULTS=${RESULTS:-bench/results/$(date +%F)}
 SECRET=${SECRET:-$(openssl rand -hex 32 2>/dev/null || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
@@ -262,6 +264,7 @@ scenario_args() {
       flood) echo "flood --connections 500 --rate 2000 --hold 1" ;;
       flood-*) echo "flood --connections $((${1#flood-} / 20)) --rate 2000 --hold 1" ;;
       chat*) echo "chat --users 100 --room-size 20 --rate 2 --duration 2 --channel-prefix bench:" ;;
+      broadcast-5000-100k) echo "broadcast --subscribers 250 --publishers 1 --rate 20 --duration 2" ;;
       broadcast-*) echo "broadcast --subscribers $((${1#broadcast-} / 20)) --publishers 1 --rate 200 --duration 2" ;;
       churn) echo "churn --measured 40 --room-size 20 --rate 2 --churn-rate 20 --duration 2 --channel-prefix bench:" ;;
       bigroom) echo "bigroom --members 250 --hold 1" ;;
@@ -277,6 +280,8 @@ scenario_args() {
     chat) echo "chat --users 2000 --room-size 20 --rate 2 --duration 20 --channel-prefix bench:" ;;
     chat-240k) echo "chat --users 2000 --room-size 20 --rate 6 --duration 15 --channel-prefix bench:" ;;
     chat-480k) echo "chat --users 2000 --room-size 20 --rate 12 --duration 15 --channel-prefix bench:" ;;
+    # 20 publications/s to 5,000: 100k deliveries/s, below saturation, each one its own write.
+    broadcast-5000-100k) echo "broadcast --subscribers 5000 --publishers 1 --rate 20 --duration 15" ;;
     broadcast-*) echo "broadcast --subscribers ${1#broadcast-} --publishers 1 --rate 200 --duration 10" ;;
     churn) echo "churn --measured 200 --room-size 20 --rate 2 --churn-rate 200 --duration 20 --channel-prefix bench:" ;;
     bigroom) echo "bigroom --members 5000 --hold 3" ;;
@@ -289,7 +294,7 @@ scenario_secs() { # connects at a pessimistic 1,000/s + loadgen's 15 s connect t
   [ "$QUICK" = 1 ] && { echo 30; return; }
   case $1 in
     flood) echo 45 ;; flood-1000) echo 35 ;; flood-5000) echo 40 ;; flood-19000) echo 55 ;;
-    chat) echo 50 ;; chat-*) echo 45 ;; broadcast-5000) echo 45 ;; broadcast-10000) echo 50 ;;
+    chat) echo 50 ;; chat-*) echo 45 ;; broadcast-5000 | broadcast-5000-100k) echo 45 ;; broadcast-10000) echo 50 ;;
     churn) echo 50 ;; bigroom | bigroom-off) echo 40 ;; bigroom-each) echo 90 ;;
   esac
 }
@@ -313,9 +318,21 @@ run_one() { # server scenario
     --json "$out" --pid "$SERVER_PID" --no-progress $LOADGEN_ARGS \
     >"$RESULTS/logs/$server-$scenario.loadgen.log" 2>&1 &
   LOADGEN_PID=$!
+  local perf_pid=""
+  if [ "${SYSCALLS:-0}" = 1 ]; then
+    perf stat -x, -o "$RESULTS/logs/$server-$scenario.syscalls" -p "$SERVER_PID" \
+      -e syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev \
+      -e syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait \
+      >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   rc=0
   wait "$LOADGEN_PID" || rc=$?
   LOADGEN_PID=""
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+  fi
   if [ "$rc" != 0 ] || [ ! -s "$out" ]; then
     log "$server $scenario: loadgen exited $rc$([ -s "$out" ] || echo ', no report') (see $RESULTS/logs/$server-$scenario.loadgen.log)"
     FAILED+=("$server-$scenario (loadgen exit $rc)")

@@ -6,7 +6,9 @@
 //! (a tokio `mpsc` would keep a block of 32 slots).
 
 use crate::metrics::metrics;
-use crate::protocol::{CloseReason, Encoding, UnsubscribeReason, message_frame};
+use crate::protocol::{
+    CloseReason, Encoding, UnsubscribeReason, frame_bytes, message_frame, put_frame,
+};
 use crate::workers::{self, WorkerId};
 use bytes::Bytes;
 use fanout::Publication;
@@ -17,18 +19,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 use std::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 /// A publication as this node delivers it: the broker's [`Publication`] plus what only this
-/// node needs, the instant it arrived here and its frames, encoded at most once per encoding
-/// and shared by every local subscriber.
+/// node needs, the instant it arrived here and its WebSocket frames, encoded at most once per
+/// encoding and copied by every local subscriber into its write.
 #[derive(Debug)]
 pub struct Delivery {
     /// The message.
     pub publication: Arc<Publication>,
     /// When the node received it (publish-to-write latency starts here).
     pub received_at: Instant,
-    frames: [OnceLock<Message>; Encoding::COUNT],
+    wire: [OnceLock<Wire>; Encoding::COUNT],
+}
+
+/// A whole WebSocket frame and the length of its payload (what `gateway_bytes_out_total`
+/// counts).
+#[derive(Debug)]
+pub struct Wire {
+    pub bytes: Box<[u8]>,
+    pub payload: usize,
 }
 
 impl Delivery {
@@ -37,15 +46,22 @@ impl Delivery {
         Arc::new(Self {
             publication,
             received_at: Instant::now(),
-            frames: Default::default(),
+            wire: Default::default(),
         })
     }
 
-    /// The `message` push in `encoding`, encoded on first use.
-    pub fn frame(&self, encoding: Encoding) -> Message {
-        self.frames[encoding.slot()]
-            .get_or_init(|| message_frame(encoding, &self.publication))
-            .clone()
+    /// The `message` push in `encoding` as a whole WebSocket frame, encoded on first use.
+    pub fn wire(&self, encoding: Encoding) -> &Wire {
+        self.wire[encoding.slot()].get_or_init(|| {
+            let message = message_frame(encoding, &self.publication);
+            let payload = frame_bytes(&message);
+            let mut bytes = Vec::new();
+            put_frame(&mut bytes, encoding, payload);
+            Wire {
+                bytes: bytes.into_boxed_slice(),
+                payload: payload.len(),
+            }
+        })
     }
 }
 

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use fanout::{ControlEvent, Publication};
 use serde::Serialize;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 fn encode<T: Serialize>(encoding: Encoding, value: &T) -> Bytes {
@@ -329,6 +331,31 @@ pub fn to_message(encoding: Encoding, frame: Bytes) -> Message {
     }
 }
 
+/// Appends `payload` to `out` as one whole, unmasked WebSocket data frame (text for JSON,
+/// binary for MessagePack and Protobuf), the header written by tungstenite's own
+/// [`FrameHeader`]. A session writes its batches this way, straight to the socket after
+/// tungstenite has flushed (see `Session::write_pending`), and a publication's frame is built
+/// once per encoding and copied to each subscriber (`Delivery::wire`). Text must be UTF-8:
+/// serde_json's output is; anything else is sent as `{}`, as [`to_message`] does.
+pub fn put_frame(out: &mut Vec<u8>, encoding: Encoding, payload: &[u8]) {
+    let (data, payload) = match encoding {
+        Encoding::Json | Encoding::CentrifugeJson => match std::str::from_utf8(payload) {
+            Ok(_) => (Data::Text, payload),
+            Err(_) => (Data::Text, &b"{}"[..]),
+        },
+        Encoding::MsgPack | Encoding::CentrifugeProtobuf => (Data::Binary, payload),
+    };
+    let header = FrameHeader {
+        opcode: OpCode::Data(data),
+        ..FrameHeader::default()
+    };
+    let length = payload.len() as u64;
+    out.reserve(header.len(length) + payload.len());
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(length, out);
+    out.extend_from_slice(payload);
+}
+
 /// The payload bytes of a data frame.
 pub fn frame_bytes(message: &Message) -> &[u8] {
     match message {
@@ -607,6 +634,32 @@ mod tests {
     use super::*;
     use fanout::Payload;
     use serde_json::{Value, json};
+
+    /// What `put_frame` writes is read back by a tungstenite client as the same messages, in
+    /// order, across the three length forms of a frame header.
+    #[test]
+    fn frames_written_by_hand_read_back_as_messages() {
+        use tokio_tungstenite::tungstenite::WebSocket;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let sizes = [0usize, 1, 125, 126, 65_535, 65_536, 200_000];
+        let mut out = Vec::new();
+        for &n in &sizes {
+            put_frame(&mut out, Encoding::Json, "j".repeat(n).as_bytes());
+            put_frame(&mut out, Encoding::CentrifugeProtobuf, &vec![0xff; n]);
+        }
+        put_frame(&mut out, Encoding::CentrifugeJson, &[b'{', 0xff, b'}']);
+        let mut client = WebSocket::from_raw_socket(std::io::Cursor::new(out), Role::Client, None);
+        for &n in &sizes {
+            assert_eq!(client.read().unwrap(), Message::Text("j".repeat(n).into()));
+            assert_eq!(
+                client.read().unwrap(),
+                Message::Binary(vec![0xff; n].into())
+            );
+        }
+        // Text that is not UTF-8 never reaches the socket as text.
+        assert_eq!(client.read().unwrap(), Message::Text("{}".into()));
+        assert!(client.read().is_err(), "nothing after the last frame");
+    }
 
     fn publication(offset: u64) -> Arc<Publication> {
         Arc::new(Publication {

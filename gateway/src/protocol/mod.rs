@@ -11,8 +11,8 @@ pub use command::{
 pub use frames::{
     Answer, HistoryReply, PresencePage, SubscribeAnswer, answer_frame, control_frame,
     disconnect_frame, error_frame, frame_bytes, history_body, history_reply_frame, members_json,
-    message_frame, presence_diff_frame, publish_error_frame, refresh_frame, server_subscribe_frame,
-    subscribe_reply_frame, to_message, unsubscribe_frame, welcome_frame,
+    message_frame, presence_diff_frame, publish_error_frame, put_frame, refresh_frame,
+    server_subscribe_frame, subscribe_reply_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 
 /// A connection's wire encoding, chosen by subprotocol.

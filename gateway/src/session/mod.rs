@@ -2,7 +2,7 @@
 //!
 //! The task waits on three things at once: a frame from the client, its outbound queue, and
 //! one timer (next ping, idle deadline, token expiry). Whatever it handles, it then drains the
-//! queue: it feeds many frames and flushes once. Writes race the close request, so a stalled
+//! queue: it frames the whole batch into one buffer and writes it at once. Writes race the close request, so a stalled
 //! client cannot keep its task from noticing `slow_consumer`, a drain or a kick.
 
 pub mod connect;
@@ -16,7 +16,7 @@ use crate::node::Node;
 use crate::protocol::centrifuge::{self, Inbound};
 use crate::protocol::{
     Answer, CloseReason, CommandError, Encoding, ErrorCode, UnsubscribeReason, answer_frame,
-    decode, disconnect_frame, error_frame, frame_bytes, publish_error_frame, refresh_frame,
+    decode, disconnect_frame, error_frame, publish_error_frame, put_frame, refresh_frame,
     server_subscribe_frame, to_message, unsubscribe_frame, welcome_frame,
 };
 use crate::tcp::{self, SocketFd};
@@ -28,7 +28,9 @@ use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::time::sleep_until;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -72,6 +74,9 @@ impl Drop for Registration {
 pub(crate) enum End {
     /// The server closes, with this reason.
     Close(CloseReason),
+    /// The server closes while a batch was being written: the rest of it goes out first (as
+    /// frames handed to tungstenite would), and the close frame follows whole frames.
+    CloseAfter(CloseReason, Vec<u8>),
     /// The client sent a close frame: tungstenite has queued the reply (the same code, or
     /// 1002 for a code the RFC does not allow), which the session flushes.
     ClientClosed,
@@ -201,7 +206,10 @@ async fn finish(session: &mut Session, ws: &mut WebSocket, end: End) {
     // holds the registration the drain counts).
     session.reg.node.hub.remove_connection(&session.reg.conn);
     match end {
-        End::Close(reason) => close(ws, session.reg.conn.encoding, reason).await,
+        End::Close(reason) => close(ws, session.reg.conn.encoding, reason, &[]).await,
+        End::CloseAfter(reason, rest) => {
+            close(ws, session.reg.conn.encoding, reason, &rest).await;
+        }
         // RFC 6455 §5.5.1: answer the client's close frame before dropping TCP, so that
         // its close is clean (`wasClean`), not 1006.
         End::ClientClosed => {
@@ -241,10 +249,16 @@ pub(crate) fn expiry_instant(node: &Node, exp: u64) -> Instant {
     Instant::now() + Duration::from_secs(left)
 }
 
-/// Sends `disconnect` and the close frame, then waits briefly for the client's close reply.
-async fn close(ws: &mut WebSocket, encoding: Encoding, reason: CloseReason) {
+/// Sends the `rest` of a batch cut short, `disconnect` and the close frame, then waits
+/// briefly for the client's close reply.
+async fn close(ws: &mut WebSocket, encoding: Encoding, reason: CloseReason, rest: &[u8]) {
     metrics::disconnect(reason.code());
     let frames = async {
+        if !rest.is_empty() {
+            // After whatever tungstenite still holds, which was queued before `rest`.
+            ws.flush().await?;
+            ws.get_mut().write_all(rest).await?;
+        }
         // Centrifugo's protocol says it all in the close frame (its SDKs read the code and
         // the reason); v1 sends the `disconnect` push first.
         let (code, text) = if encoding.is_centrifuge() {
@@ -469,19 +483,42 @@ impl Session {
             }
             let mut oldest: Option<Instant> = None;
             let mut bytes = 0u64;
-            let write = async {
-                for item in batch.drain(..) {
-                    let message = match item {
-                        Outbound::Frame(frame) => to_message(encoding, frame),
-                        Outbound::Message(d) => {
-                            oldest.get_or_insert(d.received_at);
-                            d.frame(encoding)
-                        }
-                    };
-                    bytes += frame_bytes(&message).len() as u64;
-                    ws.feed(message).await?;
+            // The batch is framed into one buffer and written straight to the socket: a
+            // publication's frame is built once (`Delivery::wire`) and each subscriber only
+            // copies it, where tungstenite's `Sink` would frame every message again and take
+            // and drop a reference to its payload per subscriber. tungstenite is flushed first,
+            // so these bytes follow whole frames (an automatic pong it may hold goes out
+            // before them); frames are self-delimiting and tungstenite keeps no count of what
+            // was written, so its state stays right. Only data frames are written here, and
+            // only while the session is open: pings and closes go through tungstenite.
+            let mut out: Vec<u8> = Vec::new();
+            for item in batch.drain(..) {
+                match item {
+                    Outbound::Frame(frame) => {
+                        bytes += frame.len() as u64;
+                        put_frame(&mut out, encoding, &frame);
+                    }
+                    Outbound::Message(d) => {
+                        oldest.get_or_insert(d.received_at);
+                        let wire = d.wire(encoding);
+                        bytes += wire.payload as u64;
+                        out.extend_from_slice(&wire.bytes);
+                    }
                 }
-                ws.flush().await
+            }
+            // What was written survives the write's cancellation: a close that wins the race
+            // below sends the rest of a frame cut short before its own frames.
+            let sent = AtomicUsize::new(0);
+            let write = async {
+                ws.flush().await.map_err(|_| ())?;
+                let socket = ws.get_mut();
+                while sent.load(Ordering::Relaxed) < out.len() {
+                    match socket.write(&out[sent.load(Ordering::Relaxed)..]).await {
+                        Ok(0) | Err(_) => return Err(()),
+                        Ok(n) => _ = sent.fetch_add(n, Ordering::Relaxed),
+                    }
+                }
+                Ok(())
             };
             let conn = &self.reg.conn;
             let closed = async {
@@ -498,7 +535,10 @@ impl Session {
                         return Err(End::Gone);
                     }
                 }
-                reason = closed => return Err(End::Close(reason)),
+                reason = closed => {
+                    out.drain(..sent.into_inner());
+                    return Err(End::CloseAfter(reason, out));
+                }
             }
             if batch.capacity() > BATCH_KEEP {
                 // Give a burst's memory back.

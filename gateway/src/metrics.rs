@@ -99,6 +99,29 @@ pub fn record_health(ready: bool, broker_up: bool) {
     gauge!("gateway_broker_up").set(f64::from(u8::from(broker_up)));
 }
 
+/// How many written batches per thread give one `gateway_publish_to_write_seconds` sample.
+const PUBLISH_TO_WRITE_SAMPLING: u32 = 8;
+
+/// Records the latency of one written batch in eight per thread (the first one included):
+/// the histogram's store takes a shared lock-free push per sample, which at one batch per
+/// delivery (below saturation every push is its own write) was 1.3 % of the node's CPU. One
+/// in eight, uniform, describes the same distribution.
+pub fn sample_publish_to_write(oldest: std::time::Instant) {
+    thread_local! {
+        static BATCHES: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    let due = BATCHES.with(|n| {
+        let count = n.get();
+        n.set(count.wrapping_add(1));
+        count % PUBLISH_TO_WRITE_SAMPLING == 0
+    });
+    if due {
+        metrics()
+            .publish_to_write
+            .record(oldest.elapsed().as_secs_f64());
+    }
+}
+
 /// Counts a refused handshake by result (`unauthorized`, `bad_subprotocol`, ...).
 pub fn handshake_refused(result: &'static str) {
     counter!("gateway_handshakes_total", "result" => result).increment(1);

@@ -546,9 +546,7 @@ impl Session {
             }
             metrics().bytes_out.increment(bytes);
             if let Some(at) = oldest {
-                metrics()
-                    .publish_to_write
-                    .record(at.elapsed().as_secs_f64());
+                metrics::sample_publish_to_write(at);
             }
         }
     }

@@ -44,7 +44,7 @@
 #               client, a client that is not ours (v1 servers only: gateway, before, gw-*, bun;
 #               flood, chat* and broadcast-* scenarios), same arguments and report fields
 #   SYSCALLS=1  count the server's socket syscalls (sendto, write, writev, recvfrom, read,
-#               epoll_wait) with `perf stat` over each run: $RESULTS/logs/<server>-<scenario>.syscalls
+#               epoll_wait and its pwait forms) with `perf stat` over each run: $RESULTS/logs/<server>-<scenario>.syscalls
 #   CARGO_LOCK  lock file cargo runs under (default /tmp/cargo.lock; flock is used if present)
 #
 # Output: $RESULTS/<server>-<scenario>.json (the loadgen report), $RESULTS/logs/*.log,
@@ -323,6 +323,7 @@ run_one() { # server scenario
     perf stat -x, -o "$RESULTS/logs/$server-$scenario.syscalls" -p "$SERVER_PID" \
       -e syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev \
       -e syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait \
+      -e syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_pwait2 \
       >/dev/null 2>&1 &
     perf_pid=$!
   fi

@@ -1,6 +1,7 @@
 //! The accept loop: one hyper HTTP/1 connection per TCP stream, with a header-read timeout
 //! (the handshake timeout) and upgrades; drain on SIGTERM or SIGINT.
 
+use crate::http::raw;
 use crate::metrics::metrics;
 use crate::node::Node;
 use crate::tcp::{self, SocketFd};
@@ -216,8 +217,15 @@ async fn accept_loop(
                 request
             },
         ));
+        let node = node.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let deadline = tokio::time::Instant::now() + header_timeout;
+            // A WebSocket handshake as the first request is answered without hyper.
+            let stream = match raw::first_request(&node, stream, deadline).await {
+                raw::First::Hyper(stream) => stream,
+                raw::First::Session | raw::First::Done => return,
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)

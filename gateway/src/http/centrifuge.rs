@@ -3,12 +3,13 @@
 //! `session::connect`).
 
 use super::upgrade::{Upgrade, UpgradeRejection};
-use super::ws::{precheck, refuse, socket_config};
+use super::ws::{Refusal, not_websocket, precheck, socket_config};
 use crate::node::Node;
 use crate::protocol::Encoding;
+use crate::session::Handoff;
 use crate::session::connect::{self, CentrifugeStart};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use std::sync::Arc;
 
@@ -17,16 +18,13 @@ const PROTOBUF: &str = "centrifuge-protobuf";
 /// The subprotocol a JSON client may name (the SDKs name none).
 const JSON: &str = "centrifuge-json";
 
-/// Handles `GET /connection/websocket`.
-pub async fn upgrade(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    upgrade: Result<Upgrade, UpgradeRejection>,
-) -> Response {
-    let upgrade = match precheck(&node, &headers, upgrade) {
-        Ok(upgrade) => upgrade,
-        Err(response) => return *response,
-    };
+/// The door's checks: the subprotocol to answer with (none when none was offered) and the
+/// encoding it means.
+pub(super) fn accept(
+    node: &Node,
+    headers: &HeaderMap,
+) -> Result<(Option<&'static str>, Encoding), Refusal> {
+    precheck(node, headers)?;
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -41,11 +39,11 @@ pub async fn upgrade(
         Some(&p) if p == PROTOBUF => Some(PROTOBUF),
         Some(_) => Some(JSON),
         None => {
-            return refuse(
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "bad_subprotocol",
                 "unsupported subprotocol: offer none (JSON), centrifuge-json or centrifuge-protobuf",
-            );
+            ));
         }
     };
     let encoding = if chosen == Some(PROTOBUF) {
@@ -56,18 +54,52 @@ pub async fn upgrade(
     // The node's size is checked again once the client is known; refusing here spares a
     // full node the socket.
     if node.hub.connection_count() >= node.config.limits.max_connections {
-        return refuse(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "node_full",
             "node connection limit reached",
-        );
+        ));
     }
-    let (response, on_upgrade) = upgrade.accept(chosen);
-    connect::spawn(Box::new(CentrifugeStart {
-        on_upgrade,
+    Ok((chosen, encoding))
+}
+
+/// The connection's start, with the socket as `handoff` gives it.
+pub(super) fn start(
+    node: &Arc<Node>,
+    encoding: Encoding,
+    handoff: Handoff,
+) -> Box<CentrifugeStart> {
+    Box::new(CentrifugeStart {
+        handoff,
         node: node.clone(),
-        config: socket_config(&node),
+        config: socket_config(node),
         encoding,
-    }));
+    })
+}
+
+/// Handles `GET /connection/websocket` when hyper serves it (an upgrade after other requests
+/// on the connection; the first request is read by `raw`).
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    upgrade: Result<Upgrade, UpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return not_websocket(rejection),
+    };
+    let (chosen, encoding) = match accept(&node, &headers) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (response, on_upgrade) = upgrade.accept(chosen);
+    connect::spawn(start(
+        &node,
+        encoding,
+        Handoff::Hyper {
+            on_upgrade,
+            corked: None,
+        },
+    ));
     response
 }

@@ -6,6 +6,7 @@ mod centrifuge;
 mod centrifugo_api;
 mod error;
 mod ops;
+pub mod raw;
 mod upgrade;
 mod ws;
 

@@ -71,6 +71,24 @@ fn header_lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> b
     })
 }
 
+/// The `Sec-WebSocket-Key` of a request whose headers ask for a WebSocket (RFC 6455 §4.2.1:
+/// `Connection: upgrade`, `Upgrade: websocket`, a key, version 13).
+pub(super) fn handshake_key(headers: &HeaderMap) -> Result<&HeaderValue, UpgradeRejection> {
+    if !header_lists(headers, header::CONNECTION, "upgrade") {
+        return Err(UpgradeRejection::ConnectionHeader);
+    }
+    if !header_is(headers, header::UPGRADE, "websocket") {
+        return Err(UpgradeRejection::UpgradeHeader);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(UpgradeRejection::KeyMissing)?;
+    if !header_is(headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        return Err(UpgradeRejection::WebSocketVersion);
+    }
+    Ok(key)
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = UpgradeRejection;
 
@@ -81,20 +99,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if parts.version > Version::HTTP_11 {
             return Err(UpgradeRejection::Version);
         }
-        if !header_lists(&parts.headers, header::CONNECTION, "upgrade") {
-            return Err(UpgradeRejection::ConnectionHeader);
-        }
-        if !header_is(&parts.headers, header::UPGRADE, "websocket") {
-            return Err(UpgradeRejection::UpgradeHeader);
-        }
-        let key = parts
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .ok_or(UpgradeRejection::KeyMissing)?
-            .clone();
-        if !header_is(&parts.headers, header::SEC_WEBSOCKET_VERSION, "13") {
-            return Err(UpgradeRejection::WebSocketVersion);
-        }
+        let key = handshake_key(&parts.headers)?.clone();
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()

@@ -1,18 +1,21 @@
 //! `GET /ws`: checks before the upgrade (draining, subprotocol, token, limits), then hands the
-//! socket to a session.
+//! socket to a session. The checks are shared by both ways a handshake arrives: read by the
+//! node itself (`raw`, a connection's first request) or served by hyper (`upgrade`, below).
 
+use super::TokenQuery;
+use super::request_token;
 use super::upgrade::{Upgrade, UpgradeRejection};
-use super::{TokenQuery, request_token};
+use crate::auth::Claims;
 use crate::conn::Conn;
 use crate::metrics::handshake_refused;
 use crate::node::Node;
 use crate::protocol::Encoding;
-use crate::session::{self, Registration, Start};
+use crate::session::{self, Handoff, Registration, Start};
 use crate::tcp::{self, SocketFd};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -23,56 +26,80 @@ const WRITE_BUFFER_SIZE: usize = 4096;
 /// Seconds a refused client is told to wait.
 const RETRY_AFTER_SECS: &str = "5";
 
-pub(super) fn refuse(status: StatusCode, result: &'static str, message: &'static str) -> Response {
-    handshake_refused(result);
-    let mut response = (status, message).into_response();
-    if matches!(
-        status,
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-    ) {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECS),
-        );
-    }
-    response
+/// A handshake refused: the status and the plain-text reason the client gets.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) status: StatusCode,
+    pub(super) message: Cow<'static, str>,
 }
 
-/// What both WebSocket doors check first: a real handshake, from an allowed origin, to a
-/// node that is not draining.
-pub(super) fn precheck(
-    node: &Node,
-    headers: &HeaderMap,
-    upgrade: Result<Upgrade, UpgradeRejection>,
-) -> Result<Upgrade, Box<Response>> {
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            handshake_refused("not_websocket");
-            return Err(Box::new(rejection.into_response()));
+impl Refusal {
+    /// A refusal, counted under `result` in `gateway_handshakes_refused_total`.
+    pub(super) fn new(
+        status: StatusCode,
+        result: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        handshake_refused(result);
+        Self {
+            status,
+            message: message.into(),
         }
-    };
+    }
+
+    /// Whether the client is told when to come back (`Retry-After`).
+    pub(super) fn retry_after(&self) -> Option<&'static str> {
+        matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        )
+        .then_some(RETRY_AFTER_SECS)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let retry_after = self.retry_after();
+        let mut response = (self.status, self.message.into_owned()).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+        }
+        response
+    }
+}
+
+/// What both WebSocket doors check first, once the request is a real handshake: an allowed
+/// origin, and a node that is not draining.
+pub(super) fn precheck(node: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let allowed = origin
             .to_str()
             .is_ok_and(|o| node.config.allowed_origins.allows(o, host));
         if !allowed {
-            return Err(Box::new(refuse(
+            return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 "bad_origin",
                 "origin not allowed: add it to --allowed-origins",
-            )));
+            ));
         }
     }
     if node.is_draining() {
-        return Err(Box::new(refuse(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "node is draining",
-        )));
+        ));
     }
-    Ok(upgrade)
+    Ok(())
+}
+
+/// A handshake hyper's extractor refused (not a WebSocket request), counted.
+pub(super) fn not_websocket(rejection: UpgradeRejection) -> Response {
+    handshake_refused("not_websocket");
+    rejection.into_response()
 }
 
 /// tungstenite's settings for a client socket.
@@ -87,49 +114,76 @@ pub(super) fn socket_config(node: &Node) -> WebSocketConfig {
         .max_frame_size(Some(max))
 }
 
-/// Handles `GET /ws`.
-pub async fn upgrade(
-    State(node): State<Arc<Node>>,
-    fd: Option<Extension<SocketFd>>,
-    headers: HeaderMap,
-    query: Result<Query<TokenQuery>, QueryRejection>,
-    upgrade: Result<Upgrade, UpgradeRejection>,
-) -> Response {
-    let upgrade = match precheck(&node, &headers, upgrade) {
-        Ok(upgrade) => upgrade,
-        Err(response) => return *response,
-    };
+/// A v1 handshake accepted: the subprotocol to answer with, and the session's start without
+/// its socket.
+pub(super) struct Accepted {
+    pub(super) protocol: Option<&'static str>,
+    pub(super) registration: Registration,
+    pub(super) claims: Claims,
+}
+
+impl Accepted {
+    /// The session's start, with the socket as `handoff` gives it.
+    pub(super) fn start(self, node: &Node, handoff: Handoff) -> Box<Start> {
+        Box::new(Start {
+            handoff,
+            registration: self.registration,
+            claims: self.claims,
+            config: socket_config(node),
+        })
+    }
+}
+
+/// The v1 door's checks after [`precheck`]: subprotocol, token (the `Authorization` header,
+/// else the `token` parameter of `query`), the node's and the user's connection limits. The
+/// connection is registered in the hub when this returns `Ok`.
+pub(super) fn accept(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Accepted, Refusal> {
+    precheck(node, headers)?;
     let offered = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok());
     let Some(chosen) = Encoding::negotiate(offered) else {
-        return refuse(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "bad_subprotocol",
             "unsupported subprotocol: offer v1.json or v1.msgpack",
-        );
+        ));
     };
     let encoding = chosen.unwrap_or(Encoding::Json);
-    let query = query.map(|q| q.0).unwrap_or_default();
-    let Some(token) = request_token(&headers, query) else {
-        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", "missing token");
+    // As axum's `Query` reads it: a query that does not parse carries no token.
+    let query: TokenQuery = query
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default();
+    let Some(token) = request_token(headers, query) else {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing token",
+        ));
     };
     let claims = match node.verifier.verify(&token) {
         Ok(claims) => claims,
         Err(e) => {
             tracing::debug!(reason = %e, "handshake refused");
-            handshake_refused("unauthorized");
-            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                e.to_string(),
+            ));
         }
     };
     let limits = &node.config.limits;
     if node.hub.connection_count() >= limits.max_connections {
-        return refuse(
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "node_full",
             "node connection limit reached",
-        );
+        ));
     }
     let conn = Arc::new(Conn::new(
         node.next_conn_id(),
@@ -142,24 +196,41 @@ pub async fn upgrade(
         .add_connection(&conn, limits.max_connections_per_user)
         .is_err()
     {
-        return refuse(
+        return Err(Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             "user_limit",
             "too many connections for this user",
-        );
+        ));
     }
     let registration = Registration::new(node.clone(), conn);
     node.note_route(&claims.sub);
-    let config = socket_config(&node);
-    let (response, on_upgrade) = upgrade.accept(chosen.map(Encoding::subprotocol));
-    // The `101` waits in the kernel for `welcome`, and both leave in one send (`tcp`).
-    let corked = fd.and_then(|Extension(fd)| tcp::set_cork(fd, true).ok().map(|()| fd));
-    session::spawn(Box::new(Start {
-        on_upgrade,
+    Ok(Accepted {
+        protocol: chosen.map(Encoding::subprotocol),
         registration,
         claims,
-        config,
-        corked,
-    }));
+    })
+}
+
+/// Handles `GET /ws` when hyper serves it: an upgrade on a connection that carried other
+/// requests before (the first request on a connection is read by `raw`).
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    fd: Option<Extension<SocketFd>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Result<Upgrade, UpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return not_websocket(rejection),
+    };
+    let accepted = match accept(&node, &headers, query.as_deref()) {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (response, on_upgrade) = upgrade.accept(accepted.protocol);
+    // The `101` waits in the kernel for `welcome`, and both leave in one send (`tcp`).
+    let corked = fd.and_then(|Extension(fd)| tcp::set_cork(fd, true).ok().map(|()| fd));
+    session::spawn(accepted.start(&node, Handoff::Hyper { on_upgrade, corked }));
     response
 }

@@ -3,20 +3,18 @@
 //! until it arrives and verifies, the connection is no one's: not in the hub, not counted
 //! against a user, subscribed to nothing. Then it becomes a session like any other.
 
-use super::{FirstFrame, Registration, Session, WebSocket, finish};
+use super::{FirstFrame, Handoff, Opening, Registration, Session, WebSocket, finish};
 use crate::conn::Conn;
 use crate::metrics::{Metrics, handshake_refused, metrics};
 use crate::node::Node;
 use crate::protocol::centrifuge::{self, Inbound, first_phase};
 use crate::protocol::{CommandError, Encoding, ErrorCode, to_message};
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// How long an open socket may wait before its `connect` (Centrifugo's default: 15 s), after
@@ -25,8 +23,8 @@ pub const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 
 /// What a Centrifugo connection's task starts from.
 pub struct CentrifugeStart {
-    /// Resolves to the raw connection once hyper has sent the `101`.
-    pub on_upgrade: OnUpgrade,
+    /// How the socket comes.
+    pub handoff: Handoff,
     /// The node.
     pub node: Arc<Node>,
     /// tungstenite's settings for the socket.
@@ -39,26 +37,32 @@ pub struct CentrifugeStart {
 pub fn spawn(start: Box<CentrifugeStart>) {
     tokio::spawn(async move {
         let CentrifugeStart {
-            on_upgrade,
+            mut handoff,
             node,
             config,
             encoding,
         } = *start;
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
+        let Ok(upgraded) = handoff.upgraded().await else {
+            return;
+        };
+        let Some((mut ws, opening)) = Box::pin(handoff.websocket(upgraded, config)).await else {
+            return;
+        };
+        // Nothing to send with the `101` here: the connect reply waits for `connect`.
+        if let Opening::Preamble(response) = opening {
+            let write = ws.get_mut().write_all(&response);
+            if !matches!(
+                tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, write).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
-        };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        }
         let Some(mut session) = Box::pin(first_phase(&node, &mut ws, encoding)).await else {
             return;
         };
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
-        let end = session.serve(&mut ws, None).await;
+        let end = session.serve(&mut ws, Opening::Plain).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
     });
 }

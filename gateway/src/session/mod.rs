@@ -6,6 +6,9 @@
 //! client cannot keep its task from noticing `slow_consumer`, a drain or a kick.
 
 pub mod connect;
+mod socket;
+
+pub use socket::Socket;
 
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
@@ -31,14 +34,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-/// The socket a session speaks through: tungstenite's stream over hyper's upgraded connection.
-pub(crate) type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
+/// The socket a session speaks through: tungstenite's stream over the connection.
+pub(crate) type WebSocket = WebSocketStream<Socket>;
 
 /// A write batch's allocation (items) kept for the next one; a burst's bigger one is freed.
 const BATCH_KEEP: usize = 64;
@@ -130,20 +134,100 @@ pub(crate) struct FirstFrame {
     pub(crate) rest: Vec<Result<Inbound, CommandError>>,
 }
 
+/// How a connection's task gets its socket from the handshake.
+pub enum Handoff {
+    /// hyper sends the `101`, then gives the connection up (`on_upgrade`). The v1 door corks
+    /// the socket first, so that the `101` waits in the kernel for `welcome` and both leave
+    /// in one send: the session releases the cork once `welcome` is written
+    /// (`tcp::set_cork`).
+    Hyper {
+        /// Resolves to the connection once hyper has sent the `101`.
+        on_upgrade: OnUpgrade,
+        /// The socket, if corked.
+        corked: Option<SocketFd>,
+    },
+    /// The node read the handshake itself (`http::raw`): the socket, the bytes read past the
+    /// request, and the `101`, which the session sends in one write with its first frames.
+    Raw {
+        /// The connection.
+        stream: TcpStream,
+        /// Bytes that came after the request (a client may send frames before the `101`).
+        read: Vec<u8>,
+        /// The `101 Switching Protocols` answer, not yet sent.
+        response: Vec<u8>,
+    },
+}
+
+/// What a session writes before anything else, and how.
+pub(crate) enum Opening {
+    /// Nothing: the `101` is out.
+    Plain,
+    /// The `101` waits in the corked socket: released after the first frames.
+    Corked(SocketFd),
+    /// The `101`'s bytes, written in one write with the first frames.
+    Preamble(Box<[u8]>),
+}
+
+impl Handoff {
+    /// Waits until hyper has sent the `101` (nothing to wait for when the node read the
+    /// handshake): `Err` when the client left first.
+    async fn upgraded(&mut self) -> Result<Option<Upgraded>, ()> {
+        match self {
+            Handoff::Hyper { on_upgrade, .. } => match on_upgrade.await {
+                Ok(upgraded) => Ok(Some(upgraded)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    Err(())
+                }
+            },
+            Handoff::Raw { .. } => Ok(None),
+        }
+    }
+
+    /// The session's WebSocket over the connection, `upgraded` being what [`Self::upgraded`]
+    /// gave, and what the session writes first.
+    async fn websocket(
+        self,
+        upgraded: Option<Upgraded>,
+        config: WebSocketConfig,
+    ) -> Option<(WebSocket, Opening)> {
+        let (socket, read, opening) = match (self, upgraded) {
+            (
+                Handoff::Raw {
+                    stream,
+                    read,
+                    response,
+                },
+                _,
+            ) => (
+                Socket::Tcp(stream),
+                read,
+                Opening::Preamble(response.into_boxed_slice()),
+            ),
+            (Handoff::Hyper { corked, .. }, Some(upgraded)) => (
+                Socket::Upgraded(TokioIo::new(upgraded)),
+                Vec::new(),
+                corked.map_or(Opening::Plain, Opening::Corked),
+            ),
+            (Handoff::Hyper { .. }, None) => return None,
+        };
+        let ws =
+            WebSocketStream::from_partially_read(socket, read, Role::Server, Some(config)).await;
+        Some((ws, opening))
+    }
+}
+
 /// What the handshake hands the connection's task: boxed, so that the task keeps one pointer
 /// of it while it waits for hyper to give up the socket, and nothing once the session runs.
 pub struct Start {
-    /// Resolves to the raw connection once hyper has sent the `101`.
-    pub on_upgrade: OnUpgrade,
+    /// How the socket comes.
+    pub handoff: Handoff,
     /// The node and the connection, registered in the hub.
     pub registration: Registration,
     /// The token's claims.
     pub claims: Claims,
     /// tungstenite's settings for the socket.
     pub config: WebSocketConfig,
-    /// The socket, corked by the handshake so that the `101` goes out with `welcome`: the
-    /// session releases it once `welcome` is written (`tcp::set_cork`).
-    pub corked: Option<SocketFd>,
 }
 
 /// Spawns the connection's task: it waits for the `101` to go out, then runs the session from
@@ -165,34 +249,26 @@ fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
         // Everything stays in the box while hyper sends the `101`; after that, nothing that
         // only the start needs (claims, config) outlives the start, and the box is freed.
         let mut start = start;
-        let upgraded = match (&mut start.on_upgrade).await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                // The client left before the `101` went out; dropping the registration
-                // unregisters the connection.
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
+        let Ok(upgraded) = start.handoff.upgraded().await else {
+            // The client left before the `101` went out; dropping the registration
+            // unregisters the connection.
+            return;
         };
         let Start {
+            handoff,
             registration,
             claims,
             config,
-            corked,
-            ..
         } = unbox(start);
-        // Ready at its first poll; boxed so that its 368 bytes are not a state of this task.
-        let mut ws = Box::pin(WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(config),
-        ))
-        .await;
+        // Ready at its first poll; boxed so that its bytes are not a state of this task.
+        let Some((mut ws, opening)) = Box::pin(handoff.websocket(upgraded, config)).await else {
+            return;
+        };
         let mut session = Session::new(registration, claims);
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         // The heavy futures (command handling, writing, closing) are boxed so that they take
         // memory only while they run: an idle connection's task holds just the wait loop.
-        let end = session.serve(&mut ws, corked).await;
+        let end = session.serve(&mut ws, opening).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
         drop(session);
     }
@@ -312,21 +388,38 @@ impl Session {
         format!("{}-{:x}", self.reg.node.config.node_id, self.reg.conn.id)
     }
 
-    /// [`Session::start`], then, on a corked socket, writes `welcome` at once and releases
-    /// the cork: the `101` and `welcome` leave in one send.
-    async fn open(&mut self, ws: &mut WebSocket, corked: Option<SocketFd>) -> Result<(), End> {
+    /// [`Session::start`], then the first write as `opening` says: on a corked socket,
+    /// `welcome` at once and the cork released; with the `101` still to send, the `101` and
+    /// `welcome` in one write. Either way they leave in one send.
+    async fn open(&mut self, ws: &mut WebSocket, opening: Opening) -> Result<(), End> {
         let started = self.start().await;
-        let Some(fd) = corked else {
-            return started;
-        };
-        let written = match started {
-            Ok(()) => self.write_pending(ws, &mut VecDeque::new()).await,
-            Err(end) => Err(end),
-        };
-        if let Err(e) = tcp::set_cork(fd, false) {
-            tracing::debug!(error = %e, "releasing the cork");
+        match opening {
+            Opening::Plain => started,
+            Opening::Corked(fd) => {
+                let written = match started {
+                    Ok(()) => self.write_pending(ws, &mut VecDeque::new()).await,
+                    Err(end) => Err(end),
+                };
+                if let Err(e) = tcp::set_cork(fd, false) {
+                    tracing::debug!(error = %e, "releasing the cork");
+                }
+                written
+            }
+            // The `101` goes out before anything else, a close frame included.
+            Opening::Preamble(response) => match started {
+                Ok(()) => {
+                    self.write_batches(ws, &mut VecDeque::new(), response.into_vec())
+                        .await
+                }
+                Err(End::Close(reason)) => Err(End::CloseAfter(reason, response.into_vec())),
+                Err(End::CloseAfter(reason, rest)) => {
+                    let mut out = response.into_vec();
+                    out.extend_from_slice(&rest);
+                    Err(End::CloseAfter(reason, out))
+                }
+                Err(end) => Err(end),
+            },
         }
-        written
     }
 
     /// Sends `welcome` and joins the personal channel.
@@ -381,10 +474,10 @@ impl Session {
     fn serve<'a>(
         &'a mut self,
         ws: &'a mut WebSocket,
-        corked: Option<SocketFd>,
+        opening: Opening,
     ) -> impl Future<Output = End> + Send + 'a {
         async move {
-            if let Err(end) = Box::pin(self.open(ws, corked)).await {
+            if let Err(end) = Box::pin(self.open(ws, opening)).await {
                 return end;
             }
             // One timer, re-armed lazily: only when the deadline comes earlier than the armed
@@ -473,12 +566,27 @@ impl Session {
         ws: &mut WebSocket,
         batch: &mut VecDeque<Outbound>,
     ) -> Result<(), End> {
+        self.write_batches(ws, batch, Vec::new()).await
+    }
+
+    /// [`Self::write_pending`], with `first` (the `101`'s bytes) written before the first
+    /// batch, in the same write.
+    async fn write_batches(
+        &self,
+        ws: &mut WebSocket,
+        batch: &mut VecDeque<Outbound>,
+        mut first: Vec<u8>,
+    ) -> Result<(), End> {
         let encoding = self.reg.conn.encoding;
         loop {
             if let Some(reason) = self.reg.conn.take_batch(batch) {
-                return Err(End::Close(reason));
+                return Err(if first.is_empty() {
+                    End::Close(reason)
+                } else {
+                    End::CloseAfter(reason, first)
+                });
             }
-            if batch.is_empty() {
+            if batch.is_empty() && first.is_empty() {
                 return Ok(());
             }
             let mut oldest: Option<Instant> = None;
@@ -491,7 +599,7 @@ impl Session {
             // before them); frames are self-delimiting and tungstenite keeps no count of what
             // was written, so its state stays right. Only data frames are written here, and
             // only while the session is open: pings and closes go through tungstenite.
-            let mut out: Vec<u8> = Vec::new();
+            let mut out: Vec<u8> = std::mem::take(&mut first);
             for item in batch.drain(..) {
                 match item {
                     Outbound::Frame(frame) => {

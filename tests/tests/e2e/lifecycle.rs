@@ -322,3 +322,167 @@ async fn a_second_node_on_a_busy_port_refuses_to_start() {
     let mut c = Client::connect(first.addr(), &token("still")).await;
     c.subscribe("room:still").await;
 }
+
+/// A socket that writes at most a few bytes per write, each in its own segment: a request
+/// head reaches the node in pieces.
+struct Trickle(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(7);
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Sends `{"id": id, "op": "ping"}` and reads until its reply, within 5 s; the `welcome` must
+/// come first when `welcome` is set.
+async fn ping_over<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, id: i64, welcome: bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(json!({"id": id, "op": "ping"}).to_string()))
+        .await
+        .expect("send");
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout(secs(5), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no reply to ping {id} in 5 s: {seen:?}"));
+        let Some(Ok(Message::Text(text))) = next else {
+            panic!("the socket ended or sent no text: {next:?}, after {seen:?}");
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        if welcome && seen.is_empty() {
+            assert_eq!(v["op"], "welcome", "the first frame: {v}");
+        }
+        if v["id"] == id {
+            assert!(v.get("error").is_none(), "{v}");
+            return;
+        }
+        seen.push(v);
+    }
+}
+
+#[tokio::test]
+async fn handshakes_in_pieces_after_other_requests_or_ahead_of_frames_all_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[]).await;
+    let url = |user: &str| format!("ws://{}/ws?token={}", gw.addr(), token(user));
+
+    // A head that arrives a few bytes at a time.
+    let s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(url("a"), Trickle(s))
+        .await
+        .expect("a handshake in pieces");
+    assert_eq!(response.status(), 101);
+    ping_over(&mut ws, 1, true).await;
+
+    // An upgrade on a keep-alive connection, after a plain request on it.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The head, then as many bytes as its `content-length` says.
+    let whole = |raw: &[u8]| {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))?
+            .trim()
+            .parse()
+            .ok()?;
+        (raw.len() == end + 4 + len).then_some(())
+    };
+    while whole(&raw).is_none() {
+        let n = tokio::time::timeout(secs(5), s.read(&mut buf))
+            .await
+            .expect("the health answer in 5 s")
+            .unwrap();
+        assert!(n > 0, "closed after a plain request: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{raw:?}");
+    let (mut ws, response) = tokio_tungstenite::client_async(url("b"), s)
+        .await
+        .expect("an upgrade after a plain request");
+    assert_eq!(response.status(), 101);
+    ping_over(&mut ws, 2, true).await;
+
+    // Frames sent right behind the request, before the `101` came back: none is lost.
+    let request = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("c")
+    );
+    let mut bytes = request.into_bytes();
+    for id in [3, 4] {
+        // A masked text frame, as a client sends it.
+        let payload = json!({"id": id, "op": "ping"}).to_string().into_bytes();
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+        bytes.extend_from_slice(&mask);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    }
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + secs(5);
+    let texts = loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            assert!(received.starts_with(b"HTTP/1.1 101"), "{received:?}");
+            let texts: Vec<serde_json::Value> = frames(&received[end + 4..])
+                .iter()
+                .filter(|(op, _)| *op == 1)
+                .map(|(_, p)| serde_json::from_slice(p).expect("JSON"))
+                .collect();
+            if texts.len() >= 3 {
+                break texts;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no welcome and two replies in 5 s: {received:?}"))
+            .unwrap();
+        assert!(n > 0, "closed: {received:?}");
+        received.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(texts[0]["op"], "welcome", "{texts:?}");
+    assert_eq!(
+        (texts[1]["id"].clone(), texts[2]["id"].clone()),
+        (json!(3), json!(4))
+    );
+}

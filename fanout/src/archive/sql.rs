@@ -106,6 +106,15 @@ impl SqlArchive {
                 // only an OS crash or power loss can take back the last commits. The archive
                 // is asynchronous anyway; an fsync ten times a second was a sixth of its cost.
                 .synchronous(SqliteSynchronous::Normal)
+                // A page cache of 8 MiB per connection (SQLite's default is 2 MiB), and a
+                // checkpoint every 8,192 pages of WAL (32 MiB) instead of every 1,000: a hot
+                // page (a busy channel's newest leaf) is read back and copied into the
+                // database less often. Under perf at 24,000 archived messages a second, the
+                // SQLite thread's reads, writes and checkpoints were half its time; with these
+                // the archive cost 5 % less CPU per delivery (BENCHMARKS.md). The WAL file keeps
+                // up to about 32 MiB on disk between checkpoints.
+                .pragma("cache_size", "-8192")
+                .pragma("wal_autocheckpoint", "8192")
                 .busy_timeout(Duration::from_secs(5));
             // One writer at a time is what SQLite does anyway; readers get their own.
             let pool = SqlitePoolOptions::new()

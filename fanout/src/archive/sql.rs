@@ -55,10 +55,14 @@ enum Pool {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the concrete pool and `$db` to its database type.
+/// Runs `$body` with `$pool` bound to the concrete pool and `$db` to its database type: the
+/// archive's pool, or with `writer`, the pool its writes go through.
 macro_rules! with_pool {
-    ($self:expr, $pool:ident, $db:ident => $body:expr) => {
-        match &$self.pool {
+    (writer $self:expr, $pool:ident, $db:ident => $body:expr) => {
+        with_pool!(@ &$self.writer, $pool, $db => $body)
+    };
+    (@ $which:expr, $pool:ident, $db:ident => $body:expr) => {
+        match $which {
             Pool::Sqlite($pool) => {
                 #[allow(dead_code)]
                 type $db = sqlx::Sqlite;
@@ -71,6 +75,9 @@ macro_rules! with_pool {
             }
         }
     };
+    ($self:expr, $pool:ident, $db:ident => $body:expr) => {
+        with_pool!(@ &$self.pool, $pool, $db => $body)
+    };
 }
 
 fn unavailable(e: sqlx::Error) -> ArchiveError {
@@ -80,13 +87,16 @@ fn unavailable(e: sqlx::Error) -> ArchiveError {
 /// An [`Archive`] in SQLite or PostgreSQL.
 pub struct SqlArchive {
     pool: Pool,
+    /// Where writes go: for SQLite, one connection of its own (see `connect`); for
+    /// PostgreSQL, the same pool.
+    writer: Pool,
 }
 
 impl SqlArchive {
     /// Opens `url` (`sqlite://PATH`, the file created if missing, or `postgres://...`) and
     /// brings its schema up to date.
     pub async fn connect(url: &str) -> Result<Self, ArchiveError> {
-        let pool = if let Some(path) = url.strip_prefix("sqlite://") {
+        let (pool, writer) = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(ArchiveError::Config("sqlite:// needs a file path".into()));
             }
@@ -116,14 +126,23 @@ impl SqlArchive {
                 .pragma("cache_size", "-8192")
                 .pragma("wal_autocheckpoint", "8192")
                 .busy_timeout(Duration::from_secs(5));
-            // One writer at a time is what SQLite does anyway; readers get their own.
+            // One writer at a time is what SQLite does anyway, and it gets a connection of its
+            // own: a connection drops its whole page cache when it finds that another one has
+            // written since its last transaction, so batches spread over a pool read every page
+            // they touch back from the file. Readers get their own connections.
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone())
+                .await
+                .map_err(unavailable)?;
             let pool = SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(3)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await
                 .map_err(unavailable)?;
-            Pool::Sqlite(pool)
+            (Pool::Sqlite(pool), Pool::Sqlite(writer))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(4)
@@ -131,14 +150,14 @@ impl SqlArchive {
                 .connect(url)
                 .await
                 .map_err(unavailable)?;
-            Pool::Postgres(pool)
+            (Pool::Postgres(pool.clone()), Pool::Postgres(pool))
         } else {
             return Err(ArchiveError::Config(format!(
                 "unsupported database URL {:?}: use sqlite://PATH or postgres://...",
                 url.split("://").next().unwrap_or(url)
             )));
         };
-        let archive = SqlArchive { pool };
+        let archive = SqlArchive { pool, writer };
         archive.migrate().await?;
         Ok(archive)
     }
@@ -212,7 +231,7 @@ impl SqlArchive {
         if batch.is_empty() {
             return Ok(());
         }
-        with_pool!(self, pool, Db => {
+        with_pool!(writer self, pool, Db => {
             let mut tx = pool.begin().await.map_err(unavailable)?;
             // SQLite: `OR IGNORE` rather than the upsert form. With `ON CONFLICT DO NOTHING`
             // a NOT NULL failure could still abort the statement halfway, so SQLite keeps a
@@ -338,7 +357,7 @@ impl SqlArchive {
     }
 
     async fn expire_unbounded(&self, cutoff_ms: u64) -> Result<u64, ArchiveError> {
-        with_pool!(self, pool, Db => {
+        with_pool!(writer self, pool, Db => {
             let mut query = QueryBuilder::<Db>::new("DELETE FROM gw_messages WHERE ts < ");
             query.push_bind(cutoff_ms.min(i64::MAX as u64) as i64);
             let done = query.build().execute(pool).await.map_err(unavailable)?;

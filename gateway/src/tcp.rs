@@ -28,9 +28,11 @@ pub fn defer_accept(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
 }
 
 /// Holds (`true`) or releases (`false`) the socket's partial segments: what is written while
-/// corked goes out in as few segments as it fills when released (or after 200 ms). The v1
-/// door corks before hyper writes the `101` and the session releases it after `welcome`: one
-/// send and one wake of the client instead of two.
+/// corked goes out in as few segments as it fills when released (or after 200 ms). When hyper
+/// serves a v1 handshake (an upgrade after other requests on its connection), the door corks
+/// before hyper writes the `101` and the session releases it after `welcome`: one send and
+/// one wake of the client instead of two. A handshake the node reads itself (`http::raw`)
+/// needs no cork: the session writes the `101` and `welcome` together.
 pub fn set_cork(fd: SocketFd, on: bool) -> std::io::Result<()> {
     set_int(fd.0, libc::TCP_CORK, libc::c_int::from(on))
 }

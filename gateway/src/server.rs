@@ -4,13 +4,12 @@
 use crate::http::raw;
 use crate::metrics::metrics;
 use crate::node::Node;
-use crate::tcp::{self, SocketFd};
+use crate::tcp;
 use crate::workers::{self, WorkerId};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -208,16 +207,7 @@ async fn accept_loop(
             continue;
         }
         let slot = HttpSlot(http_open.clone());
-        // Each request carries its socket's descriptor, for the v1 door's cork (`tcp`).
-        let fd = SocketFd(stream.as_raw_fd());
-        let service = TowerToHyperService::new(tower::ServiceExt::map_request(
-            router.clone(),
-            move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(fd);
-                request
-            },
-        ));
-        let node = node.clone();
+        let (node, router) = (node.clone(), router.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let deadline = tokio::time::Instant::now() + header_timeout;
@@ -229,7 +219,7 @@ async fn accept_loop(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
                 .with_upgrades();
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "http connection ended with an error");

@@ -1,6 +1,5 @@
-//! TCP socket options that neither tokio nor socket2 sets, through libc: accepting a
-//! connection with its request (`TCP_DEFER_ACCEPT`), and holding the `101` back until the
-//! session's first frame can go out with it (`TCP_CORK`).
+//! A TCP socket option that neither tokio nor socket2 sets, through libc: accepting a
+//! connection with its request (`TCP_DEFER_ACCEPT`).
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -8,12 +7,6 @@ use std::os::fd::{AsRawFd, RawFd};
 /// `accept` anyway (`TCP_DEFER_ACCEPT`): a real client sends its request at once, and a
 /// silent socket then meets the handshake timeout as before, a second later.
 const DEFER_ACCEPT_SECS: libc::c_int = 1;
-
-/// The descriptor of the socket a request came on, put in the request's extensions by the
-/// accept loop. Valid while the request's connection is served (by hyper, then by the
-/// session that takes it over); used only for [`set_cork`].
-#[derive(Debug, Clone, Copy)]
-pub struct SocketFd(pub RawFd);
 
 /// Asks the kernel to hand a connection to `accept` once its first bytes (the HTTP request)
 /// have arrived, not at the end of the TCP handshake: accepting and reading the request then
@@ -25,16 +18,6 @@ pub fn defer_accept(socket: &tokio::net::TcpSocket) -> std::io::Result<()> {
         libc::TCP_DEFER_ACCEPT,
         DEFER_ACCEPT_SECS,
     )
-}
-
-/// Holds (`true`) or releases (`false`) the socket's partial segments: what is written while
-/// corked goes out in as few segments as it fills when released (or after 200 ms). When hyper
-/// serves a v1 handshake (an upgrade after other requests on its connection), the door corks
-/// before hyper writes the `101` and the session releases it after `welcome`: one send and
-/// one wake of the client instead of two. A handshake the node reads itself (`http::raw`)
-/// needs no cork: the session writes the `101` and `welcome` together.
-pub fn set_cork(fd: SocketFd, on: bool) -> std::io::Result<()> {
-    set_int(fd.0, libc::TCP_CORK, libc::c_int::from(on))
 }
 
 fn set_int(fd: RawFd, option: libc::c_int, value: libc::c_int) -> std::io::Result<()> {

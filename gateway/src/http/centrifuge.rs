@@ -93,13 +93,6 @@ pub async fn upgrade(
         Err(refusal) => return refusal.into_response(),
     };
     let (response, on_upgrade) = upgrade.accept(chosen);
-    connect::spawn(start(
-        &node,
-        encoding,
-        Handoff::Hyper {
-            on_upgrade,
-            corked: None,
-        },
-    ));
+    connect::spawn(start(&node, encoding, Handoff::Hyper(on_upgrade)));
     response
 }

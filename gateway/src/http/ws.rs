@@ -11,8 +11,7 @@ use crate::metrics::handshake_refused;
 use crate::node::Node;
 use crate::protocol::Encoding;
 use crate::session::{self, Handoff, Registration, Start};
-use crate::tcp::{self, SocketFd};
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use std::borrow::Cow;
@@ -34,7 +33,7 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    /// A refusal, counted under `result` in `gateway_handshakes_refused_total`.
+    /// A refusal, counted under `result` in `gateway_handshakes_total`.
     pub(super) fn new(
         status: StatusCode,
         result: &'static str,
@@ -215,7 +214,6 @@ pub(super) fn accept(
 /// requests before (the first request on a connection is read by `raw`).
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
-    fd: Option<Extension<SocketFd>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: Result<Upgrade, UpgradeRejection>,
@@ -229,8 +227,6 @@ pub async fn upgrade(
         Err(refusal) => return refusal.into_response(),
     };
     let (response, on_upgrade) = upgrade.accept(accepted.protocol);
-    // The `101` waits in the kernel for `welcome`, and both leave in one send (`tcp`).
-    let corked = fd.and_then(|Extension(fd)| tcp::set_cork(fd, true).ok().map(|()| fd));
-    session::spawn(accepted.start(&node, Handoff::Hyper { on_upgrade, corked }));
+    session::spawn(accepted.start(&node, Handoff::Hyper(on_upgrade)));
     response
 }

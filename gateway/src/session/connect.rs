@@ -3,7 +3,7 @@
 //! until it arrives and verifies, the connection is no one's: not in the hub, not counted
 //! against a user, subscribed to nothing. Then it becomes a session like any other.
 
-use super::{FirstFrame, Handoff, Opening, Registration, Session, WebSocket, finish};
+use super::{FirstFrame, Handoff, Registration, Session, WebSocket, finish};
 use crate::conn::Conn;
 use crate::metrics::{Metrics, handshake_refused, metrics};
 use crate::node::Node;
@@ -37,20 +37,17 @@ pub struct CentrifugeStart {
 pub fn spawn(start: Box<CentrifugeStart>) {
     tokio::spawn(async move {
         let CentrifugeStart {
-            mut handoff,
+            handoff,
             node,
             config,
             encoding,
         } = *start;
-        let Ok(upgraded) = handoff.upgraded().await else {
+        let Some((mut ws, preamble)) = Box::pin(handoff.websocket(config)).await else {
             return;
         };
-        let Some((mut ws, opening)) = Box::pin(handoff.websocket(upgraded, config)).await else {
-            return;
-        };
-        // Nothing to send with the `101` here: the connect reply waits for `connect`.
-        if let Opening::Preamble(response) = opening {
-            let write = ws.get_mut().write_all(&response);
+        // The `101` goes out alone: the connect reply waits for `connect`.
+        if !preamble.is_empty() {
+            let write = ws.get_mut().write_all(&preamble);
             if !matches!(
                 tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, write).await,
                 Ok(Ok(()))
@@ -62,7 +59,7 @@ pub fn spawn(start: Box<CentrifugeStart>) {
             return;
         };
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
-        let end = session.serve(&mut ws, Opening::Plain).await;
+        let end = session.serve(&mut ws, Vec::new()).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
     });
 }

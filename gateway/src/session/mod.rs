@@ -22,11 +22,10 @@ use crate::protocol::{
     decode, disconnect_frame, error_frame, publish_error_frame, put_frame, refresh_frame,
     server_subscribe_frame, to_message, unsubscribe_frame, welcome_frame,
 };
-use crate::tcp::{self, SocketFd};
 use bytes::Bytes;
 use fanout::BrokerError;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -136,16 +135,9 @@ pub(crate) struct FirstFrame {
 
 /// How a connection's task gets its socket from the handshake.
 pub enum Handoff {
-    /// hyper sends the `101`, then gives the connection up (`on_upgrade`). The v1 door corks
-    /// the socket first, so that the `101` waits in the kernel for `welcome` and both leave
-    /// in one send: the session releases the cork once `welcome` is written
-    /// (`tcp::set_cork`).
-    Hyper {
-        /// Resolves to the connection once hyper has sent the `101`.
-        on_upgrade: OnUpgrade,
-        /// The socket, if corked.
-        corked: Option<SocketFd>,
-    },
+    /// hyper sends the `101`, then gives the connection up: an upgrade after other requests
+    /// on the connection. Resolves to the connection once the `101` is out.
+    Hyper(OnUpgrade),
     /// The node read the handshake itself (`http::raw`): the socket, the bytes read past the
     /// request, and the `101`, which the session sends in one write with its first frames.
     Raw {
@@ -158,62 +150,32 @@ pub enum Handoff {
     },
 }
 
-/// What a session writes before anything else, and how.
-pub(crate) enum Opening {
-    /// Nothing: the `101` is out.
-    Plain,
-    /// The `101` waits in the corked socket: released after the first frames.
-    Corked(SocketFd),
-    /// The `101`'s bytes, written in one write with the first frames.
-    Preamble(Box<[u8]>),
-}
-
 impl Handoff {
-    /// Waits until hyper has sent the `101` (nothing to wait for when the node read the
-    /// handshake): `Err` when the client left first.
-    async fn upgraded(&mut self) -> Result<Option<Upgraded>, ()> {
-        match self {
-            Handoff::Hyper { on_upgrade, .. } => match on_upgrade.await {
-                Ok(upgraded) => Ok(Some(upgraded)),
+    /// The session's WebSocket over the connection, once hyper has sent the `101` (at once
+    /// when the node read the handshake), and the bytes to write before anything else (the
+    /// `101` still to send, or none); `None` when the client left first.
+    async fn websocket(self, config: WebSocketConfig) -> Option<(WebSocket, Vec<u8>)> {
+        let (socket, read, preamble) = match self {
+            Handoff::Raw {
+                stream,
+                read,
+                response,
+            } => (Socket::Tcp(stream), read, response),
+            Handoff::Hyper(on_upgrade) => match on_upgrade.await {
+                Ok(upgraded) => (
+                    Socket::Upgraded(TokioIo::new(upgraded)),
+                    Vec::new(),
+                    Vec::new(),
+                ),
                 Err(e) => {
                     tracing::debug!(error = %e, "upgrade failed");
-                    Err(())
+                    return None;
                 }
             },
-            Handoff::Raw { .. } => Ok(None),
-        }
-    }
-
-    /// The session's WebSocket over the connection, `upgraded` being what [`Self::upgraded`]
-    /// gave, and what the session writes first.
-    async fn websocket(
-        self,
-        upgraded: Option<Upgraded>,
-        config: WebSocketConfig,
-    ) -> Option<(WebSocket, Opening)> {
-        let (socket, read, opening) = match (self, upgraded) {
-            (
-                Handoff::Raw {
-                    stream,
-                    read,
-                    response,
-                },
-                _,
-            ) => (
-                Socket::Tcp(stream),
-                read,
-                Opening::Preamble(response.into_boxed_slice()),
-            ),
-            (Handoff::Hyper { corked, .. }, Some(upgraded)) => (
-                Socket::Upgraded(TokioIo::new(upgraded)),
-                Vec::new(),
-                corked.map_or(Opening::Plain, Opening::Corked),
-            ),
-            (Handoff::Hyper { .. }, None) => return None,
         };
         let ws =
             WebSocketStream::from_partially_read(socket, read, Role::Server, Some(config)).await;
-        Some((ws, opening))
+        Some((ws, preamble))
     }
 }
 
@@ -246,29 +208,24 @@ pub fn spawn(start: Box<Start>) {
 )]
 fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
     async move {
-        // Everything stays in the box while hyper sends the `101`; after that, nothing that
-        // only the start needs (claims, config) outlives the start, and the box is freed.
-        let mut start = start;
-        let Ok(upgraded) = start.handoff.upgraded().await else {
-            // The client left before the `101` went out; dropping the registration
-            // unregisters the connection.
-            return;
-        };
+        // Nothing that only the start needs (claims, config) outlives the start, and the box
+        // is freed once the socket is the session's.
         let Start {
             handoff,
             registration,
             claims,
             config,
         } = unbox(start);
-        // Ready at its first poll; boxed so that its bytes are not a state of this task.
-        let Some((mut ws, opening)) = Box::pin(handoff.websocket(upgraded, config)).await else {
+        // Boxed so that its bytes are not a state of this task. When it gives nothing, the
+        // client left before the `101` went out; dropping the registration unregisters it.
+        let Some((mut ws, preamble)) = Box::pin(handoff.websocket(config)).await else {
             return;
         };
         let mut session = Session::new(registration, claims);
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         // The heavy futures (command handling, writing, closing) are boxed so that they take
         // memory only while they run: an idle connection's task holds just the wait loop.
-        let end = session.serve(&mut ws, opening).await;
+        let end = session.serve(&mut ws, preamble).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
         drop(session);
     }
@@ -388,37 +345,21 @@ impl Session {
         format!("{}-{:x}", self.reg.node.config.node_id, self.reg.conn.id)
     }
 
-    /// [`Session::start`], then the first write as `opening` says: on a corked socket,
-    /// `welcome` at once and the cork released; with the `101` still to send, the `101` and
-    /// `welcome` in one write. Either way they leave in one send.
-    async fn open(&mut self, ws: &mut WebSocket, opening: Opening) -> Result<(), End> {
-        let started = self.start().await;
-        match opening {
-            Opening::Plain => started,
-            Opening::Corked(fd) => {
-                let written = match started {
-                    Ok(()) => self.write_pending(ws, &mut VecDeque::new()).await,
-                    Err(end) => Err(end),
-                };
-                if let Err(e) = tcp::set_cork(fd, false) {
-                    tracing::debug!(error = %e, "releasing the cork");
-                }
-                written
+    /// [`Session::start`], then its first write: `preamble` (the `101` when the node read the
+    /// handshake) and `welcome` in one write. The `101` goes out before anything else, a
+    /// close frame included.
+    async fn open(&mut self, ws: &mut WebSocket, preamble: Vec<u8>) -> Result<(), End> {
+        match self.start().await {
+            Ok(()) => self.write_batches(ws, &mut VecDeque::new(), preamble).await,
+            Err(End::Close(reason)) if !preamble.is_empty() => {
+                Err(End::CloseAfter(reason, preamble))
             }
-            // The `101` goes out before anything else, a close frame included.
-            Opening::Preamble(response) => match started {
-                Ok(()) => {
-                    self.write_batches(ws, &mut VecDeque::new(), response.into_vec())
-                        .await
-                }
-                Err(End::Close(reason)) => Err(End::CloseAfter(reason, response.into_vec())),
-                Err(End::CloseAfter(reason, rest)) => {
-                    let mut out = response.into_vec();
-                    out.extend_from_slice(&rest);
-                    Err(End::CloseAfter(reason, out))
-                }
-                Err(end) => Err(end),
-            },
+            Err(End::CloseAfter(reason, rest)) => {
+                let mut out = preamble;
+                out.extend_from_slice(&rest);
+                Err(End::CloseAfter(reason, out))
+            }
+            Err(end) => Err(end),
         }
     }
 
@@ -474,10 +415,10 @@ impl Session {
     fn serve<'a>(
         &'a mut self,
         ws: &'a mut WebSocket,
-        opening: Opening,
+        preamble: Vec<u8>,
     ) -> impl Future<Output = End> + Send + 'a {
         async move {
-            if let Err(end) = Box::pin(self.open(ws, opening)).await {
+            if let Err(end) = Box::pin(self.open(ws, preamble)).await {
                 return end;
             }
             // One timer, re-armed lazily: only when the deadline comes earlier than the armed
@@ -569,24 +510,24 @@ impl Session {
         self.write_batches(ws, batch, Vec::new()).await
     }
 
-    /// [`Self::write_pending`], with `first` (the `101`'s bytes) written before the first
+    /// [`Self::write_pending`], with `preamble` (the `101`'s bytes) written before the first
     /// batch, in the same write.
     async fn write_batches(
         &self,
         ws: &mut WebSocket,
         batch: &mut VecDeque<Outbound>,
-        mut first: Vec<u8>,
+        mut preamble: Vec<u8>,
     ) -> Result<(), End> {
         let encoding = self.reg.conn.encoding;
         loop {
             if let Some(reason) = self.reg.conn.take_batch(batch) {
-                return Err(if first.is_empty() {
+                return Err(if preamble.is_empty() {
                     End::Close(reason)
                 } else {
-                    End::CloseAfter(reason, first)
+                    End::CloseAfter(reason, preamble)
                 });
             }
-            if batch.is_empty() && first.is_empty() {
+            if batch.is_empty() && preamble.is_empty() {
                 return Ok(());
             }
             let mut oldest: Option<Instant> = None;
@@ -599,7 +540,7 @@ impl Session {
             // before them); frames are self-delimiting and tungstenite keeps no count of what
             // was written, so its state stays right. Only data frames are written here, and
             // only while the session is open: pings and closes go through tungstenite.
-            let mut out: Vec<u8> = std::mem::take(&mut first);
+            let mut out: Vec<u8> = std::mem::take(&mut preamble);
             for item in batch.drain(..) {
                 match item {
                     Outbound::Frame(frame) => {

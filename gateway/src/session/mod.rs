@@ -6,9 +6,6 @@
 //! client cannot keep its task from noticing `slow_consumer`, a drain or a kick.
 
 pub mod connect;
-mod socket;
-
-pub use socket::Socket;
 
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
@@ -25,7 +22,7 @@ use crate::protocol::{
 use bytes::Bytes;
 use fanout::BrokerError;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,6 +36,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::either::Either;
+
+/// The stream under a session's WebSocket: the TCP stream itself when the node read the
+/// handshake (`http::raw`, every first request on a connection), or hyper's upgraded
+/// connection when hyper served it (an upgrade after other requests on the connection).
+pub type Socket = Either<TcpStream, TokioIo<Upgraded>>;
 
 /// The socket a session speaks through: tungstenite's stream over the connection.
 pub(crate) type WebSocket = WebSocketStream<Socket>;
@@ -160,10 +163,10 @@ impl Handoff {
                 stream,
                 read,
                 response,
-            } => (Socket::Tcp(stream), read, response),
+            } => (Either::Left(stream), read, response),
             Handoff::Hyper(on_upgrade) => match on_upgrade.await {
                 Ok(upgraded) => (
-                    Socket::Upgraded(TokioIo::new(upgraded)),
+                    Either::Right(TokioIo::new(upgraded)),
                     Vec::new(),
                     Vec::new(),
                 ),

@@ -63,8 +63,9 @@ impl RedisBroker {
     /// slot map and finds the partitions whose primary changed (a slot move, or a failover:
     /// Redis drops the shard subscriptions of a moved slot, and a promoted replica may lack
     /// the last writes); subscribes again (every channel after a reconnect, else those of the
-    /// changed partitions), checks the changed partitions' channels for lost writes, then
-    /// heals every channel. Returns false when a subscription failed (call again).
+    /// changed partitions), checks the changed partitions' channels (and any other suspect
+    /// one) for lost writes, then heals every channel. Returns false when a subscription or
+    /// a check failed (call again).
     pub(super) async fn resync(self: &Arc<Self>, reconnected: bool) -> bool {
         let clustered = self.subscriber.is_clustered();
         if clustered
@@ -84,7 +85,8 @@ impl RedisBroker {
                 .filter(|p| before.get(*p) != now.get(*p))
                 .collect()
         };
-        if !reconnected && changed.is_empty() {
+        let unverified = self.unverified.swap(false, Ordering::Relaxed);
+        if !reconnected && changed.is_empty() && !unverified {
             return true;
         }
         if !changed.is_empty() {
@@ -92,6 +94,13 @@ impl RedisBroker {
             self.stats
                 .moved
                 .fetch_add(changed.len() as u64, Ordering::Relaxed);
+            // Nothing of a moved partition is delivered before its lost-write check (below):
+            // once subscribed again, the new primary's messages may reuse lost offsets.
+            for (channel, track) in self.tracks.read().iter() {
+                if changed.contains(&self.config.keyspace.partition(channel)) {
+                    track.lock().suspect = true;
+                }
+            }
         }
         let subscribed = if reconnected {
             self.resubscribe(None).await
@@ -99,19 +108,25 @@ impl RedisBroker {
             self.resubscribe(Some(&changed)).await
         };
         if !subscribed {
+            self.unverified.store(true, Ordering::Relaxed);
             return false;
         }
-        *self.owners.lock() = now;
         let suspects: Vec<(Arc<str>, Arc<Mutex<Track>>)> = self
             .tracks
             .read()
             .iter()
-            .filter(|(c, _)| changed.contains(&self.config.keyspace.partition(c)))
+            .filter(|(_, t)| t.lock().suspect)
             .map(|(c, t)| (c.clone(), t.clone()))
             .collect();
+        let mut verified = true;
         for (channel, track) in suspects {
-            self.verify(&channel, &track).await;
+            verified &= self.verify(&channel, &track).await;
         }
+        if !verified {
+            self.unverified.store(true, Ordering::Relaxed);
+            return false;
+        }
+        *self.owners.lock() = now;
         self.check_positions(CheckScope::All).await;
         true
     }

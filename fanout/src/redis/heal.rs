@@ -6,12 +6,13 @@
 
 use super::RedisBroker;
 use super::scripts::{ChannelKeys, RewindCall};
-use super::track::{self, Track};
+use super::track::{self, Absorbed, Track};
 use crate::Publication;
 use crate::broker::BrokerError;
 use crate::util::new_epoch;
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Most messages one gap-healing read asks for.
@@ -55,7 +56,8 @@ impl RedisBroker {
                     continue;
                 }
                 let mut t = track.lock();
-                if !t.needs(None) {
+                // A suspect track is healed once its lost-write check ends (`resync`).
+                if !t.needs(None) || t.suspect {
                     t.healing = false;
                     break;
                 }
@@ -77,16 +79,29 @@ impl RedisBroker {
         loop {
             let since = {
                 let t = track.lock();
-                if !force && !t.needs(upto) {
+                if t.suspect || !force && !t.needs(upto) {
                     return Ok(());
                 }
-                t.last
+                t.read_from()
             };
             force = false;
             let page = self.read(channel, Some(since), None, HEAL_BATCH).await?;
             let complete = page.publications.len() < HEAL_BATCH;
-            let mut t = track.lock();
-            t.absorb(page, complete, &*self.dispatcher, &self.stats);
+            let absorbed = track
+                .lock()
+                .absorb(page, complete, &*self.dispatcher, &self.stats);
+            match absorbed {
+                Absorbed::Read => {}
+                Absorbed::Held => return Ok(()),
+                Absorbed::Reused { epoch, last } => {
+                    if !self.rewind(channel, &epoch, last).await {
+                        // The track stays suspect: the next resync checks it again.
+                        self.unverified.store(true, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    track.lock().retire(&*self.dispatcher, &self.stats);
+                }
+            }
         }
     }
 
@@ -116,31 +131,54 @@ impl RedisBroker {
         }
     }
 
-    /// Checks that Redis still holds the publication this node delivered last on `channel`
-    /// (after a failover): if its offset is now missing or another publication's, Redis lost
-    /// acknowledged writes, and the channel starts a new epoch; the position check that
-    /// follows finds the new epoch and tells subscribers to reload.
-    pub(super) async fn verify(&self, channel: &str, track: &Mutex<Track>) {
+    /// Checks that Redis still holds the publication this node delivered last on a suspect
+    /// `channel` (its partition moved to another primary): if its offset is now missing or
+    /// another publication's, Redis lost acknowledged writes, and the channel starts a new
+    /// epoch. Either way the track delivers again: what was held (`confirmed`), or, once
+    /// subscribers were told to reload, the channel's new epoch (`retire`; the position check
+    /// that follows finds it). Returns false when Redis could not be read or the channel not
+    /// rewound: the track stays suspect, and the caller checks again.
+    pub(super) async fn verify(
+        self: &Arc<Self>,
+        channel: &Arc<str>,
+        track: &Arc<Mutex<Track>>,
+    ) -> bool {
         let (epoch, last, mark) = {
             let t = track.lock();
             (t.epoch.clone(), t.last, t.mark)
         };
         let (Some(epoch), Some(mark)) = (epoch, mark) else {
-            return;
+            // Nothing delivered in a known epoch: nothing that could be reused.
+            self.confirm(channel, track);
+            return true;
         };
         let Ok(page) = self.read(channel, Some(last - 1), None, 1).await else {
-            return;
+            return false;
         };
         if page.epoch != epoch {
-            return;
+            track.lock().retire(&*self.dispatcher, &self.stats);
+            return true;
         }
         let lost = page.offset < last
             || page
                 .publications
                 .first()
                 .is_some_and(|p| p.offset == last && track::fingerprint(p) != mark);
-        if lost {
-            self.rewind(channel, &epoch, last.max(page.offset)).await;
+        if !lost {
+            self.confirm(channel, track);
+            return true;
+        }
+        if !self.rewind(channel, &epoch, last.max(page.offset)).await {
+            return false;
+        }
+        track.lock().retire(&*self.dispatcher, &self.stats);
+        true
+    }
+
+    /// Ends a suspect track's check with what Redis holds unchanged.
+    fn confirm(self: &Arc<Self>, channel: &Arc<str>, track: &Arc<Mutex<Track>>) {
+        if track.lock().confirmed(&*self.dispatcher) {
+            self.spawn_heal(channel.clone(), track.clone(), None, false);
         }
     }
 }

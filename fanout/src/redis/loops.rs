@@ -90,7 +90,8 @@ pub(super) async fn check_loop(broker: Weak<RedisBroker>) {
         };
         let ping: Result<(), _> = broker.client.ping(None).await;
         broker.healthy.store(ping.is_ok(), Ordering::Relaxed);
-        if broker.subscriber.is_clustered() && last_slots.elapsed() >= SLOT_CHECK {
+        let watch = broker.subscriber.is_clustered() || broker.unverified.load(Ordering::Relaxed);
+        if watch && last_slots.elapsed() >= SLOT_CHECK {
             last_slots = Instant::now();
             broker.resync(false).await;
         }

@@ -142,6 +142,9 @@ pub struct RedisBroker {
     hot: Arc<archiver::HotPartitions>,
     /// On a Redis Cluster, each partition's primary when the node last subscribed there.
     owners: Mutex<Vec<Option<String>>>,
+    /// Some track is suspect of following a stream that lost writes and was not checked
+    /// yet (a check failed, or a read found a reused offset): the next resync checks it.
+    unverified: AtomicBool,
     /// Sweep slices handed to new tracks, round robin.
     next_slice: AtomicU32,
     /// Short-interval position checks so far.
@@ -189,6 +192,7 @@ impl RedisBroker {
             }),
             hot: hot.clone(),
             owners: Mutex::default(),
+            unverified: AtomicBool::new(false),
             next_slice: AtomicU32::new(0),
             check_round: AtomicU32::new(0),
             config,

@@ -17,4 +17,5 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod tcp;
+pub mod tls;
 pub mod workers;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use gateway::config::{Config, Settings};
 use gateway::hub::Hub;
 use gateway::node::Node;
-use gateway::{backends, http, metrics, server, workers};
+use gateway::{backends, http, metrics, server, tls, workers};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,6 +74,15 @@ fn main() -> ExitCode {
         eprintln!("gateway: configuration error: {}", one_line(&e));
         return ExitCode::from(CONFIG_ERROR);
     }
+    // The certificate and key are read before anything starts: a missing file or a key that
+    // is not the certificate's is a configuration error.
+    let tls = match config.tls.as_ref().map(tls::Tls::load).transpose() {
+        Ok(tls) => tls.map(Arc::new),
+        Err(e) => {
+            eprintln!("gateway: configuration error: --tls-cert/--tls-key: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
     // Worker 0 is this thread; `server::serve` starts the others (see `workers`).
     let worker_count = config
         .worker_threads
@@ -86,7 +95,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, worker_count)) {
+    match runtime.block_on(run(config, tls, worker_count)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gateway stopped");
@@ -96,15 +105,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config, worker_count: usize) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    tls: Option<Arc<tls::Tls>>,
+    worker_count: usize,
+) -> anyhow::Result<()> {
     let prometheus = metrics::install()?;
     let listeners = server::bind(&config.listen, worker_count)
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listeners[0].local_addr()?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let public_url = config
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("ws://{addr}/ws"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}/ws"));
     if config.dev {
         tracing::warn!(
             "dev mode: POST /dev/token mints tokens for anyone; never use in production"
@@ -116,6 +130,7 @@ async fn run(config: Config, worker_count: usize) -> anyhow::Result<()> {
         }
     }
     let stop = server::shutdown_signal().context("installing signal handlers")?;
+    tls::reload_on_sighup(tls.clone()).context("installing the SIGHUP handler")?;
     let hub = Arc::new(Hub::new(&config.node_id));
     let (backends, changes) = backends::connect(&config, hub.clone()).await?;
     let mode = if config.redis.is_some() {
@@ -132,10 +147,11 @@ async fn run(config: Config, worker_count: usize) -> anyhow::Result<()> {
         node = %node.config.node_id,
         mode,
         workers = worker_count,
+        tls = tls.is_some(),
         "listening"
     );
     let router = http::router(node.clone());
-    server::serve(node, listeners, router, stop)
+    server::serve(node, listeners, router, tls, stop)
         .await
         .context("starting a worker")
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub publish_to_write: Histogram,
     /// Sockets answered 503 at accept (past `--max-http-connections`).
     pub http_refused: Counter,
+    /// TLS handshakes that failed or ran past the handshake timeout (`--tls-cert`).
+    pub tls_failed: Counter,
     /// Payload bytes held in the embedded engine's history.
     pub history_bytes: Gauge,
     /// Connections accepted whose user's home node (`/v1/route`) is another live node.
@@ -52,6 +54,7 @@ pub fn metrics() -> &'static Metrics {
         queue_overflows: counter!("gateway_outbound_queue_overflows_total"),
         publish_to_write: histogram!("gateway_publish_to_write_seconds"),
         http_refused: counter!("gateway_http_refused_total"),
+        tls_failed: counter!("gateway_tls_handshake_failures_total"),
         misrouted: counter!("gateway_misrouted_connections_total"),
         history_bytes: gauge!("gateway_history_bytes"),
     })

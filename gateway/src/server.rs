@@ -5,6 +5,7 @@ use crate::http::raw;
 use crate::metrics::metrics;
 use crate::node::Node;
 use crate::tcp;
+use crate::tls::Tls;
 use crate::workers::{self, WorkerId};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,6 +29,7 @@ pub async fn serve(
     node: Arc<Node>,
     listeners: Vec<std::net::TcpListener>,
     router: Router,
+    tls: Option<Arc<Tls>>,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut listeners = listeners.into_iter();
@@ -41,6 +43,7 @@ pub async fn serve(
     for (i, listener) in listeners.enumerate() {
         let index = (i + 1) as WorkerId;
         let (node, router, http_open) = (node.clone(), router.clone(), http_open.clone());
+        let tls = tls.clone();
         let mut stop = workers_stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("gateway-w{index}"))
@@ -48,7 +51,7 @@ pub async fn serve(
                 workers::runtime(index)?.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
                     tokio::select! {
-                        _ = accept_loop(node, listener, router, http_open) => {}
+                        _ = accept_loop(node, listener, router, tls, http_open) => {}
                         _ = stop.wait_for(|stop| *stop) => {}
                     }
                     Ok(())
@@ -62,6 +65,7 @@ pub async fn serve(
         node.clone(),
         first,
         router,
+        tls,
         http_open,
     )));
     let accept = async move {
@@ -181,6 +185,7 @@ async fn accept_loop(
     node: Arc<Node>,
     listener: TcpListener,
     router: Router,
+    tls: Option<Arc<Tls>>,
     http_open: Arc<AtomicUsize>,
 ) {
     let header_timeout = node.config.limits.handshake_timeout;
@@ -207,24 +212,50 @@ async fn accept_loop(
             continue;
         }
         let slot = HttpSlot(http_open.clone());
-        let (node, router) = (node.clone(), router.clone());
+        let (node, router, tls) = (node.clone(), router.clone(), tls.clone());
         tokio::spawn(async move {
             let _slot = slot;
             let deadline = tokio::time::Instant::now() + header_timeout;
+            if let Some(tls) = tls {
+                // The TLS handshake is part of the handshake deadline. Everything over TLS
+                // goes through hyper (WebSocket upgrades on its routes): the node's own
+                // reading of a first request saves less than TLS costs.
+                let accepted = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream));
+                match accepted.await {
+                    Ok(Ok(stream)) => serve_http(stream, router, header_timeout).await,
+                    Ok(Err(e)) => {
+                        metrics().tls_failed.increment(1);
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics().tls_failed.increment(1);
+                        tracing::debug!("TLS handshake timed out");
+                    }
+                }
+                return;
+            }
             // A WebSocket handshake as the first request is answered without hyper.
             let stream = match raw::first_request(&node, stream, deadline).await {
                 raw::First::Hyper(stream) => stream,
                 raw::First::Session | raw::First::Done => return,
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
-                .with_upgrades();
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "http connection ended with an error");
-            }
+            serve_http(stream, router, header_timeout).await;
         });
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` with hyper until the connection ends or is upgraded.
+async fn serve_http<S>(stream: S, router: Router, header_timeout: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+        .with_upgrades();
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Connect {
     bearer: Option<String>,
     protocols: Option<String>,
     headers: Vec<(String, String)>,
+    /// `wss://`, trusting these roots.
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// A handshake the server refused with an HTTP status instead of upgrading.
@@ -68,6 +70,7 @@ impl Connect {
             bearer: None,
             protocols: None,
             headers: Vec::new(),
+            tls: None,
         }
     }
 
@@ -106,8 +109,15 @@ impl Connect {
         self.protocol("v1.msgpack")
     }
 
+    /// Over TLS (`wss://`), the server verified against `config`'s roots.
+    pub fn tls(mut self, config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>) -> Connect {
+        self.tls = Some(config);
+        self
+    }
+
     fn url(&self) -> String {
-        let mut url = format!("ws://{}{}", self.addr, self.path);
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let mut url = format!("{scheme}://{}{}", self.addr, self.path);
         let mut sep = '?';
         if let Some(t) = &self.query_token {
             url.push_str("?token=");
@@ -150,7 +160,9 @@ impl Connect {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(256 << 20);
         config.max_frame_size = Some(256 << 20);
-        let fut = tokio_tungstenite::connect_async_with_config(req, Some(config), false);
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let fut =
+            tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, connector);
         match tokio::time::timeout(REPLY_TIMEOUT, fut).await {
             Ok(r) => r,
             Err(_) => Err(tungstenite::Error::Io(std::io::Error::new(

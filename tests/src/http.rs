@@ -62,6 +62,25 @@ pub async fn http(
         .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"))
 }
 
+/// [`http`] over TLS (`https://`), the server verified against `tls`'s roots as `127.0.0.1`.
+pub async fn https(
+    addr: &str,
+    tls: &std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpResponse {
+    let exchange = async {
+        let (stream, _) = crate::tls::tls_connect(addr, tls).await?;
+        exchange_on(stream, addr, method, path, headers, body).await
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no complete response in {HTTP_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{method} {path} over TLS: {e:#}"))
+}
+
 async fn exchange(
     addr: &str,
     method: &str,
@@ -70,6 +89,20 @@ async fn exchange(
     body: Option<&str>,
 ) -> anyhow::Result<HttpResponse> {
     let stream = TcpStream::connect(addr).await?;
+    exchange_on(stream, addr, method, path, headers, body).await
+}
+
+async fn exchange_on<S>(
+    stream: S,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<HttpResponse>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // The connection's driver: it ends with the response (`Connection: close`).

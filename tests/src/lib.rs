@@ -19,6 +19,7 @@ pub mod partition;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
 pub use gateway::{
@@ -27,7 +28,7 @@ pub use gateway::{
 };
 pub use http::{
     API_AUTH, HttpResponse, api_get, api_post, api_publish, assert_api_error, exchange_head, http,
-    metric, metric_value, parse_response, read_until_closed,
+    https, metric, metric_value, parse_response, read_until_closed,
 };
 pub use jwt::{API_KEY, KeyKind, KeyPair, TEST_SECRET, Token, now_secs, token};
 pub use loadgen::{LoadgenRun, assert_clean, run_loadgen, run_loadgen_full, run_loadgen_urls};
@@ -35,6 +36,7 @@ pub use nginx::Nginx;
 pub use postgres::{ArchivedRow, PgDatabase};
 pub use proxy::TcpProxy;
 pub use redis::{REDIS_CLUSTER_ENV, Redis, RedisCluster, RedisServer, RedisUrl};
+pub use tls::{ServerCert, TestCa, tls_connect};
 
 use std::time::Duration;
 

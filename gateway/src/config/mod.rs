@@ -98,6 +98,15 @@ impl Limits {
     }
 }
 
+/// Where the listener's TLS certificate and key are read from (at start and on SIGHUP).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, the node's own certificate first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+}
+
 /// The checked configuration the node runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -107,6 +116,8 @@ pub struct Config {
     pub node_id: String,
     /// Public WebSocket URL, if configured (else derived from the bound address).
     pub public_url: Option<String>,
+    /// TLS on the listener: the certificate chain and key files (PEM).
+    pub tls: Option<TlsFiles>,
     /// Token verification.
     pub jwt: JwtConfig,
     /// API key.
@@ -342,6 +353,11 @@ impl Config {
             request_timeout: Duration::from_secs(s.request_timeout_secs.max(1)),
         };
         let allowed_origins = AllowedOrigins::parse(s.allowed_origins.as_deref().unwrap_or(""))?;
+        let tls = match (s.tls_cert, s.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together: give both, or neither"),
+        };
         if s.worker_threads == Some(0) {
             bail!("--worker-threads must be at least 1");
         }
@@ -352,6 +368,7 @@ impl Config {
                 .node_id
                 .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
             public_url: s.public_url,
+            tls,
             jwt,
             generated_api_key: s.dev && s.api_key.as_deref().is_none_or(str::is_empty),
             api_key: s.api_key.filter(|k| !k.is_empty()).or_else(|| {

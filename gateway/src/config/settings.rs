@@ -27,9 +27,17 @@ pub struct Settings {
     /// This node's id [default: generated].
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
-    /// WebSocket URL clients reach this node at [default: ws://<listen>/ws].
+    /// WebSocket URL clients reach this node at [default: ws://<listen>/ws, or wss:// with
+    /// --tls-cert].
     #[arg(long, env = "GATEWAY_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// PEM certificate chain: the node serves TLS on --listen (`wss://`, `https://`, HTTP/1.1),
+    /// and reads the certificate and key again on SIGHUP. Needs --tls-key.
+    #[arg(long, env = "GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// HS256 secret, at least 32 bytes (required unless --dev or a public key is used).
     #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

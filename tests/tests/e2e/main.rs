@@ -23,3 +23,4 @@ mod publish_outcome;
 mod recovery;
 
 mod slow_consumer;
+mod tls;

@@ -24,6 +24,19 @@ pub struct Namespace {
     /// Messages go to the archive (when there is one) [default: true].
     #[serde(default = "yes")]
     pub archive: bool,
+    /// Delta types subscribers may ask for (Centrifugo's `delta` on subscribe): `["fossil"]`
+    /// sends each publication to them as a Fossil delta from the previous one when that is
+    /// smaller [default: none].
+    #[serde(default)]
+    pub allowed_delta_types: Vec<DeltaType>,
+}
+
+/// A delta encoding of publications (see `crate::delta`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaType {
+    /// Fossil's delta format, which centrifuge-js applies.
+    Fossil,
 }
 
 /// How one subscription hears of users joining and leaving a presence channel. Changes are
@@ -68,6 +81,7 @@ impl Namespace {
             presence: true,
             join_leave: JoinLeave::Each,
             archive: true,
+            allowed_delta_types: Vec::new(),
         }]
     }
 }
@@ -145,6 +159,15 @@ impl Acl {
         }
     }
 
+    /// Whether subscribers of `channel` may have Fossil deltas (its namespace allows them;
+    /// never on personal channels).
+    pub fn delta_allowed(&self, channel: &str) -> bool {
+        !channel.starts_with(PERSONAL_PREFIX)
+            && self
+                .namespace(channel)
+                .is_some_and(|n| n.allowed_delta_types.contains(&DeltaType::Fossil))
+    }
+
     /// Whether messages on `channel` are archived (personal channels and channels outside
     /// any namespace are; a namespace may opt out with `archive = false`).
     pub fn archive_enabled(&self, channel: &str) -> bool {
@@ -194,10 +217,13 @@ mod tests {
             presence: false,
             join_leave: JoinLeave::Diff,
             archive: false,
+            allowed_delta_types: vec![DeltaType::Fossil],
         });
         let acl = Acl::new(namespaces, true);
         assert!(acl.archive_enabled("room:x") && acl.archive_enabled("user:a"));
         assert!(acl.archive_enabled("other:x") && !acl.archive_enabled("news:x"));
+        assert!(acl.delta_allowed("news:x") && !acl.delta_allowed("room:x"));
+        assert!(!acl.delta_allowed("user:a") && !acl.delta_allowed("other:x"));
         let none: Vec<String> = vec![];
         assert!(acl.allows("a", &none, "room:x", Action::Subscribe));
         assert!(acl.allows("a", &none, "room:x", Action::Publish));

@@ -30,6 +30,23 @@ pub struct Delivery {
     /// When the node received it (publish-to-write latency starts here).
     pub received_at: Instant,
     wire: [OnceLock<Wire>; Encoding::COUNT],
+    /// On a channel whose namespace allows deltas: what subscriptions with deltas get.
+    deltas: Option<Box<DeltaFrames>>,
+}
+
+/// A publication's frames for subscriptions with deltas (see `crate::delta`), each made on
+/// first use.
+#[derive(Debug)]
+struct DeltaFrames {
+    /// The channel's publication before this one (offset - 1, same epoch), when the node
+    /// delivered it.
+    prev: Option<Arc<Publication>>,
+    /// The delta from `prev`'s payload, when smaller than the payload.
+    delta: OnceLock<Option<Vec<u8>>>,
+    /// The delta push, per Centrifugo encoding (JSON: only for a delta that is UTF-8).
+    delta_wire: [OnceLock<Option<Wire>>; 2],
+    /// The whole payload as a JSON string (Centrifugo JSON; Protobuf uses the plain frame).
+    text_wire: OnceLock<Wire>,
 }
 
 /// A whole WebSocket frame and the length of its payload (what `gateway_bytes_out_total`
@@ -47,6 +64,30 @@ impl Delivery {
             publication,
             received_at: Instant::now(),
             wire: Default::default(),
+            deltas: None,
+        })
+    }
+
+    /// Wraps `publication` of a channel that allows deltas, received now, with the channel's
+    /// publication before it as this node delivered it (`prev`, if any): kept only when it
+    /// is the one right before, in the same epoch.
+    pub fn with_previous(
+        publication: Arc<Publication>,
+        prev: Option<Arc<Publication>>,
+    ) -> Arc<Self> {
+        let prev = prev.filter(|p| {
+            p.epoch == publication.epoch && p.offset.checked_add(1) == Some(publication.offset)
+        });
+        Arc::new(Self {
+            publication,
+            received_at: Instant::now(),
+            wire: Default::default(),
+            deltas: Some(Box::new(DeltaFrames {
+                prev,
+                delta: OnceLock::new(),
+                delta_wire: Default::default(),
+                text_wire: OnceLock::new(),
+            })),
         })
     }
 
@@ -54,14 +95,72 @@ impl Delivery {
     pub fn wire(&self, encoding: Encoding) -> &Wire {
         self.wire[encoding.slot()].get_or_init(|| {
             let message = message_frame(encoding, &self.publication);
-            let payload = frame_bytes(&message);
-            let mut bytes = Vec::new();
-            put_frame(&mut bytes, encoding, payload);
-            Wire {
-                bytes: bytes.into_boxed_slice(),
-                payload: payload.len(),
-            }
+            Wire::of(encoding, frame_bytes(&message))
         })
+    }
+
+    /// The push for a subscription with deltas whose last publication on the wire was at
+    /// offset `base`: the delta from it when this publication follows it and a delta is worth
+    /// sending, else the whole payload (in Centrifugo JSON, as a string). `None` only for a
+    /// delivery wrapped without the channel's deltas (a subscription that began while this
+    /// was on its way): the caller makes the frame with [`Delivery::whole_for_delta`].
+    pub fn delta_wire(&self, encoding: Encoding, base: Option<u64>) -> Option<&Wire> {
+        let frames = self.deltas.as_deref()?;
+        let slot = match encoding {
+            Encoding::CentrifugeJson => 0,
+            Encoding::CentrifugeProtobuf => 1,
+            // v1 has no deltas.
+            _ => return Some(self.wire(encoding)),
+        };
+        if let Some(prev) = &frames.prev
+            && base == Some(prev.offset)
+        {
+            let delta = frames.delta.get_or_init(|| {
+                let before = crate::protocol::centrifuge::json_data(prev);
+                let now = crate::protocol::centrifuge::json_data(&self.publication);
+                crate::delta::fossil(&before, &now)
+            });
+            let wire = frames.delta_wire[slot].get_or_init(|| {
+                let delta = delta.as_deref()?;
+                if encoding == Encoding::CentrifugeJson && !crate::delta::is_text(delta) {
+                    return None;
+                }
+                let push = crate::protocol::centrifuge::delta_push(
+                    encoding,
+                    &self.publication,
+                    Some(delta),
+                );
+                Some(Wire::of(encoding, &push))
+            });
+            if let Some(wire) = wire {
+                return Some(wire);
+            }
+        }
+        Some(match encoding {
+            Encoding::CentrifugeJson => frames
+                .text_wire
+                .get_or_init(|| self.whole_for_delta(encoding)),
+            _ => self.wire(encoding),
+        })
+    }
+
+    /// The whole publication's push for a subscription with deltas (see
+    /// [`Delivery::delta_wire`]), made now.
+    pub fn whole_for_delta(&self, encoding: Encoding) -> Wire {
+        let push = crate::protocol::centrifuge::delta_push(encoding, &self.publication, None);
+        Wire::of(encoding, &push)
+    }
+}
+
+impl Wire {
+    /// `payload` framed for the socket in `encoding`.
+    fn of(encoding: Encoding, payload: &[u8]) -> Wire {
+        let mut bytes = Vec::with_capacity(payload.len() + 10);
+        put_frame(&mut bytes, encoding, payload);
+        Wire {
+            bytes: bytes.into_boxed_slice(),
+            payload: payload.len(),
+        }
     }
 }
 

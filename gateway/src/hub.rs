@@ -46,6 +46,9 @@ struct Channel {
     subs: IndexMap<u64, Subscriber>,
     each: usize,
     diff: usize,
+    /// Once a subscription with deltas is here: the last publication delivered, which the
+    /// next one's delta is made from (see `crate::delta`).
+    last: Option<Mutex<Option<Arc<Publication>>>>,
 }
 
 impl Channel {
@@ -176,6 +179,17 @@ impl Hub {
             None => self.subscription_added(),
         }
         state.count(join_leave, true);
+    }
+
+    /// Keeps `channel`'s last publication from now on (while the node has subscribers there),
+    /// for the deltas of subscriptions that asked for them. The personal channel has none.
+    pub fn keep_last(&self, channel: &str) {
+        if let Some(state) = self.channels.get(channel).map(|s| s.value().clone()) {
+            let mut state = state.write();
+            if state.last.is_none() {
+                state.last = Some(Mutex::new(None));
+            }
+        }
     }
 
     /// Removes `conn` from `channel`. Returns true when the node has no subscriber left there.
@@ -352,9 +366,31 @@ impl Dispatcher for Hub {
     fn dispatch(&self, publication: &Arc<Publication>) {
         // Wrapped once for the node (frames cached there), and only when someone is here.
         let mut delivery: Option<Arc<Delivery>> = None;
-        let n = self.for_each_subscriber(&publication.channel, |conn| {
-            conn.deliver(delivery.get_or_insert_with(|| Delivery::new(publication.clone())))
-        });
+        let channel = &publication.channel;
+        let n = if channel.starts_with(PERSONAL_PREFIX) {
+            self.for_each_subscriber(channel, |conn| {
+                conn.deliver(delivery.get_or_insert_with(|| Delivery::new(publication.clone())))
+            })
+        } else {
+            let Some(state) = self.channels.get(&**channel).map(|s| s.value().clone()) else {
+                return;
+            };
+            let state = state.read();
+            // A channel with deltas: this publication goes with the one before it. The
+            // broker dispatches one channel's publications one at a time, in offset order.
+            let mut prev = state
+                .last
+                .as_ref()
+                .map(|last| last.lock().replace(publication.clone()));
+            for sub in state.subs.values() {
+                let delivery = delivery.get_or_insert_with(|| match prev.take() {
+                    Some(prev) => Delivery::with_previous(publication.clone(), prev),
+                    None => Delivery::new(publication.clone()),
+                });
+                sub.conn.deliver(delivery);
+            }
+            state.subs.len()
+        };
         self.delivered.fetch_add(n as u64, Ordering::Relaxed);
     }
 

@@ -7,6 +7,7 @@ pub mod backends;
 mod cmd;
 pub mod config;
 pub mod conn;
+pub mod delta;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -65,6 +65,19 @@ impl ChannelLocks {
     }
 }
 
+/// What a subscribe asks of [`Node::recover`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Recovery<'a> {
+    /// The client's last offset, to recover from.
+    pub since: Option<u64>,
+    /// The epoch of `since`.
+    pub epoch: Option<&'a str>,
+    /// A subscription token's expiry, Unix seconds, for the reply.
+    pub expires: Option<u64>,
+    /// The subscription has Fossil deltas (the reply says so).
+    pub delta: bool,
+}
+
 /// The shared state of a node.
 pub struct Node {
     /// Checked configuration.
@@ -301,16 +314,22 @@ impl Node {
     /// Answers subscribe `id` of `conn` (already joined and in recovery for `channel`): reads
     /// the channel's position and, with `since`, what the client missed (a barrier: see the
     /// broker contract), then queues the reply, the replayed messages and the live ones
-    /// buffered meanwhile, in that order.
+    /// buffered meanwhile, in that order. Returns the offset of the last publication the
+    /// reply itself carries (Centrifugo's protocol, recovered), which is the client's base
+    /// for the next delta.
     pub async fn recover(
         &self,
         conn: &Conn,
         id: i64,
         channel: &Arc<str>,
-        since: Option<u64>,
-        epoch: Option<&str>,
-        expires: Option<u64>,
-    ) -> Result<(), BrokerError> {
+        wanted: Recovery<'_>,
+    ) -> Result<Option<u64>, BrokerError> {
+        let Recovery {
+            since,
+            epoch,
+            expires,
+            delta,
+        } = wanted;
         let query = HistoryQuery {
             since: since.map(|s| s.min(u64::MAX - 1)),
             before: None,
@@ -341,6 +360,11 @@ impl Node {
                 recovered: false,
             },
         };
+        // The last publication carried in a Centrifugo reply (v1 replays them as pushes).
+        let base = match conn.encoding.is_centrifuge() && outcome.recovered {
+            true => outcome.publications.last().map(|p| p.offset),
+            false => None,
+        };
         let (reply, replay) = subscribe_reply_frame(
             conn.encoding,
             id,
@@ -351,11 +375,12 @@ impl Node {
                 recovered: outcome.recovered,
                 publications: outcome.publications,
                 expires,
+                delta,
             },
         );
         let replay = replay.into_iter().map(Delivery::new).collect();
         conn.finish_recovery(channel, reply, replay, latest);
-        Ok(())
+        Ok(base)
     }
 
     /// Publishes the presence event when `changed` says the user's first connection arrived
@@ -524,9 +549,11 @@ mod tests {
     async fn subscribe(node: &Arc<Node>, conn: &Arc<Conn>, channel: &Arc<str>) {
         conn.begin_recovery(channel.clone());
         node.join(conn, channel, None, None).await.unwrap();
-        node.recover(conn, 1, channel, Some(0), None, None)
-            .await
-            .unwrap();
+        let wanted = Recovery {
+            since: Some(0),
+            ..Recovery::default()
+        };
+        node.recover(conn, 1, channel, wanted).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -22,6 +22,7 @@ impl Session {
                 epoch,
                 join_leave,
                 token,
+                delta,
             } => {
                 let request = subscribe::Request {
                     channel,
@@ -29,6 +30,7 @@ impl Session {
                     epoch,
                     join_leave,
                     token,
+                    delta,
                 };
                 subscribe::apply(self, id, request).await
             }

@@ -2,6 +2,7 @@
 //! and `sub_refresh`, which extends a subscription token's grant.
 
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
+use crate::node::Recovery;
 use crate::protocol::{Answer, ErrorCode};
 use crate::session::{End, Grant, Session, expiry_instant};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub(super) struct Request {
     pub join_leave: Option<JoinLeave>,
     /// A subscription token for the channel.
     pub token: Option<String>,
+    /// Fossil deltas asked for.
+    pub delta: bool,
 }
 
 /// Checks a subscription token for `channel`: its expiry (Unix seconds) when it grants the
@@ -46,12 +49,16 @@ fn check_token(
 /// Records (or renews) a subscription token's grant of `channel`.
 fn grant(session: &mut Session, channel: &str, exp: Option<u64>) {
     let expires_at = exp.map(|exp| expiry_instant(&session.reg.node, exp));
-    match session.grants.iter_mut().find(|g| *g.channel == *channel) {
+    match session
+        .grants_mut()
+        .iter_mut()
+        .find(|g| *g.channel == *channel)
+    {
         Some(g) => {
             g.expires_at = expires_at;
             g.exp = exp;
         }
-        None => session.grants.push(Grant {
+        None => session.grants_mut().push(Grant {
             channel: channel.into(),
             expires_at,
             exp,
@@ -61,7 +68,7 @@ fn grant(session: &mut Session, channel: &str, exp: Option<u64>) {
 
 /// `sub_refresh`: a new subscription token for a channel the connection holds by one.
 pub(super) fn refresh(session: &mut Session, id: i64, channel: &str, token: &str) -> Option<End> {
-    if !session.grants.iter().any(|g| *g.channel == *channel) {
+    if !session.grants().iter().any(|g| *g.channel == *channel) {
         session.error(
             id,
             ErrorCode::Forbidden,
@@ -88,6 +95,7 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
         epoch,
         join_leave,
         token,
+        delta,
     } = request;
     if let Some(token) = token {
         match check_token(session, &channel, &token) {
@@ -100,7 +108,7 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
     }
     // A subscription by token expires with it: the reply says when.
     let expires = session
-        .grants
+        .grants()
         .iter()
         .find(|g| *g.channel == *channel)
         .and_then(|g| g.exp);
@@ -159,18 +167,25 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
         }
     };
     let node = session.reg.node.clone();
-    if let Err(e) = node
-        .recover(
-            &session.reg.conn,
-            id,
-            &channel,
-            since,
-            epoch.as_deref(),
-            expires,
-        )
-        .await
-    {
-        session.broker_error(id, e);
+    // Deltas where the namespace allows them; the reply says whether they are on.
+    let delta = delta && node.acl.delta_allowed(&channel);
+    if delta {
+        node.hub.keep_last(&channel);
+    }
+    let wanted = Recovery {
+        since,
+        epoch: epoch.as_deref(),
+        expires,
+        delta,
+    };
+    let recovered = node.recover(&session.reg.conn, id, &channel, wanted).await;
+    match recovered {
+        // The client's base for the next delta: the last publication in the reply.
+        Ok(base) => session.set_delta(&channel, delta.then_some(base)),
+        Err(e) => {
+            session.set_delta(&channel, None);
+            session.broker_error(id, e);
+        }
     }
     None
 }

@@ -11,7 +11,7 @@ pub(super) async fn apply(session: &mut Session, id: i64, channel: &str) -> Opti
     }
     // A subscription token's grant ends with the subscription: subscribing again takes a
     // token again.
-    session.grants.retain(|g| *g.channel != *channel);
+    session.grants_mut().retain(|g| *g.channel != *channel);
     // Centrifugo's SDKs reconnect on any error to `unsubscribe`: there, leaving a channel
     // the connection does not have succeeds, as Centrifugo answers.
     if session.leave(channel).await || session.reg.conn.encoding.is_centrifuge() {

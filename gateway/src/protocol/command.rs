@@ -94,6 +94,9 @@ pub enum Op {
         /// A subscription token (Centrifugo's protocol): a JWT that grants this one
         /// channel to this user, beyond what the connection token grants.
         token: Option<String>,
+        /// Fossil deltas asked for (Centrifugo's protocol, `delta: "fossil"`): granted
+        /// where the namespace allows them.
+        delta: bool,
     },
     /// Unsubscribe.
     Unsubscribe {
@@ -237,6 +240,7 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
             epoch: fields.opt_string("epoch")?,
             join_leave: fields.join_leave()?,
             token: None,
+            delta: false,
         },
         "unsubscribe" => Op::Unsubscribe {
             channel: fields.channel()?,
@@ -433,6 +437,7 @@ mod tests {
                 epoch: None,
                 join_leave: Some(JoinLeave::Diff),
                 token: None,
+                delta: false,
             }
         );
         for (value, mode) in [

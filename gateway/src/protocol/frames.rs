@@ -157,6 +157,7 @@ pub fn subscribe_reply_frame(
         recovered,
         publications,
         expires,
+        delta,
     } = recovery;
     if encoding.is_centrifuge() {
         // A recovered subscription's reply holds the client's own position, which the
@@ -174,6 +175,7 @@ pub fn subscribe_reply_frame(
                 recovering: since.map(|_| recovered),
                 publications: &publications,
                 expires,
+                delta,
             },
         );
         return (reply, Vec::new());
@@ -202,6 +204,8 @@ pub struct SubscribeAnswer {
     /// When the subscription expires (a subscription token's `exp`, Unix seconds): the
     /// client renews it before then (Centrifugo's `sub_refresh`; v1 has no such tokens).
     pub expires: Option<u64>,
+    /// Fossil deltas granted (Centrifugo's protocol).
+    pub delta: bool,
 }
 
 #[derive(Serialize)]

@@ -102,8 +102,9 @@ pub(crate) struct Session {
     pub(crate) expires_at: Instant,
     /// Subscribed channels; the personal channel first.
     pub(crate) subs: Vec<Arc<str>>,
-    /// Channels granted by subscription tokens (Centrifugo's protocol), beyond `patterns`.
-    pub(crate) grants: Vec<Grant>,
+    /// What only some connections have (subscription tokens, deltas): boxed, so that the
+    /// others pay one pointer for it.
+    extras: Option<Box<Extras>>,
     /// Publishes.
     pub(crate) bucket: TokenBucket,
     /// Subscribes and unsubscribes (each can make presence announce to a whole room).
@@ -115,6 +116,17 @@ pub(crate) struct Session {
     /// Centrifugo's protocol: the `connect` command being answered and the commands that
     /// came behind it in the same frame, until the session has started.
     pub(crate) first: Option<Box<FirstFrame>>,
+}
+
+/// A session's rarely used state (see `Session::extras`).
+#[derive(Default)]
+struct Extras {
+    /// Channels granted by subscription tokens (Centrifugo's protocol), beyond `patterns`.
+    grants: Vec<Grant>,
+    /// Subscriptions with Fossil deltas (Centrifugo's protocol), each with the offset of the
+    /// last publication written on it, which is the client's base for the next delta
+    /// (`None`: the client's base is unknown, the next one goes whole).
+    deltas: Vec<(Arc<str>, Option<u64>)>,
 }
 
 /// A channel granted by a subscription token, until it expires.
@@ -331,7 +343,7 @@ impl Session {
             name: claims.name,
             patterns: claims.channels,
             subs: Vec::new(),
-            grants: Vec::new(),
+            extras: None,
             bucket: TokenBucket::new(limits.publish_burst, now),
             sub_bucket: TokenBucket::new(limits.subscribe_burst, now),
             rate_limited: MinuteCounter::new(now),
@@ -340,6 +352,29 @@ impl Session {
             next_ping: now + limits.ping_interval,
             first: None,
             reg,
+        }
+    }
+
+    /// Channels granted by subscription tokens (Centrifugo's protocol), beyond `patterns`.
+    pub(crate) fn grants(&self) -> &[Grant] {
+        self.extras.as_deref().map_or(&[], |e| &e.grants)
+    }
+
+    /// Changes the grants.
+    pub(crate) fn grants_mut(&mut self) -> &mut Vec<Grant> {
+        &mut self.extras.get_or_insert_with(Box::default).grants
+    }
+
+    /// Records whether `channel`'s subscription has deltas, and if so, the offset of the last
+    /// publication the client has there (`base`, from the subscribe reply).
+    pub(crate) fn set_delta(&mut self, channel: &Arc<str>, delta: Option<Option<u64>>) {
+        if delta.is_none() && self.extras.is_none() {
+            return;
+        }
+        let deltas = &mut self.extras.get_or_insert_with(Box::default).deltas;
+        deltas.retain(|(c, _)| c != channel);
+        if let Some(base) = delta {
+            deltas.push((channel.clone(), base));
         }
     }
 
@@ -463,7 +498,7 @@ impl Session {
 
     fn deadline(&self) -> Instant {
         let idle = self.last_seen + self.reg.node.config.limits.idle_timeout;
-        let granted = self.grants.iter().filter_map(|g| g.expires_at).min();
+        let granted = self.grants().iter().filter_map(|g| g.expires_at).min();
         let deadline = self.next_ping.min(idle).min(self.expires_at);
         granted.map_or(deadline, |g| deadline.min(g))
     }
@@ -506,7 +541,7 @@ impl Session {
 
     /// Writes everything queued, racing the close request.
     async fn write_pending(
-        &self,
+        &mut self,
         ws: &mut WebSocket,
         batch: &mut VecDeque<Outbound>,
     ) -> Result<(), End> {
@@ -516,7 +551,7 @@ impl Session {
     /// [`Self::write_pending`], with `preamble` (the `101`'s bytes) written before the first
     /// batch, in the same write.
     async fn write_batches(
-        &self,
+        &mut self,
         ws: &mut WebSocket,
         batch: &mut VecDeque<Outbound>,
         mut preamble: Vec<u8>,
@@ -552,7 +587,26 @@ impl Session {
                     }
                     Outbound::Message(d) => {
                         oldest.get_or_insert(d.received_at);
-                        let wire = d.wire(encoding);
+                        let base = self.extras.as_deref_mut().and_then(|e| {
+                            e.deltas
+                                .iter_mut()
+                                .find(|(c, _)| *c == d.publication.channel)
+                                .map(|(_, base)| base)
+                        });
+                        let made;
+                        let wire = match base {
+                            None => d.wire(encoding),
+                            Some(base) => {
+                                let at = base.replace(d.publication.offset);
+                                match d.delta_wire(encoding, at) {
+                                    Some(wire) => wire,
+                                    None => {
+                                        made = d.whole_for_delta(encoding);
+                                        &made
+                                    }
+                                }
+                            }
+                        };
                         bytes += wire.payload as u64;
                         out.extend_from_slice(&wire.bytes);
                     }
@@ -733,7 +787,7 @@ impl Session {
     }
 
     pub(crate) fn allowed(&self, channel: &str, action: Action) -> bool {
-        (action == Action::Subscribe && self.grants.iter().any(|g| *g.channel == *channel))
+        (action == Action::Subscribe && self.grants().iter().any(|g| *g.channel == *channel))
             || self
                 .reg
                 .node
@@ -745,13 +799,13 @@ impl Session {
     /// each with an `unsubscribe` push that asks for a new token.
     async fn end_expired_grants(&mut self, now: Instant) {
         let expired: Vec<Arc<str>> = self
-            .grants
+            .grants()
             .iter()
             .filter(|g| g.expires_at.is_some_and(|at| at <= now))
             .map(|g| g.channel.clone())
             .collect();
         for channel in expired {
-            self.grants.retain(|g| g.channel != channel);
+            self.grants_mut().retain(|g| g.channel != channel);
             if self.leave(&channel).await {
                 self.reg.conn.push_frame(unsubscribe_frame(
                     self.reg.conn.encoding,
@@ -788,6 +842,7 @@ impl Session {
             return false;
         };
         let channel = self.subs.swap_remove(i);
+        self.set_delta(&channel, None);
         self.reg.node.leave(&self.reg.conn, &channel).await;
         true
     }

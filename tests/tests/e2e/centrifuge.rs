@@ -588,3 +588,126 @@ async fn a_subscription_token_that_runs_out_ends_the_subscription_with_2501() {
         "only the message sent while subscribed: {late:?}"
     );
 }
+
+/// A document of about 20 KB whose `version` and `title` change.
+fn document(version: u64, title: &str) -> Value {
+    let rows: Vec<Value> = (0..300)
+        .map(|i| json!({"row": i, "name": format!("instrument {i}"), "bid": i * 7, "ask": i * 7 + 1}))
+        .collect();
+    json!({"version": version, "title": title, "rows": rows})
+}
+
+/// The payload text of a `pub` push on a subscription with deltas (`data` is a string),
+/// given the text of the one before: the whole text, or the delta applied to `prev`.
+fn payload_text(push: &Value, prev: Option<&str>) -> String {
+    let data = push["data"]
+        .as_str()
+        .expect("with deltas, data is a string");
+    if push["delta"] == true {
+        let prev = prev.expect("a delta only follows a publication");
+        let out = fossil_delta::apply(prev.as_bytes(), data.as_bytes()).expect("a valid delta");
+        String::from_utf8(out).expect("UTF-8")
+    } else {
+        data.to_owned()
+    }
+}
+
+#[tokio::test]
+async fn fossil_deltas_carry_big_documents_and_recovery_sends_them_whole() {
+    let dir = e2e::TempDir::new("delta");
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[[namespaces]]\nprefix = \"doc:\"\nopen = true\nallowed_delta_types = [\"fossil\"]\n",
+    )
+    .unwrap();
+    let gw = Gateway::builder()
+        .arg("--config", config.display())
+        .start()
+        .await;
+    let (mut cf, _) = Cf::connect(gw.addr(), "alice").await;
+    cf.send(&json!({"id": 2, "subscribe": {"channel": "doc:board", "delta": "fossil"}}))
+        .await;
+    assert_eq!(cf.reply(2).await["subscribe"]["delta"], true);
+    // A namespace without deltas says nothing of them, and sends payloads as they are.
+    cf.send(&json!({"id": 3, "subscribe": {"channel": "room:plain", "delta": "fossil"}}))
+        .await;
+    assert_eq!(cf.reply(3).await["subscribe"].get("delta"), None);
+    // An unknown delta type is a bad request.
+    cf.send(&json!({"id": 4, "subscribe": {"channel": "doc:other", "delta": "xdelta"}}))
+        .await;
+    assert_eq!(cf.reply(4).await["error"]["code"], 107);
+
+    let publish = async |doc: &Value| {
+        let r = e2e::api_post(
+            gw.addr(),
+            "/api/publish",
+            json!({"channel": "doc:board", "data": doc}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        e2e::as_u64(&r.json()["offset"])
+    };
+    // é then è: a delta there would end inside a character, so that one goes whole.
+    let titles = ["board", "board", "board é", "board è", "board"];
+    let mut prev: Option<String> = None;
+    let mut deltas = 0;
+    for (n, title) in (1..=12).zip(titles.iter().cycle()) {
+        let doc = document(n, title);
+        let offset = publish(&doc).await;
+        let push = cf
+            .until("the publication", |v| v["push"]["pub"]["offset"] == offset)
+            .await;
+        let p = &push["push"]["pub"];
+        if n == 1 {
+            assert_eq!(p.get("delta"), None, "the first after a subscribe is whole");
+        }
+        if p["delta"] == true {
+            deltas += 1;
+            assert!(p["data"].as_str().unwrap().len() < 200, "{p}");
+        }
+        let text = payload_text(p, prev.as_deref());
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
+        prev = Some(text);
+    }
+    assert!(deltas >= 8, "most went as deltas: {deltas}");
+
+    // A client that recovers from offset 5 gets the missed ones whole in the reply, then a
+    // delta from the last of them.
+    let (mut late, _) = Cf::connect(gw.addr(), "bob").await;
+    late.send(&json!({"id": 2, "subscribe": {"channel": "doc:board", "delta": "fossil",
+        "recover": true, "offset": 5, "epoch": cf.seen.iter().find(|v| v["id"] == 2).unwrap()["subscribe"]["epoch"]}}))
+        .await;
+    let reply = late.reply(2).await;
+    let sub = &reply["subscribe"];
+    assert_eq!(
+        (&sub["recovered"], &sub["delta"]),
+        (&json!(true), &json!(true)),
+        "{sub}"
+    );
+    let recovered = sub["publications"].as_array().unwrap();
+    assert_eq!(recovered.len(), 7);
+    let mut prev = None;
+    for p in recovered {
+        assert_eq!(p.get("delta"), None, "recovery sends whole payloads");
+        prev = Some(payload_text(p, None));
+    }
+    // A client that subscribes without recovering has no base: its first one goes whole,
+    // while the others get the delta.
+    let (mut fresh, _) = Cf::connect(gw.addr(), "carol").await;
+    fresh
+        .send(&json!({"id": 2, "subscribe": {"channel": "doc:board", "delta": "fossil"}}))
+        .await;
+    assert_eq!(fresh.reply(2).await["subscribe"]["delta"], true);
+    let doc = document(13, "board");
+    let offset = publish(&doc).await;
+    let at = |v: &Value| v["push"]["pub"]["offset"] == offset;
+    let push = late.until("the next publication", at).await;
+    assert_eq!(push["push"]["pub"]["delta"], true, "{push}");
+    let text = payload_text(&push["push"]["pub"], prev.as_deref());
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
+    let push = fresh.until("the next publication", at).await;
+    assert_eq!(push["push"]["pub"].get("delta"), None, "{push}");
+    let text = payload_text(&push["push"]["pub"], None);
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), doc);
+}

@@ -59,6 +59,8 @@ struct SubscribeRequest {
     join_leave: bool,
     #[serde(default)]
     token: String,
+    #[serde(default)]
+    delta: String,
 }
 
 #[derive(Deserialize)]
@@ -158,6 +160,7 @@ fn decode_line(line: &str) -> Result<Inbound, CommandError> {
             epoch: s.epoch,
             join_leave: s.join_leave,
             token: s.token,
+            delta: s.delta,
         }
     } else if let Some(u) = frame.unsubscribe {
         Request::Unsubscribe { channel: u.channel }
@@ -279,39 +282,70 @@ pub(super) fn error(id: i64, code: ErrorCode, message: &str) -> Bytes {
 }
 
 /// A publication as the protocol writes it: `{"data", "offset", "info"}` (the payload
-/// spliced in; a MessagePack payload converted to JSON).
-fn write_publication(out: &mut Vec<u8>, p: &Publication) {
+/// spliced in; a MessagePack payload converted to JSON). On a subscription with deltas,
+/// `data` is a JSON string instead, as centrifuge-js expects there: the payload's text
+/// (`Data::Text`), or a delta's (`Data::Delta`, which adds `"delta":true`).
+fn write_publication(out: &mut Vec<u8>, p: &Publication, data: Data<'_>) {
     out.extend_from_slice(b"{\"data\":");
-    out.extend_from_slice(&json_data(p));
+    match data {
+        Data::Raw => out.extend_from_slice(&json_data(p)),
+        Data::Text => json_text(out, &json_data(p)),
+        Data::Delta(delta) => json_text(out, delta),
+    }
     out.extend_from_slice(b",\"offset\":");
     out.extend_from_slice(p.offset.to_string().as_bytes());
     out.extend_from_slice(b",\"info\":{\"user\":");
     json_str(out, &p.from);
-    out.extend_from_slice(b",\"client\":\"\"}}");
+    out.extend_from_slice(b",\"client\":\"\"}");
+    if matches!(data, Data::Delta(_)) {
+        out.extend_from_slice(b",\"delta\":true");
+    }
+    out.push(b'}');
+}
+
+/// How a publication's `data` is written (see [`write_publication`]).
+#[derive(Debug, Clone, Copy)]
+enum Data<'a> {
+    Raw,
+    Text,
+    Delta(&'a [u8]),
+}
+
+/// UTF-8 `text` as a JSON string (the callers' bytes are UTF-8: JSON text, or a delta checked
+/// to be; anything else would be sent with replacement characters).
+fn json_text(out: &mut Vec<u8>, text: &[u8]) {
+    json_str(out, &String::from_utf8_lossy(text));
 }
 
 /// A JSON array of publications.
 fn write_publications<'a>(
     out: &mut Vec<u8>,
     publications: impl IntoIterator<Item = &'a Arc<Publication>>,
+    data: Data<'_>,
 ) {
     out.push(b'[');
     for (i, p) in publications.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_publication(out, p);
+        write_publication(out, p, data);
     }
     out.push(b']');
 }
 
-/// The `pub` push of one publication.
-pub(super) fn publication_push(p: &Publication) -> Bytes {
-    let mut out = Vec::with_capacity(p.data.bytes().len() + p.channel.len() + 96);
+/// The `pub` push of one publication: as it is, or for a subscription with deltas, its
+/// payload as text (`delta: None`) or `delta` from the previous one.
+pub(super) fn publication_push(p: &Publication, delta: Option<Option<&[u8]>>) -> Bytes {
+    let data = match delta {
+        None => Data::Raw,
+        Some(None) => Data::Text,
+        Some(Some(d)) => Data::Delta(d),
+    };
+    let mut out = Vec::with_capacity(p.data.bytes().len() + p.channel.len() + 112);
     out.extend_from_slice(b"{\"push\":{\"channel\":");
     json_str(&mut out, &p.channel);
     out.extend_from_slice(b",\"pub\":");
-    write_publication(&mut out, p);
+    write_publication(&mut out, p, data);
     out.extend_from_slice(b"}}");
     Bytes::from(out)
 }
@@ -324,6 +358,7 @@ pub(super) fn subscribe_reply(id: i64, result: &SubscribeResult<'_>) -> Bytes {
         recovering,
         publications,
         expires,
+        delta,
     } = *result;
     let mut out = Vec::with_capacity(
         96 + publications
@@ -348,9 +383,14 @@ pub(super) fn subscribe_reply(id: i64, result: &SubscribeResult<'_>) -> Bytes {
             out.extend_from_slice(b",\"recovered\":true");
         }
     }
+    if delta {
+        out.extend_from_slice(b",\"delta\":true");
+    }
     if !publications.is_empty() {
+        // With deltas every `data` is a string; recovered ones are whole payloads.
         out.extend_from_slice(b",\"publications\":");
-        write_publications(&mut out, publications);
+        let data = if delta { Data::Text } else { Data::Raw };
+        write_publications(&mut out, publications, data);
     }
     out.extend_from_slice(b"}}");
     Bytes::from(out)
@@ -371,7 +411,7 @@ pub(super) fn history_reply(
     );
     reply_start(&mut out, id, "history");
     out.extend_from_slice(b"{\"publications\":");
-    write_publications(&mut out, page.iter().copied());
+    write_publications(&mut out, page.iter().copied(), Data::Raw);
     out.extend_from_slice(b",\"epoch\":");
     json_str(&mut out, epoch);
     out.extend_from_slice(b",\"offset\":");
@@ -460,6 +500,7 @@ mod tests {
                     epoch: None,
                     join_leave: Some(JoinLeave::Off),
                     token: None,
+                    delta: false,
                 }
             }))
         );
@@ -536,7 +577,7 @@ mod tests {
             data: Payload::from_value(&json!({"text": "hi"})),
             ts: 1,
         });
-        let push: Value = serde_json::from_slice(&publication_push(&p)).unwrap();
+        let push: Value = serde_json::from_slice(&publication_push(&p, None)).unwrap();
         assert_eq!(push["push"]["channel"], "room:a");
         assert_eq!(push["push"]["pub"]["data"]["text"], "hi");
         assert_eq!(push["push"]["pub"]["offset"], 9);
@@ -547,6 +588,7 @@ mod tests {
             recovering: Some(true),
             publications: std::slice::from_ref(&p),
             expires: None,
+            delta: false,
         };
         let sub: Value = serde_json::from_slice(&subscribe_reply(2, &result)).unwrap();
         assert_eq!(sub["id"], 2);
@@ -575,5 +617,62 @@ mod tests {
             e,
             json!({"id": 5, "error": {"code": 111, "message": "slow down", "temporary": true}})
         );
+    }
+
+    #[test]
+    fn deltas_are_asked_for_by_name_and_written_as_strings() {
+        let got = decode(
+            "{\"subscribe\":{\"channel\":\"c\",\"delta\":\"fossil\"},\"id\":1}\n\
+             {\"subscribe\":{\"channel\":\"c\",\"delta\":\"xdelta\"},\"id\":2}",
+        );
+        assert!(
+            matches!(
+                &got[0],
+                Ok(Inbound::Command(Command {
+                    op: Op::Subscribe { delta: true, .. },
+                    ..
+                }))
+            ),
+            "{:?}",
+            got[0]
+        );
+        let refused = got[1].as_ref().expect_err("an unknown delta type");
+        assert!(format!("{refused:?}").contains("fossil"), "{refused:?}");
+
+        let p = Publication {
+            channel: "room:a".into(),
+            offset: 9,
+            epoch: "e".into(),
+            from: "alice".into(),
+            data: fanout::Payload::Json(bytes::Bytes::from_static(b"{\"text\":\"hi\"}")),
+            ts: 0,
+        };
+        // The whole payload, as a JSON string.
+        let whole: Value = serde_json::from_slice(&publication_push(&p, Some(None))).unwrap();
+        assert_eq!(whole["push"]["pub"]["data"], "{\"text\":\"hi\"}");
+        assert_eq!(whole["push"]["pub"].get("delta"), None);
+        // A delta, as a JSON string, flagged.
+        let delta = b"C\n5@0,2:ho1Ed2H;";
+        let d: Value = serde_json::from_slice(&publication_push(&p, Some(Some(delta)))).unwrap();
+        assert_eq!(d["push"]["pub"]["data"], "C\n5@0,2:ho1Ed2H;");
+        assert_eq!(d["push"]["pub"]["delta"], true);
+        assert_eq!(d["push"]["pub"]["offset"], 9);
+        // A reply with deltas on says so, and its publications' data are strings too.
+        let p = Arc::new(p);
+        let result = SubscribeResult {
+            offset: 8,
+            epoch: "e",
+            recovering: Some(true),
+            publications: std::slice::from_ref(&p),
+            expires: None,
+            delta: true,
+        };
+        let sub: Value = serde_json::from_slice(&subscribe_reply(2, &result)).unwrap();
+        assert_eq!(sub["subscribe"]["delta"], true);
+        assert_eq!(
+            sub["subscribe"]["publications"][0]["data"],
+            "{\"text\":\"hi\"}"
+        );
+        assert_eq!(sub["subscribe"]["publications"][0].get("delta"), None);
     }
 }

@@ -49,9 +49,12 @@ pub enum Inbound {
     Command(Command),
 }
 
+/// The one delta type: Fossil's delta format (see `crate::delta`).
+pub const DELTA_FOSSIL: &str = "fossil";
+
 /// One command as either encoding reads it, before the shared rules apply. Fields this
-/// server does not read (`flag`, `tf`, `delta`, `data` of `connect`, ...) are ignored, as
-/// the protocol asks of servers.
+/// server does not read (`flag`, `tf`, `data` of `connect`, ...) are ignored, as the
+/// protocol asks of servers.
 #[derive(Debug)]
 pub(crate) enum Request<'a> {
     /// No method field: a pong.
@@ -66,6 +69,8 @@ pub(crate) enum Request<'a> {
         epoch: String,
         join_leave: bool,
         token: String,
+        /// The delta type asked for (`""`: none).
+        delta: String,
     },
     Unsubscribe {
         channel: String,
@@ -140,7 +145,13 @@ pub(crate) fn to_inbound(id: u32, request: Request<'_>) -> Result<Inbound, Comma
             epoch,
             join_leave,
             token,
+            delta,
         } => Op::Subscribe {
+            delta: match delta.as_str() {
+                "" => false,
+                DELTA_FOSSIL => true,
+                _ => return Err(bad("delta must be \"fossil\" (or left out)")),
+            },
             channel: channel(c)?,
             since: recover.then_some(offset),
             epoch: (recover && !epoch.is_empty()).then_some(epoch),
@@ -348,8 +359,18 @@ pub fn error(encoding: Encoding, id: i64, code: ErrorCode, message: &str) -> Byt
 /// The `pub` push of one publication.
 pub fn publication_push(encoding: Encoding, p: &Publication) -> Bytes {
     match encoding {
-        Encoding::CentrifugeProtobuf => proto::publication_push(p),
-        _ => json::publication_push(p),
+        Encoding::CentrifugeProtobuf => proto::publication_push(p, None),
+        _ => json::publication_push(p, None),
+    }
+}
+
+/// The `pub` push of one publication to a subscription with deltas: `delta` from the
+/// previous publication's payload, or (`None`) the whole payload. In JSON `data` is then a
+/// string either way, which the caller's delta must allow (UTF-8; see `crate::delta`).
+pub fn delta_push(encoding: Encoding, p: &Publication, delta: Option<&[u8]>) -> Bytes {
+    match encoding {
+        Encoding::CentrifugeProtobuf => proto::publication_push(p, delta),
+        _ => json::publication_push(p, Some(delta)),
     }
 }
 
@@ -375,6 +396,9 @@ pub struct SubscribeResult<'a> {
     pub publications: &'a [Arc<Publication>],
     /// A subscription token's expiry, Unix seconds: the reply says `expires` and `ttl`.
     pub expires: Option<u64>,
+    /// Fossil deltas granted: the reply says `delta: true` (and in JSON, `data` of the
+    /// publications in it are strings).
+    pub delta: bool,
 }
 
 /// The `subscribe` reply.

@@ -74,6 +74,8 @@ struct SubscribeRequest {
     offset: u64,
     #[prost(bool, tag = "11")]
     join_leave: bool,
+    #[prost(string, tag = "12")]
+    delta: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -213,6 +215,8 @@ struct Publication {
     info: Option<ClientInfo>,
     #[prost(uint64, tag = "6")]
     offset: u64,
+    #[prost(bool, tag = "8")]
+    delta: bool,
 }
 
 /// `Join` and `Leave` have the same shape: `info` at field 1.
@@ -280,6 +284,8 @@ struct SubscribeResult {
     positioned: bool,
     #[prost(bool, tag = "12")]
     was_recovering: bool,
+    #[prost(bool, tag = "13")]
+    delta: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -371,6 +377,7 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
             epoch: s.epoch,
             join_leave: s.join_leave,
             token: s.token,
+            delta: s.delta,
         }
     } else if let Some(u) = c.unsubscribe {
         Request::Unsubscribe { channel: u.channel }
@@ -441,6 +448,7 @@ fn publication(p: &Pub) -> Publication {
         data: json_data(p),
         info: info(&p.from, ""),
         offset: p.offset,
+        delta: false,
     }
 }
 
@@ -533,9 +541,17 @@ fn push(channel: &str, fill: impl FnOnce(&mut Push)) -> Bytes {
     })
 }
 
-/// The `pub` push of one publication.
-pub(super) fn publication_push(p: &Pub) -> Bytes {
-    push(&p.channel, |push| push.r#pub = Some(publication(p)))
+/// The `pub` push of one publication, or of `delta` from the previous one (its bytes in
+/// `data`, `delta: true`).
+pub(super) fn publication_push(p: &Pub, delta: Option<&[u8]>) -> Bytes {
+    push(&p.channel, |push| {
+        let mut publication = publication(p);
+        if let Some(delta) = delta {
+            publication.data = Bytes::copy_from_slice(delta);
+            publication.delta = true;
+        }
+        push.r#pub = Some(publication);
+    })
 }
 
 /// The `subscribe` reply (see [`super::subscribe_reply`]).
@@ -552,6 +568,7 @@ pub(super) fn subscribe_reply(id: i64, result: &super::SubscribeResult<'_>) -> B
             offset: result.offset,
             positioned: true,
             was_recovering: result.recovering.is_some(),
+            delta: result.delta,
         }),
         ..Reply::default()
     })
@@ -709,7 +726,7 @@ mod tests {
             data: Payload::msgpack_from_value(&serde_json::json!({"text": "hi"})),
             ts: 1,
         });
-        let mut bytes = publication_push(&p);
+        let mut bytes = publication_push(&p, None);
         let reply = Reply::decode_length_delimited(&mut bytes).unwrap();
         let push = reply.push.unwrap();
         assert_eq!(push.channel, "room:a");
@@ -723,6 +740,7 @@ mod tests {
             recovering: Some(true),
             publications: std::slice::from_ref(&p),
             expires: Some(fanout::util::unix_secs() + 60),
+            delta: false,
         };
         let mut bytes = subscribe_reply(2, &result);
         let sub = Reply::decode_length_delimited(&mut bytes)

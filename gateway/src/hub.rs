@@ -192,6 +192,18 @@ impl Hub {
         }
     }
 
+    /// Gives `channel` a last publication (one a subscribe reply carried) when it has none
+    /// yet: the next publication's delta may start from it (it is used only if that one
+    /// follows it; see `Delivery::with_previous`).
+    pub fn seed_last(&self, channel: &str, publication: &Arc<Publication>) {
+        if let Some(state) = self.channels.get(channel).map(|s| s.value().clone()) {
+            let state = state.read();
+            if let Some(last) = &state.last {
+                last.lock().get_or_insert_with(|| publication.clone());
+            }
+        }
+    }
+
     /// Removes `conn` from `channel`. Returns true when the node has no subscriber left there.
     pub fn unsubscribe(&self, channel: &str, conn: &Conn) -> bool {
         if Self::own_personal(channel, conn) {

@@ -314,16 +314,16 @@ impl Node {
     /// Answers subscribe `id` of `conn` (already joined and in recovery for `channel`): reads
     /// the channel's position and, with `since`, what the client missed (a barrier: see the
     /// broker contract), then queues the reply, the replayed messages and the live ones
-    /// buffered meanwhile, in that order. Returns the offset of the last publication the
-    /// reply itself carries (Centrifugo's protocol, recovered), which is the client's base
-    /// for the next delta.
+    /// buffered meanwhile, in that order. Returns the last publication the reply itself
+    /// carries (Centrifugo's protocol, recovered), which is the client's base for the next
+    /// delta.
     pub async fn recover(
         &self,
         conn: &Conn,
         id: i64,
         channel: &Arc<str>,
         wanted: Recovery<'_>,
-    ) -> Result<Option<u64>, BrokerError> {
+    ) -> Result<Option<Arc<fanout::Publication>>, BrokerError> {
         let Recovery {
             since,
             epoch,
@@ -362,7 +362,7 @@ impl Node {
         };
         // The last publication carried in a Centrifugo reply (v1 replays them as pushes).
         let base = match conn.encoding.is_centrifuge() && outcome.recovered {
-            true => outcome.publications.last().map(|p| p.offset),
+            true => outcome.publications.last().cloned(),
             false => None,
         };
         let (reply, replay) = subscribe_reply_frame(

@@ -180,8 +180,14 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
     };
     let recovered = node.recover(&session.reg.conn, id, &channel, wanted).await;
     match recovered {
-        // The client's base for the next delta: the last publication in the reply.
-        Ok(base) => session.set_delta(&channel, delta.then_some(base)),
+        // The client's base for the next delta: the last publication in the reply, which
+        // the node's next delta on the channel may start from if it has none yet.
+        Ok(base) => {
+            if delta && let Some(base) = &base {
+                node.hub.seed_last(&channel, base);
+            }
+            session.set_delta(&channel, delta.then_some(base.map(|p| p.offset)));
+        }
         Err(e) => {
             session.set_delta(&channel, None);
             session.broker_error(id, e);

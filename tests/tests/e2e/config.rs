@@ -104,6 +104,22 @@ async fn broken_config_file_fails_to_start() {
 }
 
 #[tokio::test]
+async fn an_unknown_delta_type_in_a_namespace_fails_to_start() {
+    let dir = TempDir::new("config");
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "[[namespaces]]\nprefix = \"doc:\"\nallowed_delta_types = [\"xdelta\"]\n",
+    )
+    .unwrap();
+    let (status, out) = Gateway::builder()
+        .arg("--config", path.display().to_string())
+        .run_to_exit(secs(15))
+        .await;
+    assert_config_error(&status, &out, &["gateway.toml", "xdelta", "fossil"]);
+}
+
+#[tokio::test]
 async fn configuration_errors_are_one_line_with_exit_code_2() {
     for args in [
         vec!["--jwt-alg", "nope"],

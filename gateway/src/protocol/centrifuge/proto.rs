@@ -764,4 +764,62 @@ mod tests {
         // The ping is an empty message: its length alone.
         assert_eq!(encode(&Reply::default()), Bytes::from_static(&[0]));
     }
+
+    #[test]
+    fn deltas_are_read_and_written_at_the_schemas_fields() {
+        // SubscribeRequest.delta is field 12.
+        let command = Command {
+            id: 2,
+            subscribe: Some(SubscribeRequest {
+                channel: "doc:a".into(),
+                delta: "fossil".into(),
+                ..SubscribeRequest::default()
+            }),
+            ..Command::default()
+        };
+        let got = decode_command(command);
+        assert!(
+            matches!(
+                &got,
+                Ok(Inbound::Command(Cmd {
+                    op: Op::Subscribe { delta: true, .. },
+                    ..
+                }))
+            ),
+            "{got:?}"
+        );
+        // Publication.delta is field 8, with the delta's bytes in `data`.
+        let p = Arc::new(Pub {
+            channel: "doc:a".into(),
+            offset: 3,
+            epoch: "e".into(),
+            from: "server".into(),
+            data: Payload::Json(Bytes::from_static(b"{}")),
+            ts: 1,
+        });
+        let mut bytes = publication_push(&p, Some(b"2\n2:{}0;"));
+        let publication = Reply::decode_length_delimited(&mut bytes)
+            .unwrap()
+            .push
+            .unwrap()
+            .r#pub
+            .unwrap();
+        assert!(publication.delta);
+        assert_eq!(&publication.data[..], b"2\n2:{}0;");
+        // SubscribeResult.delta is field 13.
+        let result = super::super::SubscribeResult {
+            offset: 3,
+            epoch: "e",
+            recovering: None,
+            publications: &[],
+            expires: None,
+            delta: true,
+        };
+        let mut bytes = subscribe_reply(2, &result);
+        let sub = Reply::decode_length_delimited(&mut bytes)
+            .unwrap()
+            .subscribe
+            .unwrap();
+        assert!(sub.delta);
+    }
 }

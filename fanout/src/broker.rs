@@ -215,6 +215,15 @@ pub enum NodeCommand {
         /// Channel.
         channel: String,
     },
+    /// Hand `data` (commands, as its connection's encoding frames them) to the session
+    /// held over HTTP-streaming or SSE with id `session` (Centrifugo's `/emulation`): the one
+    /// node that holds it answers 1.
+    Emulate {
+        /// The session's id.
+        session: String,
+        /// The commands.
+        data: bytes::Bytes,
+    },
     /// Set when every connection of `user` expires (with a `refresh` push), or end them.
     Refresh {
         /// User id.
@@ -276,6 +285,7 @@ impl CommandReply {
             NodeCommand::Disconnect { .. }
             | NodeCommand::Unsubscribe { .. }
             | NodeCommand::Subscribe { .. }
+            | NodeCommand::Emulate { .. }
             | NodeCommand::Refresh { .. } => {
                 CommandReply::Count(replies.iter().map(CommandReply::count).sum())
             }

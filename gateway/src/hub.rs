@@ -76,6 +76,36 @@ struct PresenceChanges {
     leaves: IndexSet<Arc<str>>,
 }
 
+/// Sessions this node holds over HTTP-streaming or SSE (Centrifugo's emulation, see
+/// `http::emulation`), by session id: where the commands POSTed for each go.
+#[derive(Default)]
+pub struct Streams {
+    sessions: DashMap<Arc<str>, tokio::sync::mpsc::Sender<Bytes>>,
+}
+
+impl Streams {
+    /// Registers session `id`, whose commands go to `tx`.
+    pub fn insert(&self, id: Arc<str>, tx: tokio::sync::mpsc::Sender<Bytes>) {
+        self.sessions.insert(id, tx);
+    }
+
+    /// Forgets session `id`.
+    pub fn remove(&self, id: &str) {
+        self.sessions.remove(id);
+    }
+
+    /// Where session `id`'s commands go, if the node holds it.
+    pub fn sender(&self, id: &str) -> Option<tokio::sync::mpsc::Sender<Bytes>> {
+        self.sessions.get(id).map(|s| s.value().clone())
+    }
+
+    /// Hands `data` to session `id` if the node holds it and it has room, without waiting
+    /// (a command relayed from another node).
+    fn try_deliver(&self, id: &str, data: Bytes) -> bool {
+        self.sender(id).is_some_and(|tx| tx.try_send(data).is_ok())
+    }
+}
+
 /// Too many connections for one user.
 #[derive(Debug)]
 pub struct UserLimitReached;
@@ -94,6 +124,8 @@ pub struct Hub {
     published: AtomicU64,
     delivered: AtomicU64,
     presence_changes: Mutex<HashMap<Arc<str>, PresenceChanges>>,
+    /// Sessions over HTTP-streaming or SSE.
+    pub streams: Streams,
 }
 
 impl Hub {
@@ -470,6 +502,9 @@ impl Dispatcher for Hub {
             } else {
                 self.for_each_of_user(user, |conn| conn.request(Request::Refresh(*expire_at)))
             } as u64),
+            NodeCommand::Emulate { session, data } => {
+                CommandReply::Count(u64::from(self.streams.try_deliver(session, data.clone())))
+            }
         }
     }
 

@@ -189,6 +189,7 @@ async fn accept_loop(
     http_open: Arc<AtomicUsize>,
 ) {
     let header_timeout = node.config.limits.handshake_timeout;
+    let stall = node.config.limits.idle_timeout;
     let max_http = node.config.limits.max_http_connections;
     loop {
         let (stream, _peer) = match listener.accept().await {
@@ -222,7 +223,7 @@ async fn accept_loop(
                 // reading of a first request saves less than TLS costs.
                 let accepted = tokio::time::timeout_at(deadline, tls.acceptor().accept(stream));
                 match accepted.await {
-                    Ok(Ok(stream)) => serve_http(stream, router, header_timeout).await,
+                    Ok(Ok(stream)) => serve_http(stream, router, header_timeout, stall).await,
                     Ok(Err(e)) => {
                         metrics().tls_failed.increment(1);
                         tracing::debug!(error = %e, "TLS handshake failed");
@@ -239,16 +240,18 @@ async fn accept_loop(
                 raw::First::Hyper(stream) => stream,
                 raw::First::Session | raw::First::Done => return,
             };
-            serve_http(stream, router, header_timeout).await;
+            serve_http(stream, router, header_timeout, stall).await;
         });
     }
 }
 
-/// Serves HTTP/1.1 on `stream` with hyper until the connection ends or is upgraded.
-async fn serve_http<S>(stream: S, router: Router, header_timeout: Duration)
+/// Serves HTTP/1.1 on `stream` with hyper until the connection ends or is upgraded; a
+/// write that makes no progress for `stall` fails the connection (see [`Stall`]).
+async fn serve_http<S>(stream: S, router: Router, header_timeout: Duration, stall: Duration)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let stream = Stall::new(stream, stall);
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
@@ -271,4 +274,141 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// A connection served by hyper, whose writes fail once one has made no progress for
+/// `limit` (`--idle-timeout-secs`): hyper has no write timeout, and a streamed response
+/// (HTTP-streaming, SSE) to a client that stopped reading would otherwise keep its socket
+/// and buffers for as long as the client keeps the connection open. hyper drops the
+/// connection on the error. Writes that go through cost nothing more; a timer is made only
+/// when one has to wait.
+struct Stall<S> {
+    inner: S,
+    limit: Duration,
+    since: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Stall<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            since: None,
+        }
+    }
+
+    /// What a write that had to wait answers: wait on, or fail once `limit` has passed.
+    fn waited<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        result: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        match result {
+            Poll::Ready(result) => {
+                self.since = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .since
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stall<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stall<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.waited(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.waited(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.waited(cx, result)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stall;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_fails_after_the_limit() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut server = Stall::new(server, Duration::from_secs(5));
+        // The client never reads: the pipe fills and the write waits, then fails.
+        let started = tokio::time::Instant::now();
+        let e = server.write_all(&[7; 1024]).await.expect_err("stalled");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_served() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Stall::new(server, Duration::from_secs(5));
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = [0; 16];
+            while got < 1024 {
+                // Slower than the limit in total, never stalled that long at once.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                got += client.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        server.write_all(&[7; 1024]).await.expect("served");
+        assert_eq!(reader.await.unwrap(), 1024);
+    }
 }

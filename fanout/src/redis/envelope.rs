@@ -104,7 +104,17 @@ pub(crate) fn decode(raw: &Bytes) -> Result<Envelope, BadEnvelope> {
             let request = read_str(&mut input)?.to_owned();
             let what = read_str(&mut input)?;
             let user = read_str(&mut input)?.to_owned();
-            let arg = read_str(&mut input)?;
+            let arg_bytes = read_bytes(&mut input)?;
+            if what == "em" {
+                // Commands for an emulated session: the bytes as they came (Protobuf is
+                // binary).
+                let command = NodeCommand::Emulate {
+                    session: user,
+                    data: Bytes::copy_from_slice(arg_bytes),
+                };
+                return Ok(Envelope::Command { request, command });
+            }
+            let arg = std::str::from_utf8(arg_bytes).map_err(|_| BadEnvelope("not UTF-8"))?;
             let command = match what {
                 "d" => NodeCommand::Disconnect {
                     user,
@@ -182,6 +192,9 @@ pub(crate) fn command(request: &str, command: &NodeCommand) -> Bytes {
         }
         NodeCommand::Channels { filter } => ("ch", filter.as_str(), ""),
         NodeCommand::Stats => ("st", "", ""),
+        NodeCommand::Emulate { session, data } => {
+            return array(&[b"c", request.as_bytes(), b"em", session.as_bytes(), data]);
+        }
     };
     array(&[
         b"c",
@@ -282,6 +295,11 @@ mod tests {
                 user: "ann".into(),
                 expire_at: None,
                 expired: true,
+            },
+            NodeCommand::Emulate {
+                session: "5f3c".into(),
+                // Protobuf commands are binary, not UTF-8.
+                data: Bytes::from_static(&[0x0b, 0x08, 0x02, 0xff, 0x00]),
             },
         ] {
             assert_eq!(

@@ -74,6 +74,7 @@ pub(super) fn start(
         node: node.clone(),
         config: socket_config(node),
         encoding,
+        emulation: None,
     })
 }
 
@@ -93,6 +94,10 @@ pub async fn upgrade(
         Err(refusal) => return refusal.into_response(),
     };
     let (response, on_upgrade) = upgrade.accept(chosen);
-    connect::spawn(start(&node, encoding, Handoff::Hyper(on_upgrade)));
+    drop(connect::spawn(start(
+        &node,
+        encoding,
+        Handoff::Hyper(on_upgrade),
+    )));
     response
 }

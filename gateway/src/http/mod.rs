@@ -4,6 +4,7 @@
 mod api;
 mod centrifuge;
 mod centrifugo_api;
+pub mod emulation;
 mod error;
 mod ops;
 pub mod raw;
@@ -66,6 +67,9 @@ pub fn routes() -> Vec<Route> {
     vec![
         get("/ws", ws::upgrade),
         get("/connection/websocket", centrifuge::upgrade),
+        post("/connection/http_stream", emulation::http_stream),
+        get("/connection/sse", emulation::sse),
+        post("/emulation", emulation::emulation),
         post("/api/publish", api::publish),
         get("/api/presence/{channel}", api::presence),
         get("/api/presence/{channel}/stats", api::presence_stats),

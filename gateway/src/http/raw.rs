@@ -210,7 +210,7 @@ pub async fn first_request(
                     read,
                     response,
                 };
-                connect::spawn(centrifuge::start(node, encoding, handoff));
+                drop(connect::spawn(centrifuge::start(node, encoding, handoff)));
                 return First::Session;
             }
             Err(refusal) => refusal,

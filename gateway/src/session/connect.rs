@@ -31,16 +31,20 @@ pub struct CentrifugeStart {
     pub config: WebSocketConfig,
     /// JSON or Protobuf, as the subprotocol chose.
     pub encoding: Encoding,
+    /// An HTTP-streaming or SSE connection's ids (`Handoff::Emulated`).
+    pub emulation: Option<centrifuge::Emulation>,
 }
 
-/// Spawns the connection's task: the first phase, then the session.
-pub fn spawn(start: Box<CentrifugeStart>) {
+/// Spawns the connection's task: the first phase, then the session. The handle tells an
+/// HTTP-streaming or SSE bridge when the session is over.
+pub fn spawn(start: Box<CentrifugeStart>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let CentrifugeStart {
             handoff,
             node,
             config,
             encoding,
+            emulation,
         } = *start;
         let Some((mut ws, preamble)) = Box::pin(handoff.websocket(config)).await else {
             return;
@@ -55,18 +59,24 @@ pub fn spawn(start: Box<CentrifugeStart>) {
                 return;
             }
         }
-        let Some(mut session) = Box::pin(first_phase(&node, &mut ws, encoding)).await else {
+        let first = first_phase(&node, &mut ws, encoding, emulation);
+        let Some(mut session) = Box::pin(first).await else {
             return;
         };
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         let end = session.serve(&mut ws, Vec::new()).await;
         Box::pin(finish(&mut session, &mut ws, end)).await;
-    });
+    })
 }
 
 /// Waits for `connect` and checks it; the session it starts, or `None` once the socket is
 /// closed (with the code that says why).
-async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket, encoding: Encoding) -> Option<Session> {
+async fn first_phase(
+    node: &Arc<Node>,
+    ws: &mut WebSocket,
+    encoding: Encoding,
+    emulation: Option<centrifuge::Emulation>,
+) -> Option<Session> {
     let frame = match tokio::time::timeout(CONNECT_DEADLINE, first_frame(ws, encoding)).await {
         Err(_) => {
             handshake_refused("stale");
@@ -141,6 +151,7 @@ async fn first_phase(node: &Arc<Node>, ws: &mut WebSocket, encoding: Encoding) -
         connect_id,
         exp,
         rest,
+        emulation,
     }));
     Some(session)
 }

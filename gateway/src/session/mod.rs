@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
+use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 use tokio_tungstenite::WebSocketStream;
@@ -39,9 +40,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::either::Either;
 
 /// The stream under a session's WebSocket: the TCP stream itself when the node read the
-/// handshake (`http::raw`, every first request on a connection), or hyper's upgraded
-/// connection when hyper served it (an upgrade after other requests on the connection).
-pub type Socket = Either<TcpStream, TokioIo<Upgraded>>;
+/// handshake (`http::raw`, every first request on a connection), hyper's upgraded
+/// connection when hyper served it (an upgrade after other requests on the connection, or
+/// TLS), or an in-memory pipe to an HTTP-streaming or SSE transport (`http::emulation`).
+pub type Socket = Either<TcpStream, Either<TokioIo<Upgraded>, DuplexStream>>;
 
 /// The socket a session speaks through: tungstenite's stream over the connection.
 pub(crate) type WebSocket = WebSocketStream<Socket>;
@@ -146,6 +148,8 @@ pub(crate) struct FirstFrame {
     pub(crate) exp: u64,
     /// The rest of the frame, in order.
     pub(crate) rest: Vec<Result<Inbound, CommandError>>,
+    /// An HTTP-streaming or SSE connection: its session and node ids, for the connect reply.
+    pub(crate) emulation: Option<centrifuge::Emulation>,
 }
 
 /// How a connection's task gets its socket from the handshake.
@@ -163,6 +167,10 @@ pub enum Handoff {
         /// The `101 Switching Protocols` answer, not yet sent.
         response: Vec<u8>,
     },
+    /// An HTTP-streaming or SSE connection (Centrifugo's bidirectional emulation): the
+    /// session's end of a pipe whose other end is a WebSocket client that carries the
+    /// client's commands in and the session's frames out (see `http::emulation`).
+    Emulated(DuplexStream),
 }
 
 impl Handoff {
@@ -176,9 +184,10 @@ impl Handoff {
                 read,
                 response,
             } => (Either::Left(stream), read, response),
+            Handoff::Emulated(pipe) => (Either::Right(Either::Right(pipe)), Vec::new(), Vec::new()),
             Handoff::Hyper(on_upgrade) => match on_upgrade.await {
                 Ok(upgraded) => (
-                    Either::Right(TokioIo::new(upgraded)),
+                    Either::Right(Either::Left(TokioIo::new(upgraded))),
                     Vec::new(),
                     Vec::new(),
                 ),
@@ -415,6 +424,7 @@ impl Session {
                 config.limits.ping_interval.as_secs(),
                 first.exp,
                 &personal,
+                first.emulation.as_ref(),
             )),
             None => conn.push_frame(welcome_frame(
                 conn.encoding,

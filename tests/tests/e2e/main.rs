@@ -9,6 +9,7 @@ mod cluster;
 mod commands;
 mod config;
 mod contract;
+mod emulation;
 mod failover;
 mod hardening;
 mod http_api;

@@ -216,19 +216,20 @@ fn reply_start(out: &mut Vec<u8>, id: i64, method: &str) {
 pub(super) fn connect_reply(id: i64, c: &ConnectResult<'_>) -> Bytes {
     let mut subs = serde_json::Map::new();
     subs.insert(c.personal.to_owned(), serde_json::json!({}));
-    reply(
-        id,
-        "connect",
-        &serde_json::json!({
-            "client": c.client,
-            "version": c.version,
-            "ping": c.ping,
-            "pong": true,
-            "expires": true,
-            "ttl": c.ttl,
-            "subs": subs,
-        }),
-    )
+    let mut result = serde_json::json!({
+        "client": c.client,
+        "version": c.version,
+        "ping": c.ping,
+        "pong": true,
+        "expires": true,
+        "ttl": c.ttl,
+        "subs": subs,
+    });
+    if let Some(e) = c.emulation {
+        result["session"] = serde_json::json!(&*e.session);
+        result["node"] = serde_json::json!(&*e.node);
+    }
+    reply(id, "connect", &result)
 }
 
 /// A reply whose result is the JSON object `result`.
@@ -461,6 +462,28 @@ pub(super) fn unsubscribe_push(channel: &str, code: u32, reason: &str) -> Bytes 
     frame(&serde_json::json!({
         "push": { "channel": channel, "unsubscribe": { "code": code, "reason": reason } }
     }))
+}
+
+/// A JSON `EmulationRequest`: `{"session", "node", "data"}`, `data` a string of
+/// newline-separated commands.
+pub(super) fn emulation_request(body: &[u8]) -> Option<super::EmulationRequest> {
+    #[derive(Deserialize)]
+    struct Request {
+        session: String,
+        node: String,
+        data: String,
+    }
+    let r: Request = serde_json::from_slice(body).ok()?;
+    Some(super::EmulationRequest {
+        node: r.node,
+        session: r.session,
+        data: Bytes::from(r.data),
+    })
+}
+
+/// The `disconnect` push that ends a stream.
+pub(super) fn disconnect_push(code: u16, reason: &str) -> Bytes {
+    frame(&serde_json::json!({"push": {"disconnect": {"code": code, "reason": reason}}}))
 }
 
 #[cfg(test)]

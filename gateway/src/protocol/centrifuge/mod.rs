@@ -312,6 +312,7 @@ pub fn connect_reply(
     ping: u64,
     exp: u64,
     personal: &str,
+    emulation: Option<&Emulation>,
 ) -> Bytes {
     let connect = ConnectResult {
         client,
@@ -319,6 +320,7 @@ pub fn connect_reply(
         ping: u32::try_from(ping).unwrap_or(u32::MAX),
         ttl: ttl(exp),
         personal,
+        emulation,
     };
     match encoding {
         Encoding::CentrifugeProtobuf => proto::connect_reply(id, &connect),
@@ -333,6 +335,47 @@ pub(crate) struct ConnectResult<'a> {
     pub ping: u32,
     pub ttl: u32,
     pub personal: &'a str,
+    pub emulation: Option<&'a Emulation>,
+}
+
+/// What an HTTP-streaming or SSE client POSTs to `/emulation`: commands for its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulationRequest {
+    /// The node that holds the session.
+    pub node: String,
+    /// The session's id.
+    pub session: String,
+    /// Commands, as the connection's encoding frames them (JSON lines; varint-delimited
+    /// Protobuf).
+    pub data: Bytes,
+}
+
+/// Reads an `/emulation` body: Protobuf for `protobuf`, else JSON. `None`: not one.
+pub fn emulation_request(protobuf: bool, body: &[u8]) -> Option<EmulationRequest> {
+    if protobuf {
+        proto::emulation_request(body)
+    } else {
+        json::emulation_request(body)
+    }
+}
+
+/// The `disconnect` push that ends an HTTP-streaming or SSE stream (a WebSocket says it
+/// with its close frame).
+pub fn disconnect_push(encoding: Encoding, code: u16, reason: &str) -> Bytes {
+    match encoding {
+        Encoding::CentrifugeProtobuf => proto::disconnect_push(code, reason),
+        _ => json::disconnect_push(code, reason),
+    }
+}
+
+/// Where an HTTP-streaming or SSE client sends its commands (`/emulation`): the connect reply
+/// says `session` and `node`, and the client names both in each request.
+#[derive(Debug, Clone)]
+pub struct Emulation {
+    /// The session's id: 128 random bits, known only to the client (its stream carries it).
+    pub session: Arc<str>,
+    /// The node that holds the session.
+    pub node: Arc<str>,
 }
 
 /// Seconds from now to `exp` (at least 1: 0 would read as "does not expire").

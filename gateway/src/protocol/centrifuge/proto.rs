@@ -187,8 +187,49 @@ struct Push {
     /// `Subscribe`: this server writes none of its fields.
     #[prost(message, optional, tag = "9")]
     subscribe: Option<Empty>,
+    #[prost(message, optional, tag = "11")]
+    disconnect: Option<DisconnectPush>,
     #[prost(message, optional, tag = "12")]
     refresh: Option<RefreshPush>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct DisconnectPush {
+    #[prost(uint32, tag = "1")]
+    code: u32,
+    #[prost(string, tag = "2")]
+    reason: String,
+}
+
+/// `EmulationRequest`: what an HTTP-streaming or SSE client POSTs to `/emulation`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EmulationRequestMsg {
+    #[prost(string, tag = "1")]
+    node: String,
+    #[prost(string, tag = "2")]
+    session: String,
+    #[prost(bytes = "bytes", tag = "3")]
+    data: Bytes,
+}
+
+/// An `EmulationRequest` message (not length-delimited).
+pub(super) fn emulation_request(body: &[u8]) -> Option<super::EmulationRequest> {
+    let m = EmulationRequestMsg::decode(body).ok()?;
+    Some(super::EmulationRequest {
+        node: m.node,
+        session: m.session,
+        data: m.data,
+    })
+}
+
+/// The `disconnect` push that ends a stream.
+pub(super) fn disconnect_push(code: u16, reason: &str) -> Bytes {
+    push("", |push| {
+        push.disconnect = Some(DisconnectPush {
+            code: u32::from(code),
+            reason: reason.to_owned(),
+        })
+    })
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -253,6 +294,10 @@ struct ConnectResultMsg {
     ping: u32,
     #[prost(bool, tag = "8")]
     pong: bool,
+    #[prost(string, tag = "9")]
+    session: String,
+    #[prost(string, tag = "10")]
+    node: String,
 }
 
 /// One entry of `ConnectResult.subs` (a map entry: key 1, value 2).
@@ -467,6 +512,11 @@ pub(super) fn connect_reply(id: i64, c: &ConnectResult<'_>) -> Bytes {
             }],
             ping: c.ping,
             pong: true,
+            session: c
+                .emulation
+                .map(|e| e.session.to_string())
+                .unwrap_or_default(),
+            node: c.emulation.map(|e| e.node.to_string()).unwrap_or_default(),
         }),
         ..Reply::default()
     })

@@ -1,0 +1,233 @@
+//! Centrifugo's bidirectional emulation (HTTP-streaming, SSE and `/emulation`) against what a
+//! careless or hostile client does: a stream opened and never read, slow and endless POST
+//! bodies, forged session ids. The SDK's own use of it is in
+//! tests/browser/centrifuge-fallback.test.mjs.
+
+use e2e::{Gateway, api_post, http, metric, secs, token};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Opens `POST /connection/http_stream` on a raw socket and reads until the connect reply;
+/// returns the socket (not read any further) and the reply's `session` and `node`.
+async fn open_stream(addr: &str, user: &str) -> (TcpStream, String, String) {
+    let body = json!({"id": 1, "connect": {"token": token(user)}}).to_string();
+    let request = format!(
+        "POST /connection/http_stream HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + secs(10);
+    let field = |raw: &[u8], name: &str| -> Option<String> {
+        let text = String::from_utf8_lossy(raw);
+        let at = text.find(&format!("\"{name}\":\""))? + name.len() + 4;
+        let end = text[at..].find('"')?;
+        Some(text[at..at + end].to_owned())
+    };
+    loop {
+        if let (Some(session), Some(node)) = (field(&raw, "session"), field(&raw, "node")) {
+            assert!(
+                raw.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+            return (s, session, node);
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("the connect reply within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// POSTs `data` (JSON commands) for `session` on `node`; the status.
+async fn emulate(addr: &str, session: &str, node: &str, data: &str) -> u16 {
+    let body = json!({"session": session, "node": node, "data": data}).to_string();
+    http(addr, "POST", "/emulation", &[], Some(&body))
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_is_dropped_as_a_slow_consumer() {
+    let gw = Gateway::start(&[
+        "--outbound-queue",
+        "32",
+        "--publish-rate",
+        "100000",
+        "--publish-burst",
+        "100000",
+    ])
+    .await;
+    let (_stalled, session, node) = open_stream(gw.addr(), "stalled").await;
+    let subscribe = json!({"id": 2, "subscribe": {"channel": "room:firehose"}}).to_string();
+    assert_eq!(emulate(gw.addr(), &session, &node, &subscribe).await, 204);
+    // From here on the stream is never read. Publish far more than the socket, the pipe and
+    // the outbound queue hold together.
+    let blob = "x".repeat(32 * 1024);
+    let deadline = Instant::now() + secs(60);
+    let mut published = 0;
+    while metric(gw.addr(), "gateway_outbound_queue_overflows_total").await < Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "not dropped after {published} messages"
+        );
+        let r = api_post(
+            gw.addr(),
+            "/api/publish",
+            json!({"channel": "room:firehose", "data": {"blob": blob}}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        published += 1;
+    }
+    // Dropped: its session id is no longer one.
+    e2e::eventually("the session is gone", secs(10), async || {
+        emulate(gw.addr(), &session, &node, "{}").await == 404
+    })
+    .await;
+    assert!(published < 2000, "{published} messages before the drop");
+}
+
+#[tokio::test]
+async fn slow_endless_and_forged_emulation_requests_are_refused() {
+    let gw = Gateway::start(&["--request-timeout-secs", "2"]).await;
+    let (_stream, session, node) = open_stream(gw.addr(), "alice").await;
+    // A forged or guessed session id, and what is not a request at all.
+    let forged = format!("{:032x}", 0xdead_beef_u128);
+    assert_eq!(emulate(gw.addr(), &forged, &node, "{}").await, 404);
+    // The node named is where to look first, not a credential: the session id is.
+    assert_eq!(
+        emulate(gw.addr(), &session, "node-elsewhere", "{}").await,
+        204
+    );
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/emulation",
+        &[],
+        Some("{\"session\": 1}"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/emulation",
+        &[("Content-Type", "application/octet-stream")],
+        Some("\u{7}\u{7}\u{7}"),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    // The real one works.
+    assert_eq!(emulate(gw.addr(), &session, &node, "{}").await, 204);
+
+    // A body that never finishes: 408 after --request-timeout-secs.
+    let mut slow = TcpStream::connect(gw.addr()).await.unwrap();
+    slow.write_all(
+        b"POST /emulation HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 1000\r\n\r\n{\"session\":",
+    )
+    .await
+    .unwrap();
+    let answer = e2e::read_until_closed(&mut slow, secs(15))
+        .await
+        .expect("closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A body past --max-frame-size: 413, read no further.
+    let big = json!({"session": session, "node": node, "data": "x".repeat(70_000)}).to_string();
+    let r = http(gw.addr(), "POST", "/emulation", &[], Some(&big)).await;
+    assert_eq!(r.status, 413, "{r:?}");
+    // The session took no harm.
+    assert_eq!(emulate(gw.addr(), &session, &node, "{}").await, 204);
+}
+
+#[tokio::test]
+async fn sse_needs_its_connect_command() {
+    let gw = Gateway::start(&[]).await;
+    let r = http(gw.addr(), "GET", "/connection/sse", &[], None).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("cf_connect"), "{r:?}");
+}
+
+/// Reads the stream (chunked transfer encoding left in: the lines are found in it) until a
+/// line `pick` accepts arrives; the line.
+async fn read_line_until(
+    s: &mut TcpStream,
+    seen: &mut String,
+    what: &str,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + secs(10);
+    let mut buf = [0u8; 4096];
+    loop {
+        for line in seen.lines() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                && pick(&v)
+            {
+                return v;
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 10 s: {seen}"))
+            .unwrap();
+        assert!(n > 0, "the stream ended before {what}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn commands_posted_to_other_nodes_reach_the_session_through_the_broker() {
+    let redis = e2e::Redis::start().await;
+    let gws = crate::cluster::nodes(&redis, 3).await;
+    // The stream on the first node; each command POSTed to another one, as a load balancer
+    // without stickiness would.
+    let (mut stream, session, node) = open_stream(gws[0].addr(), "roamer").await;
+    let mut seen = String::new();
+    let subscribe = json!({"id": 2, "subscribe": {"channel": "room:roam"}}).to_string();
+    assert_eq!(
+        emulate(gws[1].addr(), &session, &node, &subscribe).await,
+        204
+    );
+    read_line_until(&mut stream, &mut seen, "the subscribe reply", |v| {
+        v["id"] == 2
+    })
+    .await;
+    let publish =
+        json!({"id": 3, "publish": {"channel": "room:roam", "data": {"n": 1}}}).to_string();
+    assert_eq!(emulate(gws[2].addr(), &session, &node, &publish).await, 204);
+    read_line_until(&mut stream, &mut seen, "the publish reply", |v| {
+        v["id"] == 3
+    })
+    .await;
+    let p = read_line_until(&mut stream, &mut seen, "the publication", |v| {
+        v["push"]["pub"]["data"]["n"] == 1
+    })
+    .await;
+    assert_eq!(p["push"]["channel"], "room:roam");
+    let presence = json!({"id": 4, "presence": {"channel": "room:roam"}}).to_string();
+    assert_eq!(
+        emulate(gws[1].addr(), &session, &node, &presence).await,
+        204
+    );
+    let reply = read_line_until(&mut stream, &mut seen, "the presence reply", |v| {
+        v["id"] == 4
+    })
+    .await;
+    assert!(
+        reply["presence"]["presence"]["roamer"].is_object(),
+        "{reply}"
+    );
+    // No node holds a forged id.
+    let forged = format!("{:032x}", 42u128);
+    assert_eq!(emulate(gws[2].addr(), &forged, &node, "{}").await, 404);
+}

@@ -1,6 +1,7 @@
 // centrifuge-js (its browser bundle from npm `centrifuge`) in a page of headless Chromium, and
 // the demo page (v1, `client.js`) in another browser context, in one room of one node: each
-// sees the other's messages, and the demo's member list shows the Centrifugo user.
+// sees the other's messages, and the demo's member list shows the Centrifugo user; then the
+// same with the WebSocket upgrade refused, over HTTP-streaming and over SSE.
 //
 // Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
 //   node --test tests/browser/centrifuge-page.test.mjs
@@ -90,3 +91,57 @@ step('a message from the demo reaches centrifuge-js, and one from centrifuge-js 
   const offsets = await sdk.page.evaluate(() => window.pubs.map((p) => p.offset));
   assert.equal(offsets[1], offsets[0] + 1);
 });
+
+// Where WebSockets do not get through (a proxy that refuses the upgrade: here, an endpoint
+// that answers 404), centrifuge-js falls back by itself: to HTTP-streaming, and to SSE (the
+// browser's own EventSource) when streaming is refused too.
+for (const [transport, user, blockStream] of [['http_stream', 'dora', false], ['sse', 'ezra', true]]) {
+  step(`with WebSocket blocked, centrifuge-js falls back to ${transport} and chats with the demo`, async () => {
+    const page = await newPage(browser, { timeout: WAIT });
+    const pages = [page];
+    try {
+      await page.page.route('**/favicon.ico', (route) => route.fulfill({ status: 204 }));
+      await page.page.goto(`${gw.base}/healthz`);
+      await page.page.addScriptTag({ path: BUNDLE });
+      const used = await page.page.evaluate(async ({ user, blockStream }) => {
+        const res = await fetch('/dev/token', { method: 'POST', body: JSON.stringify({ user }) });
+        const { token } = await res.json();
+        const base = `http://${location.host}`;
+        const client = new window.Centrifuge([
+          { transport: 'websocket', endpoint: `ws://${location.host}/blocked/websocket` },
+          { transport: 'http_stream', endpoint: blockStream ? `${base}/blocked/http_stream` : `${base}/connection/http_stream` },
+          { transport: 'sse', endpoint: `${base}/connection/sse` },
+        ], { token, emulationEndpoint: `${base}/emulation` });
+        window.fallbackPubs = [];
+        let transportUsed;
+        client.on('connected', (ctx) => { transportUsed = ctx.transport; });
+        const sub = client.newSubscription('room:lobby');
+        sub.on('publication', (ctx) => window.fallbackPubs.push(ctx));
+        window.fallbackSub = sub;
+        sub.subscribe();
+        client.connect();
+        await sub.ready(10_000);
+        return transportUsed;
+      }, { user, blockStream });
+      assert.equal(used, transport);
+      await demo.page.getByTestId('member-list').getByTestId(`member-${user}`).waitFor();
+      const text = `hello over ${transport}`;
+      const input = demo.page.getByTestId('composer-input');
+      await input.fill(text);
+      await input.press('Enter');
+      await page.page.waitForFunction((t) => window.fallbackPubs.some((p) => p.data?.text === t), text);
+      const reply = `${transport} answers`;
+      await page.page.evaluate((t) => window.fallbackSub.publish({ text: t }), reply);
+      await demo.page
+        .getByTestId('message-list')
+        .getByTestId('message-text')
+        .getByText(reply, { exact: true })
+        .waitFor();
+      // The only errors are the blocked endpoints' (the refused upgrade; the streaming
+      // fetch's 404, whose console line names no URL).
+      assert.deepEqual(page.errors.filter((e) => !e.includes('/blocked/') && !e.includes('404 (Not Found)')), []);
+    } finally {
+      for (const p of pages) await p.context.close().catch(() => {});
+    }
+  });
+}

@@ -9,6 +9,7 @@
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { launchBrowser, newPage, scenario, startGateway, stopGateway } from './harness.mjs';
 
@@ -145,3 +146,52 @@ for (const [transport, user, blockStream] of [['http_stream', 'dora', false], ['
     }
   });
 }
+
+step('a page of another allowed origin falls back to HTTP-streaming across origins (CORS)', async () => {
+  // The page's origin: another node (any server would do); the gateway allows it.
+  // One secret for both: the page gets its token from its own origin.
+  const secret = randomBytes(32).toString('hex');
+  const origin = await startGateway(['--jwt-secret', secret]);
+  const target = await startGateway(['--jwt-secret', secret, '--allowed-origins', `http://${origin.addr}`]);
+  const page = await newPage(browser, { timeout: WAIT });
+  try {
+    // No `page.route` here: with request interception on, Playwright answers CORS
+    // preflights itself, and the node's own answers would go untested.
+    await page.page.goto(`${origin.base}/healthz`);
+    await page.page.addScriptTag({ path: BUNDLE });
+    const result = await page.page.evaluate(async (host) => {
+      const res = await fetch('/dev/token', { method: 'POST', body: JSON.stringify({ user: 'finn' }) });
+      const { token } = await res.json();
+      const client = new window.Centrifuge([
+        { transport: 'websocket', endpoint: `ws://${host}/blocked/websocket` },
+        { transport: 'http_stream', endpoint: `http://${host}/connection/http_stream` },
+      ], { token, emulationEndpoint: `http://${host}/emulation` });
+      let transportUsed;
+      let connects = 0;
+      client.on('connected', (ctx) => { transportUsed = ctx.transport; connects += 1; });
+      const sub = client.newSubscription('room:cors');
+      const got = new Promise((resolve) => sub.on('publication', (ctx) => resolve(ctx.data)));
+      sub.subscribe();
+      client.connect();
+      await sub.ready(10_000);
+      // A command by a cross-origin POST (preflighted: JSON body).
+      await sub.publish({ text: 'across origins' });
+      const data = await got;
+      // A refused POST would have closed the transport (and the client connected again).
+      const state = client.state;
+      client.disconnect();
+      return { transportUsed, data, connects, state };
+    }, target.addr);
+    assert.deepEqual(result, {
+      transportUsed: 'http_stream', data: { text: 'across origins' }, connects: 1, state: 'connected',
+    });
+    // Only the refused upgrade, and the browser's favicon request (a 404 whose console
+    // line names no URL).
+    const unexpected = page.errors.filter((e) => !e.includes('/blocked/') && !e.includes('404 (Not Found)'));
+    assert.deepEqual(unexpected, []);
+  } finally {
+    await page.context.close().catch(() => {});
+    await stopGateway(target);
+    await stopGateway(origin);
+  }
+});

@@ -132,18 +132,28 @@ pub async fn sse(
 
 /// `POST /emulation`: commands for a session held over HTTP-streaming or SSE.
 pub async fn emulation(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
-    let body = match super::read_body(&node, body).await {
+    let origin = match origin(&node, &headers) {
+        Ok(origin) => origin,
+        Err(refused) => return refused.into_response(),
+    };
+    let mut response = emulate(&node, &headers, body).await;
+    allow(&mut response, origin);
+    response
+}
+
+async fn emulate(node: &Arc<Node>, headers: &HeaderMap, body: Body) -> Response {
+    let body = match super::read_body(node, body).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
-    let Some(request) = centrifuge::emulation_request(is_protobuf(&headers), &body) else {
+    let Some(request) = centrifuge::emulation_request(is_protobuf(headers), &body) else {
         return (
             StatusCode::BAD_REQUEST,
             "not an EmulationRequest: {\"session\", \"node\", \"data\"}",
         )
             .into_response();
     };
-    match relay(&node, request).await {
+    match relay(node, request).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(Undelivered::NoSession) => (StatusCode::NOT_FOUND, "no such session").into_response(),
         Err(Undelivered::Busy) => (
@@ -185,6 +195,73 @@ async fn relay(node: &Arc<Node>, request: EmulationRequest) -> Result<(), Undeli
     }
 }
 
+/// A page's origin that may not use these endpoints.
+struct OriginRefused;
+
+impl IntoResponse for OriginRefused {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::FORBIDDEN,
+            "origin not allowed: add it to --allowed-origins",
+        )
+            .into_response()
+    }
+}
+
+/// The request's `Origin` when a page there may use these endpoints (`--allowed-origins`,
+/// or the node's own origin).
+fn origin(node: &Node, headers: &HeaderMap) -> Result<Option<HeaderValue>, OriginRefused> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(None);
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match origin.to_str() {
+        Ok(o) if node.config.allowed_origins.allows(o, host) => Ok(Some(origin.clone())),
+        _ => Err(OriginRefused),
+    }
+}
+
+/// Lets a page of `origin` read the response (CORS).
+fn allow(response: &mut Response, origin: Option<HeaderValue>) {
+    if let Some(origin) = origin {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+/// `OPTIONS` on the emulation endpoints: the CORS preflight a browser sends before a
+/// cross-origin POST with a JSON or Protobuf body.
+pub async fn preflight(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    let origin = match origin(&node, &headers) {
+        Ok(origin) => origin,
+        Err(refused) => return refused.into_response(),
+    };
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("content-type")),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("300"),
+    );
+    allow(&mut response, origin);
+    response
+}
+
 fn is_protobuf(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -197,6 +274,8 @@ fn open(node: &Arc<Node>, headers: &HeaderMap, stream: Stream, connect: Bytes) -
     if let Err(refusal) = accept(node, headers) {
         return refusal.into_response();
     }
+    // `accept` refused an origin that is not allowed.
+    let origin = origin(node, headers).ok().flatten();
     let encoding = stream.encoding();
     let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
     let (server, client) = tokio::io::duplex(PIPE);
@@ -237,6 +316,7 @@ fn open(node: &Arc<Node>, headers: &HeaderMap, stream: Stream, connect: Bytes) -
         Stream::Http(_) => "application/json",
     };
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    allow(&mut response, origin);
     response
 }
 

@@ -55,6 +55,15 @@ fn post<H: Handler<T, Arc<Node>>, T: 'static>(path: &'static str, handler: H) ->
     }
 }
 
+fn options<H: Handler<T, Arc<Node>>, T: 'static>(path: &'static str, handler: H) -> Route {
+    Route {
+        method: "options",
+        path,
+        handler: routing::options(handler),
+        demo: false,
+    }
+}
+
 fn demo(route: Route) -> Route {
     Route {
         demo: true,
@@ -70,6 +79,8 @@ pub fn routes() -> Vec<Route> {
         post("/connection/http_stream", emulation::http_stream),
         get("/connection/sse", emulation::sse),
         post("/emulation", emulation::emulation),
+        options("/connection/http_stream", emulation::preflight),
+        options("/emulation", emulation::preflight),
         post("/api/publish", api::publish),
         get("/api/presence/{channel}", api::presence),
         get("/api/presence/{channel}/stats", api::presence_stats),

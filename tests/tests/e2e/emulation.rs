@@ -231,3 +231,51 @@ async fn commands_posted_to_other_nodes_reach_the_session_through_the_broker() {
     let forged = format!("{:032x}", 42u128);
     assert_eq!(emulate(gws[2].addr(), &forged, &node, "{}").await, 404);
 }
+
+#[tokio::test]
+async fn cross_origin_pages_need_to_be_allowed() {
+    let gw = Gateway::start(&["--allowed-origins", "https://app.example"]).await;
+    let preflight = |origin: &'static str| {
+        let addr = gw.addr().to_string();
+        async move {
+            let headers = [
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ];
+            http(&addr, "OPTIONS", "/emulation", &headers, None).await
+        }
+    };
+    let allowed = preflight("https://app.example").await;
+    assert_eq!(allowed.status, 204, "{allowed:?}");
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        allowed.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+    assert_eq!(preflight("https://evil.example").await.status, 403);
+    // The POSTs and the streams themselves too.
+    let body = json!({"session": "x", "node": "y", "data": "{}"}).to_string();
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/emulation",
+        &[("Origin", "https://evil.example")],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let connect = json!({"id": 1, "connect": {"token": token("eve")}}).to_string();
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/connection/http_stream",
+        &[("Origin", "https://evil.example")],
+        Some(&connect),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+}

@@ -58,38 +58,47 @@ pub enum Undelivered {
 
 /// How the bridge writes the session's frames to the response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stream {
+pub(super) enum Stream {
     /// HTTP-streaming: JSON lines, or Protobuf messages as framed.
     Http(Encoding),
     /// Server-sent events: one `data:` event per JSON reply.
     Sse,
+    /// A listen-only client (`uni_http_stream`, or `uni_sse` with `sse`): pushes only, as
+    /// JSON lines or events (see `super::uni`).
+    Uni { sse: bool },
 }
 
 impl Stream {
     fn encoding(self) -> Encoding {
         match self {
             Stream::Http(encoding) => encoding,
-            Stream::Sse => Encoding::CentrifugeJson,
+            Stream::Sse | Stream::Uni { .. } => Encoding::CentrifugeJson,
         }
+    }
+
+    fn is_sse(self) -> bool {
+        matches!(self, Stream::Sse | Stream::Uni { sse: true })
+    }
+
+    /// The bytes `lines` become on the stream.
+    fn lines<'a>(self, lines: impl IntoIterator<Item = &'a str>) -> Bytes {
+        let mut out = Vec::new();
+        for line in lines {
+            if self.is_sse() {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(b"\n\n");
+            } else {
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
+            }
+        }
+        Bytes::from(out)
     }
 
     /// The bytes a text frame of the session becomes on the stream.
     fn text(self, text: &str) -> Bytes {
-        let mut out = Vec::with_capacity(text.len() + 8);
-        for line in text.split('\n') {
-            match self {
-                Stream::Http(_) => {
-                    out.extend_from_slice(line.as_bytes());
-                    out.push(b'\n');
-                }
-                Stream::Sse => {
-                    out.extend_from_slice(b"data: ");
-                    out.extend_from_slice(line.as_bytes());
-                    out.extend_from_slice(b"\n\n");
-                }
-            }
-        }
-        Bytes::from(out)
+        self.lines(text.split('\n'))
     }
 }
 
@@ -110,7 +119,7 @@ pub async fn http_stream(
     } else {
         Encoding::CentrifugeJson
     };
-    open(&node, &headers, Stream::Http(encoding), body)
+    open(&node, &headers, Stream::Http(encoding), body, None)
 }
 
 /// `GET /connection/sse?cf_connect=<the connect command as JSON>`: the response is an
@@ -121,7 +130,13 @@ pub async fn sse(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     match query.get("cf_connect").filter(|c| !c.is_empty()) {
-        Some(connect) => open(&node, &headers, Stream::Sse, Bytes::from(connect.clone())),
+        Some(connect) => open(
+            &node,
+            &headers,
+            Stream::Sse,
+            Bytes::from(connect.clone()),
+            None,
+        ),
         None => (
             StatusCode::BAD_REQUEST,
             "cf_connect (the connect command, as JSON) is required",
@@ -270,7 +285,13 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
 
 /// Starts a session over a pipe with `connect` as its first frame, and answers with the
 /// stream of its frames.
-fn open(node: &Arc<Node>, headers: &HeaderMap, stream: Stream, connect: Bytes) -> Response {
+pub(super) fn open(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    stream: Stream,
+    connect: Bytes,
+    uni: Option<super::uni::Listener>,
+) -> Response {
     if let Err(refusal) = accept(node, headers) {
         return refusal.into_response();
     }
@@ -280,13 +301,16 @@ fn open(node: &Arc<Node>, headers: &HeaderMap, stream: Stream, connect: Bytes) -
     let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
     let (server, client) = tokio::io::duplex(PIPE);
     let mut begin = start(node, encoding, Handoff::Emulated(server));
-    begin.emulation = Some(Emulation {
-        session: id.clone(),
-        node: node.config.node_id.as_str().into(),
-    });
-    let session = connect::spawn(begin);
     let (commands_tx, commands) = mpsc::channel(COMMANDS);
-    node.hub.streams.insert(id.clone(), commands_tx);
+    if uni.is_none() {
+        // A listen-only client sends nothing after its connect: no session id for it.
+        begin.emulation = Some(Emulation {
+            session: id.clone(),
+            node: node.config.node_id.as_str().into(),
+        });
+        node.hub.streams.insert(id.clone(), commands_tx);
+    }
+    let session = connect::spawn(begin);
     let (out_tx, out) = mpsc::channel::<Bytes>(STREAM_CHUNKS);
     let pipe = Pipe {
         stream,
@@ -294,6 +318,7 @@ fn open(node: &Arc<Node>, headers: &HeaderMap, stream: Stream, connect: Bytes) -
         commands,
         out: out_tx,
         session,
+        uni,
     };
     tokio::spawn(bridge(node.clone(), id, client, pipe));
     let body = Body::from_stream(futures_util::stream::unfold(out, |mut out| async move {
@@ -311,9 +336,9 @@ fn open(node: &Arc<Node>, headers: &HeaderMap, stream: Stream, connect: Bytes) -
     // nginx would otherwise buffer the stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let content_type = match stream {
-        Stream::Sse => "text/event-stream; charset=utf-8",
+        Stream::Sse | Stream::Uni { sse: true } => "text/event-stream; charset=utf-8",
         Stream::Http(Encoding::CentrifugeProtobuf) => "application/octet-stream",
-        Stream::Http(_) => "application/json",
+        Stream::Http(_) | Stream::Uni { sse: false } => "application/json",
     };
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     allow(&mut response, origin);
@@ -331,6 +356,8 @@ struct Pipe {
     out: mpsc::Sender<Bytes>,
     /// The session's task, done when the session is over.
     session: tokio::task::JoinHandle<()>,
+    /// A listen-only client: how its replies become pushes.
+    uni: Option<super::uni::Listener>,
 }
 
 /// Hands a chunk to the response; false once the client or the session is gone.
@@ -340,6 +367,8 @@ async fn send(
     chunk: Bytes,
 ) -> bool {
     tokio::select! {
+        // What the session said last (its disconnect) still goes out if there is room.
+        biased;
         sent = out.send(chunk) => sent.is_ok(),
         _ = session => false,
     }
@@ -356,6 +385,7 @@ async fn bridge(node: Arc<Node>, id: Arc<str>, client: tokio::io::DuplexStream, 
         mut commands,
         out,
         mut session,
+        mut uni,
     } = pipe;
     let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     let (mut sink, mut frames) = ws.split();
@@ -372,29 +402,47 @@ async fn bridge(node: Arc<Node>, id: Arc<str>, client: tokio::io::DuplexStream, 
         }
     };
     let mut open = true;
-    if stream == Stream::Sse {
+    if stream.is_sse() {
         // The headers go out at once, and EventSource opens.
         open = send(&out, &mut session, Bytes::from_static(b"\r\n")).await;
     }
     open = open && sink.send(frame(connect)).await.is_ok();
+    // A listen-only client has no commands after its connect (no sender was kept).
+    let mut commands_open = true;
     while open {
         tokio::select! {
-            command = commands.recv() => match command {
+            command = commands.recv(), if commands_open => match command {
                 Some(data) => open = sink.send(frame(data)).await.is_ok(),
-                None => open = false,
+                None => commands_open = false,
             },
             message = frames.next() => {
                 let chunk = match message {
-                    Some(Ok(Message::Text(text))) => stream.text(text.as_str()),
+                    Some(Ok(Message::Text(text))) => match &mut uni {
+                        None => stream.text(text.as_str()),
+                        Some(uni) => {
+                            let pushes = uni.pushes(text.as_str());
+                            if pushes.pong {
+                                // A listen-only client does not answer pings: the bridge
+                                // does, so that the session does not end as idle.
+                                open = sink.send(Message::text("{}")).await.is_ok();
+                            }
+                            open = open && !pushes.end;
+                            stream.lines(pushes.lines.iter().map(String::as_str))
+                        }
+                    },
                     Some(Ok(Message::Binary(bytes))) => bytes,
                     Some(Ok(Message::Close(close))) => {
                         let (code, reason) = close
                             .map_or((3000, String::new()), |c| (c.code.into(), c.reason.to_string()));
                         let push = centrifuge::disconnect_push(encoding, code, &reason);
                         open = false;
-                        match encoding.is_text() {
-                            true => stream.text(&String::from_utf8_lossy(&push)),
-                            false => push,
+                        match (encoding.is_text(), &mut uni) {
+                            (true, None) => stream.text(&String::from_utf8_lossy(&push)),
+                            (true, Some(uni)) => {
+                                let pushes = uni.pushes(&String::from_utf8_lossy(&push));
+                                stream.lines(pushes.lines.iter().map(String::as_str))
+                            }
+                            (false, _) => push,
                         }
                     }
                     Some(Ok(_)) => continue,

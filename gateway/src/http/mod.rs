@@ -8,6 +8,7 @@ pub mod emulation;
 mod error;
 mod ops;
 pub mod raw;
+mod uni;
 mod upgrade;
 mod ws;
 
@@ -79,6 +80,9 @@ pub fn routes() -> Vec<Route> {
         post("/connection/http_stream", emulation::http_stream),
         get("/connection/sse", emulation::sse),
         post("/emulation", emulation::emulation),
+        post("/connection/uni_http_stream", uni::http_stream),
+        get("/connection/uni_sse", uni::sse),
+        post("/connection/uni_sse", uni::sse_post),
         options("/connection/http_stream", emulation::preflight),
         options("/emulation", emulation::preflight),
         post("/api/publish", api::publish),

@@ -170,6 +170,7 @@ async fn read_line_until(
     let mut buf = [0u8; 4096];
     loop {
         for line in seen.lines() {
+            let line = line.strip_prefix("data: ").unwrap_or(line);
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
                 && pick(&v)
             {
@@ -278,4 +279,161 @@ async fn cross_origin_pages_need_to_be_allowed() {
     )
     .await;
     assert_eq!(r.status, 403, "{r:?}");
+}
+
+/// Opens a listen-only stream: `POST path` with `body`, or `GET path?cf_connect=<body>`;
+/// returns the socket after the response head.
+async fn open_uni(addr: &str, method: &str, path: &str, body: &str) -> TcpStream {
+    let request = if method == "GET" {
+        let encoded: String = body
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("GET {path}?cf_connect={encoded} HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+    } else {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn listen_only_clients_get_pushes_recover_and_are_kept_alive() {
+    // Pings every second and an idle timeout of 3 s: the stream outlives it only because
+    // the bridge answers the pings a listen-only client cannot.
+    let gw = Gateway::start(&["--ping-interval-secs", "1", "--idle-timeout-secs", "3"]).await;
+    let mut epoch = String::new();
+    for n in 1..=3 {
+        let r = api_post(
+            gw.addr(),
+            "/api/publish",
+            json!({"channel": "room:uni", "data": {"n": n}}),
+        )
+        .await;
+        epoch = r.json()["epoch"].as_str().unwrap().to_owned();
+    }
+    let body = json!({"token": token("lena"), "subs": {
+        "room:uni": {"recover": true, "offset": 1, "epoch": epoch},
+        "secret:x": {},
+    }})
+    .to_string();
+    let mut s = open_uni(gw.addr(), "POST", "/connection/uni_http_stream", &body).await;
+    let mut seen = String::new();
+    let connect =
+        read_line_until(&mut s, &mut seen, "connect", |v| v.get("connect").is_some()).await;
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    assert!(
+        connect["connect"].get("session").is_none(),
+        "no session id for a listener"
+    );
+    let sub = read_line_until(&mut s, &mut seen, "subscribe", |v| {
+        v["channel"] == "room:uni" && v.get("subscribe").is_some()
+    })
+    .await;
+    assert_eq!(sub["subscribe"]["recovered"], true, "{sub}");
+    let refused = read_line_until(&mut s, &mut seen, "the refused channel", |v| {
+        v["channel"] == "secret:x"
+    })
+    .await;
+    assert_eq!(refused["unsubscribe"]["code"], 2000, "{refused}");
+    // The two it missed, then a live one, in order.
+    for n in [2, 3] {
+        read_line_until(&mut s, &mut seen, "a recovered publication", |v| {
+            v["pub"]["data"]["n"] == n
+        })
+        .await;
+    }
+    api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:uni", "data": {"n": 4}}),
+    )
+    .await;
+    let p = read_line_until(&mut s, &mut seen, "the live publication", |v| {
+        v["pub"]["data"]["n"] == 4
+    })
+    .await;
+    assert_eq!(
+        (&p["channel"], &p["pub"]["offset"]),
+        (&json!("room:uni"), &json!(4))
+    );
+    // Past the idle timeout, kept alive by the bridge's pongs.
+    let deadline = Instant::now() + secs(20);
+    while seen.lines().filter(|l| *l == "{}").count() < 5 {
+        assert!(Instant::now() < deadline, "pings: {seen}");
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("a ping")
+            .unwrap();
+        assert!(n > 0, "the stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(!seen.contains("disconnect"), "{seen}");
+    api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:uni", "data": {"n": 5}}),
+    )
+    .await;
+    read_line_until(&mut s, &mut seen, "a publication after the pings", |v| {
+        v["pub"]["data"]["n"] == 5
+    })
+    .await;
+
+    // The same as server-sent events, the request in the query.
+    let body = json!({"token": token("mo"), "subs": {"room:uni": {}}}).to_string();
+    let mut sse = open_uni(gw.addr(), "GET", "/connection/uni_sse", &body).await;
+    let mut seen = String::new();
+    read_line_until(&mut sse, &mut seen, "subscribe", |v| {
+        v.get("subscribe").is_some()
+    })
+    .await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(
+        seen.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{seen}"
+    );
+    api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:uni", "data": {"n": 6}}),
+    )
+    .await;
+    read_line_until(&mut sse, &mut seen, "the event", |v| {
+        v["pub"]["data"]["n"] == 6
+    })
+    .await;
+    assert!(
+        seen.contains("data: {\"channel\":\"room:uni\",\"pub\""),
+        "{seen}"
+    );
+
+    // A bad token ends the stream with a disconnect push; a body that is not JSON is 400.
+    let body = json!({"token": "nope", "subs": {}}).to_string();
+    let mut bad = open_uni(gw.addr(), "POST", "/connection/uni_http_stream", &body).await;
+    let mut seen = String::new();
+    let d = read_line_until(&mut bad, &mut seen, "the disconnect", |v| {
+        v.get("disconnect").is_some()
+    })
+    .await;
+    assert_eq!(d["disconnect"]["code"], 3500, "{d}");
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/connection/uni_http_stream",
+        &[],
+        Some("["),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
 }

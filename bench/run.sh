@@ -11,6 +11,8 @@
 #   SERVERS     subset of: gateway gateway-cf bun socketio before  (default: gateway bun socketio)
 #               gateway-cf: the same gateway, driven over Centrifugo's client protocol (JSON,
 #               /connection/websocket) instead of v1
+#               gateway-hs: the same protocol over HTTP-streaming (/connection/http_stream,
+#               commands by POST /emulation): the WebSocket fallback's cost
 #               gateway-arch: the same gateway with its default archive on (SQLite in a fresh
 #               --data-dir), to measure what the archive costs beside `gateway`
 #               before: an earlier gateway build ($GATEWAY_BEFORE), run with the same flags, so
@@ -178,6 +180,7 @@ EOF
 server_url() {
   case $1 in
     gateway-cf*) echo "ws://127.0.0.1:8080/connection/websocket" ;;
+    gateway-hs*) echo "http://127.0.0.1:8080/connection/http_stream" ;;
     gateway* | before* | gw-*) echo "ws://127.0.0.1:8080/ws" ;;
     bun) echo "ws://127.0.0.1:9001/ws" ;;
     socketio) echo "ws://127.0.0.1:9002/socket.io/?EIO=4&transport=websocket" ;;
@@ -194,6 +197,7 @@ server_protocol() {
   case $1 in
     socketio) echo socketio ;;
     gateway-cf*) echo centrifugo ;;
+    gateway-hs*) echo centrifugo-http-stream ;;
     *) echo v1 ;;
   esac
 }
@@ -207,13 +211,14 @@ start_server() {
     return 1
   fi
   case $server in
-    gateway | gateway-cf | gateway-arch | before | gw-* | *-1w)
+    gateway | gateway-cf | gateway-hs | gateway-arch | before | gw-* | *-1w)
       local bin=$GATEWAY workers=""
       if [ "${server%-1w}" != "$server" ]; then
         workers=1
         server=${server%-1w}
       fi
       server=${server%-cf}
+      server=${server%-hs}
       local archive=""
       [ "$server" = gateway-arch ] && { archive=1; server=gateway; }
       if [ "$server" = before ]; then

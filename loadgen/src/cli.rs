@@ -25,6 +25,9 @@ pub enum Protocol {
     /// Centrifugo's client protocol, JSON (the gateway's `/connection/websocket`, or a
     /// Centrifugo server): the token goes in the first command, `connect`.
     Centrifugo,
+    /// The same over HTTP-streaming (`/connection/http_stream`): replies and pushes as JSON
+    /// lines of a chunked response, commands by `POST /emulation` on a second connection.
+    CentrifugoHttpStream,
 }
 
 /// Wire encoding (protocol v1 only).

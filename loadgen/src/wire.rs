@@ -221,9 +221,147 @@ fn from_value(frame: Value) -> Incoming {
     Incoming::Frame(frame)
 }
 
+/// What carries a connection.
+enum Link {
+    /// A WebSocket.
+    Ws(Box<WebSocketStream<TcpStream>>),
+    /// Centrifugo's HTTP-streaming.
+    Stream(Box<HttpStream>),
+}
+
+/// A Centrifugo session over HTTP-streaming: the response to `POST /connection/http_stream`
+/// read as it comes, and the client's commands POSTed to `/emulation` on a keep-alive
+/// connection of their own. HTTP/1.1 is written and read by hand here (a request line, a
+/// few headers, a chunked body): an HTTP client library would hide the stream's chunks, and
+/// the load generator needs nothing else of one.
+struct HttpStream {
+    stream: TcpStream,
+    /// Bytes read, chunk framing included, not yet decoded.
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet split into lines.
+    body: Vec<u8>,
+    /// Where the commands go, opened on the first one.
+    post: Option<TcpStream>,
+    addr: SocketAddr,
+    source: Option<Arc<SourceAddr>>,
+    host: String,
+    session: String,
+    node: String,
+}
+
+/// Reads an HTTP/1.1 response head from `s` into `buf`; returns the status and leaves what
+/// follows the head in `buf`.
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let status = head
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("a response without a status")?;
+            return Ok(status);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed before a response");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Moves the whole chunks of a chunked body from `raw` to `body`; true at the last chunk.
+fn dechunk(raw: &mut Vec<u8>, body: &mut Vec<u8>) -> anyhow::Result<bool> {
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(false);
+        };
+        let size = std::str::from_utf8(&raw[..eol])?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .context("a chunk size")?;
+        if size == 0 {
+            return Ok(true);
+        }
+        if raw.len() < eol + 2 + size + 2 {
+            return Ok(false);
+        }
+        body.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw.drain(..eol + 2 + size + 2);
+    }
+}
+
+impl HttpStream {
+    /// POSTs `data` (commands as JSON lines) for the session.
+    async fn post(&mut self, data: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let body = json!({"session": self.session, "node": self.node, "data": data}).to_string();
+        let request = format!(
+            "POST /emulation HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        for attempt in 0..2 {
+            if self.post.is_none() {
+                let s = match &self.source {
+                    Some(source) => source.connect(self.addr).await?,
+                    None => new_socket(self.addr)?.connect(self.addr).await?,
+                };
+                s.set_nodelay(true)?;
+                self.post = Some(s);
+            }
+            let s = self.post.as_mut().context("a connection")?;
+            let sent = s.write_all(request.as_bytes()).await;
+            let mut rest = Vec::new();
+            let status = match sent {
+                Ok(()) => read_head(s, &mut rest).await,
+                Err(e) => Err(e.into()),
+            };
+            match status {
+                Ok(204) => return Ok(()),
+                Ok(status) => bail!("/emulation answered {status}"),
+                // The keep-alive connection was closed by the server: once more on a new one.
+                Err(e) if attempt == 0 => {
+                    let _ = e;
+                    self.post = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("/emulation unreachable")
+    }
+
+    /// The next line of the stream; `None` when it ended.
+    async fn line(&mut self) -> anyhow::Result<Option<String>> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(eol) = self.body.iter().position(|b| *b == b'\n') {
+                let line = String::from_utf8(self.body[..eol].to_vec())?;
+                self.body.drain(..=eol);
+                return Ok(Some(line));
+            }
+            if dechunk(&mut self.raw, &mut self.body)? && self.body.is_empty() {
+                return Ok(None);
+            }
+            if self.body.contains(&b'\n') {
+                continue;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.raw.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
 /// An open connection.
 pub struct Connection {
-    ws: WebSocketStream<TcpStream>,
+    link: Link,
     protocol: Protocol,
     encoding: Encoding,
     next_id: i64,
@@ -371,6 +509,9 @@ impl Dialer {
             }
             None => &self.urls[index % self.urls.len()],
         };
+        if self.protocol == Protocol::CentrifugoHttpStream {
+            return self.connect_stream(base, user, token).await;
+        }
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = match self.protocol {
             // The token goes in `connect`; `user` stays for a balancer that hashes on it.
@@ -403,7 +544,7 @@ impl Dialer {
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
         let mut conn = Connection {
-            ws,
+            link: Link::Ws(Box::new(ws)),
             protocol: self.protocol,
             encoding: self.encoding,
             next_id: 0,
@@ -411,7 +552,7 @@ impl Dialer {
         };
         if self.protocol == Protocol::Centrifugo {
             let id = conn.id();
-            conn.ws
+            conn.ws()?
                 .send(Message::text(
                     json!({"id": id, "connect": {"token": token}}).to_string(),
                 ))
@@ -432,6 +573,76 @@ impl Dialer {
                 Incoming::Frame(f) if f["op"] == "welcome" => return Ok(conn),
                 Incoming::Frame(_) | Incoming::Message(_) => continue,
                 Incoming::Closed(code) => return Err(ClosedBeforeWelcome(code).into()),
+            }
+        }
+    }
+}
+
+impl Dialer {
+    /// Opens `POST <base>` (Centrifugo's HTTP-streaming) with the connect command as its body
+    /// and reads until the connect reply, which names the session for `/emulation`.
+    async fn connect_stream(
+        &self,
+        base: &str,
+        user: &str,
+        token: &str,
+    ) -> anyhow::Result<Connection> {
+        use tokio::io::AsyncWriteExt;
+        let uri: http::Uri = base.parse()?;
+        let host = uri.authority().context("URL without host")?.to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let addr: SocketAddr = tokio::net::lookup_host((uri.host().unwrap_or("127.0.0.1"), port))
+            .await?
+            .next()
+            .context("host did not resolve")?;
+        let mut stream = match &self.source {
+            Some(source) => source.connect(addr).await?,
+            None => new_socket(addr)?.connect(addr).await?,
+        };
+        stream.set_nodelay(true)?;
+        let body = json!({"id": 1, "connect": {"token": token}}).to_string();
+        let request = format!(
+            "POST {}?user={user} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            uri.path(),
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        let status = read_head(&mut stream, &mut raw).await?;
+        if status != 200 {
+            bail!("http_stream answered {status}");
+        }
+        let mut link = HttpStream {
+            stream,
+            raw,
+            body: Vec::new(),
+            post: None,
+            addr,
+            source: self.source.clone(),
+            host,
+            session: String::new(),
+            node: String::new(),
+        };
+        loop {
+            let Some(line) = link.line().await? else {
+                return Err(ClosedBeforeWelcome(0).into());
+            };
+            let reply: Value = serde_json::from_str(&line)?;
+            if reply["id"] == 1 {
+                let connect = &reply["connect"];
+                if connect.is_null() {
+                    bail!("connect refused: {reply}");
+                }
+                link.session = connect["session"].as_str().unwrap_or_default().to_owned();
+                link.node = connect["node"].as_str().unwrap_or_default().to_owned();
+                return Ok(Connection {
+                    link: Link::Stream(Box::new(link)),
+                    protocol: self.protocol,
+                    encoding: self.encoding,
+                    next_id: 1,
+                    pending: VecDeque::new(),
+                });
             }
         }
     }
@@ -460,6 +671,14 @@ impl Connection {
         self.next_id
     }
 
+    /// The WebSocket, when one carries the connection.
+    fn ws(&mut self) -> anyhow::Result<&mut WebSocketStream<TcpStream>> {
+        match &mut self.link {
+            Link::Ws(ws) => Ok(ws),
+            Link::Stream(_) => bail!("not a WebSocket"),
+        }
+    }
+
     /// Sends one command object.
     pub async fn send(&mut self, command: &Value) -> anyhow::Result<()> {
         let message = match (self.protocol, self.encoding) {
@@ -467,8 +686,15 @@ impl Connection {
             (Protocol::V1, Encoding::Json) => Message::text(command.to_string()),
             (Protocol::V1, Encoding::Msgpack) => Message::binary(rmp_serde::to_vec_named(command)?),
             (Protocol::Centrifugo, _) => Message::text(to_centrifugo(command).to_string()),
+            (Protocol::CentrifugoHttpStream, _) => {
+                let line = to_centrifugo(command).to_string();
+                return match &mut self.link {
+                    Link::Stream(link) => link.post(&line).await,
+                    Link::Ws(_) => bail!("not a stream"),
+                };
+            }
         };
-        self.ws.send(message).await?;
+        self.ws()?.send(message).await?;
         Ok(())
     }
 
@@ -498,7 +724,18 @@ impl Connection {
             if let Some(incoming) = self.pending.pop_front() {
                 return Ok(incoming);
             }
-            let message = match self.ws.next().await {
+            if let Link::Stream(link) = &mut self.link {
+                let Some(line) = link.line().await? else {
+                    return Ok(Incoming::Closed(0));
+                };
+                if line == "{}" {
+                    // The server's ping: answered through /emulation.
+                    link.post("{}").await?;
+                    continue;
+                }
+                return decode_centrifugo(&line);
+            }
+            let message = match self.ws()?.next().await {
                 Some(Ok(message)) => message,
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(Incoming::Closed(0)),
@@ -506,11 +743,11 @@ impl Connection {
             match message {
                 Message::Text(text) => match self.protocol {
                     Protocol::V1 => return decode_json(&text),
-                    Protocol::Centrifugo => {
+                    Protocol::Centrifugo | Protocol::CentrifugoHttpStream => {
                         for line in text.split('\n') {
                             if line == "{}" {
                                 // The server's ping: answered in kind.
-                                self.ws.send(Message::text("{}")).await?;
+                                self.ws()?.send(Message::text("{}")).await?;
                             } else {
                                 self.pending.push_back(decode_centrifugo(line)?);
                             }
@@ -522,9 +759,9 @@ impl Connection {
                                 serde_json::from_str(event)?;
                             return decode_json(body.get());
                         } else if text.as_str() == "2" {
-                            self.ws.send(Message::text("3")).await?;
+                            self.ws()?.send(Message::text("3")).await?;
                         } else if text.starts_with('0') {
-                            self.ws.send(Message::text("40")).await?;
+                            self.ws()?.send(Message::text("40")).await?;
                         }
                     }
                 },
@@ -546,7 +783,9 @@ impl Connection {
 
     /// Closes politely.
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        if let Link::Ws(ws) = &mut self.link {
+            let _ = WebSocketStream::close(ws, None).await;
+        }
     }
 }
 

@@ -46,7 +46,7 @@ pub fn run_loadgen_full(addrs: &[&str], args: &[&str]) -> LoadgenRun {
     let mut command = Command::new(loadgen_bin());
     command.args(args);
     for addr in addrs {
-        let url = if addr.starts_with("ws://") {
+        let url = if addr.starts_with("ws://") || addr.starts_with("http://") {
             addr.to_string()
         } else {
             format!("ws://{addr}/ws")

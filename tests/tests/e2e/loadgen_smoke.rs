@@ -85,6 +85,36 @@ fn chat_over_centrifugos_protocol_has_no_gap_duplicate_or_error() {
 }
 
 #[test]
+fn chat_over_http_streaming_has_no_gap_duplicate_or_error() {
+    let gw = bench_gateway();
+    let url = format!("http://{}/connection/http_stream", gw.addr());
+    let pid = gw.pid().to_string();
+    let (ok, json) = run_loadgen_urls(
+        &[&url],
+        &[
+            "chat",
+            "--users",
+            "100",
+            "--room-size",
+            "10",
+            "--rate",
+            "2",
+            "--duration",
+            "3",
+            "--protocol",
+            "centrifugo-http-stream",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert!(ok, "{json:#}");
+    assert_clean(&json);
+    assert_eq!(json["connections"], 100);
+    assert!(json["sent"].as_u64().unwrap() >= 100 * 5, "{json:#}");
+    assert_eq!(json["received"], json["expected"]);
+}
+
+#[test]
 fn broadcast_smoke_over_two_workers_and_source_addresses() {
     let gw = bench_gateway();
     let (ok, json) = loadgen(

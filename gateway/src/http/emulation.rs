@@ -338,7 +338,8 @@ pub(super) fn open(
     let content_type = match stream {
         Stream::Sse | Stream::Uni { sse: true } => "text/event-stream; charset=utf-8",
         Stream::Http(Encoding::CentrifugeProtobuf) => "application/octet-stream",
-        Stream::Http(_) | Stream::Uni { sse: false } => "application/json",
+        // Newline-delimited JSON: one reply or push per line.
+        Stream::Http(_) | Stream::Uni { sse: false } => "application/x-ndjson",
     };
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     allow(&mut response, origin);

@@ -237,11 +237,14 @@ start_server() {
         *" --database-url off "*) ;;
         *) [ "$server" = before ] || flags="$flags --data-dir $(mktemp -d /tmp/bench-gw-data.XXXXXX)" ;;
       esac
+      # An HTTP-streaming client holds two HTTP connections (its stream, and its commands'
+      # keep-alive POSTs), both counted by --max-http-connections: raised with the rest.
       # shellcheck disable=SC2086 # $flags is a word list on purpose
       env ${workers:+GATEWAY_WORKER_THREADS=$workers TOKIO_WORKER_THREADS=$workers} \
         "$bin" --listen 127.0.0.1:8080 --jwt-secret "$SECRET" --log warn $flags \
         --publish-rate 1000000 --publish-burst 1000000 \
-        --max-connections-per-user 100000 --max-connections 200000 >"$logfile" 2>&1 &
+        --max-connections-per-user 100000 --max-connections 200000 \
+        --max-http-connections 200000 >"$logfile" 2>&1 &
       ;;
     bun) PORT=9001 "$BUN" "$PEERS/bun/server.js" >"$logfile" 2>&1 & ;;
     socketio) PORT=9002 node "$PEERS/socketio/server.js" >"$logfile" 2>&1 & ;;

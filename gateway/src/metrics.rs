@@ -24,6 +24,8 @@ pub struct Metrics {
     pub http_refused: Counter,
     /// TLS handshakes that failed or ran past the handshake timeout (`--tls-cert`).
     pub tls_failed: Counter,
+    /// `/emulation` requests for a session on another node, relayed through the broker.
+    pub emulation_relayed: Counter,
     /// Payload bytes held in the embedded engine's history.
     pub history_bytes: Gauge,
     /// Connections accepted whose user's home node (`/v1/route`) is another live node.
@@ -55,6 +57,7 @@ pub fn metrics() -> &'static Metrics {
         publish_to_write: histogram!("gateway_publish_to_write_seconds"),
         http_refused: counter!("gateway_http_refused_total"),
         tls_failed: counter!("gateway_tls_handshake_failures_total"),
+        emulation_relayed: counter!("gateway_emulation_relayed_total"),
         misrouted: counter!("gateway_misrouted_connections_total"),
         history_bytes: gauge!("gateway_history_bytes"),
     })

@@ -25,6 +25,16 @@ impl Nginx {
     /// Starts nginx before `upstreams` (`host:port` of each node): the shipped config with
     /// its `server` lines replaced by these and its listen address by a free port.
     pub async fn start(upstreams: &[&str]) -> Nginx {
+        Self::start_with(upstreams, true).await
+    }
+
+    /// [`Nginx::start`] without the shipped config's stickiness (its `hash` line): requests
+    /// go round-robin, each to the next node.
+    pub async fn start_round_robin(upstreams: &[&str]) -> Nginx {
+        Self::start_with(upstreams, false).await
+    }
+
+    async fn start_with(upstreams: &[&str], sticky: bool) -> Nginx {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -43,6 +53,9 @@ impl Nginx {
                     }
                     servers_written = true;
                 }
+                continue;
+            }
+            if !sticky && trimmed.starts_with("hash ") {
                 continue;
             }
             if trimmed.starts_with("listen 127.0.0.1:8080") {

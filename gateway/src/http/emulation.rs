@@ -35,9 +35,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-/// The pipe between a session and its bridge, bytes each way.
+/// The pipe between a session and its bridge, bytes each way (allocated as they come).
 const PIPE: usize = 64 * 1024;
 /// Stream chunks the bridge may have handed to the response before it waits.
 const STREAM_CHUNKS: usize = 16;
@@ -188,6 +188,7 @@ async fn relay(node: &Arc<Node>, request: EmulationRequest) -> Result<(), Undeli
         data,
     } = request;
     if holder != node.config.node_id {
+        crate::metrics::metrics().emulation_relayed.increment(1);
         let command = NodeCommand::Emulate { session, data };
         return match node.broker.command(command).await {
             Ok(reply) if reply.count() > 0 => Ok(()),
@@ -388,7 +389,12 @@ async fn bridge(node: Arc<Node>, id: Arc<str>, client: tokio::io::DuplexStream, 
         mut session,
         mut uni,
     } = pipe;
-    let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    // Small buffers, like the session's own: tungstenite's defaults (a 128 KiB read buffer)
+    // would make each stream cost ten times a WebSocket connection.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let ws = WebSocketStream::from_raw_socket(client, Role::Client, Some(config)).await;
     let (mut sink, mut frames) = ws.split();
     let encoding = stream.encoding();
     let frame = |data: Bytes| -> Message {

@@ -437,3 +437,43 @@ async fn listen_only_clients_get_pushes_recover_and_are_kept_alive() {
     .await;
     assert_eq!(r.status, 400, "{r:?}");
 }
+
+#[tokio::test]
+async fn through_nginx_without_stickiness_the_session_gets_every_command() {
+    let redis = e2e::Redis::start().await;
+    let gws = crate::cluster::nodes(&redis, 3).await;
+    let upstreams: Vec<String> = gws.iter().map(|g| g.addr().to_string()).collect();
+    let upstreams: Vec<&str> = upstreams.iter().map(String::as_str).collect();
+    let nginx = e2e::Nginx::start_round_robin(&upstreams).await;
+    let (mut stream, session, node) = open_stream(&nginx.addr(), "rover").await;
+    let mut seen = String::new();
+    let subscribe = json!({"id": 2, "subscribe": {"channel": "room:rove"}}).to_string();
+    assert_eq!(
+        emulate(&nginx.addr(), &session, &node, &subscribe).await,
+        204
+    );
+    read_line_until(&mut stream, &mut seen, "the subscribe reply", |v| {
+        v["id"] == 2
+    })
+    .await;
+    // Every command through nginx, each request to the next node in turn.
+    for n in 0..6 {
+        let publish = json!({"id": 10 + n, "publish": {"channel": "room:rove", "data": {"n": n}}})
+            .to_string();
+        assert_eq!(emulate(&nginx.addr(), &session, &node, &publish).await, 204);
+    }
+    for n in 0..6 {
+        read_line_until(&mut stream, &mut seen, "a publication", |v| {
+            v["push"]["pub"]["data"]["n"] == n
+        })
+        .await;
+    }
+    // Some went through other nodes than the stream's, and were relayed.
+    let mut relayed = 0.0;
+    for gw in &gws {
+        relayed += metric(gw.addr(), "gateway_emulation_relayed_total")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert!(relayed >= 1.0, "relayed {relayed}");
+}

@@ -2,7 +2,8 @@
 // back to HTTP-streaming (JSON and Protobuf builds), and to SSE when streaming fetch fails
 // too (the `eventsource` package: Node 20 has no EventSource). Over each: subscribe, publish
 // through `/emulation`, presence, and recovery after the stream is dropped (by the client,
-// and by the server asking it to reconnect).
+// and by the server asking it to reconnect); and in a cluster, with every POST on another
+// node than the stream.
 //
 // Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
 //   node --test tests/browser/centrifuge-fallback.test.mjs
@@ -14,7 +15,7 @@ import WebSocket from 'ws';
 import { EventSource } from 'eventsource';
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
-import { API_KEY, startGateway, stopGateway } from './harness.mjs';
+import { API_KEY, startGateway, startRedis, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000;
 const SECRET = randomBytes(32).toString('hex');
@@ -145,4 +146,67 @@ test('/emulation refuses a session the node does not hold, and what is not a req
   assert.equal(forged.status, 404);
   assert.equal((await post('not json')).status, 400);
   assert.equal((await post(JSON.stringify({ session: 'x' }))).status, 400);
+});
+
+test('over HTTP-streaming in a cluster, the POSTs may land on another node than the stream', { timeout: 90_000 }, async () => {
+  // Three nodes on one Redis: the stream on the first, every /emulation POST on the second
+  // (as a load balancer without stickiness may send them), publications from the third.
+  const redis = await startRedis();
+  const nodes = [];
+  try {
+    for (let i = 0; i < 3; i += 1) {
+      nodes.push(await startGateway(['--jwt-secret', SECRET, '--redis-url', redis.url]));
+    }
+    const [a, b, c] = nodes;
+    const client = new JsonCentrifuge([
+      { transport: 'websocket', endpoint: `ws://${a.addr}/blocked/websocket` },
+      { transport: 'http_stream', endpoint: `http://${a.addr}/connection/http_stream` },
+    ], {
+      token: token('cluster-roamer'),
+      websocket: WebSocket,
+      emulationEndpoint: `http://${b.addr}/emulation`,
+      minReconnectDelay: 100,
+      maxReconnectDelay: 500,
+    });
+    const got = [];
+    const subscribedEvents = [];
+    const sub = client.newSubscription('room:cluster-roam');
+    sub.on('publication', (ctx) => got.push(ctx.data.n));
+    sub.on('subscribed', (ctx) => subscribedEvents.push(ctx));
+    sub.subscribe();
+    client.connect();
+    try {
+      await eventually('subscribed', () => subscribedEvents.length === 1);
+      await sub.publish({ n: 1 });
+      const r = await fetch(`http://${c.addr}/api/publish`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ channel: 'room:cluster-roam', data: { n: 2 } }),
+      });
+      assert.equal(r.status, 200);
+      await eventually('both publications', () => got.length === 2);
+      const presence = await sub.presence();
+      assert.ok(Object.values(presence.clients).some((x) => x.user === 'cluster-roamer'));
+      // The client drops its stream and comes back: it recovers, its POSTs still elsewhere.
+      client.disconnect();
+      const r3 = await fetch(`http://${c.addr}/api/publish`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ channel: 'room:cluster-roam', data: { n: 3 } }),
+      });
+      assert.equal(r3.status, 200);
+      client.connect();
+      await eventually('recovered', () => got.length === 3);
+      assert.deepEqual(got, [1, 2, 3]);
+      assert.equal(subscribedEvents[1].recovered, true);
+      const metrics = await (await fetch(`http://${b.addr}/metrics`)).text();
+      const relayed = Number(metrics.split('\n').find((l) => l.startsWith('gateway_emulation_relayed_total')).split(' ').pop());
+      assert.ok(relayed >= 3, `relayed ${relayed}`);
+    } finally {
+      client.disconnect();
+    }
+  } finally {
+    for (const n of nodes) await stopGateway(n);
+    redis.proc.kill('SIGKILL');
+  }
 });

@@ -10,25 +10,17 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
-import { API_KEY, startGateway, stopGateway } from './harness.mjs';
+import { API_KEY, connectionToken, eventually, startGateway, stopGateway } from './harness.mjs';
 
-const WAIT = 20_000;
 const SECRET = randomBytes(32).toString('hex');
 let gw;
-
-/** An HS256 connection token for `sub`. */
-function token(sub) {
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
-  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
-}
 
 /** A document of about 20 KB. */
 function document() {
@@ -68,15 +60,6 @@ function recordingWebSocket(seen) {
   };
 }
 
-/** Waits until `check()` is true. */
-async function eventually(what, check) {
-  const deadline = Date.now() + WAIT;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`not within ${WAIT} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
 before(async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'delta-test-'));
   const config = path.join(dir, 'gateway.toml');
@@ -95,7 +78,7 @@ for (const [build, Centrifuge, protobuf] of [['JSON', JsonCentrifuge, false], ['
     const text = protobuf ? (data) => new TextDecoder().decode(data) : (data) => JSON.stringify(data);
     const seen = [];
     const client = new Centrifuge(`ws://${gw.addr}/connection/websocket`, {
-      token: token(`delta-${build}`),
+      token: connectionToken(SECRET, `delta-${build}`),
       websocket: recordingWebSocket(seen),
       minReconnectDelay: 100,
       maxReconnectDelay: 500,

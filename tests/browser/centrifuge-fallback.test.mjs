@@ -10,23 +10,15 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import WebSocket from 'ws';
 import { EventSource } from 'eventsource';
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
-import { API_KEY, startGateway, startRedis, stopGateway } from './harness.mjs';
+import { API_KEY, connectionToken, eventually, startGateway, startRedis, stopGateway } from './harness.mjs';
 
-const WAIT = 20_000;
 const SECRET = randomBytes(32).toString('hex');
 let gw;
-
-/** An HS256 connection token for `sub`. */
-function token(sub) {
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
-  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
-}
 
 /** Calls the HTTP API. */
 async function api(method, body) {
@@ -38,15 +30,6 @@ async function api(method, body) {
   const text = await r.text();
   assert.equal(r.status, 200, text);
   return JSON.parse(text);
-}
-
-/** Waits until `check()` is true. */
-async function eventually(what, check) {
-  const deadline = Date.now() + WAIT;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`not within ${WAIT} ms: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
 }
 
 /** The transports list: a WebSocket endpoint that refuses the upgrade (as a proxy that blocks
@@ -82,7 +65,7 @@ for (const [name, Centrifuge, protobuf, blockStream, expected] of cases) {
     const user = `fallback-${expected}-${protobuf ? 'pb' : 'json'}`;
     const channel = `room:${user}`;
     const client = new Centrifuge(transports({ blockStream }), {
-      token: token(user),
+      token: connectionToken(SECRET, user),
       websocket: WebSocket,
       eventsource: EventSource,
       emulationEndpoint: `http://${gw.addr}/emulation`,
@@ -162,7 +145,7 @@ test('over HTTP-streaming in a cluster, the POSTs may land on another node than 
       { transport: 'websocket', endpoint: `ws://${a.addr}/blocked/websocket` },
       { transport: 'http_stream', endpoint: `http://${a.addr}/connection/http_stream` },
     ], {
-      token: token('cluster-roamer'),
+      token: connectionToken(SECRET, 'cluster-roamer'),
       websocket: WebSocket,
       emulationEndpoint: `http://${b.addr}/emulation`,
       minReconnectDelay: 100,

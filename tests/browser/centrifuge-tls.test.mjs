@@ -9,7 +9,7 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { request } from 'node:https';
@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import WebSocket from 'ws';
 import { Centrifuge } from 'centrifuge';
-import { API_KEY, startGateway, stopGateway } from './harness.mjs';
+import { API_KEY, connectionToken, startGateway, stopGateway } from './harness.mjs';
 
 const WAIT = 20_000;
 const SECRET = randomBytes(32).toString('hex');
@@ -42,12 +42,6 @@ function issue(cn) {
   return { key, chain };
 }
 
-/** An HS256 connection token for `sub`. */
-function token(sub) {
-  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 })}`;
-  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
-}
 
 /** The `ws` WebSocket, trusting the test authority only (the SDK passes url and protocols). */
 class TrustingWebSocket extends WebSocket {
@@ -115,7 +109,7 @@ after(async () => {
 
 test('centrifuge-js over wss: subscribe, a publication by https, and a SIGHUP renewal', { timeout: 60_000 }, async () => {
   const client = new Centrifuge(`wss://${gw.addr}/connection/websocket`, {
-    token: token('tls-user'),
+    token: connectionToken(SECRET, 'tls-user'),
     websocket: TrustingWebSocket,
   });
   try {

@@ -8,7 +8,7 @@ import { createInterface } from 'node:readline';
 import { mkdtempSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
@@ -174,4 +174,21 @@ export function scenario({ timeout, onFailure }) {
       }
     });
   };
+}
+
+/** An HS256 connection token for `sub` signed with `secret` (the node's --jwt-secret), valid
+ * for `secs` seconds. */
+export function connectionToken(secret, sub, secs = 3600) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + secs })}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+/** Waits until `check()` is true, within `within` ms (checking every 20 ms). */
+export async function eventually(what, check, within = 20_000) {
+  const deadline = Date.now() + within;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`not within ${within} ms: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }

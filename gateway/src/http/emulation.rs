@@ -413,7 +413,13 @@ async fn bridge(node: Arc<Node>, id: Arc<str>, client: tokio::io::DuplexStream, 
         // The headers go out at once, and EventSource opens.
         open = send(&out, &mut session, Bytes::from_static(b"\r\n")).await;
     }
-    open = open && sink.send(frame(connect)).await.is_ok();
+    // The first frame races the session: one that ends before reading it all (a frame too
+    // large) must not leave the bridge waiting on a full pipe.
+    open = open
+        && tokio::select! {
+            sent = sink.send(frame(connect)) => sent.is_ok(),
+            _ = &mut session => false,
+        };
     // A listen-only client has no commands after its connect (no sender was kept).
     let mut commands_open = true;
     while open {

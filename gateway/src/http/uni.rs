@@ -86,6 +86,17 @@ fn start(node: &Arc<Node>, headers: &HeaderMap, request: &[u8], sse: bool) -> Re
         }
     };
     let request = request.unwrap_or_default();
+    let limits = &node.config.limits;
+    if request.subs.len() > limits.max_subscriptions {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "at most {} channels in subs (--max-subscriptions)",
+                limits.max_subscriptions
+            ),
+        )
+            .into_response();
+    }
     // The session's first frame: connect, then a subscribe per channel, as one batch.
     let mut lines = vec![json!({"id": 1, "connect": {"token": request.token.unwrap_or_default()}})];
     let mut channels = Vec::with_capacity(request.subs.len());
@@ -99,13 +110,28 @@ fn start(node: &Arc<Node>, headers: &HeaderMap, request: &[u8], sse: bool) -> Re
         lines.push(json!({"id": i + 2, "subscribe": subscribe}));
         channels.push(channel);
     }
-    let frame: Vec<String> = lines.iter().map(Value::to_string).collect();
+    let frame = lines
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    // The session reads it as one frame, which --max-frame-size bounds.
+    if frame.len() > limits.max_frame_size {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the connect request makes a frame over {} bytes (--max-frame-size)",
+                limits.max_frame_size
+            ),
+        )
+            .into_response();
+    }
     let listener = Listener { channels };
     open(
         node,
         headers,
         Stream::Uni { sse },
-        Bytes::from(frame.join("\n")),
+        Bytes::from(frame),
         Some(listener),
     )
 }

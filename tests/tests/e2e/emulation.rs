@@ -477,3 +477,37 @@ async fn through_nginx_without_stickiness_the_session_gets_every_command() {
     }
     assert!(relayed >= 1.0, "relayed {relayed}");
 }
+
+#[tokio::test]
+async fn a_listeners_request_is_bounded_like_a_connection() {
+    let gw = Gateway::start(&["--max-frame-size", "2048", "--max-subscriptions", "50"]).await;
+    let subs = |n: usize| -> String {
+        let subs: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| (format!("room:listener-{i:06}"), json!({})))
+            .collect();
+        json!({"token": token("many"), "subs": subs}).to_string()
+    };
+    // More channels than one connection may hold.
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/connection/uni_http_stream",
+        &[],
+        Some(&subs(51)),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("--max-subscriptions"), "{r:?}");
+    // A request under --max-frame-size that makes a first frame over it.
+    let body = subs(40);
+    assert!(body.len() < 2048, "{}", body.len());
+    let r = http(
+        gw.addr(),
+        "POST",
+        "/connection/uni_http_stream",
+        &[],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{r:?}");
+}

@@ -159,18 +159,23 @@ impl Listener {
     pub(super) fn pushes(&mut self, text: &str) -> Pushes {
         let mut out = Pushes::default();
         for line in text.split('\n').filter(|l| !l.is_empty()) {
-            let Ok(mut v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if v.as_object().is_some_and(serde_json::Map::is_empty) {
+            if line == "{}" {
                 out.lines.push("{}".into());
                 out.pong = true;
                 continue;
             }
-            if let Some(push) = v.get_mut("push") {
-                out.lines.push(push.take().to_string());
+            // A push, every publication among them: unwrapped as text, not parsed (this runs
+            // per message per listener). The node writes pushes as `{"push":{...}}` exactly.
+            if let Some(push) = line
+                .strip_prefix("{\"push\":")
+                .and_then(|rest| rest.strip_suffix('}'))
+            {
+                out.lines.push(push.to_owned());
                 continue;
             }
+            let Ok(mut v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
             let Some(id) = v["id"].as_u64() else {
                 continue;
             };

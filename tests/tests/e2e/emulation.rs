@@ -511,3 +511,29 @@ async fn a_listeners_request_is_bounded_like_a_connection() {
     .await;
     assert_eq!(r.status, 413, "{r:?}");
 }
+
+#[tokio::test]
+async fn a_listener_may_post_its_request_to_uni_sse() {
+    let gw = Gateway::start(&[]).await;
+    let body = json!({"token": token("poster"), "subs": {"room:uni-post": {}}}).to_string();
+    let mut s = open_uni(gw.addr(), "POST", "/connection/uni_sse", &body).await;
+    let mut seen = String::new();
+    read_line_until(&mut s, &mut seen, "subscribe", |v| {
+        v.get("subscribe").is_some()
+    })
+    .await;
+    api_post(
+        gw.addr(),
+        "/api/publish",
+        json!({"channel": "room:uni-post", "data": {"n": 1}}),
+    )
+    .await;
+    read_line_until(&mut s, &mut seen, "the event", |v| {
+        v["pub"]["data"]["n"] == 1
+    })
+    .await;
+    assert!(
+        seen.contains("data: {\"channel\":\"room:uni-post\",\"pub\""),
+        "{seen}"
+    );
+}

@@ -83,6 +83,7 @@ $('sign-out').addEventListener('click', () => {
   apiKey = null;
   clearInterval(timer);
   previous = null;
+  previousProxies = null;
   samples.length = 0;
   selected = null;
   $('dashboard').hidden = true;
@@ -98,12 +99,14 @@ $('sign-out').addEventListener('click', () => {
 async function poll() {
   if (!apiKey) return;
   try {
-    const [{ nodes }, channels] = await Promise.all([
+    const [{ nodes }, channels, proxies] = await Promise.all([
       api('GET', 'api/nodes'),
       api('GET', `api/channels?limit=50&filter=${encodeURIComponent($('channel-filter').value.trim())}`),
+      api('GET', 'api/proxies'),
     ]);
     renderNodes(nodes);
     renderChannels(channels);
+    renderProxies(proxies);
     if (selected) await renderDetail(selected);
     $('poll-error').textContent = '';
   } catch (err) {
@@ -114,6 +117,34 @@ async function poll() {
     }
     $('poll-error').textContent = `Last refresh failed: ${err.message}`;
   }
+}
+
+let previousProxies = null; // {at, calls: Map(proxy -> calls)}
+let proxyRates = new Map(); // proxy -> calls per second
+
+/** The backend proxies of the node this page talks to: calls/s, failures, breaker. */
+function renderProxies({ node, proxies }) {
+  const now = performance.now();
+  if (!previousProxies || now - previousProxies.at >= 1500) {
+    if (previousProxies) {
+      const secs = (now - previousProxies.at) / 1000;
+      proxyRates = new Map(proxies.map((p) => {
+        const before = previousProxies.calls.get(p.proxy) ?? p.calls;
+        return [p.proxy, Math.max(0, p.calls - before) / secs];
+      }));
+    }
+    previousProxies = { at: now, calls: new Map(proxies.map((p) => [p.proxy, p.calls])) };
+  }
+  $('proxies-node').textContent = node;
+  $('proxies-none').hidden = proxies.length > 0;
+  $('proxy-rows').replaceChildren(...proxies.map((p) => el('tr', { 'data-proxy': p.proxy },
+    el('td', {}, el('code', { text: p.proxy })),
+    el('td', { text: rate(proxyRates.get(p.proxy)) }),
+    el('td', { text: fmt(p.calls) }),
+    el('td', { text: fmt(p.failures) }),
+    el('td', { class: `breaker ${p.breaker}`, 'data-testid': `breaker-${p.proxy}`, text: p.breaker.replace('_', '-') }),
+    el('td', { class: 'dim', text: p.last_error ?? '' }),
+  )));
 }
 
 let rates = new Map(); // node id -> {published, delivered} per second, over >= 1.5 s

@@ -68,6 +68,8 @@
  *   the same idempotency key (generated when not given), so a message is published at most once.
  * - `history(channel, {since?, limit?})`, `presence(channel, {limit?, cursor?})`,
  *   `presenceStats(channel)`, `ping()`: the protocol's ops.
+ * - `rpc(method, data?, {timeout?}): Promise<any>` calls a method of the app's backend (the
+ *   gateway's rpc proxy) and resolves with its answer.
  * - `on(event, listener): () => void` adds a listener and returns a function that removes it;
  *   `off(event, listener)`.
  * - Read-only properties: `state`, `user` (from `welcome`), `node`, `session`, `tokenExp`.
@@ -124,14 +126,19 @@ const RETRYABLE = new Set(['timeout', 'disconnected', 'rate_limited', 'unavailab
  * An error from the gateway (`code` is the protocol's error code) or from this client.
  * `maybePublished` (publish only): true when the message may still be published (the gateway
  * said `maybe_published: true`, or a reply never came), false when it surely was not.
+ * `backendCode`: the app's backend refused (a proxy's error), with this code of its own.
  */
 export class GatewayError extends Error {
-  /** @param {string} code @param {string} [message] @param {boolean} [maybePublished] */
-  constructor(code, message, maybePublished) {
+  /**
+   * @param {string} code @param {string} [message] @param {boolean} [maybePublished]
+   * @param {number} [backendCode]
+   */
+  constructor(code, message, maybePublished, backendCode) {
     super(message || code);
     this.name = 'GatewayError';
     this.code = code;
     if (maybePublished !== undefined) this.maybePublished = maybePublished;
+    if (backendCode !== undefined) this.backendCode = backendCode;
   }
 }
 
@@ -451,7 +458,8 @@ export class GatewayClient {
       this._pending.delete(frame.id);
       clearTimeout(p.timer);
       if (frame.error) {
-        p.reject(new GatewayError(frame.error.code, frame.error.message, frame.error.maybe_published));
+        const e = frame.error;
+        p.reject(new GatewayError(e.code, e.message, e.maybe_published, e.backend_code));
       }
       else p.resolve(frame.ok);
       return;
@@ -804,5 +812,18 @@ export class GatewayClient {
 
   ping(opts) {
     return this.request('ping', {}, opts);
+  }
+
+  /**
+   * Calls a method of the app's backend (the gateway's rpc proxy); resolves with the
+   * backend's answer, or rejects with a `GatewayError` (`rejected` with `backendCode` when
+   * the backend refused, `unavailable` when it did not answer, `method_not_found` when the
+   * gateway has no rpc proxy).
+   * @returns {Promise<any>}
+   */
+  async rpc(method, data, opts) {
+    const fields = data === undefined ? { method } : { method, data };
+    const ok = await this.request('rpc', fields, opts);
+    return ok.data;
   }
 }

@@ -29,6 +29,15 @@ pub struct Namespace {
     /// smaller [default: none].
     #[serde(default)]
     pub allowed_delta_types: Vec<DeltaType>,
+    /// Subscribes (without a subscription token) are decided by the subscribe proxy
+    /// (`--proxy-subscribe-url`) instead of `open` and token patterns [default: false].
+    #[serde(default)]
+    pub proxy_subscribe: bool,
+    /// Publishes are decided, and may be rewritten, by the publish proxy
+    /// (`--proxy-publish-url`) instead of `client_publish` and token patterns
+    /// [default: false].
+    #[serde(default)]
+    pub proxy_publish: bool,
 }
 
 /// A delta encoding of publications (see `crate::delta`).
@@ -82,6 +91,8 @@ impl Namespace {
             join_leave: JoinLeave::Each,
             archive: true,
             allowed_delta_types: Vec::new(),
+            proxy_subscribe: false,
+            proxy_publish: false,
         }]
     }
 }
@@ -168,6 +179,16 @@ impl Acl {
                 .is_some_and(|n| n.allowed_delta_types.contains(&DeltaType::Fossil))
     }
 
+    /// Whether `action` on `channel` is the backend's to decide (its namespace has
+    /// `proxy_subscribe` or `proxy_publish`; never on personal channels).
+    pub fn proxied(&self, channel: &str, action: Action) -> bool {
+        !channel.starts_with(PERSONAL_PREFIX)
+            && self.namespace(channel).is_some_and(|n| match action {
+                Action::Subscribe => n.proxy_subscribe,
+                Action::Publish => n.proxy_publish,
+            })
+    }
+
     /// Whether messages on `channel` are archived (personal channels and channels outside
     /// any namespace are; a namespace may opt out with `archive = false`).
     pub fn archive_enabled(&self, channel: &str) -> bool {
@@ -218,6 +239,8 @@ mod tests {
             join_leave: JoinLeave::Diff,
             archive: false,
             allowed_delta_types: vec![DeltaType::Fossil],
+            proxy_subscribe: false,
+            proxy_publish: false,
         });
         let acl = Acl::new(namespaces, true);
         assert!(acl.archive_enabled("room:x") && acl.archive_enabled("user:a"));

@@ -98,6 +98,8 @@ pub struct Node {
     pub public_url: String,
     /// Prometheus renderer, when the recorder is installed.
     pub prometheus: Option<PrometheusHandle>,
+    /// The app's backend endpoints (connect, subscribe, publish, rpc... proxies).
+    pub proxies: crate::proxy::Proxies,
     locks: ChannelLocks,
     /// The live nodes as the registry last listed them (refreshed with each heartbeat), for
     /// counting misrouted connections without a registry read per handshake.
@@ -131,6 +133,7 @@ impl Node {
             registry: backends.registry,
             public_url,
             prometheus,
+            proxies: crate::proxy::Proxies::new(&config.proxy),
             locks: ChannelLocks::new(),
             peers: parking_lot::RwLock::default(),
             draining: AtomicBool::new(false),

@@ -9,6 +9,7 @@
 //! audit drops a port's packets in the kernel ([`partition`]). Nothing here knows the gateway's internals: the
 //! contract is `docs/protocol.md`.
 
+pub mod backend;
 pub mod client;
 pub mod gateway;
 pub mod http;
@@ -21,6 +22,7 @@ pub mod proxy;
 pub mod redis;
 pub mod tls;
 
+pub use backend::Backend;
 pub use client::{Client, Connect, Encoding, HttpRefusal, error_code};
 pub use gateway::{
     Gateway, GatewayBuilder, TempDir, assert_config_error, assert_startup_error, gateway_bin,

@@ -6,10 +6,11 @@ mod history;
 pub(crate) mod presence;
 mod publish;
 mod refresh;
+mod rpc;
 mod subscribe;
 mod unsubscribe;
 
-use crate::protocol::{Answer, Command, ErrorCode, Op};
+use crate::protocol::{Answer, Command, Op};
 use crate::session::{End, Session};
 
 impl Session {
@@ -69,10 +70,7 @@ impl Session {
                 None
             }
             Op::SubRefresh { channel, token } => subscribe::refresh(self, id, &channel, &token),
-            Op::Rpc { .. } => {
-                self.error(id, ErrorCode::MethodNotFound, "method not found");
-                None
-            }
+            Op::Rpc { method, data } => rpc::apply(self, id, &method, data).await,
             // Nothing receives one-way messages yet: dropped, as the protocol has no reply.
             Op::Send => None,
         }

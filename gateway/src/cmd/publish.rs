@@ -1,9 +1,13 @@
-//! `publish`: ACL, the connection's token bucket, then the broker.
+//! `publish`: ACL (or the publish proxy, which may also rewrite the data), the connection's
+//! token bucket, then the broker.
 
 use crate::acl::Action;
 use crate::protocol::{Answer, ErrorCode};
+use crate::proxy::wire::{PublishRequest as ProxyRequest, PublishResult};
+use crate::proxy::{self, Kind};
 use crate::session::{End, Session};
 use fanout::{Payload, PublishRequest};
+use serde_json::value::RawValue;
 use std::time::Instant;
 
 pub(super) async fn apply(
@@ -13,7 +17,8 @@ pub(super) async fn apply(
     data: Payload,
     idem: Option<String>,
 ) -> Option<End> {
-    if !session.allowed(&channel, Action::Publish) {
+    let proxied = session.reg.node.acl.proxied(&channel, Action::Publish);
+    if !proxied && !session.allowed(&channel, Action::Publish) {
         session.error(
             id,
             ErrorCode::Forbidden,
@@ -26,6 +31,14 @@ pub(super) async fn apply(
     let (rate, burst) = (limits.publish_rate, limits.publish_burst);
     if !session.bucket.try_take(now, rate, burst) {
         return session.rate_limited(id, "publish", now);
+    }
+    let mut data = data;
+    if proxied {
+        match ask_backend(session, id, &channel, &data).await {
+            Ok(Some(replaced)) => data = replaced,
+            Ok(None) => {}
+            Err(end) => return end,
+        }
     }
     let request = PublishRequest {
         archive: session.reg.node.acl.archive_enabled(&channel),
@@ -50,4 +63,56 @@ pub(super) async fn apply(
         Err(e) => session.publish_error(id, &e),
     }
     None
+}
+
+/// Asks the publish proxy: `Ok(Some)` with the data to publish instead, `Ok(None)` to publish
+/// as sent, `Err` when refused (the client has its answer; `Some` ends the session).
+async fn ask_backend(
+    session: &mut Session,
+    id: i64,
+    channel: &str,
+    data: &Payload,
+) -> Result<Option<Payload>, Option<End>> {
+    let node = session.reg.node.clone();
+    // The backend reads JSON, whatever the client's encoding.
+    let json = match data.to_json() {
+        Ok(json) => json,
+        Err(e) => {
+            session.error(id, ErrorCode::BadRequest, &e.to_string());
+            return Err(None);
+        }
+    };
+    let Ok(raw) = serde_json::from_slice::<&RawValue>(&json) else {
+        session.error(id, ErrorCode::BadRequest, "data is not JSON");
+        return Err(None);
+    };
+    let client = session.client_id();
+    let request = ProxyRequest {
+        client: session.proxy_client(&client),
+        channel,
+        data: raw,
+    };
+    let answer = node
+        .proxies
+        .call::<PublishResult>(Kind::Publish, &request, session.forwarded())
+        .await;
+    match answer {
+        Ok(proxy::Answer::Result(r)) => match proxy::answer_data(r.data, r.b64data) {
+            Ok(replaced) => Ok(replaced.map(Payload::Json)),
+            Err(e) => {
+                tracing::warn!(error = %e, "publish proxy answered unusable data");
+                session.error(id, ErrorCode::Unavailable, e.client_message());
+                Err(None)
+            }
+        },
+        Ok(proxy::Answer::Error(e)) => {
+            session.error(id, proxy::error_code(&e), &e.message);
+            Err(None)
+        }
+        Ok(proxy::Answer::Disconnect(d)) => Err(Some(End::Close(proxy::disconnect_reason(&d)))),
+        Err(e) => {
+            session.error(id, ErrorCode::Unavailable, e.client_message());
+            Err(None)
+        }
+    }
 }

@@ -4,7 +4,9 @@
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::node::Recovery;
 use crate::protocol::{Answer, ErrorCode};
-use crate::session::{End, Grant, Session, expiry_instant};
+use crate::proxy::wire::{SubscribeRequest, SubscribeResult};
+use crate::proxy::{self, Kind};
+use crate::session::{End, Grant, Session, expiry_instant, proxied};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,8 +48,9 @@ fn check_token(
     }
 }
 
-/// Records (or renews) a subscription token's grant of `channel`.
-fn grant(session: &mut Session, channel: &str, exp: Option<u64>) {
+/// Records (or renews) a grant of `channel`: by a subscription token, or by the subscribe
+/// proxy (`proxied`).
+fn grant(session: &mut Session, channel: &str, exp: Option<u64>, proxied: bool) {
     let expires_at = exp.map(|exp| expiry_instant(&session.reg.node, exp));
     match session
         .grants_mut()
@@ -57,12 +60,60 @@ fn grant(session: &mut Session, channel: &str, exp: Option<u64>) {
         Some(g) => {
             g.expires_at = expires_at;
             g.exp = exp;
+            g.proxied = proxied;
         }
         None => session.grants_mut().push(Grant {
             channel: channel.into(),
             expires_at,
             exp,
+            proxied,
         }),
+    }
+}
+
+/// What the subscribe proxy decided.
+enum Decided {
+    /// Granted (recorded); go on.
+    Granted,
+    /// Refused: the client has its answer.
+    Refused,
+    /// The backend ended the connection.
+    End(End),
+}
+
+/// Asks the subscribe proxy whether the connection may subscribe to `channel`, and records
+/// the grant it gives (with its `expire_at`, extended by the sub_refresh proxy).
+async fn ask_backend(session: &mut Session, id: i64, channel: &str) -> Decided {
+    let node = session.reg.node.clone();
+    let client = session.client_id();
+    let request = SubscribeRequest {
+        client: session.proxy_client(&client),
+        channel,
+    };
+    let answer = node
+        .proxies
+        .call::<SubscribeResult>(Kind::Subscribe, &request, session.forwarded())
+        .await;
+    match answer {
+        Ok(proxy::Answer::Result(r)) => match proxied::deadline(&node, r.expire_at) {
+            Ok(at) => {
+                grant(session, channel, at.map(|(_, exp)| exp), true);
+                Decided::Granted
+            }
+            Err(()) => {
+                session.error(id, ErrorCode::Forbidden, "the backend's grant has expired");
+                Decided::Refused
+            }
+        },
+        Ok(proxy::Answer::Error(e)) => {
+            session.error(id, proxy::error_code(&e), &e.message);
+            Decided::Refused
+        }
+        Ok(proxy::Answer::Disconnect(d)) => Decided::End(End::Close(proxy::disconnect_reason(&d))),
+        Err(e) => {
+            session.error(id, ErrorCode::Unavailable, e.client_message());
+            Decided::Refused
+        }
     }
 }
 
@@ -79,13 +130,19 @@ pub(super) fn refresh(session: &mut Session, id: i64, channel: &str, token: &str
     match check_token(session, channel, token) {
         Err((code, why)) => session.error(id, code, why),
         Ok(exp) => {
-            grant(session, channel, exp);
+            grant(session, channel, exp, false);
             // No expiry: the answer says a distant one, which the SDKs never act on.
             let exp = exp.unwrap_or(u64::from(u32::MAX));
             session.answer(id, &Answer::SubRefreshed { exp });
         }
     }
     None
+}
+
+/// Whether a subscribe to `channel` (not yet held) is the subscribe proxy's to decide.
+fn node_proxies_subscribe(session: &Session, channel: &str) -> bool {
+    session.reg.node.acl.proxied(channel, Action::Subscribe)
+        && !session.subs.iter().any(|c| **c == *channel)
 }
 
 pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> Option<End> {
@@ -103,14 +160,21 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
                 session.error(id, code, why);
                 return None;
             }
-            Ok(exp) => grant(session, &channel, exp),
+            Ok(exp) => grant(session, &channel, exp, false),
+        }
+    } else if node_proxies_subscribe(session, &channel) {
+        match ask_backend(session, id, &channel).await {
+            Decided::Granted => {}
+            Decided::Refused => return None,
+            Decided::End(end) => return Some(end),
         }
     }
-    // A subscription by token expires with it: the reply says when.
+    // A subscription by token expires with it: the reply says when. One the subscribe proxy
+    // granted is extended by the server (the sub_refresh proxy): the client is not told.
     let expires = session
         .grants()
         .iter()
-        .find(|g| *g.channel == *channel)
+        .find(|g| *g.channel == *channel && !g.proxied)
         .and_then(|g| g.exp);
     if !session.allowed(&channel, Action::Subscribe) {
         session.error(

@@ -164,6 +164,8 @@ pub struct Config {
     pub presence_diff_max: usize,
     /// The message archive, when on.
     pub archive: Option<ArchiveSettings>,
+    /// The backend proxies (docs/proxies.md).
+    pub proxy: crate::proxy::ProxyConfig,
 }
 
 /// Message archive settings.
@@ -319,6 +321,7 @@ impl Config {
             retention: Duration::from_secs(s.archive_retention_days.max(1) * 24 * 3600),
         });
         let jwt = jwt_config(&s)?;
+        let proxy = proxy_config(&s)?;
         let listen = s.listen;
         listen.parse::<SocketAddr>().with_context(|| {
             format!("--listen {listen:?} is not an address like 127.0.0.1:8080")
@@ -358,6 +361,22 @@ impl Config {
             (None, None) => None,
             _ => bail!("--tls-cert and --tls-key go together: give both, or neither"),
         };
+        let namespaces = Namespace::with_defaults(s.namespaces.clone().unwrap_or_default());
+        for ns in &namespaces {
+            for (on, kind) in [
+                (ns.proxy_subscribe, crate::proxy::Kind::Subscribe),
+                (ns.proxy_publish, crate::proxy::Kind::Publish),
+            ] {
+                if on && proxy.urls[kind as usize].is_none() {
+                    bail!(
+                        "namespace {:?} has proxy_{} but --proxy-{}-url is not set",
+                        ns.prefix,
+                        kind.name(),
+                        kind.name()
+                    );
+                }
+            }
+        }
         if s.worker_threads == Some(0) {
             bail!("--worker-threads must be at least 1");
         }
@@ -389,7 +408,7 @@ impl Config {
             dedup_window,
             dedup_max_keys: s.dedup_max_keys.max(1),
             direct_messages: s.direct_messages,
-            namespaces: Namespace::with_defaults(s.namespaces.unwrap_or_default()),
+            namespaces,
             redis,
             presence_heartbeat: Duration::from_secs(s.presence_heartbeat_secs.max(1)),
             presence_diff_interval: Duration::from_millis(
@@ -397,8 +416,67 @@ impl Config {
             ),
             presence_diff_max: s.presence_diff_max,
             archive,
+            proxy,
         })
     }
+}
+
+/// The proxies' settings: URLs (`http://` only), timeouts, bounds, the header allow-list.
+fn proxy_config(s: &Settings) -> anyhow::Result<crate::proxy::ProxyConfig> {
+    use crate::proxy::Kind;
+    let given = [
+        &s.proxy_connect_url,
+        &s.proxy_refresh_url,
+        &s.proxy_subscribe_url,
+        &s.proxy_publish_url,
+        &s.proxy_sub_refresh_url,
+        &s.proxy_rpc_url,
+    ];
+    let mut urls: [Option<http::Uri>; 6] = Default::default();
+    for (kind, url) in Kind::ALL.into_iter().zip(given) {
+        let Some(url) = url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            continue;
+        };
+        let flag = format!("--proxy-{}-url", kind.name().replace('_', "-"));
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("{flag} {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            bail!(
+                "{flag} {url:?}: expected http://host[:port]/path (TLS to the backend is not \
+                 offered: keep the backend on a private network, or behind a local proxy)"
+            );
+        }
+        urls[kind as usize] = Some(uri);
+    }
+    let mut headers = Vec::new();
+    for name in s
+        .proxy_headers
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+    {
+        let header = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .with_context(|| format!("--proxy-headers: {name:?} is not a header name"))?;
+        if header == http::header::CONTENT_TYPE
+            || header == http::header::CONTENT_LENGTH
+            || header == http::header::HOST
+            || header == http::header::TRANSFER_ENCODING
+            || header == http::header::CONNECTION
+        {
+            bail!("--proxy-headers: {name} is the proxy request's own header");
+        }
+        headers.push(header);
+    }
+    Ok(crate::proxy::ProxyConfig {
+        urls,
+        timeout: Duration::from_millis(s.proxy_timeout_ms.max(1)),
+        max_in_flight: s.proxy_max_in_flight.max(1),
+        breaker_failures: s.proxy_breaker_failures.max(1),
+        breaker_open: Duration::from_millis(s.proxy_breaker_open_ms.max(1)),
+        max_answer_bytes: s.proxy_max_answer_bytes.max(1024),
+        headers,
+    })
 }
 
 fn jwt_config(s: &Settings) -> anyhow::Result<JwtConfig> {

@@ -211,6 +211,52 @@ pub struct Settings {
     /// WebSocket read buffer per connection, bytes.
     #[arg(long, env = "GATEWAY_READ_BUFFER_SIZE", default_value_t = 512)]
     pub read_buffer_size: usize,
+    /// Connect proxy: a connection without a token is sent (its allow-listed headers and
+    /// `connect` data) to this `http://` URL, which answers who it is (docs/proxies.md).
+    #[arg(long, env = "GATEWAY_PROXY_CONNECT_URL")]
+    pub proxy_connect_url: Option<String>,
+    /// Refresh proxy: asked when a proxied connection's `expire_at` comes.
+    #[arg(long, env = "GATEWAY_PROXY_REFRESH_URL")]
+    pub proxy_refresh_url: Option<String>,
+    /// Subscribe proxy: decides subscribes in namespaces with `proxy_subscribe`.
+    #[arg(long, env = "GATEWAY_PROXY_SUBSCRIBE_URL")]
+    pub proxy_subscribe_url: Option<String>,
+    /// Publish proxy: decides (and may rewrite) publishes in namespaces with `proxy_publish`.
+    #[arg(long, env = "GATEWAY_PROXY_PUBLISH_URL")]
+    pub proxy_publish_url: Option<String>,
+    /// Sub_refresh proxy: asked when a proxied subscription's `expire_at` comes.
+    #[arg(long, env = "GATEWAY_PROXY_SUB_REFRESH_URL")]
+    pub proxy_sub_refresh_url: Option<String>,
+    /// RPC proxy: serves clients' `rpc` calls.
+    #[arg(long, env = "GATEWAY_PROXY_RPC_URL")]
+    pub proxy_rpc_url: Option<String>,
+    /// Milliseconds a proxy call may take (waiting for a slot included); then the client gets
+    /// `unavailable`.
+    #[arg(long, env = "GATEWAY_PROXY_TIMEOUT_MS", default_value_t = 3000)]
+    pub proxy_timeout_ms: u64,
+    /// Most calls in flight per proxy endpoint.
+    #[arg(long, env = "GATEWAY_PROXY_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub proxy_max_in_flight: usize,
+    /// Failed calls in a row that open a proxy endpoint's circuit breaker.
+    #[arg(long, env = "GATEWAY_PROXY_BREAKER_FAILURES", default_value_t = 5)]
+    pub proxy_breaker_failures: u32,
+    /// Milliseconds an open breaker refuses calls before a probe.
+    #[arg(long, env = "GATEWAY_PROXY_BREAKER_OPEN_MS", default_value_t = 5000)]
+    pub proxy_breaker_open_ms: u64,
+    /// Largest proxy answer read, bytes; a longer one is a failed call.
+    #[arg(
+        long,
+        env = "GATEWAY_PROXY_MAX_ANSWER_BYTES",
+        default_value_t = 1048576
+    )]
+    pub proxy_max_answer_bytes: usize,
+    /// Client request headers sent with proxy calls, comma-separated.
+    #[arg(
+        long,
+        env = "GATEWAY_PROXY_HEADERS",
+        default_value = "cookie,origin,user-agent,x-forwarded-for,x-real-ip"
+    )]
+    pub proxy_headers: String,
     /// Namespaces (config file only): prefix, open, client_publish, presence.
     #[arg(skip)]
     pub namespaces: Option<Vec<Namespace>>,

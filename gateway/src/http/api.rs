@@ -266,6 +266,19 @@ pub async fn unsubscribe(
     Ok(Json(json!({ "unsubscribed": count.count() })))
 }
 
+/// `GET /api/proxies`: this node's backend endpoints (proxies), each with its calls, failures,
+/// circuit breaker state and last failure (the admin page's "Backend" table).
+pub async fn proxies(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&node, &headers)?;
+    Ok(Json(json!({
+        "node": node.config.node_id,
+        "proxies": node.proxies.health(),
+    })))
+}
+
 /// `GET /api/nodes`: the live nodes (the registry), each with its live counters (asked of
 /// every node at once; a node that does not answer in time shows its registry entry only).
 pub async fn nodes(

@@ -6,8 +6,8 @@ use super::upgrade::{Upgrade, UpgradeRejection};
 use super::ws::{Refusal, not_websocket, precheck, socket_config};
 use crate::node::Node;
 use crate::protocol::Encoding;
-use crate::session::Handoff;
 use crate::session::connect::{self, CentrifugeStart};
+use crate::session::{Handoff, ProxyState};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
@@ -63,11 +63,13 @@ pub(super) fn accept(
     Ok((chosen, encoding))
 }
 
-/// The connection's start, with the socket as `handoff` gives it.
+/// The connection's start, with the socket as `handoff` gives it; `headers` are the
+/// client's request's (some go with proxy calls).
 pub(super) fn start(
     node: &Arc<Node>,
     encoding: Encoding,
     handoff: Handoff,
+    headers: &HeaderMap,
 ) -> Box<CentrifugeStart> {
     Box::new(CentrifugeStart {
         handoff,
@@ -75,6 +77,7 @@ pub(super) fn start(
         config: socket_config(node),
         encoding,
         emulation: None,
+        proxy: ProxyState::of(node, "websocket", headers).map(Box::new),
     })
 }
 
@@ -98,6 +101,7 @@ pub async fn upgrade(
         &node,
         encoding,
         Handoff::Hyper(on_upgrade),
+        &headers,
     )));
     response
 }

@@ -301,7 +301,15 @@ pub(super) fn open(
     let encoding = stream.encoding();
     let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
     let (server, client) = tokio::io::duplex(PIPE);
-    let mut begin = start(node, encoding, Handoff::Emulated(server));
+    let mut begin = start(node, encoding, Handoff::Emulated(server), headers);
+    if let Some(proxy) = begin.proxy.as_mut() {
+        proxy.transport = match stream {
+            Stream::Http(_) => "http_stream",
+            Stream::Sse => "sse",
+            Stream::Uni { sse: false } => "uni_http_stream",
+            Stream::Uni { sse: true } => "uni_sse",
+        };
+    }
     let (commands_tx, commands) = mpsc::channel(COMMANDS);
     if uni.is_none() {
         // A listen-only client sends nothing after its connect: no session id for it.

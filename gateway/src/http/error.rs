@@ -35,6 +35,7 @@ impl ApiError {
             ErrorCode::NotAvailable => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
             ErrorCode::UnrecoverablePosition => StatusCode::CONFLICT,
+            ErrorCode::Backend(_) => StatusCode::FORBIDDEN,
         };
         Self {
             status,

@@ -93,6 +93,7 @@ pub fn routes() -> Vec<Route> {
         post("/api/unsubscribe", api::unsubscribe),
         post("/centrifugo/api/{method}", centrifugo_api::call),
         get("/api/nodes", api::nodes),
+        get("/api/proxies", api::proxies),
         get("/api/channels", api::channels),
         get("/api/openapi.json", ops::openapi),
         get("/v1/route", ops::route),

@@ -189,7 +189,7 @@ pub async fn first_request(
     drop(buf);
     let key = &parsed.key;
     let refusal = match parsed.door {
-        Door::V1 => match ws::accept(node, &parsed.headers, parsed.query.as_deref()) {
+        Door::V1 => match ws::accept(node, &parsed.headers, parsed.query.as_deref()).await {
             Ok(accepted) => {
                 let response = switching(key, accepted.protocol);
                 let handoff = Handoff::Raw {
@@ -210,7 +210,8 @@ pub async fn first_request(
                     read,
                     response,
                 };
-                drop(connect::spawn(centrifuge::start(node, encoding, handoff)));
+                let start = centrifuge::start(node, encoding, handoff, &parsed.headers);
+                drop(connect::spawn(start));
                 return First::Session;
             }
             Err(refusal) => refusal,

@@ -10,7 +10,8 @@ use crate::conn::Conn;
 use crate::metrics::handshake_refused;
 use crate::node::Node;
 use crate::protocol::Encoding;
-use crate::session::{self, Handoff, Registration, Start};
+use crate::proxy::{self, Answer, Kind, wire};
+use crate::session::{self, Handoff, ProxyState, Registration, Start};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -119,6 +120,7 @@ pub(super) struct Accepted {
     pub(super) protocol: Option<&'static str>,
     pub(super) registration: Registration,
     pub(super) claims: Claims,
+    pub(super) proxy: Option<ProxyState>,
 }
 
 impl Accepted {
@@ -129,14 +131,16 @@ impl Accepted {
             registration: self.registration,
             claims: self.claims,
             config: socket_config(node),
+            proxy: self.proxy,
         })
     }
 }
 
 /// The v1 door's checks after [`precheck`]: subprotocol, token (the `Authorization` header,
-/// else the `token` parameter of `query`), the node's and the user's connection limits. The
-/// connection is registered in the hub when this returns `Ok`.
-pub(super) fn accept(
+/// else the `token` parameter of `query`; without one, the connect proxy when there is one),
+/// the node's and the user's connection limits. The connection is registered in the hub when
+/// this returns `Ok`.
+pub(super) async fn accept(
     node: &Arc<Node>,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -158,21 +162,31 @@ pub(super) fn accept(
     let query: TokenQuery = query
         .and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default();
-    let Some(token) = request_token(headers, query) else {
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing token",
-        ));
-    };
-    let claims = match node.verifier.verify(&token) {
-        Ok(claims) => claims,
-        Err(e) => {
-            tracing::debug!(reason = %e, "handshake refused");
+    let mut proxy = ProxyState::of(node, "websocket", headers);
+    let conn_id = node.next_conn_id();
+    let claims = match request_token(headers, query) {
+        Some(token) => match node.verifier.verify(&token) {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::debug!(reason = %e, "handshake refused");
+                return Err(Refusal::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    e.to_string(),
+                ));
+            }
+        },
+        None if node.proxies.has(Kind::Connect) => {
+            let mut state = proxy.take().unwrap_or_default();
+            let claims = Box::pin(ask_backend(node, &mut state, conn_id)).await?;
+            proxy = Some(state);
+            claims
+        }
+        None => {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                e.to_string(),
+                "missing token",
             ));
         }
     };
@@ -185,7 +199,7 @@ pub(super) fn accept(
         ));
     }
     let conn = Arc::new(Conn::new(
-        node.next_conn_id(),
+        conn_id,
         claims.sub.as_str().into(),
         encoding,
         limits.outbound_queue,
@@ -207,7 +221,60 @@ pub(super) fn accept(
         protocol: chosen.map(Encoding::subprotocol),
         registration,
         claims,
+        proxy,
     })
+}
+
+/// A handshake without a token, asked of the connect proxy: the user it names, or the
+/// refusal (401 or 403 with the backend's message for its error or disconnect, 503 when it
+/// did not answer in time or failed).
+async fn ask_backend(node: &Node, state: &mut ProxyState, conn_id: u64) -> Result<Claims, Refusal> {
+    let client = session::client_id(node, conn_id);
+    let request = wire::ConnectRequest {
+        client: wire::Client {
+            client: &client,
+            transport: "websocket",
+            protocol: proxy::protocol_name(Encoding::Json),
+            encoding: "json",
+            user: None,
+            meta: None,
+        },
+        name: "",
+        version: "",
+        data: None,
+    };
+    let answer = node
+        .proxies
+        .call::<wire::ConnectResult>(Kind::Connect, &request, &state.forwarded)
+        .await;
+    let refusal = |code: u32, message: String| {
+        let status = if matches!(code, 101 | 109) {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        Refusal::new(status, "unauthorized", message)
+    };
+    match answer {
+        Ok(Answer::Result(result)) => match proxy::connect_claims(result) {
+            Ok((claims, meta)) => {
+                state.meta = meta;
+                state.refresh = true;
+                Ok(claims)
+            }
+            Err(why) => {
+                tracing::warn!(why, "the connect proxy named no usable user");
+                Err(refusal(101, why.into()))
+            }
+        },
+        Ok(Answer::Error(e)) => Err(refusal(e.code, e.message)),
+        Ok(Answer::Disconnect(d)) => Err(refusal(d.code, d.reason)),
+        Err(e) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            e.client_message(),
+        )),
+    }
 }
 
 /// Handles `GET /ws` when hyper serves it: an upgrade on a connection that carried other
@@ -222,7 +289,7 @@ pub async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return not_websocket(rejection),
     };
-    let accepted = match accept(&node, &headers, query.as_deref()) {
+    let accepted = match accept(&node, &headers, query.as_deref()).await {
         Ok(accepted) => accepted,
         Err(refusal) => return refusal.into_response(),
     };

@@ -155,10 +155,12 @@ pub enum Op {
         /// The new subscription token.
         token: String,
     },
-    /// Call a backend method (Centrifugo's `rpc`; nothing serves one yet).
+    /// Call a backend method (the rpc proxy's, `--proxy-rpc-url`).
     Rpc {
         /// Method name.
         method: String,
+        /// The call's argument, if any.
+        data: Option<Payload>,
     },
     /// A one-way message to the backend (Centrifugo's `send`; nothing receives one yet).
     Send,
@@ -196,6 +198,9 @@ impl CommandError {
         }
     }
 }
+
+/// Longest `rpc` method name, bytes.
+pub const MAX_METHOD_LEN: usize = 256;
 
 /// Decodes one frame's payload sent in `encoding`.
 pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandError> {
@@ -316,6 +321,29 @@ pub fn decode(encoding: Encoding, payload: &[u8]) -> Result<Command, CommandErro
                 .ok_or_else(|| CommandError::bad(id, "missing token"))?,
         },
         "ping" => Op::Ping,
+        "rpc" => {
+            let method = fields
+                .opt_string("method")?
+                .ok_or_else(|| CommandError::bad(id, "missing method"))?;
+            if method.len() > MAX_METHOD_LEN {
+                return Err(CommandError::bad(
+                    id,
+                    format!("method must be at most {MAX_METHOD_LEN} bytes"),
+                ));
+            }
+            let data = match fields.map.get("data") {
+                None => None,
+                Some(data) if too_deep(data, MAX_DATA_DEPTH) => {
+                    return Err(CommandError::bad(
+                        id,
+                        format!("data nests arrays and maps deeper than {MAX_DATA_DEPTH} levels"),
+                    ));
+                }
+                // The backend gets JSON, whatever the client's encoding.
+                Some(data) => Some(Payload::from_value(data)),
+            };
+            Op::Rpc { method, data }
+        }
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(CommandError::bad(id, format!("unknown op {shown:?}")));

@@ -119,6 +119,11 @@ pub enum Answer<'a> {
     },
     /// `presence`.
     Presence(&'a PresencePage),
+    /// `rpc`: the backend's answer, JSON text (`null` for none).
+    Rpc {
+        /// JSON text.
+        data: &'a [u8],
+    },
 }
 
 /// The reply carrying `answer`.
@@ -139,6 +144,11 @@ pub fn answer_frame(encoding: Encoding, id: i64, answer: &Answer<'_>) -> Bytes {
             reply_frame(encoding, id, &json!({ "users": users, "conns": conns }))
         }
         Answer::Presence(page) => reply_frame(encoding, id, &page.to_json()),
+        Answer::Rpc { data } => {
+            // The backend's JSON was checked when it came; `null` should it not parse.
+            let data: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+            reply_frame(encoding, id, &json!({ "data": data }))
+        }
     }
 }
 
@@ -215,6 +225,9 @@ struct ErrorBody<'a> {
     /// On a failed `publish` only: whether the message may still be published.
     #[serde(skip_serializing_if = "Option::is_none")]
     maybe_published: Option<bool>,
+    /// A backend's refusal: its own code (`ErrorCode::Backend`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend_code: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -236,6 +249,10 @@ pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) 
                 code: code.as_str(),
                 message,
                 maybe_published: None,
+                backend_code: match code {
+                    ErrorCode::Backend(c) => Some(c),
+                    _ => None,
+                },
             },
         },
     )
@@ -255,6 +272,7 @@ pub fn publish_error_frame(encoding: Encoding, id: i64, error: &fanout::BrokerEr
                 code: ErrorCode::from(error).as_str(),
                 message: &error.to_string(),
                 maybe_published: Some(error.maybe_applied()),
+                backend_code: None,
             },
         },
     )

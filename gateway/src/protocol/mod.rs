@@ -115,6 +115,10 @@ pub enum ErrorCode {
     TokenExpired,
     /// A history position in another epoch (Centrifugo's `history` with `since`).
     UnrecoverablePosition,
+    /// The app's backend refused, with its own code (a proxy's `error` answer): passed as it
+    /// is in Centrifugo's protocol; in v1 as `unauthorized` (101, 109), `forbidden` (103) or
+    /// `rejected`, with the code in `backend_code`.
+    Backend(u32),
 }
 
 impl ErrorCode {
@@ -134,6 +138,9 @@ impl ErrorCode {
             ErrorCode::NotAvailable => "not_available",
             ErrorCode::TokenExpired => "unauthorized",
             ErrorCode::UnrecoverablePosition => "unrecoverable_position",
+            ErrorCode::Backend(101 | 109) => "unauthorized",
+            ErrorCode::Backend(103) => "forbidden",
+            ErrorCode::Backend(_) => "rejected",
         }
     }
 }

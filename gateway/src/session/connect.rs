@@ -3,13 +3,16 @@
 //! until it arrives and verifies, the connection is no one's: not in the hub, not counted
 //! against a user, subscribed to nothing. Then it becomes a session like any other.
 
-use super::{FirstFrame, Handoff, Registration, Session, WebSocket, finish};
+use super::{FirstFrame, Handoff, ProxyState, Registration, Session, WebSocket, finish};
+use crate::auth::Claims;
 use crate::conn::Conn;
 use crate::metrics::{Metrics, handshake_refused, metrics};
 use crate::node::Node;
-use crate::protocol::centrifuge::{self, Inbound, first_phase};
+use crate::protocol::centrifuge::{self, ConnectInfo, Inbound, first_phase};
 use crate::protocol::{CommandError, Encoding, ErrorCode, to_message};
+use crate::proxy::{self, Answer, Kind, wire};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -33,6 +36,8 @@ pub struct CentrifugeStart {
     pub encoding: Encoding,
     /// An HTTP-streaming or SSE connection's ids (`Handoff::Emulated`).
     pub emulation: Option<centrifuge::Emulation>,
+    /// What the proxies are told of the connection (when any proxy is configured).
+    pub proxy: Option<Box<ProxyState>>,
 }
 
 /// Spawns the connection's task: the first phase, then the session. The handle tells an
@@ -45,6 +50,7 @@ pub fn spawn(start: Box<CentrifugeStart>) -> tokio::task::JoinHandle<()> {
             config,
             encoding,
             emulation,
+            proxy,
         } = *start;
         let Some((mut ws, preamble)) = Box::pin(handoff.websocket(config)).await else {
             return;
@@ -59,7 +65,7 @@ pub fn spawn(start: Box<CentrifugeStart>) -> tokio::task::JoinHandle<()> {
                 return;
             }
         }
-        let first = first_phase(&node, &mut ws, encoding, emulation);
+        let first = first_phase(&node, &mut ws, encoding, emulation, proxy);
         let Some(mut session) = Box::pin(first).await else {
             return;
         };
@@ -76,6 +82,7 @@ async fn first_phase(
     ws: &mut WebSocket,
     encoding: Encoding,
     emulation: Option<centrifuge::Emulation>,
+    proxy: Option<Box<ProxyState>>,
 ) -> Option<Session> {
     let frame = match tokio::time::timeout(CONNECT_DEADLINE, first_frame(ws, encoding)).await {
         Err(_) => {
@@ -91,31 +98,20 @@ async fn first_phase(
         }
         Ok(Some(Ok(frame))) => frame,
     };
-    let (connect_id, token, rest) = frame;
-    let Some(token) = token else {
-        handshake_refused("unauthorized");
-        refuse(ws, first_phase::BAD_REQUEST).await;
-        return None;
-    };
-    let claims = match node.verifier.verify(&token) {
-        Ok(claims) => claims,
-        Err(e) if e.is_expired() => {
-            // The SDKs answer 109 by fetching a new token and connecting again.
-            handshake_refused("unauthorized");
-            let reply = centrifuge::error(
-                encoding,
-                connect_id,
-                ErrorCode::TokenExpired,
-                "token expired",
-            );
-            let _ = ws.feed(to_message(encoding, reply)).await;
-            refuse(ws, (3005, "connection expired")).await;
-            return None;
+    let (connect_id, token, info, rest) = frame;
+    let conn_id = node.next_conn_id();
+    let (claims, proxy) = match token {
+        Some(token) => (verify(node, ws, encoding, connect_id, &token).await?, proxy),
+        None if node.proxies.has(Kind::Connect) => {
+            let state = proxy.map(|p| *p).unwrap_or_default();
+            let client = super::client_id(node, conn_id);
+            let asked = ask_backend(node, ws, encoding, connect_id, info, state, &client);
+            let (claims, state) = Box::pin(asked).await?;
+            (claims, Some(Box::new(state)))
         }
-        Err(e) => {
-            tracing::debug!(reason = %e, "connect refused");
+        None => {
             handshake_refused("unauthorized");
-            refuse(ws, first_phase::INVALID_TOKEN).await;
+            refuse(ws, first_phase::BAD_REQUEST).await;
             return None;
         }
     };
@@ -130,7 +126,7 @@ async fn first_phase(
         return None;
     }
     let conn = Arc::new(Conn::new(
-        node.next_conn_id(),
+        conn_id,
         claims.sub.as_str().into(),
         encoding,
         limits.outbound_queue,
@@ -145,8 +141,14 @@ async fn first_phase(
         return None;
     }
     node.note_route(&claims.sub);
-    let exp = claims.exp;
+    // A connection the connect proxy let in is refreshed by the server (the refresh proxy),
+    // not by the client: the reply says nothing of its expiry.
+    let exp = proxy
+        .as_ref()
+        .is_none_or(|p| !p.refresh)
+        .then_some(claims.exp);
     let mut session = Session::new(Registration::new(node.clone(), conn), claims);
+    session.set_proxy_state(proxy.map(|p| *p));
     session.first = Some(Box::new(FirstFrame {
         connect_id,
         exp,
@@ -156,7 +158,128 @@ async fn first_phase(
     Some(session)
 }
 
-type First = (i64, Option<String>, Vec<Result<Inbound, CommandError>>);
+/// Verifies a connection token: its claims, or `None` once the socket is closed (with the
+/// code that says why).
+async fn verify(
+    node: &Node,
+    ws: &mut WebSocket,
+    encoding: Encoding,
+    connect_id: i64,
+    token: &str,
+) -> Option<Claims> {
+    match node.verifier.verify(token) {
+        Ok(claims) => Some(claims),
+        Err(e) if e.is_expired() => {
+            // The SDKs answer 109 by fetching a new token and connecting again.
+            handshake_refused("unauthorized");
+            let reply = centrifuge::error(
+                encoding,
+                connect_id,
+                ErrorCode::TokenExpired,
+                "token expired",
+            );
+            let _ = ws.feed(to_message(encoding, reply)).await;
+            refuse(ws, (3005, "connection expired")).await;
+            None
+        }
+        Err(e) => {
+            tracing::debug!(reason = %e, "connect refused");
+            handshake_refused("unauthorized");
+            refuse(ws, first_phase::INVALID_TOKEN).await;
+            None
+        }
+    }
+}
+
+/// A `connect` without a token, asked of the connect proxy: the user it names (as claims),
+/// or `None` once the socket is closed. The backend's error goes to the client as it is
+/// (the SDKs try again after a temporary one and stay away after another); a backend that
+/// does not answer in time, or fails, is error 100, temporary: the SDKs try again.
+async fn ask_backend(
+    node: &Node,
+    ws: &mut WebSocket,
+    encoding: Encoding,
+    connect_id: i64,
+    info: Option<Box<ConnectInfo>>,
+    mut state: ProxyState,
+    client: &str,
+) -> Option<(Claims, ProxyState)> {
+    let info = info.unwrap_or_default();
+    // JSON text, checked by the decoder.
+    let data = info
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_slice::<&RawValue>(d).ok());
+    let request = wire::ConnectRequest {
+        client: wire::Client {
+            client,
+            transport: state.transport,
+            protocol: proxy::protocol_name(encoding),
+            encoding: "json",
+            user: None,
+            meta: None,
+        },
+        name: &info.name,
+        version: &info.version,
+        data,
+    };
+    let answer = node
+        .proxies
+        .call::<wire::ConnectResult>(Kind::Connect, &request, &state.forwarded)
+        .await;
+    let (result, code, message, close): (_, _, String, _) = match answer {
+        Ok(Answer::Result(result)) => match proxy::connect_claims(result) {
+            Ok((claims, meta)) => {
+                state.meta = meta;
+                state.refresh = true;
+                return Some((claims, state));
+            }
+            Err(why) => {
+                tracing::warn!(why, "the connect proxy named no usable user");
+                (
+                    "unauthorized",
+                    ErrorCode::Unauthorized,
+                    why.into(),
+                    first_phase::UNAUTHORIZED,
+                )
+            }
+        },
+        Ok(Answer::Error(e)) => (
+            "unauthorized",
+            ErrorCode::Backend(e.code),
+            e.message,
+            first_phase::UNAUTHORIZED,
+        ),
+        Ok(Answer::Disconnect(d)) => {
+            handshake_refused("unauthorized");
+            let code = u16::try_from(d.code).unwrap_or(3500);
+            let close = ws.send(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: Utf8Bytes::from(d.reason),
+            })));
+            let _ = tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, close).await;
+            return None;
+        }
+        Err(e) => (
+            "backend_unavailable",
+            ErrorCode::Unavailable,
+            e.client_message().into(),
+            first_phase::BACKEND_FAILED,
+        ),
+    };
+    handshake_refused(result);
+    let reply = centrifuge::error(encoding, connect_id, code, &message);
+    let _ = ws.feed(to_message(encoding, reply)).await;
+    refuse(ws, close).await;
+    None
+}
+
+type First = (
+    i64,
+    Option<String>,
+    Option<Box<ConnectInfo>>,
+    Vec<Result<Inbound, CommandError>>,
+);
 
 /// Reads until the first data frame: `Some(Ok)` when it starts with `connect`, `Some(Err)`
 /// when it does not (or is malformed), `None` when the client left.
@@ -178,7 +301,9 @@ async fn first_frame(ws: &mut WebSocket, encoding: Encoding) -> Option<Result<Fi
         }
         let mut batch = batch.into_iter();
         return Some(match batch.next() {
-            Some(Ok(Inbound::Connect { id, token })) => Ok((id, token, batch.collect())),
+            Some(Ok(Inbound::Connect { id, token, info })) => {
+                Ok((id, token, info, batch.collect()))
+            }
             _ => Err(()),
         });
     }

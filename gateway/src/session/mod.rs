@@ -6,6 +6,7 @@
 //! client cannot keep its task from noticing `slow_consumer`, a drain or a kick.
 
 pub mod connect;
+pub(crate) mod proxied;
 
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::auth::Claims;
@@ -129,6 +130,33 @@ struct Extras {
     /// last publication written on it, which is the client's base for the next delta
     /// (`None`: the client's base is unknown, the next one goes whole).
     deltas: Vec<(Arc<str>, Option<u64>)>,
+    /// What the proxies are told of the connection (when any proxy is configured).
+    proxy: Option<ProxyState>,
+}
+
+/// What the proxies know of a connection: kept only when a proxy is configured.
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    /// `websocket`, `http_stream`, `sse`, `uni_http_stream` or `uni_sse`.
+    pub transport: &'static str,
+    /// The client's allow-listed request headers (`--proxy-headers`).
+    pub forwarded: crate::proxy::Forwarded,
+    /// The connect proxy's `meta`, sent back with every later request.
+    pub meta: Option<Box<serde_json::value::RawValue>>,
+    /// The connect proxy let the connection in: at its expiry the refresh proxy is asked.
+    pub refresh: bool,
+}
+
+impl ProxyState {
+    /// The state of a connection made by `headers` over `transport`, when `node` has a proxy.
+    pub fn of(node: &Node, transport: &'static str, headers: &http::HeaderMap) -> Option<Self> {
+        node.proxies.any().then(|| ProxyState {
+            transport,
+            forwarded: node.proxies.forwarded(headers),
+            meta: None,
+            refresh: false,
+        })
+    }
 }
 
 /// A channel granted by a subscription token, until it expires.
@@ -138,14 +166,18 @@ pub(crate) struct Grant {
     pub(crate) expires_at: Option<Instant>,
     /// The token's `exp`, Unix seconds, as told to the client.
     pub(crate) exp: Option<u64>,
+    /// Granted by the subscribe proxy (not a token): at its expiry the sub_refresh proxy is
+    /// asked, and the client is never told to refresh it.
+    pub(crate) proxied: bool,
 }
 
 /// A Centrifugo connection's first frame: its `connect` and what followed it.
 pub(crate) struct FirstFrame {
     /// The `connect` command's id.
     pub(crate) connect_id: i64,
-    /// The token's expiry, Unix seconds.
-    pub(crate) exp: u64,
+    /// The token's expiry, Unix seconds, which the client refreshes; `None`: the server
+    /// does (a connection the connect proxy let in).
+    pub(crate) exp: Option<u64>,
     /// The rest of the frame, in order.
     pub(crate) rest: Vec<Result<Inbound, CommandError>>,
     /// An HTTP-streaming or SSE connection: its session and node ids, for the connect reply.
@@ -214,6 +246,8 @@ pub struct Start {
     pub claims: Claims,
     /// tungstenite's settings for the socket.
     pub config: WebSocketConfig,
+    /// What the proxies are told of the connection (when any proxy is configured).
+    pub proxy: Option<ProxyState>,
 }
 
 /// Spawns the connection's task: it waits for the `101` to go out, then runs the session from
@@ -239,6 +273,7 @@ fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
             registration,
             claims,
             config,
+            proxy,
         } = unbox(start);
         // Boxed so that its bytes are not a state of this task. When it gives nothing, the
         // client left before the `101` went out; dropping the registration unregisters it.
@@ -246,6 +281,7 @@ fn connection(start: Box<Start>) -> impl Future<Output = ()> + Send {
             return;
         };
         let mut session = Session::new(registration, claims);
+        session.set_proxy_state(proxy);
         metrics().handshakes_ok[Metrics::protocol(session.reg.conn.encoding)].increment(1);
         // The heavy futures (command handling, writing, closing) are boxed so that they take
         // memory only while they run: an idle connection's task holds just the wait loop.
@@ -294,6 +330,11 @@ pub fn task_size() -> usize {
     // stage) and a 48-byte trailer, aligned to 128 bytes on x86_64.
     let core = 8 + 8 + future_size(connection) + 8;
     (32 + core + 48).next_multiple_of(128)
+}
+
+/// A connection's id as clients see it (see [`Session::client_id`]).
+pub(crate) fn client_id(node: &Node, conn: u64) -> String {
+    format!("{}-{:x}", node.config.node_id, conn)
 }
 
 /// How far away "never" is for a connection's expiry (a server API `refresh` without
@@ -389,7 +430,37 @@ impl Session {
 
     /// The connection's id as clients see it (v1's `welcome.session`, Centrifugo's `client`).
     pub(crate) fn client_id(&self) -> String {
-        format!("{}-{:x}", self.reg.node.config.node_id, self.reg.conn.id)
+        client_id(&self.reg.node, self.reg.conn.id)
+    }
+
+    /// Keeps what the proxies are told of the connection.
+    pub(crate) fn set_proxy_state(&mut self, state: Option<ProxyState>) {
+        if state.is_some() {
+            self.extras.get_or_insert_with(Box::default).proxy = state;
+        }
+    }
+
+    /// What the proxies are told of the connection.
+    pub(crate) fn proxy_state(&self) -> Option<&ProxyState> {
+        self.extras.as_deref().and_then(|e| e.proxy.as_ref())
+    }
+
+    /// The connection's allow-listed request headers, for a proxy call.
+    pub(crate) fn forwarded(&self) -> &[(http::HeaderName, http::HeaderValue)] {
+        self.proxy_state().map_or(&[], |p| &p.forwarded)
+    }
+
+    /// What every proxy request says of this connection; `client` is [`Session::client_id`].
+    pub(crate) fn proxy_client<'a>(&'a self, client: &'a str) -> crate::proxy::wire::Client<'a> {
+        let state = self.proxy_state();
+        crate::proxy::wire::Client {
+            client,
+            transport: state.map_or("websocket", |s| s.transport),
+            protocol: crate::proxy::protocol_name(self.reg.conn.encoding),
+            encoding: "json",
+            user: Some(&self.reg.conn.user),
+            meta: state.and_then(|s| s.meta.as_deref()),
+        }
     }
 
     /// [`Session::start`], then its first write: `preamble` (the `101` when the node read the
@@ -519,13 +590,17 @@ impl Session {
         batch: &mut VecDeque<Outbound>,
     ) -> Option<End> {
         let now = Instant::now();
-        if now >= self.expires_at {
-            return Some(End::Close(CloseReason::TokenExpired));
+        if now >= self.expires_at
+            && let Some(end) = self.refresh_by_proxy(now).await
+        {
+            return Some(end);
         }
         if now >= self.last_seen + self.reg.node.config.limits.idle_timeout {
             return Some(End::Close(CloseReason::HeartbeatTimeout));
         }
-        self.end_expired_grants(now).await;
+        if let Some(end) = self.end_expired_grants(now).await {
+            return Some(end);
+        }
         if now >= self.next_ping {
             self.next_ping = now + self.reg.node.config.limits.ping_interval;
             // Once per ping, the queue's allocation is given back if nothing is waiting: a
@@ -806,15 +881,23 @@ impl Session {
     }
 
     /// Ends the subscriptions whose subscription token expired without a `sub_refresh`,
-    /// each with an `unsubscribe` push that asks for a new token.
-    async fn end_expired_grants(&mut self, now: Instant) {
-        let expired: Vec<Arc<str>> = self
+    /// each with an `unsubscribe` push that asks for a new token. A subscription the
+    /// subscribe proxy granted is first asked of the sub_refresh proxy, when there is one.
+    async fn end_expired_grants(&mut self, now: Instant) -> Option<End> {
+        let expired: Vec<(Arc<str>, bool)> = self
             .grants()
             .iter()
             .filter(|g| g.expires_at.is_some_and(|at| at <= now))
-            .map(|g| g.channel.clone())
+            .map(|g| (g.channel.clone(), g.proxied))
             .collect();
-        for channel in expired {
+        for (channel, proxied) in expired {
+            if proxied && self.reg.node.proxies.has(crate::proxy::Kind::SubRefresh) {
+                match self.sub_refresh_by_proxy(&channel).await {
+                    proxied::Extended::Yes => continue,
+                    proxied::Extended::No => {}
+                    proxied::Extended::Disconnect(end) => return Some(end),
+                }
+            }
             self.grants_mut().retain(|g| g.channel != channel);
             if self.leave(&channel).await {
                 self.reg.conn.push_frame(unsubscribe_frame(
@@ -824,6 +907,7 @@ impl Session {
                 ));
             }
         }
+        None
     }
 
     /// Joins `channel` and lists it. Live publications are queued as they come, unless the

@@ -20,6 +20,7 @@ mod nginx;
 mod offsets;
 mod ops;
 mod presence;
+mod proxies;
 mod publish_outcome;
 mod recovery;
 

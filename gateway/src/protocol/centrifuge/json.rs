@@ -25,7 +25,8 @@ use std::sync::Arc;
 struct Frame<'a> {
     #[serde(default)]
     id: u32,
-    connect: Option<ConnectRequest>,
+    #[serde(borrow)]
+    connect: Option<ConnectRequest<'a>>,
     subscribe: Option<SubscribeRequest>,
     unsubscribe: Option<ChannelRequest>,
     #[serde(borrow)]
@@ -35,15 +36,22 @@ struct Frame<'a> {
     history: Option<HistoryRequest>,
     ping: Option<serde::de::IgnoredAny>,
     send: Option<serde::de::IgnoredAny>,
-    rpc: Option<RpcRequest>,
+    #[serde(borrow)]
+    rpc: Option<RpcRequest<'a>>,
     refresh: Option<TokenRequest>,
     sub_refresh: Option<SubRefreshRequest>,
 }
 
 #[derive(Deserialize)]
-struct ConnectRequest {
+struct ConnectRequest<'a> {
     #[serde(default)]
     token: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    version: String,
 }
 
 #[derive(Deserialize)]
@@ -103,9 +111,11 @@ impl HistoryRequest {
 }
 
 #[derive(Deserialize)]
-struct RpcRequest {
+struct RpcRequest<'a> {
     #[serde(default)]
     method: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +161,9 @@ fn decode_line(line: &str) -> Result<Inbound, CommandError> {
     let request = if let Some(c) = frame.connect {
         Request::Connect {
             token: c.token.unwrap_or_default(),
+            data: c.data.map(|d| d.get().as_bytes()),
+            name: c.name,
+            version: c.version,
         }
     } else if let Some(s) = frame.subscribe {
         Request::Subscribe {
@@ -188,7 +201,10 @@ fn decode_line(line: &str) -> Result<Inbound, CommandError> {
             token: r.token,
         }
     } else if let Some(r) = frame.rpc {
-        Request::Rpc { method: r.method }
+        Request::Rpc {
+            method: r.method,
+            data: r.data.map(|d| d.get().as_bytes()),
+        }
     } else if frame.send.is_some() {
         Request::Send
     } else if frame.ping.is_some() {
@@ -221,10 +237,12 @@ pub(super) fn connect_reply(id: i64, c: &ConnectResult<'_>) -> Bytes {
         "version": c.version,
         "ping": c.ping,
         "pong": true,
-        "expires": true,
-        "ttl": c.ttl,
         "subs": subs,
     });
+    if let Some(ttl) = c.ttl {
+        result["expires"] = true.into();
+        result["ttl"] = ttl.into();
+    }
     if let Some(e) = c.emulation {
         result["session"] = serde_json::json!(&*e.session);
         result["node"] = serde_json::json!(&*e.node);
@@ -267,6 +285,10 @@ pub(super) fn answer(id: i64, answer: &Answer<'_>) -> Bytes {
                 .map(|m| (m.user.clone(), json!({ "user": m.user, "client": m.user })))
                 .collect();
             ("presence", json!({ "presence": members }))
+        }
+        Answer::Rpc { data } => {
+            let data: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+            ("rpc", json!({ "data": data }))
         }
     };
     reply(id, method, &result)
@@ -510,7 +532,11 @@ mod tests {
             got[0],
             Ok(Inbound::Connect {
                 id: 1,
-                token: Some("t".into())
+                token: Some("t".into()),
+                info: Some(Box::new(super::super::ConnectInfo {
+                    name: "js".into(),
+                    ..Default::default()
+                })),
             })
         );
         assert_eq!(

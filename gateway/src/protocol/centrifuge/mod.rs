@@ -44,9 +44,24 @@ pub enum Inbound {
         id: i64,
         /// The connection token (JWT).
         token: Option<String>,
+        /// What the connect proxy is told besides the token (none when the client sent
+        /// nothing of it).
+        info: Option<Box<ConnectInfo>>,
     },
     /// Any other command, decoded as the v1 door decodes it.
     Command(Command),
+}
+
+/// What a `connect` carries for the connect proxy: its `data` (JSON text), and the SDK's
+/// name and version.
+#[derive(Debug, Default, PartialEq)]
+pub struct ConnectInfo {
+    /// JSON text.
+    pub data: Option<Bytes>,
+    /// The SDK's name.
+    pub name: String,
+    /// The SDK's version.
+    pub version: String,
 }
 
 /// The one delta type: Fossil's delta format (see `crate::delta`).
@@ -61,6 +76,10 @@ pub(crate) enum Request<'a> {
     Empty,
     Connect {
         token: String,
+        /// JSON text.
+        data: Option<&'a [u8]>,
+        name: String,
+        version: String,
     },
     Subscribe {
         channel: String,
@@ -96,6 +115,8 @@ pub(crate) enum Request<'a> {
     Send,
     Rpc {
         method: String,
+        /// JSON text.
+        data: Option<&'a [u8]>,
     },
     Refresh {
         token: String,
@@ -132,10 +153,28 @@ pub(crate) fn to_inbound(id: u32, request: Request<'_>) -> Result<Inbound, Comma
     let op = match request {
         Request::Empty if id == 0 => return Ok(Inbound::Pong),
         Request::Empty => return Err(CommandError::malformed("command names no known method")),
-        Request::Connect { token } => {
+        Request::Connect {
+            token,
+            data,
+            name,
+            version,
+        } => {
+            if data.is_some_and(|d| json_text_depth(d) > MAX_DATA_DEPTH) {
+                return Err(bad(&format!(
+                    "data nests arrays and maps deeper than {MAX_DATA_DEPTH} levels"
+                )));
+            }
+            let info = (data.is_some() || !name.is_empty() || !version.is_empty()).then(|| {
+                Box::new(ConnectInfo {
+                    data: data.map(Bytes::copy_from_slice),
+                    name,
+                    version,
+                })
+            });
             return Ok(Inbound::Connect {
                 id,
                 token: (!token.is_empty()).then_some(token),
+                info,
             });
         }
         Request::Subscribe {
@@ -219,7 +258,17 @@ pub(crate) fn to_inbound(id: u32, request: Request<'_>) -> Result<Inbound, Comma
                 token,
             }
         }
-        Request::Rpc { method } => Op::Rpc { method },
+        Request::Rpc { method, data } => {
+            if data.is_some_and(|d| json_text_depth(d) > MAX_DATA_DEPTH) {
+                return Err(bad(&format!(
+                    "data nests arrays and maps deeper than {MAX_DATA_DEPTH} levels"
+                )));
+            }
+            Op::Rpc {
+                method,
+                data: data.map(|d| Payload::Json(Bytes::copy_from_slice(d))),
+            }
+        }
         Request::Send => Op::Send,
         Request::Ping => Op::Ping,
     };
@@ -257,6 +306,7 @@ pub fn error_code(code: ErrorCode) -> (u32, bool) {
         ErrorCode::TokenExpired => (109, false),
         ErrorCode::RateLimited => (111, true),
         ErrorCode::UnrecoverablePosition => (112, false),
+        ErrorCode::Backend(code) => (code, false),
     }
 }
 
@@ -290,6 +340,10 @@ pub mod first_phase {
     pub const CONNECTION_LIMIT: (u16, &str) = (3504, "connection limit");
     /// The node is full or draining: try again (elsewhere).
     pub const SHUTDOWN: (u16, &str) = (3001, "shutdown");
+    /// The connect proxy refused (its error went in the reply): do not reconnect as is.
+    pub const UNAUTHORIZED: (u16, &str) = (3500, "unauthorized");
+    /// The connect proxy failed or did not answer in time: try again.
+    pub const BACKEND_FAILED: (u16, &str) = (3004, "internal server error");
 }
 
 /// The application-level ping: an empty object in JSON, an empty message (its length, one
@@ -303,14 +357,14 @@ pub fn ping(encoding: Encoding) -> Message {
 
 /// The `connect` reply: the connection's id, the server ping interval (the client answers
 /// each ping, and gives up after `ping` + its own delay without one), the token's time left
-/// (the SDK sends `refresh` with a new token before it runs out), and the personal channel
-/// the connection is subscribed to by the server.
+/// (the SDK sends `refresh` with a new token before it runs out; `None`: nothing to refresh),
+/// and the personal channel the connection is subscribed to by the server.
 pub fn connect_reply(
     encoding: Encoding,
     id: i64,
     client: &str,
     ping: u64,
-    exp: u64,
+    exp: Option<u64>,
     personal: &str,
     emulation: Option<&Emulation>,
 ) -> Bytes {
@@ -318,7 +372,7 @@ pub fn connect_reply(
         client,
         version: concat!("gateway ", env!("CARGO_PKG_VERSION")),
         ping: u32::try_from(ping).unwrap_or(u32::MAX),
-        ttl: ttl(exp),
+        ttl: exp.map(ttl),
         personal,
         emulation,
     };
@@ -333,7 +387,9 @@ pub(crate) struct ConnectResult<'a> {
     pub client: &'a str,
     pub version: &'static str,
     pub ping: u32,
-    pub ttl: u32,
+    /// Seconds until the client must `refresh`; `None`: it need not (no expiry, or the
+    /// server refreshes: a connection the connect proxy let in).
+    pub ttl: Option<u32>,
     pub personal: &'a str,
     pub emulation: Option<&'a Emulation>,
 }

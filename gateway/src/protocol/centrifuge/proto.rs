@@ -58,6 +58,12 @@ struct Empty {}
 struct ConnectRequest {
     #[prost(string, tag = "1")]
     token: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    data: Bytes,
+    #[prost(string, tag = "4")]
+    name: String,
+    #[prost(string, tag = "5")]
+    version: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -114,6 +120,8 @@ struct HistoryRequest {
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct RpcRequest {
+    #[prost(bytes = "bytes", tag = "1")]
+    data: Bytes,
     #[prost(string, tag = "2")]
     method: String,
 }
@@ -156,10 +164,19 @@ struct Reply {
     history: Option<HistoryResult>,
     #[prost(message, optional, tag = "12")]
     ping: Option<Empty>,
+    #[prost(message, optional, tag = "13")]
+    rpc: Option<RpcResult>,
     #[prost(message, optional, tag = "14")]
     refresh: Option<RefreshResult>,
     #[prost(message, optional, tag = "15")]
     sub_refresh: Option<SubRefreshResult>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcResult {
+    /// JSON text, as every payload here.
+    #[prost(bytes = "vec", tag = "1")]
+    data: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -410,10 +427,34 @@ pub fn decode_frame(
     Ok(())
 }
 
+/// A Protobuf client's `data` bytes, which must be JSON text (or empty: none): payloads are
+/// JSON for every client (see the module above). UTF-8 is checked first (serde_json skips an
+/// ignored string's bytes without checking them), then JSON.
+fn checked_json(id: i64, data: Bytes) -> Result<Bytes, CommandError> {
+    if data.is_empty() {
+        return Ok(data);
+    }
+    let json = std::str::from_utf8(&data).ok();
+    if json.is_none_or(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()) {
+        return Err(CommandError::bad(
+            id,
+            "data must be JSON text: channels are shared with JSON clients",
+        ));
+    }
+    Ok(data)
+}
+
 fn decode_command(c: Command) -> Result<Inbound, CommandError> {
     let data;
+    let id = i64::from(c.id);
     let request = if let Some(r) = c.connect {
-        Request::Connect { token: r.token }
+        data = checked_json(id, r.data)?;
+        Request::Connect {
+            token: r.token,
+            data: (!data.is_empty()).then_some(&data[..]),
+            name: r.name,
+            version: r.version,
+        }
     } else if let Some(s) = c.subscribe {
         Request::Subscribe {
             channel: s.channel,
@@ -427,16 +468,7 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
     } else if let Some(u) = c.unsubscribe {
         Request::Unsubscribe { channel: u.channel }
     } else if let Some(p) = c.publish {
-        // Payloads are JSON for every client (see the module above): UTF-8 text first
-        // (serde_json skips an ignored string's bytes without checking them), then JSON.
-        let json = std::str::from_utf8(&p.data).ok();
-        if json.is_none_or(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()) {
-            return Err(CommandError::bad(
-                i64::from(c.id),
-                "data must be JSON text: channels are shared with JSON clients",
-            ));
-        }
-        data = p.data;
+        data = checked_json(id, p.data)?;
         Request::Publish {
             channel: p.channel,
             data: &data,
@@ -460,7 +492,11 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
             token: r.token,
         }
     } else if let Some(r) = c.rpc {
-        Request::Rpc { method: r.method }
+        data = checked_json(id, r.data)?;
+        Request::Rpc {
+            method: r.method,
+            data: (!data.is_empty()).then_some(&data[..]),
+        }
     } else if c.send.is_some() {
         Request::Send
     } else if c.ping.is_some() {
@@ -504,8 +540,8 @@ pub(super) fn connect_reply(id: i64, c: &ConnectResult<'_>) -> Bytes {
         connect: Some(ConnectResultMsg {
             client: c.client.to_owned(),
             version: c.version.to_owned(),
-            expires: true,
-            ttl: c.ttl,
+            expires: c.ttl.is_some(),
+            ttl: c.ttl.unwrap_or(0),
             subs: vec![SubsEntry {
                 key: c.personal.to_owned(),
                 value: Some(SubscribeResult::default()),
@@ -559,6 +595,11 @@ pub(super) fn answer(id: i64, answer: &Answer<'_>) -> Bytes {
                     .iter()
                     .map(|m| (m.user.clone(), info(&m.user, &m.user).unwrap_or_default()))
                     .collect(),
+            })
+        }
+        Answer::Rpc { data } => {
+            reply.rpc = Some(RpcResult {
+                data: data.to_vec(),
             })
         }
     }
@@ -700,7 +741,10 @@ mod tests {
         let got = decode(&frame(&[
             Command {
                 id: 1,
-                connect: Some(ConnectRequest { token: "t".into() }),
+                connect: Some(ConnectRequest {
+                    token: "t".into(),
+                    ..ConnectRequest::default()
+                }),
                 ..Command::default()
             },
             Command {
@@ -728,7 +772,8 @@ mod tests {
             got[0],
             Ok(Inbound::Connect {
                 id: 1,
-                token: Some("t".into())
+                token: Some("t".into()),
+                info: None,
             })
         );
         assert!(matches!(

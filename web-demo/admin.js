@@ -122,9 +122,23 @@ async function poll() {
 let previousProxies = null; // {at, calls: Map(proxy -> calls)}
 let proxyRates = new Map(); // proxy -> calls per second
 
-/** The backend proxies of the node this page talks to: calls/s, failures, breaker. */
-function renderProxies({ node, proxies }) {
+/**
+ * The backend proxies of the node this page talks to (calls/s, failures, breaker), and its
+ * webhook sender (requests as calls; its state: ok, retrying, or standby while another node
+ * sends; dead letters with the last failure).
+ */
+function renderProxies({ node, proxies, webhook }) {
   const now = performance.now();
+  if (webhook) {
+    proxies = [...proxies, {
+      proxy: 'webhook',
+      calls: webhook.requests,
+      failures: webhook.failures,
+      breaker: webhook.state,
+      last_error: [webhook.dead_letters ? `${fmt(webhook.dead_letters)} dead letters` : '', webhook.last_error ?? '']
+        .filter(Boolean).join('; ') || null,
+    }];
+  }
   if (!previousProxies || now - previousProxies.at >= 1500) {
     if (previousProxies) {
       const secs = (now - previousProxies.at) / 1000;
@@ -137,6 +151,7 @@ function renderProxies({ node, proxies }) {
   }
   $('proxies-node').textContent = node;
   $('proxies-none').hidden = proxies.length > 0;
+  // (`breaker` is the webhook sender's state in its row.)
   $('proxy-rows').replaceChildren(...proxies.map((p) => el('tr', { 'data-proxy': p.proxy },
     el('td', {}, el('code', { text: p.proxy })),
     el('td', { text: rate(proxyRates.get(p.proxy)) }),

@@ -38,6 +38,11 @@ pub struct Namespace {
     /// [default: false].
     #[serde(default)]
     pub proxy_publish: bool,
+    /// The webhooks report this namespace's channels (`--webhook-url`): occupied and vacated,
+    /// members added and removed, and client publishes when `client_event` is asked for
+    /// [default: false].
+    #[serde(default)]
+    pub webhooks: bool,
 }
 
 /// A delta encoding of publications (see `crate::delta`).
@@ -93,6 +98,7 @@ impl Namespace {
             allowed_delta_types: Vec::new(),
             proxy_subscribe: false,
             proxy_publish: false,
+            webhooks: false,
         }]
     }
 }
@@ -157,6 +163,18 @@ impl Acl {
     /// Whether `channel` has presence on.
     pub fn presence_enabled(&self, channel: &str) -> bool {
         !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.presence)
+    }
+
+    /// Whether the webhooks report `channel` (its namespace has `webhooks`; never personal
+    /// channels).
+    pub fn webhooks_enabled(&self, channel: &str) -> bool {
+        !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.webhooks)
+    }
+
+    /// Whether the node keeps `channel`'s presence: for clients (`presence`) or for the
+    /// webhooks, whose events are presence's transitions.
+    pub fn presence_tracked(&self, channel: &str) -> bool {
+        self.presence_enabled(channel) || self.webhooks_enabled(channel)
     }
 
     /// How a subscription to `channel` that asked for `wanted` hears of presence changes:
@@ -241,6 +259,7 @@ mod tests {
             allowed_delta_types: vec![DeltaType::Fossil],
             proxy_subscribe: false,
             proxy_publish: false,
+            webhooks: false,
         });
         let acl = Acl::new(namespaces, true);
         assert!(acl.archive_enabled("room:x") && acl.archive_enabled("user:a"));

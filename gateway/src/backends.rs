@@ -78,6 +78,7 @@ pub async fn clustered(
         keyspace.clone(),
         &config.node_id,
         config.presence_heartbeat,
+        feed_filter(config),
     )
     .await
     .context("starting Redis presence")?;
@@ -113,7 +114,10 @@ pub async fn embedded(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Backends
     };
     Ok(Backends {
         broker,
-        presence: Arc::new(LocalPresence::new()),
+        presence: Arc::new(match feed_filter(config) {
+            Some(filter) => LocalPresence::with_feed(filter),
+            None => LocalPresence::new(),
+        }),
         registry: Arc::new(LocalRegistry::new(REGISTRY_TTL)),
     })
 }
@@ -184,4 +188,12 @@ fn redacted(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// With webhooks on, the channels whose presence transitions go to the change feed: those of
+/// namespaces with `webhooks`.
+fn feed_filter(config: &Config) -> Option<presence::FeedFilter> {
+    config.webhook.as_ref()?;
+    let acl = crate::acl::Acl::new(config.namespaces.clone(), config.direct_messages);
+    Some(Arc::new(move |channel: &str| acl.webhooks_enabled(channel)))
 }

@@ -20,4 +20,5 @@ pub mod server;
 pub mod session;
 pub mod tcp;
 pub mod tls;
+pub mod webhook;
 pub mod workers;

@@ -100,6 +100,8 @@ pub struct Node {
     pub prometheus: Option<PrometheusHandle>,
     /// The app's backend endpoints (connect, subscribe, publish, rpc... proxies).
     pub proxies: crate::proxy::Proxies,
+    /// The webhooks' sender state, when they are on.
+    pub webhooks: Option<Arc<crate::webhook::WebhookStats>>,
     locks: ChannelLocks,
     /// The live nodes as the registry last listed them (refreshed with each heartbeat), for
     /// counting misrouted connections without a registry read per handshake.
@@ -134,6 +136,7 @@ impl Node {
             public_url,
             prometheus,
             proxies: crate::proxy::Proxies::new(&config.proxy),
+            webhooks: config.webhook.as_ref().map(|_| Arc::default()),
             locks: ChannelLocks::new(),
             peers: parking_lot::RwLock::default(),
             draining: AtomicBool::new(false),
@@ -185,6 +188,10 @@ impl Node {
         self.spawn_until_shutdown(self.clone().run_maintenance());
         self.spawn_until_shutdown(self.clone().run_presence_heartbeat());
         self.spawn_until_shutdown(self.clone().run_presence_diffs());
+        if let (Some(config), Some(stats)) = (&self.config.webhook, &self.webhooks) {
+            let sender = crate::webhook::Sender::new(config.clone(), stats.clone());
+            self.spawn_until_shutdown(sender.run(self.clone()));
+        }
     }
 
     /// Runs `task` on the node's tracker until it ends or the node shuts down.
@@ -268,8 +275,9 @@ impl Node {
             }
             live.insert(channel.clone());
         }
-        if self.acl.presence_enabled(channel) {
+        if self.acl.presence_tracked(channel) {
             let first = self.presence.add(channel, &conn.user, name).await;
+            let first = first.map(|f| f && self.acl.presence_enabled(channel));
             self.announce(first, || ControlEvent::Join {
                 channel: channel.clone(),
                 user: conn.user.clone(),
@@ -284,8 +292,9 @@ impl Node {
     pub async fn leave(self: &Arc<Self>, conn: &Arc<Conn>, channel: &Arc<str>) {
         let live = self.locks.lock(channel).await;
         let empty = self.hub.unsubscribe(channel, conn);
-        if self.acl.presence_enabled(channel) {
+        if self.acl.presence_tracked(channel) {
             let last = self.presence.remove(channel, &conn.user).await;
+            let last = last.map(|l| l && self.acl.presence_enabled(channel));
             self.announce(last, || ControlEvent::Leave {
                 channel: channel.clone(),
                 user: conn.user.clone(),
@@ -452,6 +461,12 @@ impl Node {
     /// left; this node's users are back after Redis lost them).
     pub async fn announce_changes(&self, changes: Vec<presence::Change>) {
         for change in changes {
+            let (presence::Change::Joined { channel, .. } | presence::Change::Left { channel, .. }) =
+                &change;
+            // A channel tracked only for the webhooks has nobody to tell.
+            if !self.acl.presence_enabled(channel) {
+                continue;
+            }
             let event = match change {
                 presence::Change::Joined { channel, user } => ControlEvent::Join {
                     channel: channel.into(),

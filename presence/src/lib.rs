@@ -65,6 +65,70 @@ pub enum Change {
     },
 }
 
+/// What the change feed records (the webhooks' events, in Pusher's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FeedKind {
+    /// The channel's first connection anywhere.
+    ChannelOccupied,
+    /// The channel's last connection anywhere went.
+    ChannelVacated,
+    /// A user's first connection on the channel anywhere.
+    MemberAdded,
+    /// A user's last connection on the channel anywhere went.
+    MemberRemoved,
+    /// A client published on the channel.
+    ClientEvent,
+}
+
+impl FeedKind {
+    /// Every kind.
+    pub const ALL: [FeedKind; 5] = [
+        FeedKind::ChannelOccupied,
+        FeedKind::ChannelVacated,
+        FeedKind::MemberAdded,
+        FeedKind::MemberRemoved,
+        FeedKind::ClientEvent,
+    ];
+
+    /// The event's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeedKind::ChannelOccupied => "channel_occupied",
+            FeedKind::ChannelVacated => "channel_vacated",
+            FeedKind::MemberAdded => "member_added",
+            FeedKind::MemberRemoved => "member_removed",
+            FeedKind::ClientEvent => "client_event",
+        }
+    }
+
+    /// The kind of a name.
+    pub fn parse(name: &str) -> Option<FeedKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One event of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEvent {
+    /// Unique in the cluster: the receiver's idempotency key.
+    pub id: String,
+    /// What happened.
+    pub kind: FeedKind,
+    /// Where.
+    pub channel: String,
+    /// Who (member and client events).
+    pub user: Option<String>,
+    /// What a client published (client events), JSON text.
+    pub data: Option<String>,
+    /// When it was recorded, Unix milliseconds.
+    pub time_ms: u64,
+    /// Where it is kept (the partition), for the acknowledgement.
+    pub partition: usize,
+}
+
+/// Which channels the change feed records (the gateway's namespaces with webhooks).
+pub type FeedFilter = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Per-channel presence, counted per (node, user).
 ///
 /// # Contract
@@ -107,4 +171,24 @@ pub trait Presence: Send + Sync + 'static {
     /// Keeps this node's entries alive (putting back lost ones) and expires those of dead
     /// nodes; returns the transitions to announce.
     async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError>;
+
+    // The change feed (the webhooks' source). When a feed filter is set, every transition
+    // above on a channel it accepts is recorded as it happens, atomically with it: once per
+    // cluster, in the order of the transitions per channel. One node at a time leads the
+    // feed and sends what it reads; an event stays in the feed until acknowledged.
+
+    /// Records that `user` published `data` (JSON text) on `channel`.
+    async fn feed_client_event(
+        &self,
+        channel: &str,
+        user: &str,
+        data: &str,
+    ) -> Result<(), PresenceError>;
+    /// Takes or renews the feed's lead for `lease`; whether this node holds it.
+    async fn feed_lead(&self, lease: std::time::Duration) -> Result<bool, PresenceError>;
+    /// Up to `max` events not acknowledged yet: first those read before and not acknowledged
+    /// (a previous leader's), then new ones; each channel's in order.
+    async fn feed_read(&self, max: usize) -> Result<Vec<FeedEvent>, PresenceError>;
+    /// Removes `events` from the feed.
+    async fn feed_ack(&self, events: &[FeedEvent]) -> Result<(), PresenceError>;
 }

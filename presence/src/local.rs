@@ -1,9 +1,13 @@
 //! Presence kept in process memory.
 
-use crate::{Change, Member, Presence, PresenceError, Stats};
+use crate::{Change, FeedEvent, FeedFilter, FeedKind, Member, Presence, PresenceError, Stats};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
+
+/// Most events the in-process feed holds; past it the oldest are dropped (and logged): a
+/// webhook receiver down for that long has lost them anyway.
+const FEED_CAPACITY: usize = 100_000;
 
 struct Entry {
     name: Option<String>,
@@ -18,16 +22,61 @@ struct Channel {
 }
 
 /// In-process [`Presence`] for one node: the node is the process, so its entries never
-/// outlive it and `heartbeat` has nothing to expire.
+/// outlive it and `heartbeat` has nothing to expire; the node always leads its feed.
 #[derive(Default)]
 pub struct LocalPresence {
     channels: Mutex<HashMap<String, Channel>>,
+    filter: Option<FeedFilter>,
+    feed: Mutex<Feed>,
+}
+
+/// The in-process change feed: events in order, each with a sequence number as its id.
+#[derive(Default)]
+struct Feed {
+    events: VecDeque<FeedEvent>,
+    next: u64,
+    /// A random prefix: ids stay unique across restarts of the node.
+    run: String,
+}
+
+impl Feed {
+    fn record(&mut self, kind: FeedKind, channel: &str, user: Option<&str>, data: Option<&str>) {
+        if self.run.is_empty() {
+            self.run = format!("{:08x}", rand::random::<u32>());
+        }
+        if self.events.len() >= FEED_CAPACITY {
+            self.events.pop_front();
+            tracing::warn!("webhook feed full: the oldest event was dropped");
+        }
+        self.next += 1;
+        self.events.push_back(FeedEvent {
+            id: format!("{}-{}", self.run, self.next),
+            kind,
+            channel: channel.to_owned(),
+            user: user.map(str::to_owned),
+            data: data.map(str::to_owned),
+            time_ms: fanout::util::unix_millis(),
+            partition: 0,
+        });
+    }
 }
 
 impl LocalPresence {
     /// An empty presence table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty presence table whose feed records the channels `filter` accepts.
+    pub fn with_feed(filter: FeedFilter) -> Self {
+        Self {
+            filter: Some(filter),
+            ..Self::default()
+        }
+    }
+
+    fn feeds(&self, channel: &str) -> bool {
+        self.filter.as_ref().is_some_and(|f| f(channel))
     }
 }
 
@@ -39,10 +88,12 @@ impl Presence for LocalPresence {
         user: &str,
         name: Option<&str>,
     ) -> Result<bool, PresenceError> {
+        let feeds = self.feeds(channel);
         let mut channels = self.channels.lock();
-        let channel = channels.entry(channel.to_owned()).or_default();
-        channel.conns += 1;
-        let entry = channel.users.entry(user.to_owned()).or_insert(Entry {
+        let state = channels.entry(channel.to_owned()).or_default();
+        state.conns += 1;
+        let occupied = state.conns == 1;
+        let entry = state.users.entry(user.to_owned()).or_insert(Entry {
             name: name.map(str::to_owned),
             conns: 0,
         });
@@ -50,7 +101,17 @@ impl Presence for LocalPresence {
         if name.is_some() {
             entry.name = name.map(str::to_owned);
         }
-        Ok(entry.conns == 1)
+        let first = entry.conns == 1;
+        if feeds {
+            let mut feed = self.feed.lock();
+            if occupied {
+                feed.record(FeedKind::ChannelOccupied, channel, None, None);
+            }
+            if first {
+                feed.record(FeedKind::MemberAdded, channel, Some(user), None);
+            }
+        }
+        Ok(first)
     }
 
     async fn remove(&self, channel: &str, user: &str) -> Result<bool, PresenceError> {
@@ -64,10 +125,20 @@ impl Presence for LocalPresence {
         entry.conns -= 1;
         state.conns -= 1;
         let last = entry.conns == 0;
+        let vacated = state.conns == 0;
         if last {
             state.users.remove(user);
             if state.users.is_empty() {
                 channels.remove(channel);
+            }
+        }
+        if self.feeds(channel) {
+            let mut feed = self.feed.lock();
+            if last {
+                feed.record(FeedKind::MemberRemoved, channel, Some(user), None);
+            }
+            if vacated {
+                feed.record(FeedKind::ChannelVacated, channel, None, None);
             }
         }
         Ok(last)
@@ -113,6 +184,35 @@ impl Presence for LocalPresence {
     async fn heartbeat(&self) -> Result<Vec<Change>, PresenceError> {
         Ok(Vec::new())
     }
+
+    async fn feed_client_event(
+        &self,
+        channel: &str,
+        user: &str,
+        data: &str,
+    ) -> Result<(), PresenceError> {
+        if self.feeds(channel) {
+            self.feed
+                .lock()
+                .record(FeedKind::ClientEvent, channel, Some(user), Some(data));
+        }
+        Ok(())
+    }
+
+    async fn feed_lead(&self, _lease: std::time::Duration) -> Result<bool, PresenceError> {
+        Ok(true)
+    }
+
+    async fn feed_read(&self, max: usize) -> Result<Vec<FeedEvent>, PresenceError> {
+        Ok(self.feed.lock().events.iter().take(max).cloned().collect())
+    }
+
+    async fn feed_ack(&self, events: &[FeedEvent]) -> Result<(), PresenceError> {
+        let mut feed = self.feed.lock();
+        let acked: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        feed.events.retain(|e| !acked.contains(e.id.as_str()));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +233,41 @@ mod tests {
         assert!(p.remove("room:a", "bob").await.unwrap());
         assert!(!p.remove("room:a", "bob").await.unwrap());
         assert_eq!(p.members_page("room:a", None, 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_feed_records_transitions_of_fed_channels_in_order_until_acknowledged() {
+        let p = LocalPresence::with_feed(std::sync::Arc::new(|c: &str| c.starts_with("live:")));
+        p.add("live:a", "bob", None).await.unwrap();
+        p.add("live:a", "bob", None).await.unwrap();
+        p.add("live:a", "ann", None).await.unwrap();
+        p.add("room:b", "ann", None).await.unwrap();
+        p.feed_client_event("live:a", "ann", "{}").await.unwrap();
+        p.feed_client_event("room:b", "ann", "{}").await.unwrap();
+        p.remove("live:a", "bob").await.unwrap();
+        p.remove("live:a", "bob").await.unwrap();
+        p.remove("live:a", "ann").await.unwrap();
+        let events = p.feed_read(100).await.unwrap();
+        let seen: Vec<(FeedKind, Option<&str>)> =
+            events.iter().map(|e| (e.kind, e.user.as_deref())).collect();
+        assert_eq!(
+            seen,
+            [
+                (FeedKind::ChannelOccupied, None),
+                (FeedKind::MemberAdded, Some("bob")),
+                (FeedKind::MemberAdded, Some("ann")),
+                (FeedKind::ClientEvent, Some("ann")),
+                (FeedKind::MemberRemoved, Some("bob")),
+                (FeedKind::MemberRemoved, Some("ann")),
+                (FeedKind::ChannelVacated, None),
+            ]
+        );
+        // Read again until acknowledged; then gone.
+        assert_eq!(p.feed_read(3).await.unwrap(), events[..3]);
+        p.feed_ack(&events[..3]).await.unwrap();
+        assert_eq!(p.feed_read(100).await.unwrap(), events[3..]);
+        let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), events.len());
     }
 
     #[tokio::test]

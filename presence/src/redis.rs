@@ -16,7 +16,8 @@
 //! URL.
 
 use crate::{
-    Change, Member, NodeInfo, NodeRegistry, Presence, PresenceError, RegistryError, Stats,
+    Change, FeedEvent, FeedFilter, FeedKind, Member, NodeInfo, NodeRegistry, Presence,
+    PresenceError, RegistryError, Stats,
 };
 use fanout::redis::Keyspace;
 use fred::clients::Client;
@@ -30,9 +31,14 @@ use std::time::Duration;
 mod scripts;
 
 use scripts::{
-    ADD_LUA, ChangeCall, ChannelKeys, PAGE_LUA, PageCall, REAP_LUA, REMOVE_LUA, RESTORE_LUA,
-    ReapCall, STATS_LUA, StatsCall,
+    ADD_LUA, ChangeCall, ChannelKeys, LEAD_LUA, LeadCall, PAGE_LUA, PageCall, REAP_LUA, REMOVE_LUA,
+    RESTORE_LUA, ReapCall, STATS_LUA, StatsCall,
 };
+
+/// The change feed's consumer group, and its one consumer: whichever node leads reads as it,
+/// so that what a previous leader read and did not acknowledge is read again.
+const FEED_GROUP: &str = "hooks";
+const FEED_CONSUMER: &str = "leader";
 
 fn unavailable(e: fred::error::Error) -> PresenceError {
     if fanout::redis::is_transient(&e) {
@@ -59,21 +65,33 @@ pub struct RedisPresence {
     restore: Script,
     page: Script,
     stats: Script,
+    lead: Script,
+    /// The channels whose transitions go to the change feed (none: no feed).
+    filter: Option<FeedFilter>,
+    /// Per partition: the feed's consumer group exists, and what was read before (a previous
+    /// leader's unacknowledged events) has been read again since this node took the lead.
+    feed_state: Mutex<Vec<(bool, bool)>>,
     /// This node's own entries, (channel, user) → (connections, name), to put back what
     /// Redis lost.
     own: Mutex<HashMap<(String, String), OwnEntry>>,
 }
 
 impl RedisPresence {
-    /// Presence of node `node`, which calls [`Presence::heartbeat`] every `heartbeat`. Entries
-    /// left by an earlier process with the same node id are removed first.
+    /// Presence of node `node`, which calls [`Presence::heartbeat`] every `heartbeat`; the
+    /// transitions of channels `filter` accepts go to the change feed. Entries left by an
+    /// earlier process with the same node id are removed first.
     pub async fn start(
         client: Client,
         keys: Keyspace,
         node: &str,
         heartbeat: Duration,
+        filter: Option<FeedFilter>,
     ) -> Result<(Self, Vec<Change>), PresenceError> {
+        let partitions = keys.partitions();
         let presence = Self {
+            lead: Script::from_lua(LEAD_LUA),
+            filter,
+            feed_state: Mutex::new(vec![(false, false); partitions]),
             client,
             keys,
             node: node.to_owned(),
@@ -109,7 +127,75 @@ impl RedisPresence {
             user,
             name,
             channel,
+            feed: self.keys.presence_feed(p),
+            record: self.feeds(channel),
             restore,
+        }
+    }
+
+    /// Whether `channel`'s transitions go to the change feed.
+    fn feeds(&self, channel: &str) -> bool {
+        self.filter.as_ref().is_some_and(|f| f(channel))
+    }
+
+    /// Reads partition `p`'s feed from `id` (`0`: what was read and not acknowledged; `>`:
+    /// what nobody read yet).
+    async fn read_feed(
+        &self,
+        p: usize,
+        id: &str,
+        max: usize,
+    ) -> Result<Vec<FeedEvent>, PresenceError> {
+        use fred::interfaces::StreamsInterface;
+        use fred::types::streams::XReadResponse;
+        let key = self.keys.presence_feed(p);
+        let reply: Value = self
+            .client
+            .xreadgroup(
+                FEED_GROUP,
+                FEED_CONSUMER,
+                Some(max as u64),
+                None,
+                false,
+                &key,
+                id,
+            )
+            .await
+            .map_err(unavailable)?;
+        if reply.is_null() {
+            return Ok(Vec::new());
+        }
+        let response: XReadResponse<String, String, String, String> =
+            reply.into_xread_response().map_err(unavailable)?;
+        let entries = response.into_values().next().unwrap_or_default();
+        Ok(entries
+            .into_iter()
+            .filter_map(|(entry, fields)| {
+                let kind = FeedKind::parse(fields.get("k")?)?;
+                Some(FeedEvent {
+                    id: format!("{p}-{entry}"),
+                    kind,
+                    channel: fields.get("c")?.clone(),
+                    user: fields.get("u").cloned(),
+                    data: fields.get("d").cloned(),
+                    time_ms: fields.get("t").and_then(|t| t.parse().ok()).unwrap_or(0),
+                    partition: p,
+                })
+            })
+            .collect())
+    }
+
+    /// Creates partition `p`'s feed and its consumer group (from the start: nothing recorded
+    /// before is skipped).
+    async fn create_feed_group(&self, p: usize) -> Result<(), PresenceError> {
+        use fred::interfaces::StreamsInterface;
+        let key = self.keys.presence_feed(p);
+        let created: Result<Value, _> =
+            self.client.xgroup_create(&key, FEED_GROUP, "0", true).await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(unavailable(e)),
         }
     }
 
@@ -183,6 +269,8 @@ impl RedisPresence {
                     node_index: node_key.clone(),
                     node,
                     channel: &channel,
+                    feed: self.keys.presence_feed(p),
+                    record: self.feeds(&channel),
                 };
                 let gone: Vec<String> = self
                     .reap
@@ -325,6 +413,102 @@ impl Presence for RedisPresence {
             }
         }
         Ok(changes)
+    }
+
+    async fn feed_client_event(
+        &self,
+        channel: &str,
+        user: &str,
+        data: &str,
+    ) -> Result<(), PresenceError> {
+        use fred::interfaces::StreamsInterface;
+        if !self.feeds(channel) {
+            return Ok(());
+        }
+        let p = self.keys.partition(channel);
+        let time = fanout::util::unix_millis().to_string();
+        let fields = vec![
+            ("k", FeedKind::ClientEvent.name()),
+            ("c", channel),
+            ("u", user),
+            ("d", data),
+            ("t", time.as_str()),
+        ];
+        let _: Value = self
+            .client
+            .xadd(self.keys.presence_feed(p), false, None, "*", fields)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn feed_lead(&self, lease: Duration) -> Result<bool, PresenceError> {
+        let call = LeadCall {
+            leader: self.keys.feed_leader(),
+            node: &self.node,
+            lease_ms: lease.as_millis() as u64,
+        };
+        let answer: i64 = self
+            .lead
+            .evalsha_with_reload(&self.client, call.keys(), call.args())
+            .await
+            .map_err(unavailable)?;
+        let leads = LeadCall::leads(answer);
+        if !leads {
+            // Should it lead again, it first reads what was read and not acknowledged.
+            for state in self.feed_state.lock().iter_mut() {
+                state.1 = false;
+            }
+        }
+        Ok(leads)
+    }
+
+    async fn feed_read(&self, max: usize) -> Result<Vec<FeedEvent>, PresenceError> {
+        let mut events = Vec::new();
+        for p in 0..self.keys.partitions() {
+            if events.len() >= max {
+                break;
+            }
+            let (grouped, caught_up) = self.feed_state.lock()[p];
+            if !grouped {
+                self.create_feed_group(p).await?;
+                self.feed_state.lock()[p].0 = true;
+            }
+            let left = max - events.len();
+            if !caught_up {
+                let pending = self.read_feed(p, "0", left).await?;
+                if !pending.is_empty() {
+                    events.extend(pending);
+                    continue;
+                }
+                self.feed_state.lock()[p].1 = true;
+            }
+            events.extend(self.read_feed(p, ">", left).await?);
+        }
+        Ok(events)
+    }
+
+    async fn feed_ack(&self, events: &[FeedEvent]) -> Result<(), PresenceError> {
+        use fred::interfaces::StreamsInterface;
+        for p in 0..self.keys.partitions() {
+            let prefix = format!("{p}-");
+            let ids: Vec<String> = events
+                .iter()
+                .filter(|e| e.partition == p)
+                .filter_map(|e| e.id.strip_prefix(&prefix).map(str::to_owned))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let key = self.keys.presence_feed(p);
+            let _: Value = self
+                .client
+                .xack(&key, FEED_GROUP, ids.clone())
+                .await
+                .map_err(unavailable)?;
+            let _: Value = self.client.xdel(&key, ids).await.map_err(unavailable)?;
+        }
+        Ok(())
     }
 }
 

@@ -18,6 +18,10 @@
 //                   "sub_ttl": s, "refresh_expired": bool}
 //   GET  /requests  every request the proxy port got: [{path, headers, body}]
 //   POST /clear     forgets them
+//   GET  /webhooks  every webhook batch taken: [{key, verified, body}] (`verified`: its
+//                   X-Pusher-Signature is the HMAC-SHA256 of the body with `webhook_secret`,
+//                   set through /state)
+//   GET  /webhooks/count  {batches, events, all_verified}
 //
 // The app: the `session` cookie names the user ("banned" is refused with error 4403, and no
 // cookie with 101); subscribes are allowed unless the channel is in `deny` (103); a
@@ -26,6 +30,7 @@
 // meta, any other method is error 4404.
 
 import http from 'node:http';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 
 const state = {
   mode: 'normal',
@@ -34,8 +39,17 @@ const state = {
   connect_ttl: 0,
   sub_ttl: 0,
   refresh_expired: false,
+  webhook_secret: '',
 };
 const requests = [];
+const webhooks = [];
+
+/** Whether `signature` is the hex HMAC-SHA256 of `body` with the webhook secret. */
+function verified(body, signature) {
+  const expected = createHmac('sha256', state.webhook_secret).update(body).digest();
+  const given = Buffer.from(signature || '', 'hex');
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
 const sockets = new Set();
 let proxyPort = 0;
 
@@ -110,6 +124,19 @@ function answer(path, headers, req) {
   }
 }
 
+/** A webhook batch: verified, recorded, acknowledged. */
+function webhook(req, res, body) {
+  let parsed = null;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return json(res, 400, { error: 'not JSON' });
+  }
+  const ok = verified(body, req.headers['x-pusher-signature']);
+  webhooks.push({ key: req.headers['x-pusher-key'], verified: ok, body: parsed });
+  return json(res, ok ? 200 : 401, {});
+}
+
 const proxy = http.createServer(async (req, res) => {
   const body = await readBody(req);
   const path = req.url.split('?')[0];
@@ -141,6 +168,7 @@ const proxy = http.createServer(async (req, res) => {
       res.writeHead(302, { location: `http://127.0.0.1:${proxyPort}/elsewhere${path}` });
       return res.end();
     default: {
+      if (path === '/webhook') return webhook(req, res, body);
       const a = answer(path, req.headers, parsed ?? {});
       if (!a) return json(res, 404, { error: 'no such endpoint' });
       return json(res, 200, a);
@@ -186,6 +214,14 @@ const control = http.createServer(async (req, res) => {
       return json(res, 200, { ok: true });
     case 'GET /requests':
       return json(res, 200, requests);
+    case 'GET /webhooks':
+      return json(res, 200, webhooks);
+    case 'GET /webhooks/count':
+      return json(res, 200, {
+        batches: webhooks.length,
+        events: webhooks.reduce((n, b) => n + (b.body?.events?.length ?? 0), 0),
+        all_verified: webhooks.every((b) => b.verified),
+      });
     case 'POST /clear':
       requests.length = 0;
       return json(res, 200, { ok: true });

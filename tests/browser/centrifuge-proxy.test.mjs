@@ -2,7 +2,8 @@
 // Node with `ws`) signed in by its session cookie with no token at all, calling `rpc`, refused
 // a subscribe and a publish by the backend and seeing another publish rewritten; the v1
 // `client.js` calling `rpc` from Chromium; the admin page showing the rpc proxy's breaker open
-// while the backend is slow, and closed once it recovers. The backend is
+// while the backend is slow, and closed once it recovers; the webhooks (signed, checked by the
+// backend) retrying while the backend is down and delivered once it is back. The backend is
 // tests/backend/backend.mjs, a real HTTP server in its own process.
 //
 // Run from the repository root after `cargo build -p gateway` and `npm ci --prefix tests/browser`:
@@ -25,6 +26,7 @@ import {
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const WAIT = 20_000;
+const WEBHOOK_SECRET = 'a-webhook-secret-for-the-browser-test';
 let backend; // {proc, proxy, control}
 let gw;
 let browser;
@@ -87,12 +89,15 @@ before(async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'proxy-test-'));
   const config = path.join(dir, 'gateway.toml');
   writeFileSync(config, '[[namespaces]]\nprefix = "team:"\nproxy_subscribe = true\n\n'
-    + '[[namespaces]]\nprefix = "chat:"\nopen = true\nclient_publish = true\nproxy_publish = true\n');
+    + '[[namespaces]]\nprefix = "chat:"\nopen = true\nclient_publish = true\nproxy_publish = true\n\n'
+    + '[[namespaces]]\nprefix = "hook:"\nopen = true\nwebhooks = true\n');
   const url = (p) => `http://${backend.proxy}/${p}`;
   gw = await startGateway(['--config', config,
     '--proxy-connect-url', url('connect'), '--proxy-subscribe-url', url('subscribe'),
     '--proxy-publish-url', url('publish'), '--proxy-rpc-url', url('rpc'),
-    '--proxy-timeout-ms', '1000', '--proxy-breaker-failures', '2', '--proxy-breaker-open-ms', '1500']);
+    '--proxy-timeout-ms', '1000', '--proxy-breaker-failures', '2', '--proxy-breaker-open-ms', '1500',
+    '--webhook-url', url('webhook'), '--webhook-secret', WEBHOOK_SECRET]);
+  await control('/state', { webhook_secret: WEBHOOK_SECRET });
   browser = await launchBrowser();
 });
 
@@ -205,4 +210,26 @@ step('the admin page shows the breaker open while the backend is slow, then clos
   await page.locator('[data-testid="breaker-rpc"]', { hasText: 'closed' }).waitFor();
   // (The browser's own favicon request is a 404 in the console: not the page's error.)
   assert.deepEqual(admin.errors.filter((e) => e.startsWith('pageerror')), []);
+});
+
+step('the admin page shows the webhooks retrying while the backend is down, then delivered', async () => {
+  const { page } = admin;
+  const [alice] = clients;
+  const sub = alice.newSubscription('hook:x');
+  const subscribed = new Promise((resolve) => sub.once('subscribed', resolve));
+  sub.subscribe();
+  await subscribed;
+  await page.locator('[data-testid="breaker-webhook"]', { hasText: 'ok' }).waitFor();
+  await control('/down', {});
+  sub.unsubscribe();
+  await page.locator('[data-testid="breaker-webhook"]', { hasText: 'retrying' }).waitFor();
+  await page.screenshot({ path: path.join(ARTIFACTS, 'admin-webhook-retrying.png'), fullPage: true });
+  await control('/up', {});
+  await page.locator('[data-testid="breaker-webhook"]', { hasText: 'ok' }).waitFor();
+  const batches = await control('/webhooks');
+  assert.ok(batches.every((b) => b.verified), 'every batch is signed with the secret');
+  const events = batches.flatMap((b) => b.body.events).map((e) => `${e.name} ${e.channel} ${e.user_id ?? ''}`.trim());
+  assert.deepEqual(events, [
+    'channel_occupied hook:x', 'member_added hook:x alice', 'member_removed hook:x alice', 'channel_vacated hook:x',
+  ]);
 });

@@ -111,6 +111,36 @@ impl Backend {
             .collect()
     }
 
+    /// Every webhook batch taken, in order: `{key, verified, body}`.
+    pub async fn webhooks(&self) -> Vec<Value> {
+        let r = http(&self.control, "GET", "/webhooks", &[], None).await;
+        match r.json() {
+            Value::Array(list) => list,
+            other => panic!("backend /webhooks: {other}"),
+        }
+    }
+
+    /// Every webhook event taken, in order of arrival.
+    pub async fn webhook_events(&self) -> Vec<Value> {
+        self.webhooks()
+            .await
+            .into_iter()
+            .flat_map(|b| b["body"]["events"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Panics if a request reached a redirect's target (`/elsewhere...`): redirects must not
+    /// be followed.
+    pub async fn assert_no_redirect_followed(&self) {
+        for r in self.requests().await {
+            let path = r["path"].as_str().unwrap_or_default();
+            assert!(
+                !path.starts_with("/elsewhere"),
+                "a redirect was followed: {r}"
+            );
+        }
+    }
+
     /// Forgets the requests so far.
     pub async fn clear(&self) {
         self.post("/clear", Value::Null).await;

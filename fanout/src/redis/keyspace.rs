@@ -121,6 +121,17 @@ impl Keyspace {
         self.partition_key(p, "archive")
     }
 
+    /// Partition `p`'s change feed (presence transitions and client events for the
+    /// webhooks), in the slot of the presence keys whose scripts append to it.
+    pub fn presence_feed(&self, p: usize) -> String {
+        self.partition_key(p, "feed")
+    }
+
+    /// Who leads the change feed (a lease: the node id, expiring).
+    pub fn feed_leader(&self) -> String {
+        self.global_key("feed:leader")
+    }
+
     /// The channels of partition `p` where `node` has presence entries.
     pub fn presence_node_index(&self, p: usize, node: &str) -> String {
         self.partition_key(p, &format!("pnode:{node}"))

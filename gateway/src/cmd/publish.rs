@@ -40,6 +40,8 @@ pub(super) async fn apply(
             Err(end) => return end,
         }
     }
+    // A client event for the webhooks, when they ask for them on this channel.
+    let event = wants_client_event(session, &channel).then(|| (channel.clone(), data.clone()));
     let request = PublishRequest {
         archive: session.reg.node.acl.archive_enabled(&channel),
         channel: channel.into(),
@@ -51,6 +53,9 @@ pub(super) async fn apply(
         Ok(outcome) => {
             if !outcome.duplicate {
                 session.reg.node.hub.count_published();
+                if let Some((channel, data)) = event {
+                    record_client_event(session, &channel, &data).await;
+                }
             }
             session.answer(
                 id,
@@ -114,5 +119,35 @@ async fn ask_backend(
             session.error(id, ErrorCode::Unavailable, e.client_message());
             Err(None)
         }
+    }
+}
+
+/// Whether the webhooks want client events on `channel`.
+fn wants_client_event(session: &Session, channel: &str) -> bool {
+    let node = &session.reg.node;
+    node.config
+        .webhook
+        .as_ref()
+        .is_some_and(|w| w.events.contains(&presence::FeedKind::ClientEvent))
+        && node.acl.webhooks_enabled(channel)
+}
+
+/// Records a client's publication in the webhooks' feed (after it was published: a refused
+/// publish is no event). A failure is logged: the publish itself succeeded.
+async fn record_client_event(session: &Session, channel: &str, data: &Payload) {
+    let json = match data.to_json() {
+        Ok(json) => json,
+        Err(e) => {
+            tracing::warn!(error = %e, "client event not recorded");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&json);
+    let presence = &session.reg.node.presence;
+    if let Err(e) = presence
+        .feed_client_event(channel, &session.reg.conn.user, &text)
+        .await
+    {
+        tracing::warn!(error = %e, "client event not recorded");
     }
 }

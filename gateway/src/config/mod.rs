@@ -166,6 +166,37 @@ pub struct Config {
     pub archive: Option<ArchiveSettings>,
     /// The backend proxies (docs/proxies.md).
     pub proxy: crate::proxy::ProxyConfig,
+    /// The webhooks (docs/webhooks.md), when on.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where and how the webhooks are sent.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// The receiver (`http://`).
+    pub url: http::Uri,
+    /// HMAC-SHA256 key of `X-Pusher-Signature`.
+    pub secret: Vec<u8>,
+    /// `X-Pusher-Key`.
+    pub key: String,
+    /// Events sent.
+    pub events: Vec<presence::FeedKind>,
+    /// Time one request may take.
+    pub timeout: Duration,
+    /// How long a batch is retried before its events are dead letters.
+    pub retry: Duration,
+    /// Most events per request.
+    pub batch: usize,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Message archive settings.
@@ -322,6 +353,7 @@ impl Config {
         });
         let jwt = jwt_config(&s)?;
         let proxy = proxy_config(&s)?;
+        let webhook = webhook_config(&s)?;
         let listen = s.listen;
         listen.parse::<SocketAddr>().with_context(|| {
             format!("--listen {listen:?} is not an address like 127.0.0.1:8080")
@@ -417,8 +449,56 @@ impl Config {
             presence_diff_max: s.presence_diff_max,
             archive,
             proxy,
+            webhook,
         })
     }
+}
+
+/// The webhooks' settings, when `--webhook-url` is given.
+fn webhook_config(s: &Settings) -> anyhow::Result<Option<WebhookConfig>> {
+    let Some(url) = s
+        .webhook_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(None);
+    };
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        bail!("--webhook-url {url:?}: expected http://host[:port]/path");
+    }
+    let secret = match s.webhook_secret.as_deref() {
+        Some(secret) if secret.len() >= 16 => secret.as_bytes().to_vec(),
+        Some(_) => bail!("--webhook-secret is weak: use at least 16 bytes"),
+        None => bail!("--webhook-url needs --webhook-secret, which signs every request"),
+    };
+    let mut events = Vec::new();
+    for name in s
+        .webhook_events
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let Some(kind) = presence::FeedKind::parse(name) else {
+            bail!(
+                "--webhook-events: {name:?} is not one of channel_occupied, channel_vacated, \
+                 member_added, member_removed, client_event"
+            );
+        };
+        events.push(kind);
+    }
+    Ok(Some(WebhookConfig {
+        url: uri,
+        secret,
+        key: s.webhook_key.clone(),
+        events,
+        timeout: Duration::from_millis(s.webhook_timeout_ms.max(1)),
+        retry: Duration::from_secs(s.webhook_retry_secs),
+        batch: s.webhook_batch.clamp(1, 10_000),
+    }))
 }
 
 /// The proxies' settings: URLs (`http://` only), timeouts, bounds, the header allow-list.

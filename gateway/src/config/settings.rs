@@ -230,11 +230,10 @@ pub struct Settings {
     /// RPC proxy: serves clients' `rpc` calls.
     #[arg(long, env = "GATEWAY_PROXY_RPC_URL")]
     pub proxy_rpc_url: Option<String>,
-    /// Milliseconds a proxy call may take (waiting for a slot included); then the client gets
-    /// `unavailable`.
+    /// Milliseconds a proxy call may take; then the client gets `unavailable`.
     #[arg(long, env = "GATEWAY_PROXY_TIMEOUT_MS", default_value_t = 3000)]
     pub proxy_timeout_ms: u64,
-    /// Most calls in flight per proxy endpoint.
+    /// Most calls in flight per proxy endpoint; more are refused at once (`backend busy`).
     #[arg(long, env = "GATEWAY_PROXY_MAX_IN_FLIGHT", default_value_t = 256)]
     pub proxy_max_in_flight: usize,
     /// Failed calls in a row that open a proxy endpoint's circuit breaker.
@@ -257,6 +256,35 @@ pub struct Settings {
         default_value = "cookie,origin,user-agent,x-forwarded-for,x-real-ip"
     )]
     pub proxy_headers: String,
+    /// Webhooks: events of channels in namespaces with `webhooks = true` are POSTed to this
+    /// `http://` URL, batched, signed, once per cluster (docs/webhooks.md).
+    #[arg(long, env = "GATEWAY_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Secret the webhook bodies are signed with (HMAC-SHA256, `X-Pusher-Signature`); at least
+    /// 16 bytes. Required with --webhook-url.
+    #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The `X-Pusher-Key` header of webhook requests (which app's secret signed them).
+    #[arg(long, env = "GATEWAY_WEBHOOK_KEY", default_value = "gateway")]
+    pub webhook_key: String,
+    /// Events sent, comma-separated: channel_occupied, channel_vacated, member_added,
+    /// member_removed, client_event.
+    #[arg(
+        long,
+        env = "GATEWAY_WEBHOOK_EVENTS",
+        default_value = "channel_occupied,channel_vacated,member_added,member_removed"
+    )]
+    pub webhook_events: String,
+    /// Milliseconds one webhook request may take.
+    #[arg(long, env = "GATEWAY_WEBHOOK_TIMEOUT_MS", default_value_t = 5000)]
+    pub webhook_timeout_ms: u64,
+    /// Seconds a batch is retried (exponential backoff with jitter) before its events are
+    /// dropped and counted as dead letters.
+    #[arg(long, env = "GATEWAY_WEBHOOK_RETRY_SECS", default_value_t = 600)]
+    pub webhook_retry_secs: u64,
+    /// Most events in one webhook request.
+    #[arg(long, env = "GATEWAY_WEBHOOK_BATCH", default_value_t = 100)]
+    pub webhook_batch: usize,
     /// Namespaces (config file only): prefix, open, client_publish, presence.
     #[arg(skip)]
     pub namespaces: Option<Vec<Namespace>>,

@@ -276,6 +276,7 @@ pub async fn proxies(
     Ok(Json(json!({
         "node": node.config.node_id,
         "proxies": node.proxies.health(),
+        "webhook": node.webhooks.as_ref().map(|w| w.health()),
     })))
 }
 

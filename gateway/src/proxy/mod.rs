@@ -3,8 +3,9 @@
 //! [`wire`]) before it lets something happen.
 //!
 //! Each endpoint has a timeout (the client gets `unavailable`, Centrifugo's 100, when the
-//! backend does not answer in time), a bound on calls in flight (a call waits for a slot
-//! within the same timeout), a circuit breaker ([`breaker`]) and its own metrics. A backend's
+//! backend does not answer in time), a bound on calls in flight (a bulkhead: a call past it
+//! is refused at once, as `backend busy`, rather than queued behind calls that may all time
+//! out), a circuit breaker ([`breaker`]) and its own metrics. A backend's
 //! answer is read up to `--proxy-max-answer-bytes`; redirects are not followed (a proxy URL
 //! that redirects is misconfigured, and following one could send a client's cookies
 //! elsewhere). Only the client's own allow-listed headers go with a request: never the API
@@ -30,7 +31,7 @@ use metrics::{counter, gauge, histogram};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wire::{BackendDisconnect, BackendError, Envelope};
@@ -83,10 +84,10 @@ impl Kind {
 /// Why a proxy call gave no answer of the backend's.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No answer within the timeout (slot wait included).
+    /// No answer within the timeout.
     #[error("backend timeout")]
     Timeout,
-    /// Every slot stayed taken for the whole timeout.
+    /// As many calls as allowed are in flight already.
     #[error("backend busy")]
     Busy,
     /// The breaker is open: the backend failed too often just now.
@@ -148,7 +149,7 @@ pub fn error_code(e: &BackendError) -> ErrorCode {
 pub struct ProxyConfig {
     /// Each kind's URL, in [`Kind::ALL`] order; `None`: that proxy is off.
     pub urls: [Option<Uri>; 6],
-    /// Time a call may take, slot wait included.
+    /// Time a call may take.
     pub timeout: Duration,
     /// Calls in flight per endpoint.
     pub max_in_flight: usize,
@@ -209,15 +210,21 @@ pub struct Health {
     pub last_error: Option<String>,
 }
 
+/// The HTTP client of the app's backend (proxies, webhooks): a pool of kept-alive HTTP/1.1
+/// connections, `connect_timeout` to open one. It follows no redirect.
+pub fn backend_client(connect_timeout: Duration) -> HttpClient<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    HttpClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 impl Proxies {
     /// The proxies `config` turns on.
     pub fn new(config: &ProxyConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.timeout));
-        let client = HttpClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = backend_client(config.timeout);
         let endpoints = Kind::ALL.map(|kind| {
             config.urls[kind.index()].clone().map(|uri| Endpoint {
                 kind,
@@ -298,8 +305,14 @@ impl Proxies {
             admission => {
                 let result = self.exchange::<T>(endpoint, request, forwarded).await;
                 let now = Instant::now();
-                // An answer of the backend's own, error or disconnect included, says it is up.
-                if let Some(state) = endpoint.breaker.record(admission, result.is_ok(), now) {
+                // An answer of the backend's own, error or disconnect included, says it is up;
+                // a full bulkhead says nothing of the backend (a refused probe is let through
+                // again after the open time).
+                let ok = match &result {
+                    Err(ProxyError::Busy) => None,
+                    result => Some(result.is_ok()),
+                };
+                if let Some(state) = ok.and_then(|ok| endpoint.breaker.record(admission, ok, now)) {
                     breaker_changed(endpoint, state);
                 }
                 result
@@ -325,7 +338,7 @@ impl Proxies {
         result
     }
 
-    /// One request and its answer, within the timeout (waiting for a slot included).
+    /// One request and its answer, within the timeout, if a slot is free.
     async fn exchange<T: DeserializeOwned + Default>(
         &self,
         endpoint: &Endpoint,
@@ -334,14 +347,10 @@ impl Proxies {
     ) -> Result<Answer<T>, ProxyError> {
         let body =
             serde_json::to_vec(request).map_err(|e| ProxyError::Failed(format!("request: {e}")))?;
-        let slotted = AtomicBool::new(false);
+        let Ok(_slot) = endpoint.slots.try_acquire() else {
+            return Err(ProxyError::Busy);
+        };
         let call = async {
-            let _slot = endpoint
-                .slots
-                .acquire()
-                .await
-                .map_err(|_| ProxyError::Busy)?;
-            slotted.store(true, Ordering::Relaxed);
             let mut builder = Request::builder()
                 .method(Method::POST)
                 .uri(endpoint.uri.clone())
@@ -388,7 +397,6 @@ impl Proxies {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
-            Err(_) if !slotted.load(Ordering::Relaxed) => Err(ProxyError::Busy),
             Err(_) => Err(ProxyError::Timeout),
         }
     }

@@ -10,6 +10,30 @@ pub(super) const REAP_LUA: &str = include_str!("reap.lua");
 pub(super) const RESTORE_LUA: &str = include_str!("restore.lua");
 pub(super) const PAGE_LUA: &str = include_str!("page.lua");
 pub(super) const STATS_LUA: &str = include_str!("stats.lua");
+pub(super) const LEAD_LUA: &str = include_str!("lead.lua");
+
+/// lead.lua: takes or renews the feed's lead for `node`; answers whether it holds it.
+#[derive(Debug)]
+pub(super) struct LeadCall<'a> {
+    pub leader: String,
+    pub node: &'a str,
+    pub lease_ms: u64,
+}
+
+impl LeadCall<'_> {
+    pub(super) fn keys(&self) -> Vec<String> {
+        vec![self.leader.clone()]
+    }
+
+    pub(super) fn args(&self) -> Vec<String> {
+        vec![self.node.to_owned(), self.lease_ms.to_string()]
+    }
+
+    /// The script's answer: whether the node leads.
+    pub(super) fn leads(answer: i64) -> bool {
+        answer == 1
+    }
+}
 
 /// A channel's presence keys (all in the channel's partition).
 #[derive(Debug, Clone)]
@@ -54,6 +78,10 @@ pub(super) struct ChangeCall<'a> {
     pub user: &'a str,
     pub name: Option<&'a str>,
     pub channel: &'a str,
+    /// The partition's change feed.
+    pub feed: String,
+    /// Whether the transitions go to the feed (the channel is one the webhooks report).
+    pub record: bool,
     /// restore.lua only: the connections this node knows of.
     pub restore: Option<u32>,
 }
@@ -69,6 +97,7 @@ impl ChangeCall<'_> {
             self.nodes.clone(),
             k.order.clone(),
             k.count.clone(),
+            self.feed.clone(),
         ]
     }
 
@@ -78,6 +107,8 @@ impl ChangeCall<'_> {
             self.user.to_owned(),
             self.name.unwrap_or("").to_owned(),
             self.channel.to_owned(),
+            flag(self.record),
+            fanout::util::unix_millis().to_string(),
         ];
         if let Some(count) = self.restore {
             args.push(count.to_string());
@@ -99,6 +130,10 @@ pub(super) struct ReapCall<'a> {
     pub node_index: String,
     pub node: &'a str,
     pub channel: &'a str,
+    /// The partition's change feed.
+    pub feed: String,
+    /// Whether the transitions go to the feed.
+    pub record: bool,
 }
 
 impl ReapCall<'_> {
@@ -111,12 +146,23 @@ impl ReapCall<'_> {
             self.node_index.clone(),
             k.order.clone(),
             k.count.clone(),
+            self.feed.clone(),
         ]
     }
 
     pub(super) fn args(&self) -> Vec<String> {
-        vec![self.node.to_owned(), self.channel.to_owned()]
+        vec![
+            self.node.to_owned(),
+            self.channel.to_owned(),
+            flag(self.record),
+            fanout::util::unix_millis().to_string(),
+        ]
     }
+}
+
+/// A script's yes/no argument.
+fn flag(on: bool) -> String {
+    if on { "1" } else { "0" }.to_owned()
 }
 
 /// page.lua: up to `limit` users after `after`, as user, connections, name (repeated).
@@ -184,6 +230,8 @@ mod tests {
             user: "ann",
             name: Some("Ann"),
             channel: "room:a",
+            feed: keyspace.presence_feed(0),
+            record: true,
             restore,
         };
         for lua in [ADD_LUA, REMOVE_LUA] {
@@ -191,15 +239,18 @@ mod tests {
             // remove.lua reads no name: it may read fewer, never more.
             assert!(highest(lua, "ARGV") <= change(None).args().len());
         }
-        assert_eq!(highest(ADD_LUA, "ARGV"), 4);
+        assert_eq!(highest(ADD_LUA, "ARGV"), 6);
         assert_eq!(change(Some(2)).keys().len(), highest(RESTORE_LUA, "KEYS"));
         assert_eq!(change(Some(2)).args().len(), highest(RESTORE_LUA, "ARGV"));
-        assert_eq!(change(Some(2)).args()[4], "2");
+        assert_eq!(change(Some(2)).args()[6], "2");
+        assert_eq!(change(None).args()[4], "1");
         let reap = ReapCall {
             keys: keys.clone(),
             node_index: keyspace.presence_node_index(0, "dead"),
             node: "dead",
             channel: "room:a",
+            feed: keyspace.presence_feed(0),
+            record: false,
         };
         assert_eq!(reap.keys().len(), highest(REAP_LUA, "KEYS"));
         assert_eq!(reap.args().len(), highest(REAP_LUA, "ARGV"));
@@ -210,6 +261,13 @@ mod tests {
         };
         assert_eq!(page.keys().len(), highest(PAGE_LUA, "KEYS"));
         assert_eq!(page.args(), ["", "1"]);
+        let lead = LeadCall {
+            leader: keyspace.feed_leader(),
+            node: "n1",
+            lease_ms: 10_000,
+        };
+        assert_eq!(lead.keys().len(), highest(LEAD_LUA, "KEYS"));
+        assert_eq!(lead.args().len(), highest(LEAD_LUA, "ARGV"));
         let stats = StatsCall { keys };
         assert_eq!(stats.keys().len(), highest(STATS_LUA, "KEYS"));
         assert_eq!(highest(STATS_LUA, "ARGV"), 0);

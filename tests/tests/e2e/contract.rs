@@ -240,6 +240,8 @@ async fn every_documented_metric_series_is_exported() {
     let backend = e2e::Backend::start().await;
     let gw = Gateway::builder()
         .arg("--proxy-rpc-url", backend.url("rpc"))
+        .arg("--webhook-url", backend.url("webhook"))
+        .arg("--webhook-secret", "a-secret-of-16-bytes-at-least")
         .start()
         .await;
     // Clustered mode has no archive yet: its series are not exported there.

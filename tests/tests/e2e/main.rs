@@ -26,3 +26,4 @@ mod recovery;
 
 mod slow_consumer;
 mod tls;
+mod webhooks;

@@ -432,14 +432,7 @@ async fn hostile_backends_fail_calls_without_harming_the_node() {
         .request_ok("rpc", json!({"method": "echo", "data": "ok"}))
         .await;
     assert_eq!(reply["data"]["echo"], "ok");
-    assert!(
-        backend
-            .requests()
-            .await
-            .iter()
-            .all(|r| !r["path"].as_str().unwrap().starts_with("/elsewhere")),
-        "a redirect was followed"
-    );
+    backend.assert_no_redirect_followed().await;
     // The admin API says what happened.
     let health = e2e::api_get(gw.addr(), "/api/proxies").await.json();
     let rpc = health["proxies"]
@@ -499,4 +492,42 @@ async fn the_backend_extends_or_ends_connections_and_subscriptions_at_their_expi
     let (disconnect, code) = alice.expect_close(secs(15)).await;
     assert_eq!(code, 4001, "{disconnect:?}");
     assert_nothing_leaked(&backend).await;
+}
+
+#[tokio::test]
+async fn calls_past_the_bound_in_flight_are_refused_at_once_as_busy() {
+    let backend = Backend::start().await;
+    let (gw, _dir) = gateway(
+        &backend,
+        &[
+            ("--proxy-max-in-flight", "1"),
+            ("--proxy-breaker-failures", "100"),
+        ],
+    )
+    .await;
+    let mut alice = Client::connect(gw.addr(), &token("alice")).await;
+    let mut bob = Client::connect(gw.addr(), &token("bob")).await;
+    // Each call takes most of the timeout: with one slot, a second call meanwhile is refused
+    // at once, and the first one is served.
+    backend.mode("slow", TIMEOUT_MS * 7 / 10).await;
+    let first = alice
+        .send("rpc", json!({"method": "echo", "data": "a"}))
+        .await;
+    eventually("the first call reached the backend", secs(10), async || {
+        !backend.requests_to("/rpc").await.is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    let second = bob
+        .request("rpc", json!({"method": "echo", "data": "b"}))
+        .await;
+    assert_eq!(second["error"]["message"], "backend busy", "{second}");
+    assert!(started.elapsed() < secs(5));
+    let first = alice.wait_reply(first, secs(10)).await;
+    assert_eq!(first["ok"]["data"]["echo"], "a", "{first}");
+    assert_eq!(
+        backend.requests_to("/rpc").await.len(),
+        1,
+        "the busy call never went out"
+    );
 }

@@ -8,7 +8,10 @@
 // 2. Webhook throughput: clients subscribe to and leave fresh channels of a `webhooks`
 //    namespace (four events per channel: occupied, member added, member removed, vacated) until
 //    EVENTS events were made; reported: events/s from the first subscribe until the backend
-//    took the last one (the sender's rate, batches of 100, each signed and checked).
+//    took the last one (live: the rate the events are made at, as long as the sender keeps
+//    up); then the same with the backend down while they are made (a backlog in the feed),
+//    timed from the first batch after it came back to the last (the sender's own rate, batches
+//    of 100, each signed and checked).
 //
 //   cargo build --release -p gateway && node bench/backend-cost.mjs
 //   REDIS=1 node bench/backend-cost.mjs      # the gateway on a private redis-server
@@ -129,8 +132,10 @@ async function connectRound(gw, label, how) {
   return row;
 }
 
-async function webhookRound(gw, backend) {
-  const control = (p) => fetch(`http://${backend.control}${p}`).then((r) => r.json());
+async function webhookRound(gw, backend, backlog) {
+  const control = (p, method = 'GET') => fetch(`http://${backend.control}${p}`, { method }).then((r) => r.json());
+  const base = (await control('/webhooks/count')).events;
+  if (backlog) await control('/down', 'POST');
   const cycles = Math.ceil(EVENTS / 4);
   const clients = await Promise.all(Array.from({ length: 20 }, (_, i) => new Promise((resolve) => {
     const ws = new WebSocket(`ws://${gw.addr}/ws?token=${token(`w${i}`)}`);
@@ -155,13 +160,23 @@ async function webhookRound(gw, backend) {
     }
   }));
   const madeSecs = (performance.now() - t0) / 1000;
-  let count = { events: 0 };
-  while (count.events < made) {
-    count = await control('/webhooks/count');
-    if (count.events < made) await new Promise((r) => setTimeout(r, 20));
+  let from = t0;
+  if (backlog) {
+    await control('/up', 'POST');
+    for (;;) {
+      const c = await control('/webhooks/count');
+      if (c.events > base) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    from = performance.now();
   }
-  const secs = (performance.now() - t0) / 1000;
-  const row = { label: 'webhooks', events: made, made_in_s: madeSecs.toFixed(2), delivered_in_s: secs.toFixed(2), events_per_s: Math.round(made / secs), batches: count.batches, all_signed: count.all_verified };
+  let count = { events: 0 };
+  while (count.events < base + made) {
+    count = await control('/webhooks/count');
+    if (count.events < base + made) await new Promise((r) => setTimeout(r, 20));
+  }
+  const secs = (performance.now() - from) / 1000;
+  const row = { label: backlog ? 'webhooks-backlog' : 'webhooks-live', events: made, made_in_s: madeSecs.toFixed(2), delivered_in_s: secs.toFixed(2), events_per_s: Math.round(made / secs), batches: count.batches, all_signed: count.all_verified };
   console.log(JSON.stringify(row));
   for (const c of clients) c.ws.close();
   return row;
@@ -181,12 +196,14 @@ try {
   if (process.env.REDIS) args.push('--redis-url', await startRedis());
   const gw = await startGateway(args);
   console.log(JSON.stringify({ gateway: GATEWAY_BIN, redis: Boolean(process.env.REDIS), connects: CONNECTS, concurrency: CONCURRENCY }));
-  const jwt = token('bench');
-  await connectRound(gw, 'warm-up', () => ({ token: jwt }));
-  await connectRound(gw, 'jwt', () => ({ token: jwt }));
+  // The same 50 users either way (a user's personal channel is joined on connect).
+  const jwts = Array.from({ length: 50 }, (_, i) => token(`u${i}`));
+  await connectRound(gw, 'warm-up', (i) => ({ token: jwts[i % 50] }));
+  await connectRound(gw, 'jwt', (i) => ({ token: jwts[i % 50] }));
   await connectRound(gw, 'connect-proxy', (i) => ({ cookie: `session=u${i % 50}` }));
-  await connectRound(gw, 'jwt-again', () => ({ token: jwt }));
-  await webhookRound(gw, backend);
+  await connectRound(gw, 'jwt-again', (i) => ({ token: jwts[i % 50] }));
+  await webhookRound(gw, backend, false);
+  await webhookRound(gw, backend, true);
 } finally {
   for (const p of procs) p.kill('SIGKILL');
 }

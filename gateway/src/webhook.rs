@@ -28,9 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long a lead lasts unless renewed (the leader renews it at every step, at least every
-/// third of it).
-const LEASE: Duration = Duration::from_secs(10);
+/// The shortest lead: a lead lasts twice the longest time between two renewals (the leader
+/// renews it before each read and after each backoff, so at most one request or one backoff
+/// comes between two), and at least this.
+const MIN_LEASE: Duration = Duration::from_secs(10);
 /// How often a node that does not lead asks again.
 const STANDBY_POLL: Duration = Duration::from_secs(2);
 /// How often the leader looks for new events when the feed was empty.
@@ -181,11 +182,16 @@ impl Sender {
         }
     }
 
+    /// How long a lead lasts unless renewed (see [`MIN_LEASE`]).
+    fn lease(&self) -> Duration {
+        ((self.config.timeout + BACKOFF_MAX) * 2).max(MIN_LEASE)
+    }
+
     /// Sends until the node shuts down (the caller's task is cancelled then).
     pub async fn run(self, node: Arc<Node>) {
         let presence = node.presence.clone();
         loop {
-            match presence.feed_lead(LEASE).await {
+            match presence.feed_lead(self.lease()).await {
                 Ok(true) => self.stats.leading.store(true, Ordering::Relaxed),
                 Ok(false) => {
                     self.stats.leading.store(false, Ordering::Relaxed);
@@ -280,7 +286,7 @@ impl Sender {
             let jitter = half.mul_f64(rand::random::<f64>());
             tokio::time::sleep(half + jitter).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
-            if !matches!(node.presence.feed_lead(LEASE).await, Ok(true)) {
+            if !matches!(node.presence.feed_lead(self.lease()).await, Ok(true)) {
                 self.stats.leading.store(false, Ordering::Relaxed);
                 self.stats.retrying.store(false, Ordering::Relaxed);
                 return Sent::LostLead;

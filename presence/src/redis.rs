@@ -39,6 +39,9 @@ use scripts::{
 /// so that what a previous leader read and did not acknowledge is read again.
 const FEED_GROUP: &str = "hooks";
 const FEED_CONSUMER: &str = "leader";
+/// About how many events a partition's feed keeps (the scripts trim it too): past it, while
+/// the receiver stays down, the oldest go.
+const FEED_MAXLEN: i64 = 1_000_000;
 
 fn unavailable(e: fred::error::Error) -> PresenceError {
     if fanout::redis::is_transient(&e) {
@@ -69,8 +72,11 @@ pub struct RedisPresence {
     /// The channels whose transitions go to the change feed (none: no feed).
     filter: Option<FeedFilter>,
     /// Per partition: the feed's consumer group exists, and what was read before (a previous
-    /// leader's unacknowledged events) has been read again since this node took the lead.
+    /// leader's unacknowledged events, or this node's after a failure) has been read again.
     feed_state: Mutex<Vec<(bool, bool)>>,
+    /// The partition the next read starts at (each read starts one further, so that a busy
+    /// partition does not starve the others).
+    feed_next: std::sync::atomic::AtomicUsize,
     /// This node's own entries, (channel, user) → (connections, name), to put back what
     /// Redis lost.
     own: Mutex<HashMap<(String, String), OwnEntry>>,
@@ -92,6 +98,7 @@ impl RedisPresence {
             lead: Script::from_lua(LEAD_LUA),
             filter,
             feed_state: Mutex::new(vec![(false, false); partitions]),
+            feed_next: std::sync::atomic::AtomicUsize::new(0),
             client,
             keys,
             node: node.to_owned(),
@@ -130,6 +137,15 @@ impl RedisPresence {
             feed: self.keys.presence_feed(p),
             record: self.feeds(channel),
             restore,
+        }
+    }
+
+    /// After anything that may have left events read and not acknowledged (a failed call, a
+    /// lead lost), or the feed gone (Redis restarted empty: its groups with it): the next
+    /// read checks the groups and reads what is pending first.
+    fn forget_feed_progress(&self) {
+        for state in self.feed_state.lock().iter_mut() {
+            *state = (false, false);
         }
     }
 
@@ -436,7 +452,13 @@ impl Presence for RedisPresence {
         ];
         let _: Value = self
             .client
-            .xadd(self.keys.presence_feed(p), false, None, "*", fields)
+            .xadd(
+                self.keys.presence_feed(p),
+                false,
+                ("MAXLEN", "~", FEED_MAXLEN),
+                "*",
+                fields,
+            )
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -448,24 +470,47 @@ impl Presence for RedisPresence {
             node: &self.node,
             lease_ms: lease.as_millis() as u64,
         };
-        let answer: i64 = self
+        let answer: Result<i64, _> = self
             .lead
             .evalsha_with_reload(&self.client, call.keys(), call.args())
-            .await
-            .map_err(unavailable)?;
-        let leads = LeadCall::leads(answer);
-        if !leads {
+            .await;
+        let leads = answer.map(LeadCall::leads);
+        if !matches!(leads, Ok(true)) {
             // Should it lead again, it first reads what was read and not acknowledged.
-            for state in self.feed_state.lock().iter_mut() {
-                state.1 = false;
-            }
+            self.forget_feed_progress();
         }
-        Ok(leads)
+        leads.map_err(unavailable)
     }
 
     async fn feed_read(&self, max: usize) -> Result<Vec<FeedEvent>, PresenceError> {
+        let read = self.read_partitions(max).await;
+        if read.is_err() {
+            // What the partitions read before the failure returned stays pending.
+            self.forget_feed_progress();
+        }
+        read
+    }
+
+    async fn feed_ack(&self, events: &[FeedEvent]) -> Result<(), PresenceError> {
+        let acked = self.ack(events).await;
+        if acked.is_err() {
+            self.forget_feed_progress();
+        }
+        acked
+    }
+}
+
+impl RedisPresence {
+    /// Up to `max` events, partition by partition from the one after the last read's start:
+    /// per partition, what is pending first (until none is), then what is new.
+    async fn read_partitions(&self, max: usize) -> Result<Vec<FeedEvent>, PresenceError> {
+        let partitions = self.keys.partitions();
+        let start = self
+            .feed_next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % partitions;
         let mut events = Vec::new();
-        for p in 0..self.keys.partitions() {
+        for p in (start..partitions).chain(0..start) {
             if events.len() >= max {
                 break;
             }
@@ -488,7 +533,8 @@ impl Presence for RedisPresence {
         Ok(events)
     }
 
-    async fn feed_ack(&self, events: &[FeedEvent]) -> Result<(), PresenceError> {
+    /// Acknowledges and deletes `events`, partition by partition.
+    async fn ack(&self, events: &[FeedEvent]) -> Result<(), PresenceError> {
         use fred::interfaces::StreamsInterface;
         for p in 0..self.keys.partitions() {
             let prefix = format!("{p}-");

@@ -154,6 +154,9 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
         token,
         delta,
     } = request;
+    // The subscribe proxy decides a new subscription in its namespaces, without a token: it
+    // is asked last, once the rate and the subscription limit let the subscribe through.
+    let proxied = token.is_none() && node_proxies_subscribe(session, &channel);
     if let Some(token) = token {
         match check_token(session, &channel, &token) {
             Err((code, why)) => {
@@ -161,12 +164,6 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
                 return None;
             }
             Ok(exp) => grant(session, &channel, exp, false),
-        }
-    } else if node_proxies_subscribe(session, &channel) {
-        match ask_backend(session, id, &channel).await {
-            Decided::Granted => {}
-            Decided::Refused => return None,
-            Decided::End(end) => return Some(end),
         }
     }
     // A subscription by token expires with it: the reply says when. One the subscribe proxy
@@ -176,7 +173,7 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
         .iter()
         .find(|g| *g.channel == *channel && !g.proxied)
         .and_then(|g| g.exp);
-    if !session.allowed(&channel, Action::Subscribe) {
+    if !proxied && !session.allowed(&channel, Action::Subscribe) {
         session.error(
             id,
             ErrorCode::Forbidden,
@@ -219,11 +216,22 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
                 );
                 return None;
             }
+            if proxied {
+                match ask_backend(session, id, &channel).await {
+                    Decided::Granted => {}
+                    Decided::Refused => return None,
+                    Decided::End(end) => return Some(end),
+                }
+            }
             let channel: Arc<str> = channel.into();
             // Buffer live publications before the hub can deliver any (join registers).
             session.reg.conn.begin_recovery(channel.clone());
             if let Err(e) = session.join(channel.clone(), join_leave).await {
                 session.reg.conn.abort_recovery(&channel);
+                if proxied {
+                    // Not subscribed: the backend's grant goes (nothing to refresh).
+                    session.grants_mut().retain(|g| g.channel != channel);
+                }
                 session.broker_error(id, e);
                 return None;
             }

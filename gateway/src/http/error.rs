@@ -35,7 +35,7 @@ impl ApiError {
             ErrorCode::NotAvailable => StatusCode::NOT_IMPLEMENTED,
             ErrorCode::TokenExpired => StatusCode::UNAUTHORIZED,
             ErrorCode::UnrecoverablePosition => StatusCode::CONFLICT,
-            ErrorCode::Backend(_) => StatusCode::FORBIDDEN,
+            ErrorCode::Backend { .. } => StatusCode::FORBIDDEN,
         };
         Self {
             status,

@@ -250,7 +250,7 @@ pub fn error_frame(encoding: Encoding, id: i64, code: ErrorCode, message: &str) 
                 message,
                 maybe_published: None,
                 backend_code: match code {
-                    ErrorCode::Backend(c) => Some(c),
+                    ErrorCode::Backend { code, .. } => Some(code),
                     _ => None,
                 },
             },

@@ -118,7 +118,12 @@ pub enum ErrorCode {
     /// The app's backend refused, with its own code (a proxy's `error` answer): passed as it
     /// is in Centrifugo's protocol; in v1 as `unauthorized` (101, 109), `forbidden` (103) or
     /// `rejected`, with the code in `backend_code`.
-    Backend(u32),
+    Backend {
+        /// The backend's code.
+        code: u32,
+        /// Whether the backend said to retry (Centrifugo's `temporary`).
+        temporary: bool,
+    },
 }
 
 impl ErrorCode {
@@ -138,9 +143,11 @@ impl ErrorCode {
             ErrorCode::NotAvailable => "not_available",
             ErrorCode::TokenExpired => "unauthorized",
             ErrorCode::UnrecoverablePosition => "unrecoverable_position",
-            ErrorCode::Backend(101 | 109) => "unauthorized",
-            ErrorCode::Backend(103) => "forbidden",
-            ErrorCode::Backend(_) => "rejected",
+            ErrorCode::Backend {
+                code: 101 | 109, ..
+            } => "unauthorized",
+            ErrorCode::Backend { code: 103, .. } => "forbidden",
+            ErrorCode::Backend { .. } => "rejected",
         }
     }
 }

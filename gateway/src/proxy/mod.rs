@@ -141,7 +141,10 @@ pub fn disconnect_reason(d: &BackendDisconnect) -> CloseReason {
 /// A backend's error as one of the gateway's codes: the code itself for Centrifugo's
 /// protocol, the nearest v1 code for v1.
 pub fn error_code(e: &BackendError) -> ErrorCode {
-    ErrorCode::Backend(e.code)
+    ErrorCode::Backend {
+        code: e.code,
+        temporary: e.temporary,
+    }
 }
 
 /// The settings of every proxy.
@@ -467,8 +470,10 @@ pub fn connect_claims(
         return Err("the backend's channels patterns may use * only as the last character");
     }
     // No expiry: a hundred years, as a server API refresh without one.
+    let now = fanout::util::unix_secs();
     let exp = match result.expire_at {
-        0 => fanout::util::unix_secs() + 100 * 365 * 86_400,
+        0 => now + 100 * 365 * 86_400,
+        at if at <= now => return Err("the backend's expire_at has passed"),
         at => at,
     };
     let claims = crate::auth::Claims {

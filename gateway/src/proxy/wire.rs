@@ -142,6 +142,9 @@ pub struct BackendError {
     pub code: u32,
     #[serde(default)]
     pub message: String,
+    /// Centrifugo's SDKs retry after a temporary error.
+    #[serde(default)]
+    pub temporary: bool,
 }
 
 /// The backend ends the connection.

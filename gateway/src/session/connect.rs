@@ -246,7 +246,7 @@ async fn ask_backend(
         },
         Ok(Answer::Error(e)) => (
             "unauthorized",
-            ErrorCode::Backend(e.code),
+            proxy::error_code(&e),
             e.message,
             first_phase::UNAUTHORIZED,
         ),

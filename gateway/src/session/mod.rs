@@ -341,10 +341,12 @@ pub(crate) fn client_id(node: &Node, conn: u64) -> String {
 /// `expire_at`): a hundred years.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// When `exp` (Unix seconds, from a token or a backend) comes, leeway included, on the
+/// monotonic clock; at most [`NEVER`] away (an `exp` near `u64::MAX` would overflow).
 pub(crate) fn expiry_instant(node: &Node, exp: u64) -> Instant {
     let leeway = node.config.jwt.leeway.as_secs();
-    let left = (exp + leeway).saturating_sub(unix_secs());
-    Instant::now() + Duration::from_secs(left)
+    let left = exp.saturating_add(leeway).saturating_sub(unix_secs());
+    Instant::now() + Duration::from_secs(left).min(NEVER)
 }
 
 /// Sends the `rest` of a batch cut short, `disconnect` and the close frame, then waits

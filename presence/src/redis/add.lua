@@ -13,12 +13,12 @@ if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 end
 if ARGV[5] == '1' and conns == 1 then
-  redis.call('XADD', KEYS[8], '*', 'k', 'channel_occupied', 'c', ARGV[4], 't', ARGV[6])
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', '1000000', '*', 'k', 'channel_occupied', 'c', ARGV[4], 't', ARGV[6])
 end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
   redis.call('ZADD', KEYS[6], 0, ARGV[2])
   if ARGV[5] == '1' then
-    redis.call('XADD', KEYS[8], '*', 'k', 'member_added', 'c', ARGV[4], 'u', ARGV[2], 't', ARGV[6])
+    redis.call('XADD', KEYS[8], 'MAXLEN', '~', '1000000', '*', 'k', 'member_added', 'c', ARGV[4], 'u', ARGV[2], 't', ARGV[6])
   end
   return 1
 end

@@ -22,13 +22,13 @@ for i = 1, #fields, 2 do
       redis.call('ZREM', KEYS[5], user)
       gone[#gone + 1] = user
       if ARGV[3] == '1' then
-        redis.call('XADD', KEYS[7], '*', 'k', 'member_removed', 'c', ARGV[2], 'u', user, 't', ARGV[4])
+        redis.call('XADD', KEYS[7], 'MAXLEN', '~', '1000000', '*', 'k', 'member_removed', 'c', ARGV[2], 'u', user, 't', ARGV[4])
       end
     end
   end
 end
 if vacated and ARGV[3] == '1' then
-  redis.call('XADD', KEYS[7], '*', 'k', 'channel_vacated', 'c', ARGV[2], 't', ARGV[4])
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', '1000000', '*', 'k', 'channel_vacated', 'c', ARGV[2], 't', ARGV[4])
 end
 redis.call('HDEL', KEYS[4], ARGV[2])
 return gone

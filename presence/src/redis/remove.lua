@@ -24,10 +24,10 @@ if redis.call('HINCRBY', KEYS[2], ARGV[2], -1) <= 0 then
   redis.call('ZREM', KEYS[6], ARGV[2])
   last = 1
   if ARGV[5] == '1' then
-    redis.call('XADD', KEYS[8], '*', 'k', 'member_removed', 'c', ARGV[4], 'u', ARGV[2], 't', ARGV[6])
+    redis.call('XADD', KEYS[8], 'MAXLEN', '~', '1000000', '*', 'k', 'member_removed', 'c', ARGV[4], 'u', ARGV[2], 't', ARGV[6])
   end
 end
 if vacated and ARGV[5] == '1' then
-  redis.call('XADD', KEYS[8], '*', 'k', 'channel_vacated', 'c', ARGV[4], 't', ARGV[6])
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', '1000000', '*', 'k', 'channel_vacated', 'c', ARGV[4], 't', ARGV[6])
 end
 return last

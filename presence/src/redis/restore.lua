@@ -13,7 +13,7 @@ local missing = count - current
 redis.call('HSET', KEYS[1], field, count)
 redis.call('HINCRBY', KEYS[4], ARGV[4], missing)
 if redis.call('INCRBY', KEYS[7], missing) == missing and ARGV[5] == '1' then
-  redis.call('XADD', KEYS[8], '*', 'k', 'channel_occupied', 'c', ARGV[4], 't', ARGV[6])
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', '1000000', '*', 'k', 'channel_occupied', 'c', ARGV[4], 't', ARGV[6])
 end
 redis.call('SADD', KEYS[5], ARGV[1])
 if ARGV[3] ~= '' then
@@ -22,7 +22,7 @@ end
 if redis.call('HINCRBY', KEYS[2], ARGV[2], missing) == missing then
   redis.call('ZADD', KEYS[6], 0, ARGV[2])
   if ARGV[5] == '1' then
-    redis.call('XADD', KEYS[8], '*', 'k', 'member_added', 'c', ARGV[4], 'u', ARGV[2], 't', ARGV[6])
+    redis.call('XADD', KEYS[8], 'MAXLEN', '~', '1000000', '*', 'k', 'member_added', 'c', ARGV[4], 'u', ARGV[2], 't', ARGV[6])
   end
   return 1
 end

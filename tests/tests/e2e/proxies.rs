@@ -32,13 +32,15 @@ async fn gateway(backend: &Backend, extra: &[(&str, &str)]) -> (Gateway, TempDir
         .arg("--proxy-publish-url", backend.url("publish"))
         .arg("--proxy-sub-refresh-url", backend.url("sub_refresh"))
         .arg("--proxy-rpc-url", backend.url("rpc"))
-        .arg("--proxy-timeout-ms", TIMEOUT_MS)
         .arg("--proxy-breaker-open-ms", 2000);
-    if !extra
-        .iter()
-        .any(|(name, _)| *name == "--proxy-breaker-failures")
-    {
-        builder = builder.arg("--proxy-breaker-failures", 3);
+    let timeout = TIMEOUT_MS.to_string();
+    for (name, value) in [
+        ("--proxy-timeout-ms", timeout.as_str()),
+        ("--proxy-breaker-failures", "3"),
+    ] {
+        if !extra.iter().any(|(n, _)| *n == name) {
+            builder = builder.arg(name, value);
+        }
     }
     for (name, value) in extra {
         builder = builder.arg(name, value);
@@ -502,14 +504,15 @@ async fn calls_past_the_bound_in_flight_are_refused_at_once_as_busy() {
         &[
             ("--proxy-max-in-flight", "1"),
             ("--proxy-breaker-failures", "100"),
+            ("--proxy-timeout-ms", "30000"),
         ],
     )
     .await;
     let mut alice = Client::connect(gw.addr(), &token("alice")).await;
     let mut bob = Client::connect(gw.addr(), &token("bob")).await;
-    // Each call takes most of the timeout: with one slot, a second call meanwhile is refused
-    // at once, and the first one is served.
-    backend.mode("slow", TIMEOUT_MS * 7 / 10).await;
+    // The first call takes 8 s: with one slot, a second call meanwhile is refused at once,
+    // and the first one is served.
+    backend.mode("slow", 8000).await;
     let first = alice
         .send("rpc", json!({"method": "echo", "data": "a"}))
         .await;
@@ -523,7 +526,7 @@ async fn calls_past_the_bound_in_flight_are_refused_at_once_as_busy() {
         .await;
     assert_eq!(second["error"]["message"], "backend busy", "{second}");
     assert!(started.elapsed() < secs(5));
-    let first = alice.wait_reply(first, secs(10)).await;
+    let first = alice.wait_reply(first, secs(20)).await;
     assert_eq!(first["ok"]["data"]["echo"], "a", "{first}");
     assert_eq!(
         backend.requests_to("/rpc").await.len(),

@@ -56,7 +56,7 @@ async fn received(backend: &Backend) -> Vec<String> {
 
 /// Waits until `expected` were received (in that order, nothing else among them).
 async fn expect_events(backend: &Backend, expected: &[&str]) {
-    eventually("the webhook events arrive", secs(30), async || {
+    eventually("the webhook events arrive", secs(60), async || {
         received(backend).await.len() >= expected.len()
     })
     .await;
@@ -214,14 +214,34 @@ async fn three_nodes_send_each_event_once_in_order_after_the_backend_was_down() 
     assert_eq!(leaders, 1);
 }
 
+/// Whether `gw` sends the webhooks now.
+async fn leads(gw: &Gateway) -> bool {
+    api_get(gw.addr(), "/api/proxies").await.json()["webhook"]["leader"] == true
+}
+
 #[tokio::test]
-async fn a_dead_nodes_members_are_reported_gone() {
+async fn when_the_leader_dies_another_node_reports_its_members_gone() {
     let redis = Redis::start().await;
     let backend = Backend::start().await;
     backend.state(json!({"webhook_secret": SECRET})).await;
     let dirs: Vec<TempDir> = (0..2).map(|_| TempDir::new("webhooks")).collect();
-    let survivor = node(&backend, Some(&redis), &dirs[0]).await;
-    let mut doomed = node(&backend, Some(&redis), &dirs[1]).await;
+    let mut nodes = vec![
+        node(&backend, Some(&redis), &dirs[0]).await,
+        node(&backend, Some(&redis), &dirs[1]).await,
+    ];
+    let mut leader = None;
+    eventually("a node leads the webhooks", secs(20), async || {
+        for (i, gw) in nodes.iter().enumerate() {
+            if leads(gw).await {
+                leader = Some(i);
+            }
+        }
+        leader.is_some()
+    })
+    .await;
+    // The leader dies, with a member on it.
+    let mut doomed = nodes.remove(leader.unwrap());
+    let survivor = nodes.remove(0);
     let mut erin = Client::connect(doomed.addr(), &token("erin")).await;
     erin.subscribe("live:d").await;
     expect_events(
@@ -231,7 +251,8 @@ async fn a_dead_nodes_members_are_reported_gone() {
     .await;
     doomed.send_signal("KILL");
     doomed.wait_exit(secs(10)).await;
-    // The survivor's heartbeat finds the dead node's entries expired, and removes them.
+    // The survivor's heartbeat finds the dead node's entries expired, and removes them; once
+    // the dead leader's lease ran out, the survivor leads and sends.
     expect_events(
         &backend,
         &[

@@ -306,7 +306,7 @@ pub fn error_code(code: ErrorCode) -> (u32, bool) {
         ErrorCode::TokenExpired => (109, false),
         ErrorCode::RateLimited => (111, true),
         ErrorCode::UnrecoverablePosition => (112, false),
-        ErrorCode::Backend(code) => (code, false),
+        ErrorCode::Backend { code, temporary } => (code, temporary),
     }
 }
 

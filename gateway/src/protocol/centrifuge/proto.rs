@@ -427,11 +427,11 @@ pub fn decode_frame(
     Ok(())
 }
 
-/// A Protobuf client's `data` bytes, which must be JSON text (or empty: none): payloads are
-/// JSON for every client (see the module above). UTF-8 is checked first (serde_json skips an
-/// ignored string's bytes without checking them), then JSON.
-fn checked_json(id: i64, data: Bytes) -> Result<Bytes, CommandError> {
-    if data.is_empty() {
+/// A Protobuf client's `data` bytes, which must be JSON text (or, where `data` is optional,
+/// empty: none): payloads are JSON for every client (see the module above). UTF-8 is checked
+/// first (serde_json skips an ignored string's bytes without checking them), then JSON.
+fn checked_json(id: i64, data: Bytes, optional: bool) -> Result<Bytes, CommandError> {
+    if data.is_empty() && optional {
         return Ok(data);
     }
     let json = std::str::from_utf8(&data).ok();
@@ -448,7 +448,7 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
     let data;
     let id = i64::from(c.id);
     let request = if let Some(r) = c.connect {
-        data = checked_json(id, r.data)?;
+        data = checked_json(id, r.data, true)?;
         Request::Connect {
             token: r.token,
             data: (!data.is_empty()).then_some(&data[..]),
@@ -468,7 +468,7 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
     } else if let Some(u) = c.unsubscribe {
         Request::Unsubscribe { channel: u.channel }
     } else if let Some(p) = c.publish {
-        data = checked_json(id, p.data)?;
+        data = checked_json(id, p.data, false)?;
         Request::Publish {
             channel: p.channel,
             data: &data,
@@ -492,7 +492,7 @@ fn decode_command(c: Command) -> Result<Inbound, CommandError> {
             token: r.token,
         }
     } else if let Some(r) = c.rpc {
-        data = checked_json(id, r.data)?;
+        data = checked_json(id, r.data, true)?;
         Request::Rpc {
             method: r.method,
             data: (!data.is_empty()).then_some(&data[..]),
@@ -798,7 +798,9 @@ mod tests {
         assert!(decode_frame(&many, &mut out).is_err());
         // Data that is not JSON, or JSON whose string is not UTF-8 (a fuzz finding), is a
         // bad field of that command, not a bad frame.
-        for data in [&[0xde, 0xad][..], b"{\"t\xbbxt\":\"hi\"}"] {
+        // Empty data is no JSON value either (it would be written as nothing into JSON
+        // frames).
+        for data in [&[0xde, 0xad][..], b"{\"t\xbbxt\":\"hi\"}", b""] {
             let got = decode(&frame(&[Command {
                 id: 4,
                 publish: Some(PublishRequest {

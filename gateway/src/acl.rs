@@ -120,6 +120,11 @@ pub const PERSONAL_PREFIX: &str = "user:";
 pub struct Acl {
     namespaces: Vec<Namespace>,
     direct_messages: bool,
+    /// Whether any namespace has `proxy_subscribe`, `proxy_publish`, `webhooks`: the common
+    /// answer, no, costs no namespace lookup on every subscribe, publish and join.
+    any_proxy_subscribe: bool,
+    any_proxy_publish: bool,
+    any_webhooks: bool,
 }
 
 /// Checks a channel name: 1..=128 bytes of `[A-Za-z0-9_:.@-]`.
@@ -148,6 +153,9 @@ impl Acl {
     /// Rules from the configured namespaces.
     pub fn new(namespaces: Vec<Namespace>, direct_messages: bool) -> Self {
         Self {
+            any_proxy_subscribe: namespaces.iter().any(|n| n.proxy_subscribe),
+            any_proxy_publish: namespaces.iter().any(|n| n.proxy_publish),
+            any_webhooks: namespaces.iter().any(|n| n.webhooks),
             namespaces,
             direct_messages,
         }
@@ -168,7 +176,9 @@ impl Acl {
     /// Whether the webhooks report `channel` (its namespace has `webhooks`; never personal
     /// channels).
     pub fn webhooks_enabled(&self, channel: &str) -> bool {
-        !channel.starts_with(PERSONAL_PREFIX) && self.namespace(channel).is_some_and(|n| n.webhooks)
+        self.any_webhooks
+            && !channel.starts_with(PERSONAL_PREFIX)
+            && self.namespace(channel).is_some_and(|n| n.webhooks)
     }
 
     /// Whether the node keeps `channel`'s presence: for clients (`presence`) or for the
@@ -200,7 +210,11 @@ impl Acl {
     /// Whether `action` on `channel` is the backend's to decide (its namespace has
     /// `proxy_subscribe` or `proxy_publish`; never on personal channels).
     pub fn proxied(&self, channel: &str, action: Action) -> bool {
-        !channel.starts_with(PERSONAL_PREFIX)
+        let any = match action {
+            Action::Subscribe => self.any_proxy_subscribe,
+            Action::Publish => self.any_proxy_publish,
+        };
+        any && !channel.starts_with(PERSONAL_PREFIX)
             && self.namespace(channel).is_some_and(|n| match action {
                 Action::Subscribe => n.proxy_subscribe,
                 Action::Publish => n.proxy_publish,

@@ -27,7 +27,8 @@
 // cookie with 101); subscribes are allowed unless the channel is in `deny` (103); a
 // publication whose `text` contains "spam" is refused (4000), one with `"shout": true` is
 // published upper-cased; rpc `echo` returns its data with the caller, `whoami` the user and
-// meta, any other method is error 4404.
+// meta, `b64` `{"b":1}` as `b64data`, `flaky` a temporary error 4503, any other method is
+// error 4404.
 
 import http from 'node:http';
 import { createHmac, timingSafeEqual } from 'node:crypto';
@@ -118,6 +119,10 @@ function answer(path, headers, req) {
     case '/rpc':
       if (req.method === 'echo') return { result: { data: { echo: req.data ?? null, user: req.user } } };
       if (req.method === 'whoami') return { result: { data: { user: req.user, meta: req.meta ?? null } } };
+      if (req.method === 'b64') {
+        return { result: { b64data: Buffer.from(JSON.stringify({ b: 1 })).toString('base64') } };
+      }
+      if (req.method === 'flaky') return { error: { code: 4503, message: 'try later', temporary: true } };
       return { error: { code: 4404, message: `no method ${req.method}` } };
     default:
       return null;

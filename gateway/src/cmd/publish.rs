@@ -3,7 +3,7 @@
 
 use crate::acl::Action;
 use crate::protocol::{Answer, ErrorCode};
-use crate::proxy::wire::{PublishRequest as ProxyRequest, PublishResult};
+use crate::proxy::wire::{PublishFields, PublishResult};
 use crate::proxy::{self, Kind};
 use crate::session::{End, Session};
 use fanout::{Payload, PublishRequest};
@@ -78,44 +78,22 @@ async fn ask_backend(
     channel: &str,
     data: &Payload,
 ) -> Result<Option<Payload>, Option<End>> {
-    let node = session.reg.node.clone();
     // The backend reads JSON, whatever the client's encoding.
-    let json = match data.to_json() {
-        Ok(json) => json,
-        Err(e) => {
-            session.error(id, ErrorCode::BadRequest, &e.to_string());
-            return Err(None);
-        }
-    };
-    let Ok(raw) = serde_json::from_slice::<&RawValue>(&json) else {
-        session.error(id, ErrorCode::BadRequest, "data is not JSON");
+    let json = data.to_json().ok();
+    let Some(raw) = json
+        .as_deref()
+        .and_then(|j| serde_json::from_slice::<&RawValue>(j).ok())
+    else {
+        session.error(id, ErrorCode::BadRequest, "data has no JSON form");
         return Err(None);
     };
-    let client = session.client_id();
-    let request = ProxyRequest {
-        client: session.proxy_client(&client),
-        channel,
-        data: raw,
-    };
-    let answer = node
-        .proxies
-        .call::<PublishResult>(Kind::Publish, &request, session.forwarded())
-        .await;
-    match answer {
-        Ok(proxy::Answer::Result(r)) => match proxy::answer_data(r.data, r.b64data) {
-            Ok(replaced) => Ok(replaced.map(Payload::Json)),
-            Err(e) => {
-                tracing::warn!(error = %e, "publish proxy answered unusable data");
-                session.error(id, ErrorCode::Unavailable, e.client_message());
-                Err(None)
-            }
-        },
-        Ok(proxy::Answer::Error(e)) => {
-            session.error(id, proxy::error_code(&e), &e.message);
-            Err(None)
-        }
-        Ok(proxy::Answer::Disconnect(d)) => Err(Some(End::Close(proxy::disconnect_reason(&d)))),
+    let fields = PublishFields { channel, data: raw };
+    let answer = session.ask::<PublishResult>(Kind::Publish, fields).await;
+    let result = session.backend_result(id, answer)?;
+    match proxy::answer_data(result.data, result.b64data) {
+        Ok(replaced) => Ok(replaced.map(Payload::Json)),
         Err(e) => {
+            tracing::warn!(error = %e, "publish proxy answered unusable data");
             session.error(id, ErrorCode::Unavailable, e.client_message());
             Err(None)
         }

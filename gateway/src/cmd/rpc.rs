@@ -2,7 +2,7 @@
 //! (`--proxy-rpc-url`); without one, no method exists (104, `method_not_found`).
 
 use crate::protocol::{Answer, ErrorCode};
-use crate::proxy::wire::{RpcRequest, RpcResult};
+use crate::proxy::wire::{RpcFields, RpcResult};
 use crate::proxy::{self, Kind};
 use crate::session::{End, Session};
 use fanout::Payload;
@@ -14,53 +14,31 @@ pub(super) async fn apply(
     method: &str,
     data: Option<Payload>,
 ) -> Option<End> {
-    let node = session.reg.node.clone();
-    if !node.proxies.has(Kind::Rpc) {
+    if !session.reg.node.proxies.has(Kind::Rpc) {
         session.error(id, ErrorCode::MethodNotFound, "method not found");
         return None;
     }
-    // Decoded from JSON text (or a JSON value) by the protocol layer.
-    let json = match data.as_ref().map(Payload::to_json).transpose() {
-        Ok(json) => json,
-        Err(e) => {
-            session.error(id, ErrorCode::BadRequest, &e.to_string());
-            return None;
-        }
-    };
-    let data = match json.as_deref().map(serde_json::from_slice::<&RawValue>) {
-        Some(Err(_)) => {
-            session.error(id, ErrorCode::BadRequest, "data is not JSON");
-            return None;
-        }
-        Some(Ok(raw)) => Some(raw),
-        None => None,
-    };
-    let client = session.client_id();
-    let request = RpcRequest {
-        client: session.proxy_client(&client),
-        method,
-        data,
-    };
-    let answer = node
-        .proxies
-        .call::<RpcResult>(Kind::Rpc, &request, session.forwarded())
+    // JSON text (or a JSON value) already: the protocol layer decoded it so.
+    let json = data.as_ref().and_then(|d| d.to_json().ok());
+    let data = json
+        .as_deref()
+        .and_then(|j| serde_json::from_slice::<&RawValue>(j).ok());
+    let answer = session
+        .ask::<RpcResult>(Kind::Rpc, RpcFields { method, data })
         .await;
-    match answer {
-        Ok(proxy::Answer::Result(r)) => match proxy::answer_data(r.data, r.b64data) {
-            Ok(data) => {
-                let data = data.as_deref().unwrap_or(b"null");
-                session.answer(id, &Answer::Rpc { data });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "rpc proxy answered unusable data");
-                session.error(id, ErrorCode::Unavailable, e.client_message());
-            }
-        },
-        Ok(proxy::Answer::Error(e)) => session.error(id, proxy::error_code(&e), &e.message),
-        Ok(proxy::Answer::Disconnect(d)) => {
-            return Some(End::Close(proxy::disconnect_reason(&d)));
+    let result = match session.backend_result(id, answer) {
+        Ok(result) => result,
+        Err(end) => return end,
+    };
+    match proxy::answer_data(result.data, result.b64data) {
+        Ok(data) => {
+            let data = data.as_deref().unwrap_or(b"null");
+            session.answer(id, &Answer::Rpc { data });
         }
-        Err(e) => session.error(id, ErrorCode::Unavailable, e.client_message()),
+        Err(e) => {
+            tracing::warn!(error = %e, "rpc proxy answered unusable data");
+            session.error(id, ErrorCode::Unavailable, e.client_message());
+        }
     }
     None
 }

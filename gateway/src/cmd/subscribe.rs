@@ -4,8 +4,8 @@
 use crate::acl::{Action, JoinLeave, PERSONAL_PREFIX};
 use crate::node::Recovery;
 use crate::protocol::{Answer, ErrorCode};
-use crate::proxy::wire::{SubscribeRequest, SubscribeResult};
-use crate::proxy::{self, Kind};
+use crate::proxy::Kind;
+use crate::proxy::wire::{ChannelFields, SubscribeResult};
 use crate::session::{End, Grant, Session, expiry_instant, proxied};
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,48 +71,22 @@ fn grant(session: &mut Session, channel: &str, exp: Option<u64>, proxied: bool) 
     }
 }
 
-/// What the subscribe proxy decided.
-enum Decided {
-    /// Granted (recorded); go on.
-    Granted,
-    /// Refused: the client has its answer.
-    Refused,
-    /// The backend ended the connection.
-    End(End),
-}
-
 /// Asks the subscribe proxy whether the connection may subscribe to `channel`, and records
-/// the grant it gives (with its `expire_at`, extended by the sub_refresh proxy).
-async fn ask_backend(session: &mut Session, id: i64, channel: &str) -> Decided {
-    let node = session.reg.node.clone();
-    let client = session.client_id();
-    let request = SubscribeRequest {
-        client: session.proxy_client(&client),
-        channel,
-    };
-    let answer = node
-        .proxies
-        .call::<SubscribeResult>(Kind::Subscribe, &request, session.forwarded())
+/// the grant it gives (with its `expire_at`, extended by the sub_refresh proxy). `Err`: the
+/// client has its answer (`Some`: and the session ends).
+async fn ask_backend(session: &mut Session, id: i64, channel: &str) -> Result<(), Option<End>> {
+    let answer = session
+        .ask::<SubscribeResult>(Kind::Subscribe, ChannelFields { channel })
         .await;
-    match answer {
-        Ok(proxy::Answer::Result(r)) => match proxied::deadline(&node, r.expire_at) {
-            Ok(at) => {
-                grant(session, channel, at.map(|(_, exp)| exp), true);
-                Decided::Granted
-            }
-            Err(()) => {
-                session.error(id, ErrorCode::Forbidden, "the backend's grant has expired");
-                Decided::Refused
-            }
-        },
-        Ok(proxy::Answer::Error(e)) => {
-            session.error(id, proxy::error_code(&e), &e.message);
-            Decided::Refused
+    let result = session.backend_result(id, answer)?;
+    match proxied::deadline(&session.reg.node, result.expire_at) {
+        Ok(at) => {
+            grant(session, channel, at.map(|(_, exp)| exp), true);
+            Ok(())
         }
-        Ok(proxy::Answer::Disconnect(d)) => Decided::End(End::Close(proxy::disconnect_reason(&d))),
-        Err(e) => {
-            session.error(id, ErrorCode::Unavailable, e.client_message());
-            Decided::Refused
+        Err(()) => {
+            session.error(id, ErrorCode::Forbidden, "the backend's grant has expired");
+            Err(None)
         }
     }
 }
@@ -216,12 +190,8 @@ pub(super) async fn apply(session: &mut Session, id: i64, request: Request) -> O
                 );
                 return None;
             }
-            if proxied {
-                match ask_backend(session, id, &channel).await {
-                    Decided::Granted => {}
-                    Decided::Refused => return None,
-                    Decided::End(end) => return Some(end),
-                }
+            if proxied && let Err(end) = ask_backend(session, id, &channel).await {
+                return end;
             }
             let channel: Arc<str> = channel.into();
             // Buffer live publications before the hub can deliver any (join registers).

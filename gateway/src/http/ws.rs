@@ -10,7 +10,8 @@ use crate::conn::Conn;
 use crate::metrics::handshake_refused;
 use crate::node::Node;
 use crate::protocol::Encoding;
-use crate::proxy::{self, Answer, Kind, wire};
+use crate::proxy::{Kind, wire};
+use crate::session::proxied::{self, Refused};
 use crate::session::{self, Handoff, ProxyState, Registration, Start};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -230,23 +231,7 @@ pub(super) async fn accept(
 /// did not answer in time or failed).
 async fn ask_backend(node: &Node, state: &mut ProxyState, conn_id: u64) -> Result<Claims, Refusal> {
     let client = session::client_id(node, conn_id);
-    let request = wire::ConnectRequest {
-        client: wire::Client {
-            client: &client,
-            transport: "websocket",
-            protocol: proxy::protocol_name(Encoding::Json),
-            encoding: "json",
-            user: None,
-            meta: None,
-        },
-        name: "",
-        version: "",
-        data: None,
-    };
-    let answer = node
-        .proxies
-        .call::<wire::ConnectResult>(Kind::Connect, &request, &state.forwarded)
-        .await;
+    let fields = wire::ConnectFields::default();
     let refusal = |code: u32, message: String| {
         let status = if matches!(code, 101 | 109) {
             StatusCode::UNAUTHORIZED
@@ -255,21 +240,11 @@ async fn ask_backend(node: &Node, state: &mut ProxyState, conn_id: u64) -> Resul
         };
         Refusal::new(status, "unauthorized", message)
     };
-    match answer {
-        Ok(Answer::Result(result)) => match proxy::connect_claims(result) {
-            Ok((claims, meta)) => {
-                state.meta = meta;
-                state.refresh = true;
-                Ok(claims)
-            }
-            Err(why) => {
-                tracing::warn!(why, "the connect proxy named no usable user");
-                Err(refusal(101, why.into()))
-            }
-        },
-        Ok(Answer::Error(e)) => Err(refusal(e.code, e.message)),
-        Ok(Answer::Disconnect(d)) => Err(refusal(d.code, d.reason)),
-        Err(e) => Err(Refusal::new(
+    match proxied::connect(node, state, &client, Encoding::Json, fields).await {
+        Ok(claims) => Ok(claims),
+        Err(Refused::Backend(e)) => Err(refusal(e.code, e.message)),
+        Err(Refused::Disconnect(d)) => Err(refusal(d.code, d.reason)),
+        Err(Refused::Failed(e)) => Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "backend_unavailable",
             e.client_message(),

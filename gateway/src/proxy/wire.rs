@@ -26,11 +26,18 @@ pub struct Client<'a> {
     pub meta: Option<&'a RawValue>,
 }
 
-/// The connect proxy's request: a connection that brought no token.
+/// A request: what every request says of the connection, and what this proxy adds.
 #[derive(Debug, Serialize)]
-pub struct ConnectRequest<'a> {
+pub struct Request<'a, F> {
     #[serde(flatten)]
     pub client: Client<'a>,
+    #[serde(flatten)]
+    pub fields: F,
+}
+
+/// The connect proxy's fields: a connection that brought no token.
+#[derive(Debug, Default, Serialize)]
+pub struct ConnectFields<'a> {
     /// The SDK's name and version, as its `connect` said.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub name: &'a str,
@@ -59,8 +66,9 @@ pub struct ConnectResult {
     pub meta: Option<Box<RawValue>>,
 }
 
-/// The refresh proxy's request: `Client` alone (with the user).
-pub type RefreshRequest<'a> = Client<'a>;
+/// The refresh proxy's fields: none (the connection says it all).
+#[derive(Debug, Serialize)]
+pub struct RefreshFields {}
 
 /// The refresh proxy's result, and the sub_refresh proxy's.
 #[derive(Debug, Default, Deserialize)]
@@ -72,11 +80,9 @@ pub struct RefreshResult {
     pub expire_at: u64,
 }
 
-/// The subscribe proxy's request.
+/// The subscribe and sub_refresh proxies' fields.
 #[derive(Debug, Serialize)]
-pub struct SubscribeRequest<'a> {
-    #[serde(flatten)]
-    pub client: Client<'a>,
+pub struct ChannelFields<'a> {
     pub channel: &'a str,
 }
 
@@ -90,14 +96,9 @@ pub struct SubscribeResult {
     pub expire_at: u64,
 }
 
-/// The sub_refresh proxy's request.
-pub type SubRefreshRequest<'a> = SubscribeRequest<'a>;
-
-/// The publish proxy's request.
+/// The publish proxy's fields.
 #[derive(Debug, Serialize)]
-pub struct PublishRequest<'a> {
-    #[serde(flatten)]
-    pub client: Client<'a>,
+pub struct PublishFields<'a> {
     pub channel: &'a str,
     /// What the client published (JSON).
     pub data: &'a RawValue,
@@ -114,11 +115,9 @@ pub struct PublishResult {
     pub b64data: Option<String>,
 }
 
-/// The rpc proxy's request.
+/// The rpc proxy's fields.
 #[derive(Debug, Serialize)]
-pub struct RpcRequest<'a> {
-    #[serde(flatten)]
-    pub client: Client<'a>,
+pub struct RpcFields<'a> {
     pub method: &'a str,
     /// The call's argument (JSON); absent when the client sent none.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 //! until it arrives and verifies, the connection is no one's: not in the hub, not counted
 //! against a user, subscribed to nothing. Then it becomes a session like any other.
 
+use super::proxied::{self, Refused};
 use super::{FirstFrame, Handoff, ProxyState, Registration, Session, WebSocket, finish};
 use crate::auth::Claims;
 use crate::conn::Conn;
@@ -10,7 +11,7 @@ use crate::metrics::{Metrics, handshake_refused, metrics};
 use crate::node::Node;
 use crate::protocol::centrifuge::{self, ConnectInfo, Inbound, first_phase};
 use crate::protocol::{CommandError, Encoding, ErrorCode, to_message};
-use crate::proxy::{self, Answer, Kind, wire};
+use crate::proxy::{self, Kind, wire};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -205,52 +206,25 @@ async fn ask_backend(
     client: &str,
 ) -> Option<(Claims, ProxyState)> {
     let info = info.unwrap_or_default();
-    // JSON text, checked by the decoder.
-    let data = info
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_slice::<&RawValue>(d).ok());
-    let request = wire::ConnectRequest {
-        client: wire::Client {
-            client,
-            transport: state.transport,
-            protocol: proxy::protocol_name(encoding),
-            encoding: "json",
-            user: None,
-            meta: None,
-        },
+    let fields = wire::ConnectFields {
         name: &info.name,
         version: &info.version,
-        data,
+        // JSON text, checked by the decoder.
+        data: info
+            .data
+            .as_deref()
+            .and_then(|d| serde_json::from_slice::<&RawValue>(d).ok()),
     };
-    let answer = node
-        .proxies
-        .call::<wire::ConnectResult>(Kind::Connect, &request, &state.forwarded)
-        .await;
-    let (result, code, message, close): (_, _, String, _) = match answer {
-        Ok(Answer::Result(result)) => match proxy::connect_claims(result) {
-            Ok((claims, meta)) => {
-                state.meta = meta;
-                state.refresh = true;
-                return Some((claims, state));
-            }
-            Err(why) => {
-                tracing::warn!(why, "the connect proxy named no usable user");
-                (
-                    "unauthorized",
-                    ErrorCode::Unauthorized,
-                    why.into(),
-                    first_phase::UNAUTHORIZED,
-                )
-            }
-        },
-        Ok(Answer::Error(e)) => (
+    let asked = proxied::connect(node, &mut state, client, encoding, fields).await;
+    let (result, code, message, close) = match asked {
+        Ok(claims) => return Some((claims, state)),
+        Err(Refused::Backend(e)) => (
             "unauthorized",
             proxy::error_code(&e),
             e.message,
             first_phase::UNAUTHORIZED,
         ),
-        Ok(Answer::Disconnect(d)) => {
+        Err(Refused::Disconnect(d)) => {
             handshake_refused("unauthorized");
             let code = u16::try_from(d.code).unwrap_or(3500);
             let close = ws.send(Message::Close(Some(CloseFrame {
@@ -260,10 +234,10 @@ async fn ask_backend(
             let _ = tokio::time::timeout(super::CLOSE_WRITE_TIMEOUT, close).await;
             return None;
         }
-        Err(e) => (
+        Err(Refused::Failed(e)) => (
             "backend_unavailable",
             ErrorCode::Unavailable,
-            e.client_message().into(),
+            e.client_message().to_owned(),
             first_phase::BACKEND_FAILED,
         ),
     };

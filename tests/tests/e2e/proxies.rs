@@ -167,6 +167,8 @@ async fn v1_clients_sign_in_by_cookie_and_the_backend_decides_what_they_do() {
         whoami["data"],
         json!({"user": "bob", "meta": {"session": "bob", "plan": "pro"}})
     );
+    let b64 = alice.request_ok("rpc", json!({"method": "b64"})).await;
+    assert_eq!(b64["data"], json!({"b": 1}), "b64data is decoded");
     let unknown = alice.request("rpc", json!({"method": "nope"})).await;
     assert_eq!(unknown["error"]["code"], "rejected");
     assert_eq!(backend_code(&unknown), 4404);
@@ -303,6 +305,14 @@ async fn centrifugo_clients_connect_without_a_token_through_the_backend() {
     cf.send(json!({"id": 3, "rpc": {"method": "nope"}})).await;
     let unknown = cf.reply(3).await.unwrap();
     assert_eq!(unknown["error"]["code"], 4404, "{unknown}");
+    assert_eq!(unknown["error"].get("temporary"), None, "{unknown}");
+    cf.send(json!({"id": 5, "rpc": {"method": "flaky"}})).await;
+    let flaky = cf.reply(5).await.unwrap();
+    assert_eq!(
+        (&flaky["error"]["code"], &flaky["error"]["temporary"]),
+        (&json!(4503), &json!(true)),
+        "the backend's `temporary` reaches the SDK: {flaky}"
+    );
     cf.send(json!({"id": 4, "subscribe": {"channel": "team:z"}}))
         .await;
     assert!(cf.reply(4).await.unwrap().get("subscribe").is_some());
@@ -315,6 +325,18 @@ async fn centrifugo_clients_connect_without_a_token_through_the_backend() {
     assert_eq!(reply["error"]["message"], "banned user");
     assert_eq!(banned.closed().await, 3500);
     assert_nothing_leaked(&backend).await;
+}
+
+/// Waits until an `rpc` of `client` is answered by the backend again.
+async fn rpc_eventually_ok(client: &mut Client, what: &str) {
+    eventually(what, secs(20), async || {
+        client
+            .request("rpc", json!({"method": "echo"}))
+            .await
+            .get("ok")
+            .is_some()
+    })
+    .await;
 }
 
 async fn breaker_state(gw: &Gateway, proxy: &str) -> Option<f64> {
@@ -357,18 +379,7 @@ async fn a_slow_or_down_backend_costs_clients_a_clear_error_and_opens_the_breake
 
     // The backend recovers: a probe after the open time closes the breaker.
     backend.mode("normal", 0).await;
-    eventually(
-        "the breaker closes after the backend recovered",
-        secs(20),
-        async || {
-            alice
-                .request("rpc", json!({"method": "echo"}))
-                .await
-                .get("ok")
-                .is_some()
-        },
-    )
-    .await;
+    rpc_eventually_ok(&mut alice, "the breaker closes after the backend recovered").await;
     assert_eq!(breaker_state(&gw, "rpc").await, Some(0.0));
 
     // Down (connection refused): a failure, the same error; a sign-in by cookie gets 503.
@@ -382,18 +393,7 @@ async fn a_slow_or_down_backend_costs_clients_a_clear_error_and_opens_the_breake
         .await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     backend.up().await;
-    eventually(
-        "the backend serves again once it is back",
-        secs(20),
-        async || {
-            alice
-                .request("rpc", json!({"method": "echo"}))
-                .await
-                .get("ok")
-                .is_some()
-        },
-    )
-    .await;
+    rpc_eventually_ok(&mut alice, "the backend serves again once it is back").await;
     by_cookie(&gw, "erin").await;
     let metrics = e2e::http(gw.addr(), "GET", "/metrics", &[], None)
         .await
@@ -533,4 +533,37 @@ async fn calls_past_the_bound_in_flight_are_refused_at_once_as_busy() {
         1,
         "the busy call never went out"
     );
+}
+
+#[tokio::test]
+async fn an_http_streaming_client_connects_by_cookie_and_the_backend_sees_its_transport() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let (gw, _dir) = gateway(&backend, &[]).await;
+    let addr = gw.addr();
+    let body = json!({"id": 1, "connect": {"name": "stream"}}).to_string();
+    let request = format!(
+        "POST /connection/http_stream HTTP/1.1\r\nHost: {addr}\r\nCookie: session=gus; theme=dark\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + secs(10);
+    while !raw.contains("\"client\"") {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("the connect reply within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed: {raw}");
+        raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"user:gus\""), "the backend's user: {raw}");
+    let asked = &backend.requests_to("/connect").await[0];
+    assert_eq!(asked["body"]["transport"], "http_stream");
+    assert_eq!(asked["headers"]["cookie"], "session=gus; theme=dark");
+    assert_nothing_leaked(&backend).await;
 }
